@@ -1,0 +1,105 @@
+"""The events a tickscope trace holds.
+
+These dataclasses are the whole vocabulary shared by the engine (which emits ticks, expert load,
+stages and admissions), the load generator (which emits a request's client-side life) and the
+readers. Times are `time.monotonic_ns()` of the recording process; the session header anchors
+that clock to wall-clock time, and readers turn times into seconds since the session started.
+Per-tick arrays are numpy arrays so the trace can store them as packed little-endian bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+FORMAT_VERSION = (1, 0)
+
+REQUEST_PHASES = ("arrive", "admit", "first_token", "preempt", "finish")
+REQUEST_STATUSES = ("finished", "rejected", "cancelled")
+
+
+@dataclass(slots=True)
+class SessionHeader:
+    """First thing in every trace: what was recorded, and the clock anchor."""
+
+    t0_mono_ns: int
+    t0_wall_ns: int
+    config: dict[str, Any] = field(default_factory=dict)
+    format_version: tuple[int, int] = FORMAT_VERSION
+
+
+@dataclass(slots=True)
+class TickEvent:
+    """One scheduler iteration: one forward pass over the batch."""
+
+    tick: int
+    start_ns: int  # the forward pass began (after the policy's wait)
+    end_ns: int  # the tick's tokens were ready on the host
+    wait_ns: int  # time the policy spent collecting arrivals before this tick
+    seqs: int  # sequences in the batch
+    prefill_tokens: int
+    decode_tokens: int
+    queue_depth: int  # requests still waiting after this tick's admissions
+    running: int  # sequences holding KV after this tick
+    kv_used: int  # tokens held in the KV cache after this tick
+    kv_capacity: int
+    forward_ns: int  # device-measured time of the forward pass
+
+
+@dataclass(slots=True)
+class ExpertsEvent:
+    """Expert load of one tick: tokens routed to each expert of each MoE layer."""
+
+    tick: int
+    counts: np.ndarray  # int32 [layers, experts]
+
+
+@dataclass(slots=True)
+class StageEvent:
+    """Pipeline cells of one tick, times relative to the tick's start_ns.
+
+    `measured_*` are the cells as they ran; `modelled_*` the timeline they would have on one
+    device per stage (or, when `modelled` is False, the measured multi-device timeline itself).
+    """
+
+    tick: int
+    measured_start_ns: np.ndarray  # int64 [stages, micro_batches]
+    measured_end_ns: np.ndarray
+    modelled_start_ns: np.ndarray
+    modelled_end_ns: np.ndarray
+    modelled: bool = True
+
+
+@dataclass(slots=True)
+class RequestEvent:
+    """A moment in one request's life.
+
+    Each request ends with exactly one `finish`. `arrive`, `first_token` and `finish` are
+    client-side (the load generator or the serving front); `admit` and `preempt` come from the
+    scheduler. On `finish`, `token_us` holds each output token's arrival time in microseconds
+    since `arrive`, so TTFT, TPOT and ITL can be recomputed from the trace alone.
+    """
+
+    request: int
+    phase: str  # one of REQUEST_PHASES
+    t_ns: int
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    tick: int = -1  # the tick it happened in, when the scheduler knows it
+    status: str = ""  # on finish: one of REQUEST_STATUSES
+    reason: str = ""  # why it was rejected, cancelled or preempted
+    token_us: np.ndarray | None = None  # uint32 [output_tokens], on finish
+
+
+@dataclass(slots=True)
+class MarkEvent:
+    """A user's note at a moment of the recording."""
+
+    t_ns: int
+    tick: int
+    text: str
+
+
+Event = Union[TickEvent, ExpertsEvent, StageEvent, RequestEvent, MarkEvent]
