@@ -1,0 +1,138 @@
+"""Model shapes: the presets, and what a shape costs in memory before anything is allocated."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from engine.errors import ConfigError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A DeepSeek-style MoE decoder. Every layer is attention + MoE feed-forward."""
+
+    name: str
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int  # grouped-query attention: `heads // kv_heads` query heads share one K/V head
+    head_dim: int
+    routed_experts: int
+    moe_intermediate: int  # width of one routed expert's SwiGLU
+    top_k: int
+    shared_experts: int  # always-on experts, fused into one SwiGLU of width shared * moe_intermediate
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    max_seq_len: int = 4096
+    # 0 = every expert equally likely; larger = a Zipf-like head of popular experts (see model.py)
+    router_skew: float = 0.0
+    # "auto": bfloat16 on CUDA, float32 on the CPU (where bf16 matmuls are slow)
+    dtype: str = "auto"
+
+    def validate(self) -> None:
+        positive = ("vocab_size", "hidden", "layers", "heads", "kv_heads", "head_dim",
+                    "routed_experts", "moe_intermediate", "top_k", "max_seq_len")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model {name} must be at least 1, got {getattr(self, name)}")
+        if self.shared_experts < 0:
+            raise ConfigError(f"model shared_experts must be 0 or more, got {self.shared_experts}")
+        if self.heads % self.kv_heads:
+            raise ConfigError(f"model heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if self.head_dim % 2:
+            raise ConfigError(f"model head_dim must be even for RoPE, got {self.head_dim}")
+        if self.top_k > self.routed_experts:
+            raise ConfigError(f"model top_k ({self.top_k}) exceeds routed_experts ({self.routed_experts})")
+        if self.router_skew < 0:
+            raise ConfigError(f"model router_skew must be 0 or more, got {self.router_skew}")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ConfigError(f"unknown dtype '{self.dtype}' (choose from: auto, {', '.join(_DTYPES)})")
+
+    def torch_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return _DTYPES[self.dtype]
+
+    def param_count(self) -> int:
+        h, i = self.hidden, self.moe_intermediate
+        attention = h * (self.heads + 2 * self.kv_heads) * self.head_dim + self.heads * self.head_dim * h
+        routed = self.routed_experts * 3 * h * i
+        shared = 3 * h * i * self.shared_experts
+        per_layer = attention + h * self.routed_experts + routed + shared + 2 * h  # + router, 2 norms
+        return 2 * self.vocab_size * h + h + self.layers * per_layer  # embed, lm_head, final norm
+
+    def param_bytes(self, dtype: torch.dtype) -> int:
+        return self.param_count() * dtype.itemsize
+
+    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype.itemsize
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# kv_heads for the large presets: DeepSeek caches a compressed 576-wide latent per token and layer (MLA);
+# 2 K/V heads of 128 (512 values) keep our grouped-query cache at about the same bytes per token.
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        name="tiny", vocab_size=512, hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32,
+        routed_experts=16, moe_intermediate=64, top_k=2, shared_experts=1,
+        max_seq_len=1024, router_skew=0.1, dtype="float32",
+    ),
+    "ds2-lite": ModelConfig(  # DeepSeek-V2-Lite widths
+        name="ds2-lite", vocab_size=32000, hidden=2048, layers=27, heads=16, kv_heads=2, head_dim=128,
+        routed_experts=64, moe_intermediate=1408, top_k=6, shared_experts=2,
+        max_seq_len=4096, router_skew=0.1,
+    ),
+    "v3-slice": ModelConfig(  # DeepSeek-V3 widths, a few layers (one layer holds 22.5 GB of bf16 experts)
+        name="v3-slice", vocab_size=129280, hidden=7168, layers=2, heads=128, kv_heads=2, head_dim=128,
+        routed_experts=256, moe_intermediate=2048, top_k=8, shared_experts=1,
+        max_seq_len=4096, router_skew=0.1,
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> ModelConfig:
+    """A preset by name, with fields replaced (e.g. `layers=8`), validated."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}' (choose from: {', '.join(PRESETS)})")
+    unknown = sorted(set(overrides) - set(ModelConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"unknown model setting '{unknown[0]}'")
+    cfg = replace(PRESETS[name], **overrides)
+    cfg.validate()
+    return cfg
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory that an allocation on `device` could use now."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: do not refuse what we cannot measure
+        return 1 << 62
+
+
+def check_fits(cfg: ModelConfig, device: torch.device, kv_capacity_tokens: int) -> None:
+    """Refuse, before allocating, a model + KV cache that the device cannot hold."""
+    dtype = cfg.torch_dtype(device)
+    params = cfg.param_bytes(dtype)
+    kv = cfg.kv_bytes_per_token(dtype) * kv_capacity_tokens
+    have = available_bytes(device)
+    if params + kv > have:
+        raise ConfigError(
+            f"preset '{cfg.name}' needs {_gb(params + kv)} on {device} (weights {_gb(params)} + KV cache "
+            f"{_gb(kv)}) but only {_gb(have)} is available; use fewer layers or a smaller KV capacity"
+        )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"

@@ -1,0 +1,273 @@
+"""The engine: a background thread that ticks the scheduler and the model, and reports every tick.
+
+Threads: `submit` and `cancel` may be called from any thread and never block for long (a lock held
+only while the scheduler forms a batch). Everything else, sinks included, runs on the engine thread.
+Each tick has exactly one host synchronisation: reading back the new tokens and the expert load.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import torch
+
+from engine.config import ModelConfig, check_fits
+from engine.errors import ConfigError
+from engine.kv_cache import KVCache
+from engine.model import SeqChunk, Transformer, make_batch
+from engine.request import Request
+from engine.scheduler import Scheduler, SchedulerConfig, Sequence, TickPlan, window_deadline
+from tracer.events import ExpertsEvent, RequestEvent, TickEvent
+from tracer.recorder import NullRecorder, Recorder
+
+# An idle engine blocks on its queue; this bounds how long a missed wake-up could delay it.
+_IDLE_WAIT_S = 0.1
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' asked for, but no CUDA device is present (use --device cpu)")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{device}' (choose from: auto, cpu, cuda)") from None
+
+
+class Engine:
+    def __init__(self, model_cfg: ModelConfig, sched_cfg: SchedulerConfig, *, device: str = "auto",
+                 seed: int = 0, recorder: Recorder = NullRecorder()) -> None:
+        model_cfg.validate()
+        sched_cfg.validate()
+        self.model_cfg, self.sched_cfg = model_cfg, sched_cfg
+        self.device = resolve_device(device)
+        self.dtype = model_cfg.torch_dtype(self.device)
+        check_fits(model_cfg, self.device, sched_cfg.kv_capacity_tokens)
+        self.recorder = recorder
+        self.model = Transformer(model_cfg, self.device, self.dtype, seed)
+        self.kv = KVCache(model_cfg, sched_cfg.kv_capacity_tokens, self.device, self.dtype,
+                          sched_cfg.kv_block_size)
+        self.scheduler = Scheduler(sched_cfg, self.kv.allocator)
+
+        self.ticks = 0
+        self.tokens_generated = 0
+        self.error: BaseException | None = None  # what ended the tick loop, if it failed
+
+        self._cond = threading.Condition()  # guards the scheduler's queue and the flags below
+        self._cancel_ids: set[int] = set()
+        self._live: dict[int, Sequence] = {}  # submitted and not yet ended
+        self._accepting = True
+        self._halt = False
+        self._draining = False
+        self._thread: threading.Thread | None = None
+        self._prev_tick_start = 0
+
+    # --- control, from any thread ------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("engine already started")
+        self._thread = threading.Thread(target=self._loop, name="tickscope-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain: bool = False) -> None:
+        """Stop ticking. With `drain`, first finish everything submitted so far. Whatever is still
+        queued or running is cancelled ("engine stopped"). Re-raises the error that ended the loop."""
+        with self._cond:
+            self._accepting = False
+            if drain:
+                self._draining = True
+            else:
+                self._halt = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        self._end_all("cancelled", "engine stopped")
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, req: Request) -> None:
+        """Queue a request. Never blocks; a request that cannot be queued ends at once as rejected."""
+        now = time.monotonic_ns()
+        reason = self._check(req)
+        with self._cond:
+            if reason is None and not self._accepting:
+                reason = "engine stopped"
+            if reason is None and len(self.scheduler.waiting) >= self.sched_cfg.queue_limit:
+                reason = "queue full"
+            if reason is None and req.id in self._live:
+                reason = f"request id {req.id} is already in the engine"
+            if reason is None:
+                seq = Sequence(req, now, list(req.prompt))
+                self._live[req.id] = seq
+                self.scheduler.add(seq)
+                self._cond.notify()
+                return
+        req.sink.on_finish("rejected", reason, time.monotonic_ns())
+
+    def cancel(self, request_id: int) -> None:
+        """End a request as cancelled at the start of the next tick (unknown or ended ids are ignored)."""
+        with self._cond:
+            self._cancel_ids.add(request_id)
+
+    def describe(self) -> dict:
+        """The engine's configuration, for the trace header."""
+        cfg = self.model_cfg.as_dict()
+        cfg["dtype"] = str(self.dtype).removeprefix("torch.")
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return {
+            "model": cfg,
+            "scheduler": self.sched_cfg.as_dict(),
+            "device": str(self.device),
+            "device_name": name,
+            "param_bytes": self.model_cfg.param_bytes(self.dtype),
+            "kv_bytes_per_token": self.model_cfg.kv_bytes_per_token(self.dtype),
+            "kv_capacity_tokens": self.kv.allocator.capacity_tokens,
+            "expert_matmul": self.model.layers[0].moe.matmul.__name__,
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def _check(self, req: Request) -> str | None:
+        total = len(req.prompt) + req.max_new_tokens
+        if not req.prompt:
+            return "empty prompt"
+        if req.max_new_tokens < 1:
+            return f"max_new_tokens must be at least 1, got {req.max_new_tokens}"
+        if total > self.model_cfg.max_seq_len:
+            return f"prompt + max_new_tokens = {total} exceeds max_seq_len {self.model_cfg.max_seq_len}"
+        if total > self.kv.allocator.capacity_tokens:
+            return f"prompt + max_new_tokens = {total} exceeds the KV capacity {self.kv.allocator.capacity_tokens}"
+        if min(req.prompt) < 0 or max(req.prompt) >= self.model_cfg.vocab_size:
+            return f"token ids must be in [0, {self.model_cfg.vocab_size})"
+        return None
+
+    # --- the tick loop, on the engine thread ---------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    waited_from = time.monotonic_ns()
+                    if not self._wait_for_tick():
+                        return
+                    self._tick(time.monotonic_ns() - waited_from)
+        except Exception as e:  # noqa: BLE001 - kept for stop() to re-raise; requests must still end
+            self.error = e
+            with self._cond:
+                self._accepting = False
+            self._end_all("cancelled", f"engine error: {type(e).__name__}: {e}")
+
+    def _wait_for_tick(self) -> bool:
+        """Block until the policy lets the next tick start; False when the engine is to stop."""
+        with self._cond:
+            while True:
+                if self._halt:
+                    return False
+                running, waiting = self.scheduler.running, self.scheduler.waiting
+                if not running and not waiting:
+                    if self._draining:
+                        return False
+                    self._cond.wait(_IDLE_WAIT_S)
+                    continue
+                if self.sched_cfg.policy != "window":
+                    return True
+                oldest = waiting[0].arrival_ns if waiting else 0
+                deadline = window_deadline(self.sched_cfg.window_ms, self._prev_tick_start, oldest, bool(running))
+                left = deadline - time.monotonic_ns()
+                if left <= 0:
+                    return True
+                self._cond.wait(left / 1e9)  # a submit wakes us early; the loop re-checks
+
+    def step(self) -> bool:
+        """Run one tick now, without the policy's wait (for benchmarks and tests; not while started).
+        Returns whether a forward pass ran."""
+        if self._thread is not None:
+            raise RuntimeError("step() drives a stopped engine; this one runs its own loop")
+        with torch.inference_mode():
+            return self._tick(0)
+
+    def _tick(self, wait_ns: int) -> bool:
+        start = time.monotonic_ns()
+        self._prev_tick_start = start
+        self._cancel_requested()
+        with self._cond:
+            plan = self.scheduler.schedule()
+            queue_depth = len(self.scheduler.waiting)
+        tick = self.ticks
+        for seq in plan.preempted:
+            self.recorder.emit(RequestEvent(seq.id, "preempt", start, len(seq.request.prompt), seq.generated,
+                                            tick=tick, reason="KV cache full"))
+        for seq in plan.admitted:
+            self.recorder.emit(RequestEvent(seq.id, "admit", start, len(seq.request.prompt), seq.generated,
+                                            tick=tick))
+        if not plan.entries:
+            return False
+
+        next_tokens, counts, forward_ns = self._forward(plan)
+        end = time.monotonic_ns()
+        with self._cond:
+            finished = self.scheduler.commit(plan, next_tokens)
+            for seq in finished:
+                del self._live[seq.id]
+        for e, token in zip((e for e in plan.entries if e.samples), next_tokens):
+            e.seq.request.sink.on_token(token, end)
+        for seq in finished:
+            seq.request.sink.on_finish("finished", "", end)
+
+        self.ticks += 1
+        self.tokens_generated += len(next_tokens)
+        alloc = self.kv.allocator
+        self.recorder.emit(TickEvent(
+            tick=tick, start_ns=start, end_ns=end, wait_ns=wait_ns, seqs=len(plan.entries),
+            prefill_tokens=plan.prefill_tokens, decode_tokens=plan.decode_tokens, queue_depth=queue_depth,
+            running=len(self.scheduler.running), kv_used=alloc.used_tokens, kv_capacity=alloc.capacity_tokens,
+            forward_ns=forward_ns,
+        ))
+        self.recorder.emit(ExpertsEvent(tick, counts))
+        return True
+
+    def _forward(self, plan: TickPlan) -> tuple[list[int], np.ndarray, int]:
+        """One forward pass and greedy sampling: (next tokens, expert load [layers, experts], ns)."""
+        alloc = self.kv.allocator
+        chunks = [SeqChunk(e.seq.tokens[e.start:e.start + e.count], e.start,
+                           alloc.slots(e.seq.id, e.start + e.count), e.samples) for e in plan.entries]
+        batch = make_batch(chunks, self.device, self.sched_cfg.attention)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            began, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            began.record()
+        else:
+            t0 = time.perf_counter_ns()
+        logits, counts = self.model(batch, self.kv.k, self.kv.v)
+        next_tokens = logits.argmax(dim=-1).to(torch.int32)
+        if cuda:
+            ended.record()
+        # the tick's one host synchronisation: tokens and expert load in one copy
+        host = torch.cat([next_tokens, counts.flatten()]).cpu().numpy()
+        forward_ns = int(began.elapsed_time(ended) * 1e6) if cuda else time.perf_counter_ns() - t0
+        n = len(next_tokens)
+        return host[:n].tolist(), host[n:].reshape(counts.shape), forward_ns
+
+    def _cancel_requested(self) -> None:
+        with self._cond:
+            ids, self._cancel_ids = self._cancel_ids, set()
+            ended = [self._live.pop(i) for i in ids if i in self._live]
+            for seq in ended:
+                self.scheduler.remove(seq)
+        now = time.monotonic_ns()
+        for seq in ended:
+            seq.request.sink.on_finish("cancelled", "cancelled by client", now)
+
+    def _end_all(self, status: str, reason: str) -> None:
+        with self._cond:
+            ended = list(self._live.values())
+            self._live.clear()
+            for seq in ended:
+                self.scheduler.remove(seq)
+        now = time.monotonic_ns()
+        for seq in ended:
+            seq.request.sink.on_finish(status, reason, now)

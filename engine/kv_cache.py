@@ -1,0 +1,74 @@
+"""A paged KV cache: sequences come and go every tick without the cache ever being copied.
+
+The cache is one flat pool of token slots per layer, carved into fixed-size blocks. A sequence holds
+a list of blocks (its block table); admitting it takes free blocks, finishing it returns them. Token
+`p` of a sequence lives in slot `table[p // block_size] * block_size + p % block_size`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.config import ModelConfig
+
+
+class BlockAllocator:
+    """Block bookkeeping only (no tensors), so the scheduler can be tested without a model."""
+
+    def __init__(self, capacity_tokens: int, block_size: int = 16) -> None:
+        self.block_size = block_size
+        self.num_blocks = capacity_tokens // block_size
+        # a stack: the most recently freed block is reused first, while it is still warm in cache
+        self._free: list[int] = list(range(self.num_blocks - 1, -1, -1))
+        self.tables: dict[int, list[int]] = {}
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def used_tokens(self) -> int:
+        """Token slots held by sequences, in whole blocks."""
+        return (self.num_blocks - len(self._free)) * self.block_size
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def can_grow(self, seq_id: int, tokens: int) -> bool:
+        """Whether `seq_id` could hold `tokens` tokens in all."""
+        held = len(self.tables.get(seq_id, ()))
+        return self.blocks_for(tokens) - held <= len(self._free)
+
+    def grow(self, seq_id: int, tokens: int) -> None:
+        """Make `seq_id` hold at least `tokens` tokens. Check `can_grow` first."""
+        table = self.tables.setdefault(seq_id, [])
+        need = self.blocks_for(tokens) - len(table)
+        if need > len(self._free):
+            raise RuntimeError(f"KV cache out of blocks: sequence {seq_id} needs {need}, {len(self._free)} free")
+        for _ in range(need):
+            table.append(self._free.pop())
+
+    def free(self, seq_id: int) -> None:
+        self._free.extend(reversed(self.tables.pop(seq_id, [])))
+
+    def slots(self, seq_id: int, length: int) -> np.ndarray:
+        """Cache slots of positions 0..length-1 of `seq_id`."""
+        table = np.asarray(self.tables[seq_id], dtype=np.int64)
+        slots = (table[:, None] * self.block_size + np.arange(self.block_size)).reshape(-1)
+        return slots[:length]
+
+
+class KVCache:
+    """K and V for every layer: [layers, slots, kv_heads, head_dim], plus the allocator over the slots."""
+
+    def __init__(self, cfg: ModelConfig, capacity_tokens: int, device: torch.device, dtype: torch.dtype,
+                 block_size: int = 16) -> None:
+        self.allocator = BlockAllocator(capacity_tokens, block_size)
+        shape = (cfg.layers, self.allocator.capacity_tokens, cfg.kv_heads, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)

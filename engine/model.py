@@ -1,0 +1,318 @@
+"""A DeepSeek-style Mixture-of-Experts decoder, readable top to bottom.
+
+One forward pass takes a whole tick's batch, flattened: prefill chunks of new sequences and one decode
+token of each running sequence, all of different lengths. Every token's K/V goes into the paged cache
+(kv_cache.py) first; attention then reads each sequence's keys back through its slots.
+
+Weights are random from a seed, created directly on the target device and dtype: the point is the
+memory traffic and the expert dispatch of a real MoE, not what it says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.config import ModelConfig
+
+
+# ---------------------------------------------------------------------------------------------------
+# The batch as the model sees it
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class AttnGroup:
+    """Sequences whose attention is one SDPA call, padded to the group's longest query and key run."""
+
+    token_index: Tensor  # [n] rows of the flat batch that are this group's queries
+    query_pad_index: Tensor  # [n] where each query goes in the padded [seqs * q_max] block
+    seqs: int
+    q_max: int
+    kv_slots: Tensor  # [seqs, kv_max] cache slots of each sequence's keys, 0 where padding
+    mask: Tensor  # [seqs, 1, q_max, kv_max] True where a query may attend to a key
+
+
+@dataclass
+class ForwardBatch:
+    tokens: Tensor  # [T] token ids
+    positions: Tensor  # [T] position of each token in its sequence
+    slots: Tensor  # [T] cache slot each token's K/V is written to
+    groups: list[AttnGroup]
+    sample_index: Tensor  # [S] rows whose next-token logits are wanted
+
+
+@dataclass
+class SeqChunk:
+    """One sequence's part of a tick: tokens [start, start + len(tokens)) of it."""
+
+    tokens: list[int]
+    start: int
+    kv_slots: np.ndarray  # cache slots of positions 0 .. start + len(tokens) - 1
+    sample: bool  # the chunk ends the known tokens, so its last row predicts the next token
+
+
+def make_batch(chunks: list[SeqChunk], device: torch.device, grouping: str = "ragged") -> ForwardBatch:
+    """Flatten a tick's sequence chunks into model inputs (built on the host, copied once).
+
+    `ragged` puts every sequence into one attention call; `same-length` makes one call per distinct
+    key length, so no sequence is padded (the article's grouping of equal-length sequences).
+    """
+    lengths = np.array([len(c.tokens) for c in chunks])
+    row_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    tokens = np.concatenate([np.asarray(c.tokens, dtype=np.int64) for c in chunks])
+    positions = np.concatenate([np.arange(c.start, c.start + len(c.tokens)) for c in chunks])
+    slots = np.concatenate([c.kv_slots[c.start:] for c in chunks])
+    sample = np.array([row_start[i] + lengths[i] - 1 for i, c in enumerate(chunks) if c.sample], dtype=np.int64)
+
+    if grouping == "ragged":
+        members = [np.arange(len(chunks))]
+    else:
+        kv_len = np.array([c.start + len(c.tokens) for c in chunks])
+        members = [np.flatnonzero(kv_len == n) for n in np.unique(kv_len)]
+    groups = [_attn_group(chunks, m, lengths, row_start, device) for m in members]
+
+    def put(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a).to(device, non_blocking=True)
+
+    return ForwardBatch(put(tokens), put(positions), put(slots), groups, put(sample))
+
+
+def _attn_group(chunks: list[SeqChunk], members: np.ndarray, lengths: np.ndarray, row_start: np.ndarray,
+                device: torch.device) -> AttnGroup:
+    q_len = lengths[members]
+    start = np.array([chunks[i].start for i in members])
+    kv_len = start + q_len
+    q_max, kv_max = int(q_len.max()), int(kv_len.max())
+
+    token_index = np.concatenate([np.arange(row_start[i], row_start[i] + lengths[i]) for i in members])
+    query_pad_index = np.concatenate([np.arange(q) + b * q_max for b, q in enumerate(q_len)])
+    kv_slots = np.zeros((len(members), kv_max), dtype=np.int64)
+    for b, i in enumerate(members):
+        kv_slots[b, : kv_len[b]] = chunks[i].kv_slots[: kv_len[b]]
+    # causal within the sequence, nothing past its end; padded query rows see the real keys, so no
+    # row is all-masked (that would make SDPA return NaN) and their output is simply dropped
+    q_pos = start[:, None] + np.arange(q_max)[None, :]
+    key = np.arange(kv_max)
+    mask = (key[None, None, :] <= q_pos[:, :, None]) & (key[None, None, :] < kv_len[:, None, None])
+
+    def put(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a).to(device, non_blocking=True)
+
+    return AttnGroup(put(token_index), put(query_pad_index), len(members), q_max, put(kv_slots),
+                     put(mask[:, None]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------------
+
+def _weight(gen: torch.Generator, device: torch.device, dtype: torch.dtype, *shape: int, fan_in: int) -> nn.Parameter:
+    w = torch.randn(shape, generator=gen, device=device, dtype=dtype) * fan_in**-0.5
+    return nn.Parameter(w, requires_grad=False)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_tables(cfg: ModelConfig, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos and sin for every position, [max_seq_len, head_dim], in float32."""
+    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
+    freqs = torch.outer(torch.arange(cfg.max_seq_len, device=device).float(), inv_freq)
+    angles = torch.cat([freqs, freqs], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [T, heads, head_dim]; cos, sin: [T, head_dim]. The rotate-half convention."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention over the paged KV cache."""
+
+    def __init__(self, cfg: ModelConfig, gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
+        qkv_width = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim
+        self.wqkv = _weight(gen, device, dtype, cfg.hidden, qkv_width, fan_in=cfg.hidden)
+        self.wo = _weight(gen, device, dtype, cfg.heads * cfg.head_dim, cfg.hidden, fan_in=cfg.heads * cfg.head_dim)
+
+    def forward(self, x: Tensor, batch: ForwardBatch, cos: Tensor, sin: Tensor, k_cache: Tensor,
+                v_cache: Tensor) -> Tensor:
+        T, D = x.shape[0], self.head_dim
+        q, k, v = (x @ self.wqkv).split([self.heads * D, self.kv_heads * D, self.kv_heads * D], dim=-1)
+        q = apply_rope(q.view(T, self.heads, D), cos, sin)
+        k = apply_rope(k.view(T, self.kv_heads, D), cos, sin)
+        k_cache.index_copy_(0, batch.slots, k)
+        v_cache.index_copy_(0, batch.slots, v.view(T, self.kv_heads, D))
+
+        # index_select, not tensor[index]: advanced indexing takes a slow path on the CPU (~100x here)
+        out = x.new_empty(T, self.heads, D)
+        for g in batch.groups:
+            qp = q.new_zeros(g.seqs * g.q_max, self.heads, D)
+            qp.index_copy_(0, g.query_pad_index, q.index_select(0, g.token_index))
+            qp = qp.view(g.seqs, g.q_max, self.heads, D).transpose(1, 2)
+            kv_shape = (g.seqs, -1, self.kv_heads, D)
+            kg = k_cache.index_select(0, g.kv_slots.view(-1)).view(kv_shape).transpose(1, 2)
+            vg = v_cache.index_select(0, g.kv_slots.view(-1)).view(kv_shape).transpose(1, 2)
+            o = F.scaled_dot_product_attention(qp, kg, vg, attn_mask=g.mask, enable_gqa=True)
+            o = o.transpose(1, 2).reshape(-1, self.heads, D).index_select(0, g.query_pad_index)
+            out.index_copy_(0, g.token_index, o)
+        return out.view(T, -1) @ self.wo
+
+
+def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    """Rows offs[e-1]:offs[e] of x times w[e], for every expert e, in one kernel.
+
+    x: [N, K] sorted by expert; w: [E, K, M]; offs: int32 [E] cumulative row counts (offs[-1] == N).
+    """
+    return torch._grouped_mm(x, w, offs=offs)
+
+
+def grouped_mm_padded(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    """The same product as `grouped_mm`, for builds and devices without it: every expert's rows are
+    scattered into an [E, N, K] block (N rows is the most any expert can get, and needs no host sync to
+    know) and multiplied with one batched matmul. Correct, but E times the FLOPs."""
+    n, experts = x.shape[0], w.shape[0]
+    expert_of_row = torch.searchsorted(offs, torch.arange(n, device=x.device, dtype=offs.dtype), right=True)
+    first_row = offs - torch.diff(offs, prepend=offs.new_zeros(1))
+    row_in_expert = torch.arange(n, device=x.device) - first_row[expert_of_row]
+    padded = x.new_zeros(experts, n, x.shape[1])
+    padded[expert_of_row, row_in_expert] = x
+    return torch.bmm(padded, w)[expert_of_row, row_in_expert]
+
+
+def _grouped_mm_works(device: torch.device, dtype: torch.dtype, k: int, m: int) -> bool:
+    """Whether this build and device run `torch._grouped_mm` for these shapes (support varies by
+    build, GPU generation, dtype and alignment)."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    try:
+        x = torch.zeros(2, k, device=device, dtype=dtype)
+        w = torch.zeros(2, k, m, device=device, dtype=dtype)
+        grouped_mm(x, w, torch.tensor([1, 2], device=device, dtype=torch.int32))
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+class MoE(nn.Module):
+    """Router -> top-k of E routed SwiGLU experts, plus shared experts every token goes through.
+
+    Routing is DeepSeek-V3's: sigmoid scores, top-k chosen on score + a per-expert bias, the chosen
+    scores renormalised as weights. Our bias is `router_skew`'s popularity: expert of popularity rank r
+    gets -skew * log(1 + r), a Zipf-like head of favourites, different in every layer.
+    """
+
+    def __init__(self, cfg: ModelConfig, gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        h, i, e = cfg.hidden, cfg.moe_intermediate, cfg.routed_experts
+        self.top_k = cfg.top_k
+        self.router = _weight(gen, device, torch.float32, h, e, fan_in=h)
+        rank = torch.randperm(e, generator=gen, device=device)
+        self.register_buffer("popularity_bias", -cfg.router_skew * torch.log1p(rank.float()))
+        # stacked so that one grouped GEMM serves all experts: [gate | up] and down
+        self.w13 = _weight(gen, device, dtype, e, h, 2 * i, fan_in=h)
+        self.w2 = _weight(gen, device, dtype, e, i, h, fan_in=i)
+        shared = i * cfg.shared_experts
+        self.shared_w13 = _weight(gen, device, dtype, h, 2 * shared, fan_in=h) if shared else None
+        self.shared_w2 = _weight(gen, device, dtype, shared, h, fan_in=shared) if shared else None
+        works = _grouped_mm_works(device, dtype, h, 2 * i) and _grouped_mm_works(device, dtype, i, h)
+        self.matmul = grouped_mm if works else grouped_mm_padded
+
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Chosen experts [T, k] and their weights [T, k] (float32)."""
+        scores = torch.sigmoid(x.float() @ self.router)
+        chosen = torch.topk(scores + self.popularity_bias, self.top_k, dim=-1).indices
+        weights = scores.gather(1, chosen)
+        return chosen, weights / weights.sum(-1, keepdim=True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Output [T, H] and tokens per expert [E] (int32, on the device)."""
+        chosen, weights = self.route(x)
+        flat = chosen.flatten()
+        counts = torch.zeros(self.w13.shape[0], device=x.device, dtype=torch.int32)
+        # scatter_add, not bincount: bincount reads the max back to the host on CUDA
+        counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+
+        order = flat.argsort(stable=True)  # (token, slot) pairs sorted by expert
+        offs = counts.cumsum(0, dtype=torch.int32)
+        gate_up = self.matmul(x.index_select(0, order // self.top_k), self.w13, offs)
+        gate, up = gate_up.chunk(2, dim=-1)
+        down = self.matmul(F.silu(gate) * up, self.w2, offs)
+        down = down * weights.flatten()[order, None].to(down.dtype)
+        unsorted = torch.empty_like(down).index_copy_(0, order, down)
+        out = unsorted.view(x.shape[0], self.top_k, -1).sum(dim=1)  # a sum, not atomics: deterministic
+
+        if self.shared_w13 is not None:
+            gate, up = (x @ self.shared_w13).chunk(2, dim=-1)
+            out = out + (F.silu(gate) * up) @ self.shared_w2
+        return out, counts
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
+        self.attention = Attention(cfg, gen, device, dtype)
+        self.moe_norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
+        self.moe = MoE(cfg, gen, device, dtype)
+
+    def forward(self, x: Tensor, batch: ForwardBatch, cos: Tensor, sin: Tensor, k_cache: Tensor,
+                v_cache: Tensor) -> tuple[Tensor, Tensor]:
+        h = x + self.attention(self.attention_norm(x), batch, cos, sin, k_cache, v_cache)
+        moe_out, counts = self.moe(self.moe_norm(h))
+        return h + moe_out, counts
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        gen = torch.Generator(device=device).manual_seed(seed)
+        self.embed = nn.Parameter(torch.randn(cfg.vocab_size, cfg.hidden, generator=gen, device=device,
+                                              dtype=dtype), requires_grad=False)
+        self.layers = nn.ModuleList(Block(cfg, gen, device, dtype) for _ in range(cfg.layers))
+        self.norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
+        self.lm_head = _weight(gen, device, dtype, cfg.hidden, cfg.vocab_size, fan_in=cfg.hidden)
+        cos, sin = rope_tables(cfg, device)
+        self.register_buffer("rope_cos", cos)
+        self.register_buffer("rope_sin", sin)
+
+    # The forward pass in three parts, so that a stage executor can run the layers in slices.
+
+    def embed_tokens(self, batch: ForwardBatch) -> Tensor:
+        return self.embed.index_select(0, batch.tokens)
+
+    def run_layers(self, x: Tensor, batch: ForwardBatch, kv_k: Tensor, kv_v: Tensor, counts: Tensor,
+                   layers: range) -> Tensor:
+        """Layers `layers` over x; each layer's expert load goes into counts[layer]."""
+        cos, sin = self.rope_cos.index_select(0, batch.positions), self.rope_sin.index_select(0, batch.positions)
+        for i in layers:
+            x, counts[i] = self.layers[i](x, batch, cos, sin, kv_k[i], kv_v[i])
+        return x
+
+    def logits(self, x: Tensor, batch: ForwardBatch) -> Tensor:
+        """Next-token logits [S, vocab] of the sampled rows only: the rest never reach the LM head."""
+        return self.norm(x.index_select(0, batch.sample_index)) @ self.lm_head
+
+    def forward(self, batch: ForwardBatch, kv_k: Tensor, kv_v: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits [S, vocab] and expert load [layers, experts] (int32) of one tick."""
+        counts = torch.empty(self.cfg.layers, self.cfg.routed_experts, device=kv_k.device, dtype=torch.int32)
+        x = self.run_layers(self.embed_tokens(batch), batch, kv_k, kv_v, counts, range(self.cfg.layers))
+        return self.logits(x, batch), counts

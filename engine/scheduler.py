@@ -1,0 +1,208 @@
+"""Who runs in the next tick: the scheduler's knobs, the sequences it holds, and the batch it forms.
+
+Everything here is plain Python over a `BlockAllocator`: no model, no threads, no clock but the one
+passed in, so that admission can be tested on its own. The engine owns the lock around it.
+
+A sequence is its known tokens (prompt, then each generated token) and how many of them already have
+K/V in the cache. Each tick it is given the next `n` of the rest: a whole prompt, a chunk of it, or
+the one token generated last tick (decode). When a chunk reaches the end of the known tokens, the
+tick predicts the next one. So prefill, chunked prefill, decode and recompute after preemption are
+one mechanism.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+from engine.errors import ConfigError
+from engine.kv_cache import BlockAllocator
+from engine.request import Request
+
+POLICIES = ("continuous", "window", "static")
+GROUPINGS = ("ragged", "same-length")
+
+
+@dataclass
+class SchedulerConfig:
+    # continuous: tick whenever there is work; window: tick when the collection window closes;
+    # static: admit a batch only when nothing is running, then run it to completion
+    policy: str = "continuous"
+    window_ms: float = 0.0  # the collection window (policy "window")
+    max_seqs: int = 64  # sequences in one tick
+    max_tokens: int = 2048  # tokens in one tick: prefill chunks + one per decoding sequence
+    prefill_chunk: int = 512  # most prompt tokens of one sequence in one tick
+    kv_capacity_tokens: int = 65536
+    queue_limit: int = 1024  # requests waiting for admission; past it, submissions are rejected
+    attention: str = "ragged"  # one attention call for the batch, or one per same-length group
+    kv_block_size: int = 16
+
+    def validate(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"unknown scheduler policy '{self.policy}' (choose from: {', '.join(POLICIES)})")
+        if self.attention not in GROUPINGS:
+            raise ConfigError(f"unknown attention grouping '{self.attention}' (choose from: {', '.join(GROUPINGS)})")
+        if self.window_ms < 0:
+            raise ConfigError(f"window_ms must be 0 or more, got {self.window_ms}")
+        for name in ("max_seqs", "max_tokens", "prefill_chunk", "kv_block_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.queue_limit < 0:
+            raise ConfigError(f"queue_limit must be 0 or more, got {self.queue_limit}")
+        if self.max_tokens < self.max_seqs:
+            # otherwise a full batch of decoding sequences could not all advance in one tick
+            raise ConfigError(f"max_tokens ({self.max_tokens}) must be at least max_seqs ({self.max_seqs})")
+        if self.kv_capacity_tokens < self.kv_block_size:
+            raise ConfigError(f"kv_capacity_tokens ({self.kv_capacity_tokens}) is less than one KV block "
+                              f"({self.kv_block_size} tokens)")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def window_deadline(window_ms: float, prev_tick_start_ns: int, oldest_arrival_ns: int, running: bool) -> int:
+    """When a collection window closes (monotonic ns).
+
+    The window opens when the previous tick starts; if nothing is running, not before the oldest
+    waiting request arrived, so a request reaching an idle engine waits one whole window, as in the
+    article, rather than riding on a window that opened while nobody was there.
+    """
+    opens = prev_tick_start_ns if running else max(prev_tick_start_ns, oldest_arrival_ns)
+    return opens + int(window_ms * 1e6)
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: Request
+    arrival_ns: int
+    tokens: list[int]  # the prompt, then every generated token
+    computed: int = 0  # leading tokens whose K/V is in the cache
+    generated: int = 0
+    prefill_end: int = 0  # positions before this are prefill work: the prompt, or all known tokens on recompute
+
+    @property
+    def id(self) -> int:
+        return self.request.id
+
+    @property
+    def pending(self) -> int:
+        return len(self.tokens) - self.computed
+
+
+@dataclass
+class Scheduled:
+    seq: Sequence
+    start: int  # first position this tick computes
+    count: int
+    prefill_tokens: int
+    samples: bool  # the chunk reaches the end of the known tokens, so it predicts the next one
+
+
+@dataclass
+class TickPlan:
+    """One tick's batch and the admissions and preemptions that formed it."""
+
+    entries: list[Scheduled] = field(default_factory=list)
+    admitted: list[Sequence] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(e.prefill_tokens for e in self.entries)
+
+    @property
+    def decode_tokens(self) -> int:
+        return sum(e.count - e.prefill_tokens for e in self.entries)
+
+
+class Scheduler:
+    def __init__(self, cfg: SchedulerConfig, allocator: BlockAllocator) -> None:
+        self.cfg = cfg
+        self.kv = allocator
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order: the last is the first preempted
+
+    def add(self, seq: Sequence) -> None:
+        seq.prefill_end = len(seq.tokens)
+        self.waiting.append(seq)
+
+    def schedule(self) -> TickPlan:
+        """Form the next tick's batch: running sequences first, then admissions from the queue."""
+        plan = TickPlan()
+        budget = self.cfg.max_tokens
+        scheduled: set[int] = set()
+        # decodes before prefill chunks, so that a long prompt never stalls sequences mid-answer
+        for seq in sorted(self.running, key=lambda s: s.pending > 1):
+            if seq in plan.preempted:
+                continue
+            n = min(seq.pending, self.cfg.prefill_chunk, budget)
+            if n == 0 or not self._reserve(seq, n, plan, scheduled):
+                continue
+            self._add_entry(plan, seq, n)
+            scheduled.add(seq.id)
+            budget -= n
+
+        if self.cfg.policy == "static" and self.running:
+            return plan
+        # first come, first served: the head of the queue is never overtaken, so it cannot starve
+        while self.waiting and len(self.running) < self.cfg.max_seqs and budget > 0:
+            seq = self.waiting[0]
+            n = min(seq.pending, self.cfg.prefill_chunk, budget)
+            if not self.kv.can_grow(seq.id, n):
+                break
+            self.waiting.popleft()
+            self.kv.grow(seq.id, n)
+            self.running.append(seq)
+            plan.admitted.append(seq)
+            self._add_entry(plan, seq, n)
+            budget -= n
+        return plan
+
+    def _reserve(self, seq: Sequence, n: int, plan: TickPlan, scheduled: set[int]) -> bool:
+        """Make room for `n` more tokens of `seq`, preempting the most recently admitted sequences
+        not yet in this tick until it fits (possibly `seq` itself: then False)."""
+        while not self.kv.can_grow(seq.id, seq.computed + n):
+            victim = next(s for s in reversed(self.running) if s.id not in scheduled)
+            self.preempt(victim)
+            plan.preempted.append(victim)
+            if victim is seq:
+                return False
+        self.kv.grow(seq.id, seq.computed + n)
+        return True
+
+    def preempt(self, seq: Sequence) -> None:
+        """Free its KV and put it back at the head of the queue; it is recomputed from all its known
+        tokens when admitted again (cheaper to build than swapping, and what vLLM does by default)."""
+        self.kv.free(seq.id)
+        self.running.remove(seq)
+        seq.computed = 0
+        seq.prefill_end = len(seq.tokens)
+        self.waiting.appendleft(seq)
+
+    @staticmethod
+    def _add_entry(plan: TickPlan, seq: Sequence, n: int) -> None:
+        prefill = max(0, min(seq.computed + n, seq.prefill_end) - seq.computed)
+        plan.entries.append(Scheduled(seq, seq.computed, n, prefill, seq.computed + n == len(seq.tokens)))
+
+    def commit(self, plan: TickPlan, next_tokens: list[int]) -> list[Sequence]:
+        """Apply a tick's results: `next_tokens` holds one token per sampling entry, in order.
+        Returns the sequences that reached max_new_tokens, already removed and freed."""
+        finished = []
+        sampled = iter(next_tokens)
+        for e in plan.entries:
+            e.seq.computed += e.count
+            if e.samples:
+                e.seq.tokens.append(next(sampled))
+                e.seq.generated += 1
+                if e.seq.generated >= e.seq.request.max_new_tokens:
+                    self.remove(e.seq)
+                    finished.append(e.seq)
+        return finished
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a sequence out, wherever it is, and free its KV."""
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        else:
+            self.running.remove(seq)
+        self.kv.free(seq.id)

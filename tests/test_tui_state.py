@@ -1,0 +1,100 @@
+"""DashboardState and its helpers, without Textual."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tui_synth
+from tracer.events import StageEvent
+from tui.state import DashboardState, config_summary, downsample, expert_stats, stage_stats
+
+
+@pytest.fixture(scope="module")
+def state() -> DashboardState:
+    header, events = tui_synth.recording(120)
+    s = DashboardState()
+    s.set_header(header)
+    s.ingest(events)
+    return s
+
+
+def test_downsample_keeps_a_one_tick_spike():
+    values = np.ones(10_000)
+    values[4321] = 50.0
+    series = downsample(values, 80, cursor=9_999)
+    assert len(series.hi) == 80
+    assert series.hi.max() == 50.0 and series.lo.min() == 1.0
+    assert series.cursor_bucket == 79
+
+
+def test_downsample_fewer_values_than_buckets_is_one_per_value():
+    series = downsample(np.arange(5.0), 80, cursor=2)
+    assert list(series.hi) == [0, 1, 2, 3, 4] and series.cursor_bucket == 2
+
+
+def test_state_ticks_and_times(state: DashboardState):
+    assert state.n_ticks == 120
+    assert state.tick_number(119) == 119
+    assert state.time_at(0) == pytest.approx(0.018)
+    assert state.index_at_time(1.0) == state.index_of_tick(49)
+    assert state.index_of_tick(10_000) == 119
+
+
+def test_requests_as_of_a_tick_do_not_see_the_future(state: DashboardState):
+    rows = state.recent_requests(20, limit=8)
+    assert [r.request for r in rows] == list(range(20, 12, -1))
+    by_id = {r.request: r for r in rows}
+    assert by_id[20].state == "queued" and by_id[20].ttft_s is None
+    assert by_id[14].state == "finished" and by_id[14].output_tokens == 6
+    assert by_id[14].tpot_s == pytest.approx(0.0202)
+    assert by_id[16].state == "decode"  # its finish is in the file, but after tick 20
+
+
+def test_counters_and_latency(state: DashboardState):
+    counts = state.counters(119)
+    assert counts["rejected"] == sum(1 for r in range(114) if r % 13 == 12)
+    assert counts["preempted"] == 4
+    lat = state.latency(119)
+    assert lat.ttft_p50 == pytest.approx(0.034999)  # arrive +1µs, first token next tick +15ms
+    assert lat.tpot_p99 == pytest.approx(0.0202)
+    assert state.latency(0).ttft_p50 is None  # nothing had a first token yet
+
+
+def test_detail_cache_is_bounded():
+    header, events = tui_synth.recording(50)
+    s = DashboardState(detail_capacity=10)
+    s.set_header(header)
+    s.ingest(events)
+    assert s.detail(s.index_of_tick(49)).experts is not None
+    assert s.detail(s.index_of_tick(5)) is None
+
+
+def test_expert_stats():
+    counts = np.array([[4, 0, 0, 0], [1, 1, 1, 1]])
+    stats = expert_stats(counts)
+    assert stats.active_share == pytest.approx(5 / 8)
+    assert stats.imbalance == pytest.approx((4.0 + 1.0) / 2)
+    assert stats.balancedness == pytest.approx((0.25 + 1.0) / 2)
+    assert stats.idle_experts == 3
+    assert stats.hottest[0] == (0, 0, 4.0)
+
+
+def test_stage_stats_finds_warmup_drain_and_bubbles():
+    ms = 1_000_000
+    start = np.array([[0, 1 * ms], [1 * ms, 3 * ms]])
+    end = np.array([[1 * ms, 2 * ms], [2 * ms, 4 * ms]])
+    stats = stage_stats(StageEvent(0, start, end, start, end))
+    assert stats.makespan_ns == 4 * ms
+    assert stats.compute_ns == 4 * ms
+    assert stats.warmup_ns == 1 * ms  # stage 1 waits for the first micro-batch
+    assert stats.drain_ns == 2 * ms  # stage 0 idles after its last
+    assert stats.bubble_ns == 1 * ms  # stage 1 waits between micro-batches
+    assert stats.idle_share == pytest.approx(0.5)
+
+
+def test_config_summary_tolerates_missing_keys():
+    assert config_summary(None)["model"] == "?"
+    summary = config_summary(tui_synth.header())
+    assert summary["policy"] == "window 5ms max16"
+    assert summary["model"] == "tiny 6L×16E top2"

@@ -1,0 +1,273 @@
+"""The load generator against a fake engine that answers from its own thread, as the real one does."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import queue
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from engine.request import Request
+from tracer.events import RequestEvent
+from tracer.recorder import ListRecorder
+from workloads.loadgen import Progress, run_load
+from workloads.spec import parse_workload
+
+
+class FakeEngine:
+    """Ticks every `tick_s`: one token to each running request; rejects past `queue_limit`."""
+
+    def __init__(self, *, tick_s: float = 0.001, queue_limit: int = 1000, max_seqs: int = 64):
+        self.tick_s = tick_s
+        self.queue_limit = queue_limit
+        self.max_seqs = max_seqs
+        self.inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self.finishes: collections.Counter[int] = collections.Counter()
+        self.submitted: list[Request] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> FakeEngine:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def submit(self, req: Request) -> None:
+        self.submitted.append(req)
+        self.inbox.put(("submit", req))
+
+    def cancel(self, request_id: int) -> None:
+        self.inbox.put(("cancel", request_id))
+
+    def _finish(self, req: Request, status: str, reason: str) -> None:
+        self.finishes[req.id] += 1
+        req.sink.on_finish(status, reason, time.monotonic_ns())
+
+    def _loop(self) -> None:
+        waiting: collections.deque[Request] = collections.deque()
+        running: dict[int, list] = {}  # id -> [request, tokens left]
+        while not self._stop.is_set():
+            while True:
+                try:
+                    op, arg = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if op == "submit":
+                    if len(waiting) >= self.queue_limit:
+                        self._finish(arg, "rejected", "queue full")
+                    else:
+                        waiting.append(arg)
+                else:
+                    for req in [r for r in waiting if r.id == arg]:
+                        waiting.remove(req)
+                        self._finish(req, "cancelled", "cancelled")
+                    if arg in running:
+                        self._finish(running.pop(arg)[0], "cancelled", "cancelled")
+            while waiting and len(running) < self.max_seqs:
+                req = waiting.popleft()
+                running[req.id] = [req, req.max_new_tokens]
+            for rid, entry in list(running.items()):
+                req = entry[0]
+                req.sink.on_token(rid % 97, time.monotonic_ns())
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del running[rid]
+                    self._finish(req, "finished", "")
+            time.sleep(self.tick_s)
+        for req in [*waiting, *(e[0] for e in running.values())]:
+            self._finish(req, "cancelled", "engine stopped")
+
+
+def workload(extra: str = "", arrivals: str = 'kind = "poisson"\nrate = 200.0') -> object:
+    return parse_workload(
+        f"""
+        seed = 3
+        duration_s = 0.5
+        {extra}
+        [arrivals]
+        {arrivals}
+        [prompt]
+        kind = "uniform"
+        min = 2
+        max = 9
+        [output]
+        kind = "uniform"
+        min = 1
+        max = 6
+        """,
+        "test workload",
+    )
+
+
+@pytest.fixture
+def engine():
+    eng = FakeEngine().start()
+    yield eng
+    eng.stop()
+
+
+def by_request(events) -> dict[int, list[RequestEvent]]:
+    out: dict[int, list[RequestEvent]] = collections.defaultdict(list)
+    for ev in events:
+        out[ev.request].append(ev)
+    return out
+
+
+def check_lives(result, recorder, engine) -> None:
+    """Every request sent ended exactly once, and its events tell its life in order."""
+    ids = [r.id for r in result.records]
+    assert sorted(ids) == list(range(len(engine.submitted)))
+    lives = by_request(recorder.events)
+    assert set(lives) == set(ids)
+    for record in result.records:
+        phases = [ev.phase for ev in lives[record.id]]
+        assert phases[0] == "arrive" and phases[-1] == "finish"
+        assert phases.count("finish") == 1
+        assert phases == (["arrive", "first_token", "finish"] if record.token_ns else ["arrive", "finish"])
+        times = [ev.t_ns for ev in lives[record.id]]
+        assert times == sorted(times)
+        finish = lives[record.id][-1]
+        assert finish.status == record.status
+        assert finish.output_tokens == len(finish.token_us) == record.output_tokens
+        assert np.all(np.diff(finish.token_us.astype(np.int64)) >= 0)
+
+
+async def test_open_loop_every_request_ends_once(engine):
+    recorder = ListRecorder()
+    result = await run_load(engine, workload(), recorder, vocab_size=50)
+    assert 50 < len(result.records) < 200  # 200/s for 0.5 s
+    check_lives(result, recorder, engine)
+    assert all(r.status == "finished" for r in result.records)
+    assert all(1 <= r.output_tokens == r.max_new_tokens <= 6 for r in result.records)
+    assert all(c == 1 for c in engine.finishes.values())
+    for req in engine.submitted:
+        assert 2 <= len(req.prompt) <= 9 and all(0 <= t < 50 for t in req.prompt)
+    # Sends keep to the absolute schedule: lag stays small and never negative.
+    lags = np.array([r.send_lag_s for r in result.records])
+    assert lags.min() >= 0 and np.median(lags) < 0.05
+
+
+async def test_same_seed_same_requests():
+    async def once():
+        eng = FakeEngine().start()
+        try:
+            result = await run_load(eng, workload(), ListRecorder(), vocab_size=1000)
+        finally:
+            eng.stop()
+        planned = sorted((r.id, r.planned_ns - result.start_ns) for r in result.records)
+        return [(r.prompt, r.max_new_tokens) for r in eng.submitted], [p for _, p in planned]
+
+    (reqs_a, plan_a), (reqs_b, plan_b) = await once(), await once()
+    assert reqs_a == reqs_b and plan_a == plan_b
+
+
+async def test_request_count_limit(engine):
+    spec = dataclasses.replace(workload(), requests=7, duration_s=0.0)
+    result = await run_load(engine, spec, ListRecorder(), vocab_size=50)
+    assert len(result.records) == 7 and not result.stopped
+
+
+async def test_concurrency_cap_holds(engine):
+    engine.tick_s = 0.005
+    spec = workload("concurrency = 3")
+    in_flight_max = 0
+
+    class Watch(ListRecorder):
+        def emit(self, event):
+            nonlocal in_flight_max
+            super().emit(event)
+            live = sum(1 if e.phase == "arrive" else -1 for e in self.events if e.phase in ("arrive", "finish"))
+            in_flight_max = max(in_flight_max, live)
+
+    result = await run_load(engine, spec, Watch(), vocab_size=50, duration_s=0.3)
+    assert in_flight_max == 3
+    # Held back by the cap, later sends are behind their plan, and the lag records it.
+    assert max(r.send_lag_s for r in result.records) > 0.01
+
+
+async def test_rejections_end_requests():
+    eng = FakeEngine(queue_limit=2, max_seqs=1, tick_s=0.01).start()
+    try:
+        recorder = ListRecorder()
+        result = await run_load(eng, workload(), recorder, vocab_size=50)
+    finally:
+        eng.stop()
+    statuses = collections.Counter(r.status for r in result.records)
+    assert statuses["rejected"] > 0 and statuses["finished"] > 0
+    check_lives(result, recorder, eng)
+    rejected = [e for e in recorder.events if e.phase == "finish" and e.status == "rejected"]
+    assert all(e.reason == "queue full" and e.output_tokens == 0 for e in rejected)
+
+
+async def test_closed_loop_users_wait_and_think(engine):
+    spec = workload(arrivals='kind = "closed"\nusers = 2\nthink_s = 0.05')
+    recorder = ListRecorder()
+    result = await run_load(engine, spec, recorder, vocab_size=50, duration_s=0.4)
+    check_lives(result, recorder, engine)
+    # Never more than two requests in flight, and a user's next send waits for its think time.
+    live = 0
+    for ev in recorder.events:
+        live += {"arrive": 1, "finish": -1}.get(ev.phase, 0)
+        assert live <= 2
+    assert 4 <= len(result.records) <= 20
+
+
+async def test_cancel_mid_run_ends_everything(engine):
+    engine.tick_s = 0.02  # slow, so requests are in flight when the run is cancelled
+    recorder = ListRecorder()
+    spec = dataclasses.replace(workload(), duration_s=0.0)  # until stopped
+    seen: list[Progress] = []
+    task = asyncio.create_task(
+        run_load(engine, spec, recorder, vocab_size=50, on_progress=seen.append, progress_interval_s=0.05)
+    )
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    lives = by_request(recorder.events)
+    assert len(lives) == len(engine.submitted) > 10
+    for events in lives.values():
+        assert [e.phase for e in events].count("finish") == 1
+    statuses = collections.Counter(e.status for e in recorder.events if e.phase == "finish")
+    assert statuses["cancelled"] > 0
+    assert seen and seen[-1].submitted > 0
+
+
+async def test_stop_event_returns_result(engine):
+    engine.tick_s = 0.02
+    stop = asyncio.Event()
+    recorder = ListRecorder()
+    spec = dataclasses.replace(workload(), duration_s=0.0)
+    asyncio.get_running_loop().call_later(0.2, stop.set)
+    result = await run_load(engine, spec, recorder, vocab_size=50, stop=stop)
+    assert result.stopped
+    check_lives(result, recorder, engine)
+    assert any(r.status == "cancelled" for r in result.records)
+
+
+async def test_engine_without_cancel_is_ended_by_the_client():
+    class Silent:
+        """Accepts requests and never answers: only the client can end them."""
+
+        def __init__(self):
+            self.submitted = []
+
+        def submit(self, req):
+            self.submitted.append(req)
+
+    eng = Silent()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.1, stop.set)
+    recorder = ListRecorder()
+    result = await run_load(eng, workload(), recorder, vocab_size=50, stop=stop)
+    assert len(result.records) == len(eng.submitted) > 0
+    assert {r.status for r in result.records} == {"cancelled"}
+    assert {r.reason for r in result.records} == {"stopped by the client"}

@@ -1,0 +1,119 @@
+"""Following a trace while it is written: incremental polls, and an async iterator on top."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import AsyncIterator
+
+from tracer.codec import decode_events
+from tracer.errors import TraceFormatError
+from tracer.events import Event, SessionHeader
+from tracer.framing import FrameScanner, Kind
+from tracer.reader import decode_stats, read_preamble
+
+
+class TraceTail:
+    """Reads what a writer has appended since the last `poll()`.
+
+    `state` is "waiting" (no file, or no complete header yet), "ok", "truncated" (the file shrank,
+    or was rewritten in place from the start) or "replaced" (the path now names another file, or
+    none). Truncated and replaced are final: this tail stops there, and following the new file
+    takes a new TraceTail. `finished` turns True once the writer's footer is read (a clean close).
+    A frame still being written is left for a later poll. `poll` raises TraceFormatError when the
+    file cannot be a trace.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = os.fspath(path)
+        self.header: SessionHeader | None = None
+        self.state = "waiting"
+        self.finished = False
+        self.problems: list[str] = []
+        self.dropped: dict[str, int] = {}
+        self._f = None
+        self._ident: tuple[int, int] | None = None
+        self._preamble = b""  # magic + header frame as first read: a rewrite in place changes it
+        self._offset = 0
+
+    def poll(self) -> list[Event]:
+        if self.state in ("truncated", "replaced") or not self._open():
+            return []
+        f = self._f
+        size = os.fstat(f.fileno()).st_size
+        if self.header is None:
+            f.seek(0)
+            header, start = read_preamble(f, self.path, size)
+            if header is None:
+                return []
+            f.seek(0)
+            self.header, self._offset, self._preamble = header, start, f.read(start)
+            self.state = "ok"
+        elif size < self._offset or os.pread(f.fileno(), len(self._preamble), 0) != self._preamble:
+            self._stop("truncated")
+            return []
+        scanner = FrameScanner(f, self._offset, size, final=False)
+        out: list[Event] = []
+        for frame in scanner:
+            if frame.kind == Kind.EVENTS:
+                try:
+                    out.extend(decode_events(frame.payload))
+                except TraceFormatError as exc:
+                    self.problems.append(f"undecodable events frame at byte {frame.offset} ({exc.what}): skipped")
+            elif frame.kind == Kind.STATS:
+                try:
+                    self.dropped = decode_stats(frame.payload)
+                except TraceFormatError:
+                    self.problems.append(f"undecodable stats frame at byte {frame.offset}: skipped")
+            elif frame.kind == Kind.FOOTER:
+                self.finished = True
+        self._offset = scanner.offset
+        self.problems.extend(scanner.problems)
+        return out
+
+    def _open(self) -> bool:
+        """Open the file on first sight; notice when the path stops naming it."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if self._f is not None:
+                self._stop("replaced")
+            return False
+        if self._f is None:
+            self._f = open(self.path, "rb")
+            fst = os.fstat(self._f.fileno())
+            self._ident = (fst.st_dev, fst.st_ino)
+        if (st.st_dev, st.st_ino) != self._ident:
+            self._stop("replaced")
+            return False
+        return True
+
+    def _stop(self, state: str) -> None:
+        self.state = state
+        self.close()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> TraceTail:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def follow(path: str | os.PathLike[str], poll_s: float = 0.05) -> AsyncIterator[Event]:
+    """Yield events as they are appended to `path`, waiting for it to appear.
+
+    Ends when the writer closes the trace, or the file is truncated or replaced. Polls run in a
+    worker thread so a large first read does not stall the event loop.
+    """
+    with TraceTail(path) as tail:
+        while True:
+            for ev in await asyncio.to_thread(tail.poll):
+                yield ev
+            if tail.finished or tail.state in ("truncated", "replaced"):
+                return
+            await asyncio.sleep(poll_s)

@@ -1,0 +1,248 @@
+"""TraceWriter: the hot loop enqueues, a background thread encodes and appends frames."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import struct
+import threading
+import time
+import weakref
+from collections import deque
+
+from tracer.codec import KIND_NAMES, decode_header, encode_event, encode_header, new_packer, packb
+from tracer.errors import TraceFormatError
+from tracer.events import Event, ExpertsEvent, MarkEvent, SessionHeader, StageEvent, TickEvent
+from tracer.framing import MAGIC, Kind, encode_footer, encode_frame
+from tracer.index import INDEX_EVERY, FrameStats, encode_index
+from tracer.limits import MAX_BIN_LEN, MAX_EVENTS_PER_FRAME, TARGET_FRAME_BYTES
+
+
+class TraceWriter:
+    """A Recorder that appends events to a trace file from a background thread.
+
+    `emit` only appends to a deque (well under a microsecond); the writer thread wakes at least
+    twice per `flush_interval_s`, encodes what is queued into frames and writes each frame with one
+    `os.write`, so a process killed at any moment leaves every earlier frame intact. `close()`
+    writes the rest, the final index and the footer, and fsyncs.
+
+    Queue-full policy. Stage and experts events (the bulkiest, least essential) are refused once
+    `queue_max` events wait; tick and mark events once a quarter more wait; request events are
+    never refused, because a request that vanishes from the trace would break every latency
+    figure. A refused event first blocks for up to `block_s` waiting for room; if none appears it
+    is dropped and counted in `dropped` / `dropped_by_kind`, and further refusals drop at once
+    until the writer catches up. The counts are written into the trace as a stats frame.
+
+    `emit` after `close` raises ValueError, as writing to a closed file does.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], header: SessionHeader, *,
+                 flush_interval_s: float = 0.1, queue_max: int = 65536, block_s: float = 0.02):
+        if flush_interval_s <= 0 or queue_max < 1:
+            raise ValueError("flush_interval_s and queue_max must be positive")
+        self.path = os.fspath(path)
+        self.header = header
+        self.dropped = 0
+        self.dropped_by_kind: dict[str, int] = {}
+        self._interval = flush_interval_s
+        self._block_s = block_s
+        # Past these queue lengths an event of that kind is refused; request events have no limit.
+        self._limits = {StageEvent: queue_max, ExpertsEvent: queue_max,
+                        TickEvent: queue_max + queue_max // 4, MarkEvent: queue_max + queue_max // 4}
+        # emit's fast path appends while the queue is below this; -1 after close sends every
+        # emit to the slow path, which raises.
+        self._fast_below = max(1, queue_max // 2)
+        self._q: deque[Event] = deque()
+        self._wake = threading.Event()
+        self._cond = threading.Condition()
+        self._flush_asked = 0
+        self._flush_done = 0
+        self._congested = False
+        self._closing = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._drop_lock = threading.Lock()
+        self._drops_written = 0
+        self._packer = new_packer()
+        self._frames_since_index: list[tuple[int, ...]] = []
+        self._last_index = -1
+        self._offset = 0
+        header_bytes = encode_header(header)  # fails here, in the caller, if config is not storable
+        try:
+            decode_header(header_bytes)  # and refuse one no reader would accept (int keys, huge lists)
+        except TraceFormatError as exc:
+            raise ValueError(f"session header cannot be stored: {exc.what}") from None
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
+        try:
+            self._write(MAGIC + encode_frame(Kind.HEADER, header_bytes))
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._thread = threading.Thread(target=self._run, name="tickscope-trace-writer", daemon=True)
+        self._thread.start()
+        # The thread is a daemon so a forgotten writer cannot hang interpreter exit; this closes
+        # it properly at exit instead.
+        self._atexit = _close_at_exit(weakref.ref(self))
+        atexit.register(self._atexit)
+
+    def emit(self, event: Event) -> None:
+        q = self._q
+        if len(q) < self._fast_below:
+            q.append(event)
+            return
+        self._emit_slow(event)
+
+    def _emit_slow(self, event: Event) -> None:
+        if self._closing:
+            raise ValueError(f"emit on a closed TraceWriter ({self.path})")
+        self._wake.set()
+        if not self._thread.is_alive():  # the writer failed; close() will say why
+            self._count_drop(KIND_NAMES.get(type(event), "invalid"))
+            return
+        q = self._q
+        limit = self._limits.get(type(event))
+        if limit is None or len(q) < limit:
+            q.append(event)
+            return
+        if not self._congested:
+            deadline = time.monotonic() + self._block_s
+            while len(q) >= limit and time.monotonic() < deadline and self._thread.is_alive():
+                time.sleep(0.0005)
+            if len(q) < limit:
+                q.append(event)
+                return
+            self._congested = True  # until the writer drains, drop without waiting again
+        self._count_drop(KIND_NAMES[type(event)])
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything emitted so far is written to the file (not fsynced).
+
+        Returns False if the timeout passed first or the writer thread has stopped.
+        """
+        with self._cond:
+            self._flush_asked += 1
+            target = self._flush_asked
+            self._wake.set()
+            return self._cond.wait_for(
+                lambda: self._flush_done >= target or not self._thread.is_alive(), timeout
+            ) and self._flush_done >= target
+
+    def close(self) -> None:
+        """Write what is queued, the index and the footer; fsync; close. Safe to call twice.
+
+        Raises the writer thread's error (a full disk, say), if it had one.
+        """
+        if self._closed:
+            return
+        self._closing = True
+        self._fast_below = -1
+        self._wake.set()
+        self._thread.join()
+        self._closed = True
+        atexit.unregister(self._atexit)
+        try:
+            if self._error is None:
+                os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+        if self._error is not None:
+            raise OSError(f"writing trace {self.path} failed: {self._error}") from self._error
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait(self._interval / 2)
+                self._wake.clear()
+                closing = self._closing
+                asked = self._flush_asked
+                self._drain()
+                with self._cond:
+                    self._flush_done = asked
+                    self._cond.notify_all()
+                if closing:
+                    break
+            self._drain()  # anything that slipped past the fast path's check during close
+            self._write_index()
+            pass
+        except BaseException as exc:  # kept for close() to raise; the hot loop must not see it
+            self._error = exc
+        finally:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _drain(self) -> None:
+        q = self._q
+        batch = [q.popleft() for _ in range(len(q))]
+        self._congested = False
+        parts: list[bytes] = []
+        size = 0
+        stats = FrameStats()
+        pack = self._packer.pack
+        for ev in batch:
+            try:
+                b = pack(encode_event(ev))
+            except Exception:  # not an event, or a field msgpack cannot hold: count, don't die
+                self._count_drop("invalid")
+                continue
+            if len(b) > MAX_BIN_LEN:  # readers refuse it; better to count it here
+                self._count_drop("oversize")
+                continue
+            if parts and (len(parts) >= MAX_EVENTS_PER_FRAME or size + len(b) > TARGET_FRAME_BYTES):
+                self._write_events(parts, stats)
+                parts, size, stats = [], 0, FrameStats()
+            parts.append(b)
+            size += len(b)
+            stats.add(ev)
+        if parts:
+            self._write_events(parts, stats)
+        if self.dropped != self._drops_written:
+            self._drops_written = self.dropped
+            stats_payload = packb({"dropped": dict(self.dropped_by_kind), "t_ns": time.monotonic_ns()})
+            self._write(encode_frame(Kind.STATS, stats_payload))
+
+    def _count_drop(self, kind: str) -> None:
+        with self._drop_lock:
+            self.dropped += 1
+            self.dropped_by_kind[kind] = self.dropped_by_kind.get(kind, 0) + 1
+
+    def _write_events(self, parts: list[bytes], stats: FrameStats) -> None:
+        # A msgpack array header followed by the already-packed items is one valid array.
+        n = len(parts)
+        head = bytes([0x90 | n]) if n < 16 else b"\xdc" + struct.pack(">H", n)
+        self._frames_since_index.append(stats.entry(self._offset))
+        self._write(encode_frame(Kind.EVENTS, head + b"".join(parts)))
+        if len(self._frames_since_index) >= INDEX_EVERY:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        offset = self._offset
+        self._write(encode_frame(Kind.INDEX, encode_index(self._last_index, self._frames_since_index)))
+        self._last_index = offset
+        self._frames_since_index = []
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self._offset += len(data)
+
+
+class _close_at_exit:
+    """Closes a writer still open at interpreter exit, without keeping it alive until then."""
+
+    def __init__(self, ref: weakref.ref[TraceWriter]):
+        self.ref = ref
+
+    def __call__(self) -> None:
+        writer = self.ref()
+        if writer is not None:
+            writer.close()

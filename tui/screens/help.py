@@ -1,0 +1,65 @@
+"""The `?` overlay: what each panel shows and every key."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown
+
+HELP = """\
+# tickscope
+
+**throughput & batch** — generated tokens per second of each tick (tokens over the time since
+the previous tick ended, so the collection window counts), sequences and tokens (prefill + decode)
+in each batch, and the queue. One column is a bucket of ticks: the solid part reaches the bucket's
+minimum, the dim part its maximum, so no spike is hidden. The yellow column is the current tick.
+
+**experts × layers** — tokens routed to each expert (columns) of each MoE layer (rows) in the
+current tick; each character holds two layers (upper half = upper layer). Dark grey is an expert
+that got nothing. *active* is the share of (layer, expert) cells that got a token; *max/mean* the
+load imbalance (1.0 = perfect), *balance* its inverse mean/max as vLLM logs it; *hot* names the
+busiest experts. Small batches leave most experts idle: that is where MoE efficiency goes.
+
+**latency · queue · KV** — TTFT (arrival to first token) and TPOT (time per output token after the
+first) p50/p99 over the last seconds of recording, TTFT's distribution so far, the queue, running
+sequences, KV-cache use, and requests finished, rejected and preempted.
+
+**pipeline stages** — the current tick's layers split into stages (rows) and its batch into
+micro-batches (coloured cells), on the timeline they would have with one device per stage:
+╌ blue is warmup, ╌ red drain, ░ bubbles inside the pipeline. Shown when the trace has stages.
+
+**recent requests** — the latest arrivals as they stood at the current tick: queued, prefill,
+decode (`*` = was preempted), finished, rejected, cancelled.
+
+## Keys
+
+| key | does |
+|---|---|
+| space | play / pause (live: freeze / follow) |
+| ← → | step one tick back / forward |
+| + − | replay speed 0.1x … 100x, then max (one tick per frame) |
+| home end | first / last tick (live: end follows again) |
+| g | go to tick N, or time T with an `s` (e.g. `12.5s`) |
+| [ ] | previous / next mark |
+| a | heatmap: current tick, or mean of the last 10 / 100 ticks |
+| s | show the stage timeline in place of the heatmap (small terminals) |
+| ? | this help |
+| q | quit |
+
+The mouse works too: the buttons and the scrubber under the panels.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [
+        Binding("escape,question_mark,q", "dismiss", "Close help"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-body"):
+            yield Markdown(HELP)
+
+    async def action_dismiss(self, result: None = None) -> None:
+        self.dismiss(result)

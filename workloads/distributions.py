@@ -1,0 +1,73 @@
+"""What each request asks for: prompt and output lengths from a distribution, prompt token ids.
+
+Each kind of randomness has its own generator spawned from the workload's seed, so the requests
+are the same run after run, and changing (say) the arrival process leaves the lengths alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from workloads.spec import LengthSpec, WorkloadSpec
+
+_BLOCK = 1024  # lengths are drawn this many at a time: one numpy call instead of one per request
+
+
+@dataclass
+class RandomStreams:
+    """Independent generators for the independent random choices of one run."""
+
+    arrivals: np.random.Generator
+    prompt_lengths: np.random.Generator
+    output_lengths: np.random.Generator
+    prompt_tokens: np.random.Generator
+
+    @classmethod
+    def from_seed(cls, seed: int) -> RandomStreams:
+        return cls(*(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)))
+
+
+def sample_lengths(spec: LengthSpec, rng: np.random.Generator, n: int) -> np.ndarray:
+    """`n` token counts (int64) drawn from `spec`, clipped to [spec.min, spec.max]."""
+    if spec.kind == "fixed":
+        return np.full(n, spec.value, dtype=np.int64)
+    if spec.kind == "uniform":
+        return rng.integers(spec.min, spec.max, size=n, endpoint=True, dtype=np.int64)
+    if spec.kind == "lognormal":
+        # Parameterised by the distribution's own mean (what a user knows about their traffic):
+        # E[X] = exp(mu + sigma^2 / 2), so mu = ln(mean) - sigma^2 / 2.
+        mu = math.log(spec.mean) - spec.sigma**2 / 2
+        raw = rng.lognormal(mu, spec.sigma, size=n)
+    elif spec.kind == "file":
+        raw = rng.choice(np.asarray(spec.values, dtype=np.float64), size=n)
+    else:
+        raise ValueError(f"unknown length kind {spec.kind!r}")
+    return np.clip(np.rint(raw), spec.min, spec.max).astype(np.int64)
+
+
+class RequestMaker:
+    """Makes the n-th request's prompt and output budget, the same for the same seed."""
+
+    def __init__(self, spec: WorkloadSpec, streams: RandomStreams, vocab_size: int) -> None:
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be positive, not {vocab_size}")
+        self._vocab_size = vocab_size
+        self._tokens = streams.prompt_tokens
+        self._pairs = self._pairs_of(spec, streams)
+
+    def next(self) -> tuple[list[int], int]:
+        """(prompt token ids, max new tokens) of the next request."""
+        prompt_len, max_new = next(self._pairs)
+        prompt = self._tokens.integers(0, self._vocab_size, size=prompt_len).tolist()
+        return prompt, max_new
+
+    @staticmethod
+    def _pairs_of(spec: WorkloadSpec, streams: RandomStreams) -> Iterator[tuple[int, int]]:
+        while True:
+            prompts = sample_lengths(spec.prompt, streams.prompt_lengths, _BLOCK)
+            outputs = sample_lengths(spec.output, streams.output_lengths, _BLOCK)
+            yield from zip(prompts.tolist(), outputs.tolist())

@@ -1,0 +1,167 @@
+"""One recording: a workload run against one engine configuration, traced to one file.
+
+Everything a user can get wrong (preset, workload, scheduler knobs, device, memory) is checked
+before the trace file is created, so a bad flag never leaves a half-written recording behind.
+Once recording, SIGINT and SIGTERM stop the load, let the engine cancel what is in flight and
+close the trace cleanly; the trace is closed on every path out, errors included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import platform
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from engine.config import ModelConfig, get_preset
+from engine.engine import Engine
+from engine.scheduler import SchedulerConfig
+from tracer.events import SessionHeader
+from tracer.writer import TraceWriter
+from workloads.loadgen import LoadResult, Progress, run_load
+from workloads.spec import WorkloadSpec, load_workload
+
+# How often the run checks that the engine's thread is still alive.
+_WATCH_S = 0.2
+
+
+@dataclass
+class RecordingPlan:
+    preset: str
+    workload: str  # a preset name or a TOML path
+    out: Path
+    duration_s: float | None = None  # None: the workload's own (0 there = until stopped)
+    device: str = "auto"
+    seed: int | None = None  # None: weights from seed 0, load from the workload's seed
+    scheduler_overrides: dict[str, Any] = field(default_factory=dict)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordingResult:
+    out: Path
+    ticks: int
+    requests_submitted: int
+    requests_finished: int
+    tokens_generated: int
+    dropped_events: int
+    interrupted: bool  # stopped by a signal before the workload's end
+
+
+def prepare(plan: RecordingPlan) -> tuple[ModelConfig, SchedulerConfig, WorkloadSpec]:
+    """Resolve and validate the plan's configuration without allocating anything."""
+    spec = load_workload(plan.workload)
+    if plan.seed is not None:
+        spec = dataclasses.replace(spec, seed=plan.seed)
+    model_cfg = get_preset(plan.preset, **plan.model_overrides)
+    sched_cfg = SchedulerConfig(**{**spec.scheduler.overrides(), **plan.scheduler_overrides})
+    sched_cfg.validate()
+    return model_cfg, sched_cfg, spec
+
+
+class Recording:
+    """A session ready to record: building it checks everything and allocates the model, but
+    creates no file; `run` writes the trace."""
+
+    def __init__(self, plan: RecordingPlan) -> None:
+        model_cfg, sched_cfg, self.spec = prepare(plan)
+        self.plan = plan
+        self.engine = Engine(model_cfg, sched_cfg, device=plan.device, seed=plan.seed or 0)
+
+    def run(self, on_progress: Callable[[Progress], None] | None = None) -> RecordingResult:
+        """Record to `plan.out`; blocks until the workload ends or a signal stops it."""
+        plan, engine, spec = self.plan, self.engine, self.spec
+        header = SessionHeader(
+            t0_mono_ns=time.monotonic_ns(),
+            t0_wall_ns=time.time_ns(),
+            config=_session_config(plan, engine, spec),
+        )
+        writer = TraceWriter(plan.out, header)
+        engine.recorder = writer
+        try:
+            engine.start()
+            try:
+                load = asyncio.run(_drive(engine, spec, writer, plan.duration_s, on_progress))
+            finally:
+                engine.stop()
+        finally:
+            writer.close()
+        return RecordingResult(
+            out=plan.out,
+            ticks=engine.ticks,
+            requests_submitted=len(load.records),
+            requests_finished=sum(r.status == "finished" for r in load.records),
+            tokens_generated=engine.tokens_generated,
+            dropped_events=writer.dropped,
+            interrupted=load.stopped,
+        )
+
+
+def record(plan: RecordingPlan, on_progress: Callable[[Progress], None] | None = None) -> RecordingResult:
+    """Check, build and record one session."""
+    return Recording(plan).run(on_progress)
+
+
+async def _drive(
+    engine: Engine,
+    spec: WorkloadSpec,
+    writer: TraceWriter,
+    duration_s: float | None,
+    on_progress: Callable[[Progress], None] | None,
+) -> LoadResult:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # Only the main thread may own signals; a recording started elsewhere stops by `stop`.
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+            handled.append(signum)
+    watchdog = asyncio.create_task(_watch(engine, stop))
+    try:
+        return await run_load(
+            engine, spec, writer,
+            vocab_size=engine.model_cfg.vocab_size,
+            duration_s=duration_s,
+            on_progress=on_progress,
+            stop=stop,
+        )
+    finally:
+        watchdog.cancel()
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+async def _watch(engine: Engine, stop: asyncio.Event) -> None:
+    """A failed engine answers nothing more: stop the load so the error surfaces at once."""
+    while engine.error is None:
+        await asyncio.sleep(_WATCH_S)
+    stop.set()
+
+
+def _session_config(plan: RecordingPlan, engine: Engine, spec: WorkloadSpec) -> dict[str, Any]:
+    config = engine.describe()
+    config.update(
+        preset=plan.preset,
+        seed=plan.seed or 0,
+        workload=spec.to_dict(),
+        duration_s=spec.duration_s if plan.duration_s is None else plan.duration_s,
+        versions=_versions(),
+    )
+    return config
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("tickscope", "torch", "numpy", "msgpack"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[package] = version(package)
+    return versions
