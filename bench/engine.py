@@ -117,6 +117,45 @@ def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: i
     }
 
 
+def hf_peer_step_s(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, batch: int, prompt: int,
+                   steps: int, backend: str) -> float:
+    """Seconds per greedy decode step of the same shape in HuggingFace transformers (GLM-4.5's MoE, which
+    is our architecture; see tests/test_engine_parity.py), decoding with its KV cache."""
+    from transformers import Glm4MoeConfig, Glm4MoeForCausalLM  # the peer only: not an engine dependency
+
+    config = Glm4MoeConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta, "partial_rotary_factor": 1.0},
+        attention_bias=False, use_qk_norm=False, first_k_dense_replace=0,
+        moe_intermediate_size=cfg.moe_intermediate, num_experts_per_tok=cfg.top_k,
+        n_routed_experts=cfg.routed_experts, n_shared_experts=cfg.shared_experts,
+        n_group=1, topk_group=1, norm_topk_prob=True, tie_word_embeddings=False,
+    )
+    config._attn_implementation = "sdpa"
+    config._experts_implementation = backend
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in the model's dtype, on the device: no float32 detour
+    try:
+        with torch.device(device):
+            model = Glm4MoeForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
+    ids = torch.randint(0, cfg.vocab_size, (batch, prompt), device=device)
+    with torch.inference_mode():
+        out = model(ids, use_cache=True)
+        past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        for i in range(steps + 3):
+            if i == 3:
+                _sync(device)
+                t = time.perf_counter()
+            out = model(token, past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            token.cpu()  # a serving loop reads every step's tokens, as the engine does
+    return (time.perf_counter() - t) / steps
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny")
@@ -125,7 +164,12 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=64)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--peer", action="store_true",
+                   help="also time HuggingFace transformers (eager and grouped_mm experts) on the same shape")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overrides = {"layers": args.layers} if args.layers else {}
     cfg = get_preset(args.preset, **overrides)
 
@@ -141,13 +185,18 @@ def main() -> None:
           f"experts via {d['expert_matmul']}, prompt {args.prompt}, {args.steps} decode steps")
     print(f"measured: copy {bandwidth / 1e9:.1f} GB/s, matmul {rate / 1e12:.2f} TFLOP/s, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    peers = ("eager", "grouped_mm") if args.peer else ()
     print(f"{'batch':>6} {'step ms':>9} {'fwd ms':>8} {'tok/s':>9} {'ticks/s':>8} {'experts/layer':>14} "
-          f"{'floor ms':>9} {'of floor':>9}")
+          f"{'floor ms':>9} {'of floor':>9}" + "".join(f" {'hf ' + p + ' ms':>18} {'x':>6}" for p in peers))
     for b, r in rows:
         per_layer = r["distinct"] / cfg.layers
         floor = step_floor(cfg, dtype, b, r["kv_tokens"], round(r["distinct"]), bandwidth, rate)
-        print(f"{b:>6} {r['step_s'] * 1e3:>9.2f} {r['forward_s'] * 1e3:>8.2f} {b / r['step_s']:>9.0f} "
-              f"{1 / r['step_s']:>8.0f} {per_layer:>14.1f} {floor * 1e3:>9.3f} {floor / r['step_s']:>9.1%}")
+        line = (f"{b:>6} {r['step_s'] * 1e3:>9.2f} {r['forward_s'] * 1e3:>8.2f} {b / r['step_s']:>9.0f} "
+                f"{1 / r['step_s']:>8.0f} {per_layer:>14.1f} {floor * 1e3:>9.3f} {floor / r['step_s']:>9.1%}")
+        for peer in peers:
+            peer_s = hf_peer_step_s(cfg, dev, dtype, b, args.prompt, args.steps, peer)
+            line += f" {peer_s * 1e3:>18.2f} {peer_s / r['step_s']:>5.1f}x"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--rates", default="100,1000,5000", help="requests/s, comma-separated")
     args = parser.parse_args()
     table = Table(title=f"load generator dispatch lag, no-op engine, {os.cpu_count()} CPUs")
-    for name in ("target req/s", "requests", "sent req/s", "lag p50 ms", "lag p99 ms", "lag max ms"):
+    columns = ("target req/s", "requests", "sent req/s", "lag p50 ms", "lag p99 ms", "lag max ms")
+    for name in columns:
         table.add_column(name, justify="right")
     for rate in (float(r) for r in args.rates.split(",")):
         row = asyncio.run(measure(rate, args.seconds))

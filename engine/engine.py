@@ -16,10 +16,11 @@ import torch
 from engine.config import ModelConfig, check_fits
 from engine.errors import ConfigError
 from engine.kv_cache import KVCache
-from engine.model import SeqChunk, Transformer, make_batch
+from engine.model import SeqChunk, Transformer
 from engine.request import Request
 from engine.scheduler import Scheduler, SchedulerConfig, Sequence, TickPlan, window_deadline
-from tracer.events import ExpertsEvent, RequestEvent, TickEvent
+from engine.stages import StageExecutor, cell_times, modelled_timeline
+from tracer.events import ExpertsEvent, RequestEvent, StageEvent, TickEvent
 from tracer.recorder import NullRecorder, Recorder
 
 # An idle engine blocks on its queue; this bounds how long a missed wake-up could delay it.
@@ -42,6 +43,8 @@ class Engine:
                  seed: int = 0, recorder: Recorder = NullRecorder()) -> None:
         model_cfg.validate()
         sched_cfg.validate()
+        if sched_cfg.stages > model_cfg.layers:
+            raise ConfigError(f"stages ({sched_cfg.stages}) exceed the model's layers ({model_cfg.layers})")
         self.model_cfg, self.sched_cfg = model_cfg, sched_cfg
         self.device = resolve_device(device)
         self.dtype = model_cfg.torch_dtype(self.device)
@@ -51,6 +54,9 @@ class Engine:
         self.kv = KVCache(model_cfg, sched_cfg.kv_capacity_tokens, self.device, self.dtype,
                           sched_cfg.kv_block_size)
         self.scheduler = Scheduler(sched_cfg, self.kv.allocator)
+        self.executor = StageExecutor(self.model, sched_cfg.stages, sched_cfg.micro_batches, sched_cfg.attention)
+        # with one stage and one micro-batch there is no pipeline to show: no StageEvent is emitted
+        self._pipelined = sched_cfg.stages > 1 or sched_cfg.micro_batches > 1
 
         self.ticks = 0
         self.tokens_generated = 0
@@ -207,7 +213,7 @@ class Engine:
         if not plan.entries:
             return False
 
-        next_tokens, counts, forward_ns = self._forward(plan)
+        next_tokens, counts, forward_ns, stage = self._forward(plan, tick, start)
         end = time.monotonic_ns()
         with self._cond:
             finished = self.scheduler.commit(plan, next_tokens)
@@ -228,29 +234,30 @@ class Engine:
             forward_ns=forward_ns,
         ))
         self.recorder.emit(ExpertsEvent(tick, counts))
+        if stage is not None:
+            self.recorder.emit(stage)
         return True
 
-    def _forward(self, plan: TickPlan) -> tuple[list[int], np.ndarray, int]:
-        """One forward pass and greedy sampling: (next tokens, expert load [layers, experts], ns)."""
+    def _forward(self, plan: TickPlan, tick: int,
+                 tick_start: int) -> tuple[list[int], np.ndarray, int, StageEvent | None]:
+        """One forward pass and greedy sampling: next tokens, expert load [layers, experts], the
+        forward's device time in ns, and the tick's pipeline cells when there is a pipeline."""
         alloc = self.kv.allocator
         chunks = [SeqChunk(e.seq.tokens[e.start:e.start + e.count], e.start,
                            alloc.slots(e.seq.id, e.start + e.count), e.samples) for e in plan.entries]
-        batch = make_batch(chunks, self.device, self.sched_cfg.attention)
-        cuda = self.device.type == "cuda"
-        if cuda:
-            began, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            began.record()
-        else:
-            t0 = time.perf_counter_ns()
-        logits, counts = self.model(batch, self.kv.k, self.kv.v)
+        began = time.monotonic_ns()
+        logits, counts, clock, micro = self.executor.forward(chunks, self.kv.k, self.kv.v, self.device)
         next_tokens = logits.argmax(dim=-1).to(torch.int32)
-        if cuda:
-            ended.record()
         # the tick's one host synchronisation: tokens and expert load in one copy
         host = torch.cat([next_tokens, counts.flatten()]).cpu().numpy()
-        forward_ns = int(began.elapsed_time(ended) * 1e6) if cuda else time.perf_counter_ns() - t0
         n = len(next_tokens)
-        return host[:n].tolist(), host[n:].reshape(counts.shape), forward_ns
+        start, end = cell_times(clock, self.sched_cfg.stages, micro)
+        stage = None
+        if self._pipelined:
+            offset = began - tick_start  # cell times are relative to the tick's start
+            modelled_start, modelled_end = modelled_timeline(end - start)
+            stage = StageEvent(tick, start + offset, end + offset, modelled_start + offset, modelled_end + offset)
+        return host[:n].tolist(), host[n:].reshape(counts.shape), int(end[-1, -1]), stage
 
     def _cancel_requested(self) -> None:
         with self._cond:

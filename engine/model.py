@@ -301,10 +301,11 @@ class Transformer(nn.Module):
 
     def run_layers(self, x: Tensor, batch: ForwardBatch, kv_k: Tensor, kv_v: Tensor, counts: Tensor,
                    layers: range) -> Tensor:
-        """Layers `layers` over x; each layer's expert load goes into counts[layer]."""
+        """Layers `layers` over x; each layer's expert load is added to counts[layer]."""
         cos, sin = self.rope_cos.index_select(0, batch.positions), self.rope_sin.index_select(0, batch.positions)
         for i in layers:
-            x, counts[i] = self.layers[i](x, batch, cos, sin, kv_k[i], kv_v[i])
+            x, layer_counts = self.layers[i](x, batch, cos, sin, kv_k[i], kv_v[i])
+            counts[i] += layer_counts
         return x
 
     def logits(self, x: Tensor, batch: ForwardBatch) -> Tensor:
@@ -313,6 +314,6 @@ class Transformer(nn.Module):
 
     def forward(self, batch: ForwardBatch, kv_k: Tensor, kv_v: Tensor) -> tuple[Tensor, Tensor]:
         """Logits [S, vocab] and expert load [layers, experts] (int32) of one tick."""
-        counts = torch.empty(self.cfg.layers, self.cfg.routed_experts, device=kv_k.device, dtype=torch.int32)
+        counts = torch.zeros(self.cfg.layers, self.cfg.routed_experts, device=kv_k.device, dtype=torch.int32)
         x = self.run_layers(self.embed_tokens(batch), batch, kv_k, kv_v, counts, range(self.cfg.layers))
         return self.logits(x, batch), counts

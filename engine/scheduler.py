@@ -36,6 +36,8 @@ class SchedulerConfig:
     queue_limit: int = 1024  # requests waiting for admission; past it, submissions are rejected
     attention: str = "ragged"  # one attention call for the batch, or one per same-length group
     kv_block_size: int = 16
+    stages: int = 1  # pipeline stages the layers are split into (timed and modelled on one device)
+    micro_batches: int = 1  # slices of each tick's batch that flow through the stages in turn
 
     def validate(self) -> None:
         if self.policy not in POLICIES:
@@ -44,7 +46,7 @@ class SchedulerConfig:
             raise ConfigError(f"unknown attention grouping '{self.attention}' (choose from: {', '.join(GROUPINGS)})")
         if self.window_ms < 0:
             raise ConfigError(f"window_ms must be 0 or more, got {self.window_ms}")
-        for name in ("max_seqs", "max_tokens", "prefill_chunk", "kv_block_size"):
+        for name in ("max_seqs", "max_tokens", "prefill_chunk", "kv_block_size", "stages", "micro_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.queue_limit < 0:

@@ -181,7 +181,7 @@ def test_a_model_too_big_for_memory_is_refused_before_allocation():
 def test_an_error_in_the_tick_loop_ends_every_request_and_surfaces():
     eng = engine()
 
-    def broken(plan):
+    def broken(*args):
         raise RuntimeError("boom")
 
     eng._forward = broken

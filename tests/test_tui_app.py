@@ -61,7 +61,7 @@ async def test_replay_steps_jumps_and_seeks(trace):
         assert app.state.tick_number(app.cursor) == 49
         await pilot.press("g", *"nonsense", "enter")
         assert app.state.tick_number(app.cursor) == 49
-        await pilot.press("right_square_bracket")  # next mark, at tick 40? no: after 49, none
+        await pilot.press("right_square_bracket")  # the only mark (tick 40) is behind: stay
         assert app.state.tick_number(app.cursor) == 49
         await pilot.press("left_square_bracket")
         assert app.state.tick_number(app.cursor) == 40
@@ -173,14 +173,16 @@ async def test_live_follows_a_growing_file(tmp_path):
         writer.close()
 
 
-async def test_live_shows_the_recording_ended(tmp_path):
-    path = str(tmp_path / "live.msgpack")
-    with TraceWriter(path, tui_synth.header()) as writer:
-        write_ticks(writer, 0, 10)
-    app = TickscopeApp(LiveSource(path), "live")
-    async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.status == "ended")
-        assert app.state.n_ticks == 10
+def test_live_source_states(tmp_path, monkeypatch):
+    source = LiveSource(str(tmp_path / "nothing-yet.msgpack"))
+    assert source.poll() == [] and source.status() == "waiting"
+    tui_synth.write_trace(source.path, 3)
+    assert len(source.poll()) > 0 and source.status() == "live"
+    monkeypatch.setattr(source._tail, "finished", True)  # the writer's footer was read
+    assert source.status() == "ended"
+    monkeypatch.setattr(source._tail, "finished", False)
+    monkeypatch.setattr("tui.source.time.monotonic", lambda: source._last_growth + 60)
+    assert source.status() == "idle"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "replaced"])

@@ -1,4 +1,4 @@
-"""The load generator against a fake engine that answers from its own thread, as the real one does."""
+"""The load generator against a fake engine that answers from its own thread, as the real one."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import time
 import numpy as np
 import pytest
 
+from engine.errors import ConfigError
 from engine.request import Request
 from tracer.events import RequestEvent
 from tracer.recorder import ListRecorder
 from workloads.loadgen import Progress, run_load
-from workloads.spec import parse_workload
+from workloads.spec import load_workload, parse_workload
 
 
 class FakeEngine:
@@ -131,7 +132,8 @@ def check_lives(result, recorder, engine) -> None:
         phases = [ev.phase for ev in lives[record.id]]
         assert phases[0] == "arrive" and phases[-1] == "finish"
         assert phases.count("finish") == 1
-        assert phases == (["arrive", "first_token", "finish"] if record.token_ns else ["arrive", "finish"])
+        expected = ["arrive", "first_token", "finish"] if record.token_ns else ["arrive", "finish"]
+        assert phases == expected
         times = [ev.t_ns for ev in lives[record.id]]
         assert times == sorted(times)
         finish = lives[record.id][-1]
@@ -184,7 +186,7 @@ async def test_concurrency_cap_holds(engine):
         def emit(self, event):
             nonlocal in_flight_max
             super().emit(event)
-            live = sum(1 if e.phase == "arrive" else -1 for e in self.events if e.phase in ("arrive", "finish"))
+            live = sum({"arrive": 1, "finish": -1}.get(e.phase, 0) for e in self.events)
             in_flight_max = max(in_flight_max, live)
 
     result = await run_load(engine, spec, Watch(), vocab_size=50, duration_s=0.3)
@@ -226,7 +228,9 @@ async def test_cancel_mid_run_ends_everything(engine):
     spec = dataclasses.replace(workload(), duration_s=0.0)  # until stopped
     seen: list[Progress] = []
     task = asyncio.create_task(
-        run_load(engine, spec, recorder, vocab_size=50, on_progress=seen.append, progress_interval_s=0.05)
+        run_load(
+            engine, spec, recorder, vocab_size=50, on_progress=seen.append, progress_interval_s=0.05
+        )
     )
     await asyncio.sleep(0.3)
     task.cancel()
@@ -271,3 +275,54 @@ async def test_engine_without_cancel_is_ended_by_the_client():
     assert len(result.records) == len(eng.submitted) > 0
     assert {r.status for r in result.records} == {"cancelled"}
     assert {r.reason for r in result.records} == {"stopped by the client"}
+
+
+async def test_replay_sends_on_the_file_times(engine, tmp_path):
+    (tmp_path / "times.jsonl").write_text("".join(f'{{"t": {t}}}\n' for t in (0.3, 0.0, 0.1, 0.25)))
+    (tmp_path / "w.toml").write_text(
+        """
+        [arrivals]
+        kind = "replay"
+        file = "times.jsonl"
+        column = "t"
+        [prompt]
+        kind = "fixed"
+        value = 4
+        [output]
+        kind = "fixed"
+        value = 2
+        """
+    )
+    result = await run_load(engine, load_workload(tmp_path / "w.toml"), ListRecorder(), vocab_size=50)
+    planned = sorted((r.id, (r.planned_ns - result.start_ns) / 1e9) for r in result.records)
+    assert [round(p, 6) for _, p in planned] == [0.0, 0.1, 0.25, 0.3]
+    assert all(r.status == "finished" and r.output_tokens == 2 for r in result.records)
+
+
+async def test_result_metrics_use_the_workload_window_and_slo(engine):
+    spec = workload("warmup_s = 0.2\n[slo]\nttft_s = 10.0\n")
+    result = await run_load(engine, spec, ListRecorder(), vocab_size=50)
+    m = result.metrics()
+    assert m.window_s[0] == pytest.approx(0.2)
+    assert 0 < m.counted < m.requests == len(result.records)
+    assert m.finished == m.counted and m.goodput == pytest.approx(m.request_throughput)
+    assert m.ttft.count == m.finished and m.ttft.p50 > 0
+
+
+async def test_negative_duration_is_a_config_error(engine):
+    with pytest.raises(ConfigError, match="negative duration"):
+        await run_load(engine, workload(), ListRecorder(), vocab_size=50, duration_s=-1)
+
+
+async def test_stop_during_the_drain_still_stops(engine):
+    engine.tick_s = 0.02
+    spec = dataclasses.replace(workload(), duration_s=0.1)
+    spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, min=500, max=500))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.3, stop.set)  # sending ended at 0.1 s; 500 ticks left
+    recorder = ListRecorder()
+    started = time.monotonic()
+    result = await run_load(engine, spec, recorder, vocab_size=50, stop=stop)
+    assert time.monotonic() - started < 3
+    assert result.stopped and {r.status for r in result.records} == {"cancelled"}
+    check_lives(result, recorder, engine)

@@ -105,7 +105,10 @@ class TickscopeApp(App[None]):
                 self.post_message(SourceFailed(f"{type(exc).__name__}: {exc}"))
                 return
             if events or status != last_status or self.source.done:
-                self._chunk_slots.acquire()
+                # Wait for the UI thread to catch up, but never past a cancel (the app quitting).
+                while not self._chunk_slots.acquire(timeout=POLL_S):
+                    if worker.is_cancelled:
+                        return
                 self.post_message(SourceUpdate(events, self.source.header, status, self.source.done))
                 last_status = status
             if self.source.done:

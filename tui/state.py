@@ -206,7 +206,6 @@ class DashboardState:
         self._detail: OrderedDict[int, Detail] = OrderedDict()
         self._detail_capacity = detail_capacity
         self.has_stages = False
-        self.events_seen = 0
 
     # -- ingest ---------------------------------------------------------------------------------
 
@@ -220,7 +219,6 @@ class DashboardState:
     def ingest(self, events: Iterable[Any]) -> None:
         """Take events in file order; anything not an event is ignored."""
         for ev in events:
-            self.events_seen += 1
             if isinstance(ev, TickEvent):
                 self.ticks.append((
                     ev.tick, self._s(ev.start_ns), self._s(ev.end_ns), ev.wait_ns / NS, ev.seqs,
@@ -442,34 +440,31 @@ class DashboardState:
                 held += 1
         return (total / held if total is not None else None), held
 
-    def marks_upto(self, index: int) -> list[MarkEvent]:
-        tick = self.tick_number(index) if self.n_ticks else -1
-        return [m for m in self.marks if m.tick <= tick]
-
 
 def config_summary(header: SessionHeader | None) -> dict[str, str]:
     """Model, device and policy named from a header's config, tolerant of missing keys."""
     cfg = header.config if header is not None else {}
     model = cfg.get("model") or {}
-    device = cfg.get("device") or {}
     sched = cfg.get("scheduler") or {}
     workload = cfg.get("workload") or {}
-    if not isinstance(device, dict):
-        device = {"name": str(device)}
+    device = cfg.get("device_name") or cfg.get("device") or "?"
+    if isinstance(device, dict):
+        device = device.get("name", device.get("type", "?"))
     policy = str(sched.get("policy", "?"))
     window = sched.get("window_ms")
-    if window is not None:
+    if window is not None and policy != "continuous":  # continuous batching has no window
         policy += f" {window:g}ms"
     if sched.get("max_seqs") is not None:
         policy += f" max{sched['max_seqs']}"
+    experts = model.get("experts", model.get("routed_experts"))
     shape = ""
-    if model.get("layers") and model.get("experts"):
-        shape = f" {model['layers']}L×{model['experts']}E"
+    if model.get("layers") and experts:
+        shape = f" {model['layers']}L×{experts}E"
         if model.get("top_k"):
             shape += f" top{model['top_k']}"
     return {
-        "model": f"{model.get('name', model.get('preset', '?'))}{shape}",
-        "device": str(device.get("name", device.get("type", "?"))),
+        "model": f"{model.get('name', cfg.get('preset', '?'))}{shape}",
+        "device": str(device),
         "policy": policy,
         "workload": str(workload.get("name", "?")),
     }

@@ -45,7 +45,8 @@ def read_column(path: Path, column: str) -> list[float]:
 def _from_csv(path: Path, text: str, column: str) -> list[float]:
     reader = csv.DictReader(text.splitlines())
     if reader.fieldnames is None or column not in reader.fieldnames:
-        raise ConfigError(f"data file {path} has no column '{column}' (header: {reader.fieldnames})")
+        header = reader.fieldnames
+        raise ConfigError(f"data file {path} has no column '{column}' (header: {header})")
     # Data rows start on line 2, after the header.
     return [_number(path, n, row[column]) for n, row in enumerate(reader, 2)]
 

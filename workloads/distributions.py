@@ -15,6 +15,7 @@ import numpy as np
 from workloads.spec import LengthSpec, WorkloadSpec
 
 _BLOCK = 1024  # lengths are drawn this many at a time: one numpy call instead of one per request
+_TOKEN_BLOCK = 1 << 16
 
 
 @dataclass
@@ -58,11 +59,20 @@ class RequestMaker:
         self._vocab_size = vocab_size
         self._tokens = streams.prompt_tokens
         self._pairs = self._pairs_of(spec, streams)
+        # Token ids are cut from a pre-drawn block: one numpy call per request costs more than
+        # the rest of sending it.
+        self._pool = np.empty(0, dtype=np.int64)
+        self._pos = 0
 
     def next(self) -> tuple[list[int], int]:
         """(prompt token ids, max new tokens) of the next request."""
         prompt_len, max_new = next(self._pairs)
-        prompt = self._tokens.integers(0, self._vocab_size, size=prompt_len).tolist()
+        if self._pos + prompt_len > len(self._pool):
+            size = max(_TOKEN_BLOCK, prompt_len)
+            self._pool = self._tokens.integers(0, self._vocab_size, size=size)
+            self._pos = 0
+        prompt = self._pool[self._pos : self._pos + prompt_len].tolist()
+        self._pos += prompt_len
         return prompt, max_new
 
     @staticmethod

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from engine.errors import ConfigError
 from engine.request import Request
 from tracer.events import RequestEvent
 from tracer.recorder import Recorder
@@ -34,7 +35,7 @@ CANCEL_GRACE_S = 2.0
 # When the schedule is behind, this many requests go out back to back before the loop is let
 # run: token callbacks and a stop request must not starve behind a burst of sends.
 _BURST = 64
-_MAX_TOKEN_US = np.iinfo(np.uint32).max
+_MAX_TOKEN_US = 2**32 - 1  # token_us is uint32: 71 minutes, past which times saturate
 
 
 class EngineLike(Protocol):
@@ -97,24 +98,20 @@ async def run_load(
     """
     duration = spec.duration_s if duration_s is None else duration_s
     if duration < 0:
-        raise ValueError(f"duration_s must not be negative, not {duration}")
+        raise ConfigError(f"negative duration: {duration:g} s")
     run = _Run(engine, spec, recorder, vocab_size)
     deadline_ns = run.start_ns + int(duration * NS) if duration else None
-    sender = asyncio.create_task(run.send_all(deadline_ns))
+    sender = asyncio.create_task(run.send_then_drain(deadline_ns))
     reporter = (
         asyncio.create_task(run.report(on_progress, progress_interval_s)) if on_progress else None
     )
     stopper = asyncio.create_task(stop.wait()) if stop is not None else None
-    stopped = False
     try:
         waiting = {sender} if stopper is None else {sender, stopper}
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if sender.done():
+        stopped = not sender.done()
+        if not stopped:
             sender.result()  # surfaces an error from sending
-            await run.drained()
-        else:
-            stopped = True
-        run.send_end_ns = run.send_end_ns or time.monotonic_ns()
     finally:
         # Reached on stop, on an error and on cancellation alike: nothing may stay in flight.
         run.send_end_ns = run.send_end_ns or time.monotonic_ns()
@@ -122,7 +119,8 @@ async def run_load(
         await run.cancel_in_flight()
     if on_progress is not None:
         on_progress(run.progress())
-    return LoadResult(spec, run.start_ns, run.send_end_ns, time.monotonic_ns(), run.records, stopped)
+    end_ns = time.monotonic_ns()
+    return LoadResult(spec, run.start_ns, run.send_end_ns, end_ns, run.records, stopped)
 
 
 async def _cancel_tasks(*tasks: asyncio.Task | None) -> None:
@@ -158,7 +156,8 @@ class _Run:
         self.send_end_ns = 0
 
     # -- sending -------------------------------------------------------------------------
-    async def send_all(self, deadline_ns: int | None) -> None:
+    async def send_then_drain(self, deadline_ns: int | None) -> None:
+        """Send until the deadline or the request count, then wait for what is in flight."""
         try:
             if self.spec.arrivals.kind == "closed":
                 users = [
@@ -174,6 +173,7 @@ class _Run:
                 await self._open_loop(deadline_ns)
         finally:
             self.send_end_ns = self.send_end_ns or time.monotonic_ns()
+        await self.idle.wait()
 
     def _more(self, planned_ns: int, deadline_ns: int | None) -> bool:
         limit = self.spec.requests
@@ -252,6 +252,7 @@ class _Run:
         self.records.append(record)
         self.counts[record.status] = self.counts.get(record.status, 0) + 1
         self.tokens_done += record.output_tokens
+        # Never negative: a token is stamped by the engine after `submit`, and `sent_ns` before.
         token_us = (np.asarray(record.token_ns, dtype=np.int64) - record.sent_ns) // 1000
         self.recorder.emit(
             RequestEvent(
@@ -260,7 +261,7 @@ class _Run:
                 output_tokens=record.output_tokens,
                 status=record.status,
                 reason=record.reason,
-                token_us=np.clip(token_us, 0, _MAX_TOKEN_US).astype(np.uint32),
+                token_us=np.minimum(token_us, _MAX_TOKEN_US).astype(np.uint32),
             )
         )
         if self.slots is not None:
@@ -269,9 +270,6 @@ class _Run:
             self.idle.set()
 
     # -- ending ----------------------------------------------------------------------------
-    async def drained(self) -> None:
-        await self.idle.wait()
-
     async def cancel_in_flight(self) -> None:
         """End every request still in flight: ask the engine, then end the rest ourselves."""
         if not self.in_flight:

@@ -140,7 +140,7 @@ def summarize(
     cooldown_s: float = 0.0,
     slo: SLO = SLO(),
 ) -> LoadMetrics:
-    """Aggregate `records` of a run that started sending at `start_ns` and stopped at `send_end_ns`."""
+    """Aggregate the records of a run that sent from `start_ns` until `send_end_ns`."""
     lo_ns = start_ns + int(warmup_s * NS)
     hi_ns = send_end_ns - int(cooldown_s * NS)
     counted = [r for r in records if lo_ns <= r.sent_ns <= hi_ns]

@@ -153,7 +153,8 @@ def load_workload(name_or_path: str | Path) -> WorkloadSpec:
         choices = ", ".join(list_workloads())
         raise ConfigError(f"unknown workload '{text}' (choose from: {choices})")
     # Presets refer to no data files, so they need no base directory.
-    return parse_workload(entry.read_text(encoding="utf-8"), f"preset {text}.toml", default_name=text)
+    source = entry.read_text(encoding="utf-8")
+    return parse_workload(source, f"preset {text}.toml", default_name=text)
 
 
 def parse_workload(
@@ -354,7 +355,8 @@ class _Table:
         value = self._value(key, default, required)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not numeric or not math.isfinite(value):
             self.fail(f"'{self.where}{key}' must be a number, not {value!r}")
         self._bound(key, value, at_least, above)
         return float(value)

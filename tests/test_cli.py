@@ -1,0 +1,138 @@
+"""The command line end to end: a real recording on the tiny engine, read back every way a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import tracer
+from tui.cli import main
+
+SUMMARY_KEYS = {
+    "ticks", "requests_submitted", "requests_finished", "tokens_generated", "duration_s",
+    "throughput_tok_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s",
+    "mean_batch_seqs", "experts_active_frac",
+}
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run.msgpack"
+    assert main(["record", "--preset", "tiny", "--workload", "smoke", "--duration", "2", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_record_writes_a_trace_that_loads(recorded: Path) -> None:
+    trace = tracer.load(recorded)
+    assert trace.problems == []
+    assert trace.ticks.height > 0
+    assert trace.requests.height > 0
+    # every request ends exactly once, and the trace says how
+    assert set(trace.requests["status"].to_list()) <= {"finished", "rejected", "cancelled"}
+    assert trace.header.config["preset"] == "tiny"
+    assert trace.header.config["workload"]["name"] == "smoke"
+    layers = trace.header.config["model"]["layers"]
+    assert trace.experts["layer"].n_unique() == layers
+
+
+def test_summary_json_has_the_promised_figures(recorded: Path, capsys) -> None:
+    assert main(["summary", str(recorded), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert SUMMARY_KEYS <= summary.keys()
+    trace = tracer.load(recorded)
+    assert summary["ticks"] == trace.ticks.height
+    assert summary["requests_submitted"] == trace.requests.height
+    assert summary["tokens_generated"] == trace.requests["output_tokens"].sum()
+    assert summary["requests_finished"] > 0 and summary["throughput_tok_s"] > 0
+
+
+def test_summary_table_names_the_figures(recorded: Path, capsys) -> None:
+    assert main(["summary", str(recorded)]) == 0
+    out = capsys.readouterr().out
+    for key in ("ticks", "throughput_tok_s", "ttft_p99_s", "experts_active_frac"):
+        assert key in out
+
+
+@pytest.mark.parametrize("to", ["perfetto", "parquet", "csv"])
+def test_export(recorded: Path, tmp_path: Path, to: str) -> None:
+    out = tmp_path / ("trace.json" if to == "perfetto" else "frames")
+    assert main(["export", str(recorded), "--to", to, str(out)]) == 0
+    assert out.exists()
+    if to == "perfetto":
+        assert json.loads(out.read_text())["traceEvents"]
+    else:
+        assert any(out.iterdir())
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["summary", "missing.msgpack"], "no such file: missing.msgpack"),
+        (["summary", "not-a-trace.msgpack"], "not a tickscope trace"),
+        (["replay", "not-a-trace.msgpack"], "not a tickscope trace"),
+        (["record", "--preset", "huge", "--out", "x.msgpack"], "unknown preset 'huge'"),
+        (["record", "--workload", "nope", "--out", "x.msgpack"], "unknown workload 'nope'"),
+        (["record", "--duration", "-1", "--out", "x.msgpack"], "must be a positive number of seconds"),
+        (["record", "--max-seqs", "0", "--out", "x.msgpack"], "must be a positive whole number"),
+        (["record", "--device", "cuda", "--out", "x.msgpack"], "no CUDA device"),
+        (["record", "--out", "exists.msgpack"], "already exists"),
+        (["record", "--out", "nodir/x.msgpack"], "does not exist"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
+    (tmp_path / "not-a-trace.msgpack").write_text("hello")
+    (tmp_path / "exists.msgpack").write_text("keep me")
+    if "cuda" in args and _cuda_present():
+        pytest.skip("a CUDA device is present")
+    result = _run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert says in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x.msgpack").exists()  # nothing half-written
+    assert (tmp_path / "exists.msgpack").read_text() == "keep me"  # nothing lost
+
+
+def _cuda_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_closes_the_recording_cleanly(tmp_path: Path, signum: int) -> None:
+    out = tmp_path / "stopped.msgpack"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "record", "--workload", "demo", "--out", str(out), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if out.exists() and tracer.open_trace(out).tick_count > 20:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the recording made no progress")
+        os.kill(child.pid, signum)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0, stderr
+    trace = tracer.load(out)
+    assert trace.problems == []
+    statuses = trace.requests["status"].to_list()
+    assert statuses and all(s in ("finished", "rejected", "cancelled") for s in statuses)
