@@ -187,7 +187,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     peers = ("eager", "grouped_mm") if args.peer else ()
     print(f"{'batch':>6} {'step ms':>9} {'fwd ms':>8} {'tok/s':>9} {'ticks/s':>8} {'experts/layer':>14} "
-          f"{'floor ms':>9} {'of floor':>9}" + "".join(f" {'hf ' + p + ' ms':>18} {'x':>6}" for p in peers))
+          f"{'floor ms':>9} {'of floor':>9}" + "".join(f" {'hf ' + p + ' ms':>18} {'we are':>7}" for p in peers))
     for b, r in rows:
         per_layer = r["distinct"] / cfg.layers
         floor = step_floor(cfg, dtype, b, r["kv_tokens"], round(r["distinct"]), bandwidth, rate)
@@ -195,7 +195,7 @@ def main() -> None:
                 f"{1 / r['step_s']:>8.0f} {per_layer:>14.1f} {floor * 1e3:>9.3f} {floor / r['step_s']:>9.1%}")
         for peer in peers:
             peer_s = hf_peer_step_s(cfg, dev, dtype, b, args.prompt, args.steps, peer)
-            line += f" {peer_s * 1e3:>18.2f} {peer_s / r['step_s']:>5.1f}x"
+            line += f" {peer_s * 1e3:>18.2f} {peer_s / r['step_s']:>6.1f}x"
         print(line)
 
 

@@ -39,6 +39,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 class Engine:
+    """Serves requests from a queue, one tick (one forward pass) at a time, on a thread of its own.
+
+    Every request submitted ends exactly once through its sink: "finished" at max_new_tokens (EOS is
+    ignored, as serving benchmarks do), "rejected" at once by `submit` (queue full, impossible request,
+    engine stopped; called on the submitting thread), or "cancelled" (by `cancel` or `stop`).
+    """
+
     def __init__(self, model_cfg: ModelConfig, sched_cfg: SchedulerConfig, *, device: str = "auto",
                  seed: int = 0, recorder: Recorder = NullRecorder()) -> None:
         model_cfg.validate()
@@ -133,6 +140,7 @@ class Engine:
             "kv_bytes_per_token": self.model_cfg.kv_bytes_per_token(self.dtype),
             "kv_capacity_tokens": self.kv.allocator.capacity_tokens,
             "expert_matmul": self.model.layers[0].moe.matmul.__name__,
+            "stage_layers": [[r.start, r.stop] for r in self.executor.stage_layers],
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
         }

@@ -58,8 +58,8 @@ class SeqChunk:
 def make_batch(chunks: list[SeqChunk], device: torch.device, grouping: str = "ragged") -> ForwardBatch:
     """Flatten a tick's sequence chunks into model inputs (built on the host, copied once).
 
-    `ragged` puts every sequence into one attention call; `same-length` makes one call per distinct
-    key length, so no sequence is padded (the article's grouping of equal-length sequences).
+    `ragged` puts every sequence into one attention call, padded to the longest; `same-length` makes
+    one call per distinct length, so no keys are padded (the article's grouping of sequences).
     """
     lengths = np.array([len(c.tokens) for c in chunks])
     row_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -74,11 +74,12 @@ def make_batch(chunks: list[SeqChunk], device: torch.device, grouping: str = "ra
         kv_len = np.array([c.start + len(c.tokens) for c in chunks])
         members = [np.flatnonzero(kv_len == n) for n in np.unique(kv_len)]
     groups = [_attn_group(chunks, m, lengths, row_start, device) for m in members]
+    return ForwardBatch(_put(tokens, device), _put(positions, device), _put(slots, device), groups,
+                        _put(sample, device))
 
-    def put(a: np.ndarray) -> Tensor:
-        return torch.from_numpy(a).to(device, non_blocking=True)
 
-    return ForwardBatch(put(tokens), put(positions), put(slots), groups, put(sample))
+def _put(a: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(a).to(device, non_blocking=True)
 
 
 def _attn_group(chunks: list[SeqChunk], members: np.ndarray, lengths: np.ndarray, row_start: np.ndarray,
@@ -98,12 +99,8 @@ def _attn_group(chunks: list[SeqChunk], members: np.ndarray, lengths: np.ndarray
     q_pos = start[:, None] + np.arange(q_max)[None, :]
     key = np.arange(kv_max)
     mask = (key[None, None, :] <= q_pos[:, :, None]) & (key[None, None, :] < kv_len[:, None, None])
-
-    def put(a: np.ndarray) -> Tensor:
-        return torch.from_numpy(a).to(device, non_blocking=True)
-
-    return AttnGroup(put(token_index), put(query_pad_index), len(members), q_max, put(kv_slots),
-                     put(mask[:, None]))
+    return AttnGroup(_put(token_index, device), _put(query_pad_index, device), len(members), q_max,
+                     _put(kv_slots, device), _put(mask[:, None], device))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -73,6 +73,19 @@ def test_every_request_finishes_once_and_events_add_up(policy, window_ms):
         assert all(a.tick == 0 or ticks[a.tick - 1].running == 0 for a in admits)
 
 
+def test_window_policy_starts_ticks_a_whole_window_apart():
+    rec = ListRecorder()
+    eng = engine(rec, policy="window", window_ms=10.0)
+    sink = Collect()
+    eng.start()
+    eng.submit(Request(0, [1, 2, 3], 4, sink))
+    assert sink.done.wait(30)
+    eng.stop()
+    starts = [e.start_ns for e in rec.events if isinstance(e, TickEvent)]
+    assert len(starts) == 4
+    assert all(b - a >= 10_000_000 for a, b in zip(starts, starts[1:]))
+
+
 def test_stop_cancels_queued_and_running_work():
     eng = engine(max_seqs=2, max_tokens=64)
     sinks = [Collect() for _ in range(5)]

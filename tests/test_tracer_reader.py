@@ -169,3 +169,12 @@ def test_events_for_a_range_of_ticks(tmp_path):
         got = list(r.events_for_ticks(10, 12))
     assert sorted({e.tick for e in got if type(e) is TickEvent}) == [10, 11, 12]
     assert all(e.tick <= 12 for e in got if hasattr(e, "counts"))
+
+
+def test_rebuilding_the_index_reports_damage_too(tmp_path):
+    path = write(tmp_path / "t.msgpack", marks(4))
+    data = path.read_bytes()
+    path.write_bytes(data[: -FOOTER_SIZE - 3])  # no footer, and the last index frame torn
+    with open_trace(path) as r:
+        assert r.tick_count == 0 and r.index.rebuilt
+        assert len(r.problems) == 1 and "torn" in r.problems[0]

@@ -293,7 +293,8 @@ async def test_replay_sends_on_the_file_times(engine, tmp_path):
         value = 2
         """
     )
-    result = await run_load(engine, load_workload(tmp_path / "w.toml"), ListRecorder(), vocab_size=50)
+    spec = load_workload(tmp_path / "w.toml")
+    result = await run_load(engine, spec, ListRecorder(), vocab_size=50)
     planned = sorted((r.id, (r.planned_ns - result.start_ns) / 1e9) for r in result.records)
     assert [round(p, 6) for _, p in planned] == [0.0, 0.1, 0.25, 0.3]
     assert all(r.status == "finished" and r.output_tokens == 2 for r in result.records)

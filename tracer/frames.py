@@ -5,6 +5,7 @@ Times are seconds since the session header's `t0_mono_ns`.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -13,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from tracer.events import Event, ExpertsEvent, MarkEvent, RequestEvent, SessionHeader, StageEvent, TickEvent
+from tracer.marks import read_marks
 from tracer.reader import TraceReader, open_trace
 
 TICK_SCHEMA = {
@@ -62,8 +64,11 @@ class Trace:
 def load(source: str | os.PathLike[str] | TraceReader, *, progress: bool | None = None) -> Trace:
     """Read a whole trace file (or an open reader) into DataFrames."""
     if isinstance(source, TraceReader):
-        trace = from_events(source.header, source.events())
-        trace.dropped, trace.problems, trace.path = dict(source.dropped), list(source.problems), source.path
+        # Notes added while watching live beside the trace (it stays append-only): merge them in.
+        side_marks, side_problems = read_marks(source.path)
+        trace = from_events(source.header, itertools.chain(source.events(), side_marks))
+        trace.dropped, trace.path = dict(source.dropped), source.path
+        trace.problems = list(source.problems) + side_problems
         return trace
     with open_trace(source, progress=progress) as reader:
         return load(reader)
@@ -170,7 +175,7 @@ def _marks_frame(events: list[MarkEvent], t0: int) -> pl.DataFrame:
         "t_s": _ns_to_s([e.t_ns for e in events], t0),
         "tick": [e.tick for e in events],
         "text": [e.text for e in events],
-    }, schema=MARK_SCHEMA)
+    }, schema=MARK_SCHEMA).sort("t_s", maintain_order=True)  # sidecar marks interleave by time
 
 
 def _request_step(requests: dict[int, dict[str, Any]], ev: RequestEvent) -> None:

@@ -90,13 +90,11 @@ class FrameScanner:
                 self.offset = frame.end
                 yield frame
                 continue
-            reason, complete = frame
-            if not self.final and not complete:
-                return  # the writer may still finish this frame
+            reason, _could_complete = frame
             nxt = self._find_next(off + 1)
             if nxt is None:
                 if not self.final:
-                    return  # nothing good after it yet; look again when the file grows
+                    return  # it may be a frame still being written: look again when the file grows
                 torn = reason == "incomplete frame"
                 what = "torn frame (the writer stopped mid-frame)" if torn else f"corrupt frame ({reason})"
                 self.problems.append(f"{what} at byte {off}: last {self.end - off} bytes ignored")

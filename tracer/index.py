@@ -79,6 +79,7 @@ class TraceIndex:
 
     entries: np.ndarray = field(default_factory=lambda: np.zeros((0, _NCOL), dtype=np.int64))
     rebuilt: bool = False  # True when the file's own index was missing or broken
+    problems: list[str] = field(default_factory=list)  # what the rebuilding scan skipped
 
     @property
     def tick_count(self) -> int:
@@ -174,4 +175,4 @@ def rebuild_index(f: BinaryIO, start: int, end: int, *, progress: bool | None = 
         rows.append(np.array(decoded, dtype=np.int64).reshape(-1, _NCOL))
     entries = np.concatenate(rows) if rows else np.zeros((0, _NCOL), dtype=np.int64)
     entries = entries[np.argsort(entries[:, 0], kind="stable")].astype(np.int64)
-    return TraceIndex(entries, rebuilt=True)
+    return TraceIndex(entries, rebuilt=True, problems=scanner.problems)

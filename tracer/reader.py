@@ -83,7 +83,14 @@ class TraceReader:
             self._index = read_index(self._f, self._start, self._end)
             if self._index is None:
                 self._index = rebuild_index(self._f, self._start, self._end, progress=self._progress)
+                for problem in self._index.problems:
+                    self._report(problem)
         return self._index
+
+    @property
+    def closed_cleanly(self) -> bool:
+        """Whether the writer closed the file: it ends with a footer whose index chain is intact."""
+        return read_index(self._f, self._start, self._end) is not None
 
     @property
     def tick_count(self) -> int:

@@ -171,7 +171,7 @@ class TraceWriter:
                     break
             self._drain()  # anything that slipped past the fast path's check during close
             self._write_index()
-            pass
+            self._write(encode_footer(self._last_index))
         except BaseException as exc:  # kept for close() to raise; the hot loop must not see it
             self._error = exc
         finally:

@@ -72,6 +72,7 @@ def _existing_trace(path: str) -> Path:
 def _add_recording_options(p: argparse.ArgumentParser, *, workload: str) -> None:
     p.add_argument("--preset", default="tiny", help="model preset: tiny, ds2-lite, v3-slice (default: tiny)")
     p.add_argument("--workload", default=workload, help=f"workload preset name or TOML file (default: {workload})")
+    p.add_argument("--layers", type=_positive_int, help="decoder layers (default: the preset's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the engine runs (default: the best present)")
     p.add_argument("--seed", type=int, help="seed for the weights and the load (default: weights from 0, load from the workload)")
     p.add_argument("--policy", choices=["continuous", "window", "static"], help="scheduler policy (overrides the workload's)")
@@ -101,6 +102,7 @@ def _plan_from_args(args: argparse.Namespace, out: Path, duration_s: float | Non
         device=args.device,
         seed=args.seed,
         scheduler_overrides=overrides,
+        model_overrides={"layers": args.layers} if args.layers else {},
     )
 
 
@@ -163,7 +165,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _demo_path()
     _check_out(out, args.force)
     command = [sys.executable, "-m", "tui.cli", "record", "--quiet", "--out", str(out)]
-    for flag in ("preset", "workload", "device", "seed", "policy", "window_ms", "max_seqs", "max_tokens"):
+    for flag in ("preset", "workload", "layers", "device", "seed", "policy", "window_ms", "max_seqs", "max_tokens"):
         value = getattr(args, flag)
         if value is not None:
             command += [f"--{flag.replace('_', '-')}", str(value)]

@@ -35,6 +35,7 @@ CANCEL_GRACE_S = 2.0
 # When the schedule is behind, this many requests go out back to back before the loop is let
 # run: token callbacks and a stop request must not starve behind a burst of sends.
 _BURST = 64
+_FINE_SLEEP_NS = 2_000_000  # the last stretch before a send, slept precisely (see _sleep_until)
 _MAX_TOKEN_US = 2**32 - 1  # token_us is uint32: 71 minutes, past which times saturate
 
 
@@ -123,6 +124,24 @@ async def run_load(
     return LoadResult(spec, run.start_ns, run.send_end_ns, end_ns, run.records, stopped)
 
 
+async def _sleep_until(t_ns: int) -> None:
+    """Return at monotonic time `t_ns`, give or take the OS's timer slack (~0.1 ms).
+
+    asyncio alone wakes up to a millisecond late on Linux, often two: epoll's timeout is whole
+    milliseconds, rounded up twice. So the loop sleeps asynchronously until shortly before, and
+    the last stretch with `time.sleep`, which is precise and releases the GIL, at the price of
+    holding the loop for at most `_FINE_SLEEP_NS`.
+    """
+    coarse_ns = t_ns - _FINE_SLEEP_NS - time.monotonic_ns()
+    if coarse_ns > 0:
+        await asyncio.sleep(coarse_ns / NS)
+    else:
+        await asyncio.sleep(0)  # whatever the wait, let the loop run once per send
+    fine_ns = t_ns - time.monotonic_ns()
+    if fine_ns > 0:
+        time.sleep(fine_ns / NS)
+
+
 async def _cancel_tasks(*tasks: asyncio.Task | None) -> None:
     """Cancel the tasks and wait until they have ended, so none outlives the run."""
     live = [t for t in tasks if t is not None]
@@ -186,9 +205,8 @@ class _Run:
             planned_ns = self.start_ns + int(offset_s * NS)
             if not self._more(planned_ns, deadline_ns):
                 return
-            delay_ns = planned_ns - time.monotonic_ns()
-            if delay_ns > 0:
-                await asyncio.sleep(delay_ns / NS)
+            if planned_ns > time.monotonic_ns():
+                await _sleep_until(planned_ns)
                 back_to_back = 0
             elif (back_to_back := back_to_back + 1) >= _BURST:
                 await asyncio.sleep(0)
@@ -202,7 +220,7 @@ class _Run:
         # Users start spread over one think time, so they do not move in lockstep.
         planned_ns = self.start_ns + think_ns * index // self.spec.arrivals.users
         while True:
-            await asyncio.sleep(max(0, planned_ns - time.monotonic_ns()) / NS)
+            await _sleep_until(planned_ns)
             if not self._more(planned_ns, deadline_ns):
                 return
             sink = self.send(planned_ns)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import platform
 import signal
 import sys
@@ -21,8 +22,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from engine.config import ModelConfig, get_preset
-from engine.engine import Engine
+from engine.engine import Engine, resolve_device
 from engine.scheduler import SchedulerConfig
 from tracer.events import SessionHeader
 from tracer.writer import TraceWriter
@@ -74,6 +77,8 @@ class Recording:
     def __init__(self, plan: RecordingPlan) -> None:
         model_cfg, sched_cfg, self.spec = prepare(plan)
         self.plan = plan
+        if resolve_device(plan.device).type == "cpu":
+            _leave_a_core_free()
         self.engine = Engine(model_cfg, sched_cfg, device=plan.device, seed=plan.seed or 0)
 
     def run(self, on_progress: Callable[[Progress], None] | None = None) -> RecordingResult:
@@ -145,6 +150,13 @@ async def _watch(engine: Engine, stop: asyncio.Event) -> None:
     while engine.error is None:
         await asyncio.sleep(_WATCH_S)
     stop.set()
+
+
+def _leave_a_core_free() -> None:
+    """On the CPU, torch's intra-op threads spin while they wait; sharing every core with the load
+    generator, the trace writer and (in the demo) the dashboard makes each tick several times
+    slower than the model is. One core is left to the rest."""
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1)))
 
 
 def _session_config(plan: RecordingPlan, engine: Engine, spec: WorkloadSpec) -> dict[str, Any]:

@@ -3,7 +3,21 @@ knobs it is meant to be run with. Loaded from a TOML file; the shipped ones live
 `workloads/presets/NAME.toml`.
 
 Every mistake in a file is a `ConfigError` of one line naming the problem and the file, so the
-command line can print it as it is.
+command line can print it as it is. The keys (all optional unless marked):
+
+    name, description, seed, duration_s (0 = until stopped), requests (0 = no limit),
+    concurrency (open loop cap, 0 = none), warmup_s, cooldown_s
+    [arrivals]  kind (required): poisson | gamma | constant | replay | closed
+                rate (req/s) or steps = [{at_s = 0, rate = ...}, ...] (a ramp)
+                gamma: cv (coefficient of variation of the gaps; 1 = Poisson)
+                replay: file (required; .csv/.jsonl/text, relative to this file), column
+                closed: users (required), think_s
+    [prompt], [output] (both required)  kind (required): fixed | uniform | lognormal | file
+                fixed: value; uniform: min, max; lognormal: mean, sigma (of log length);
+                file: file, column; min and max also clip lognormal and file
+    [slo]       ttft_s, tpot_s, e2e_s
+    [scheduler] policy, window_ms, max_seqs, max_tokens, prefill_chunk, kv_capacity_tokens,
+                queue_limit, attention, kv_block_size (engine defaults where absent)
 """
 
 from __future__ import annotations
