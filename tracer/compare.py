@@ -217,12 +217,13 @@ def format_value(figure: Figure, value: float | None) -> str:
 
 
 def format_change(delta: Delta) -> str:
-    """B relative to A: "+12.5%" (or "n/a" when A is zero or missing)."""
+    """B relative to A: "+12.5%", or "×35.8" past a doubling or halving ("n/a" when A is 0 or missing)."""
     if delta.a is None or delta.b is None:
         return "n/a"
     if delta.a == 0:
         return "n/a" if delta.b != 0 else "+0%"
-    return f"{(delta.b - delta.a) / abs(delta.a):+.1%}"
+    ratio = delta.b / delta.a
+    return f"×{ratio:.2f}" if ratio >= 2 or 0 < ratio <= 0.5 else f"{ratio - 1:+.1%}"
 
 
 def format_config_value(value: Any) -> str:
