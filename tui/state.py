@@ -1,11 +1,16 @@
 """What the dashboard knows about a recording, as plain arrays: no Textual in here.
 
-`DashboardState` ingests trace events in file order (a replay loader and the live tail feed it the
-same way) and answers questions *as of a tick*: the series up to it, the latency over a rolling
-window ending at it, the requests alive at it. Per-tick scalars are kept for every tick in
-growable numpy columns (a few dozen bytes a tick, so a million ticks stay well under 100 MB);
-the bulky per-tick detail (expert counts, pipeline cells) is kept only for a bounded number of
-recent ticks, and a replay fetches older ones from the trace index on demand.
+`DashboardState` takes a recording in `FrameData` blocks (per-tick rows, request updates, marks,
+per-tick detail) and answers questions *as of a tick*: the series up to it, the latency over a
+rolling window ending at it, the requests alive at it. Per-tick scalars are kept for every tick in
+numpy columns (a hundred bytes a tick, so a million ticks stay near 100 MB); the bulky per-tick
+detail (expert counts, pipeline cells) only for a bounded number of ticks, fetched again through
+the trace index when needed.
+
+A live tail appends blocks as the file grows. A replay first lays out every tick the trace index
+knows of, with tick numbers and times estimated from the index, and fills each events frame's rows
+in whatever order frames are read: the frames around the current tick first, the rest in the
+background. Rows not read yet hold NaN, which the charts draw as "not loaded".
 """
 
 from __future__ import annotations
@@ -42,9 +47,7 @@ class Columns:
 
     def append(self, row: tuple) -> int:
         if self.size == self._data.shape[1]:
-            grown = np.zeros((self._data.shape[0], self._data.shape[1] * 2), dtype=self._data.dtype)
-            grown[:, : self.size] = self._data[:, : self.size]
-            self._data = grown
+            self.reserve(self._data.shape[1] * 2)
         self._data[:, self.size] = row
         self.size += 1
         return self.size - 1
@@ -55,6 +58,29 @@ class Columns:
 
     def set(self, name: str, row: int, value: float) -> None:
         self._data[self._index[name], row] = value
+
+    def extend(self, block: np.ndarray) -> range:
+        """Append the rows of a [n, columns] block; the rows they got."""
+        n = len(block)
+        if self.size + n > self._data.shape[1]:
+            self.reserve(max(self.size + n, self._data.shape[1] * 2))
+        self._data[:, self.size : self.size + n] = block.T
+        self.size += n
+        return range(self.size - n, self.size)
+
+    def reserve(self, capacity: int) -> None:
+        if capacity > self._data.shape[1]:
+            grown = np.zeros((self._data.shape[0], capacity), dtype=self._data.dtype)
+            grown[:, : self.size] = self._data[:, : self.size]
+            self._data = grown
+
+    def fill(self, size: int, value: float) -> None:
+        """Make the columns exactly `size` rows of `value` (a replay's layout, filled later)."""
+        self._data = np.full((self._data.shape[0], size), value, dtype=self._data.dtype)
+        self.size = size
+
+    def put(self, rows: slice, block: np.ndarray) -> None:
+        self._data[:, rows] = block.T
 
 
 TICK_COLUMNS = (
@@ -70,6 +96,49 @@ REQUEST_COLUMNS = (
 # Request status codes in the numeric request table (NaN times mean "not yet").
 STATUS_CODES = {"": 0, "finished": 1, "rejected": 2, "cancelled": 3}
 STATUS_NAMES = {code: name for name, code in STATUS_CODES.items()}
+PHASE_CODES = {"arrive": 0, "admit": 1, "first_token": 2, "preempt": 3, "finish": 4}
+ARRIVE, ADMIT, FIRST_TOKEN, PREEMPT, FINISH = range(5)
+
+
+@dataclass(slots=True)
+class RequestBlock:
+    """Request events as columns, in file order (applied to the request table in one go)."""
+
+    ids: np.ndarray  # int64
+    phase: np.ndarray  # int8, PHASE_CODES
+    t_s: np.ndarray  # float64 seconds since t0
+    prompt: np.ndarray  # int64
+    output: np.ndarray  # int64
+    status: np.ndarray  # int8, STATUS_CODES
+    token_us: dict[int, np.ndarray] = field(default_factory=dict)  # finish: uint32, owned copies
+
+
+def request_block(events: Iterable[RequestEvent], t0_ns: int) -> RequestBlock:
+    evs = list(events)
+    tokens = {
+        ev.request: np.array(ev.token_us, dtype=np.uint32)  # a copy: views would pin the frame
+        for ev in evs
+        if ev.phase == "finish" and ev.token_us is not None and len(ev.token_us)
+    }
+    return RequestBlock(
+        ids=np.fromiter((ev.request for ev in evs), np.int64, len(evs)),
+        phase=np.fromiter((PHASE_CODES.get(ev.phase, -1) for ev in evs), np.int8, len(evs)),
+        t_s=(np.fromiter((ev.t_ns for ev in evs), np.int64, len(evs)) - t0_ns) / NS,
+        prompt=np.fromiter((ev.prompt_tokens for ev in evs), np.int64, len(evs)),
+        output=np.fromiter((ev.output_tokens for ev in evs), np.int64, len(evs)),
+        status=np.fromiter((STATUS_CODES.get(ev.status, 0) for ev in evs), np.int8, len(evs)),
+        token_us=tokens,
+    )
+
+
+def tick_rows(raw: np.ndarray, t0_ns: int) -> np.ndarray:
+    """TickEvent fields as an int64 [n, 12] array -> TICK_COLUMNS rows (times in seconds)."""
+    rows = raw.astype(np.float64)
+    rows[:, 1] = (raw[:, 1] - t0_ns) / NS  # subtract in integers: ns since boot overflow float's 53 bits
+    rows[:, 2] = (raw[:, 2] - t0_ns) / NS
+    rows[:, 3] /= NS
+    rows[:, 11] /= NS
+    return rows
 
 
 @dataclass(slots=True)
@@ -78,6 +147,45 @@ class Detail:
 
     experts: np.ndarray | None = None
     stages: StageEvent | None = None
+
+
+@dataclass(slots=True)
+class FrameData:
+    """One block of a recording: an events frame of a replay, or what one live poll brought."""
+
+    ticks: np.ndarray  # float64 [n, len(TICK_COLUMNS)], in file order
+    requests: RequestBlock
+    marks: list[MarkEvent] = field(default_factory=list)
+    details: dict[int, Detail] = field(default_factory=dict)  # by tick number
+    has_stages: bool = False
+    frame: int = -1  # the index entry it came from; -1 appends (live)
+
+
+def frame_from_events(events: Iterable[Any], t0_ns: int, frame: int = -1) -> FrameData:
+    """Trace events (anything else is ignored) as one FrameData."""
+    ticks: list[tuple[int, ...]] = []
+    requests: list[RequestEvent] = []
+    marks: list[MarkEvent] = []
+    details: dict[int, Detail] = {}
+    has_stages = False
+    for ev in events:
+        if isinstance(ev, TickEvent):
+            ticks.append((
+                ev.tick, ev.start_ns, ev.end_ns, ev.wait_ns, ev.seqs, ev.prefill_tokens,
+                ev.decode_tokens, ev.queue_depth, ev.running, ev.kv_used, ev.kv_capacity, ev.forward_ns,
+            ))  # fmt: skip
+        elif isinstance(ev, RequestEvent):
+            requests.append(ev)
+        elif isinstance(ev, ExpertsEvent):
+            # A copy: a view of the decoded frame would keep its whole payload in memory.
+            details.setdefault(ev.tick, Detail()).experts = np.array(ev.counts)
+        elif isinstance(ev, StageEvent):
+            has_stages = True
+            details.setdefault(ev.tick, Detail()).stages = ev
+        elif isinstance(ev, MarkEvent):
+            marks.append(ev)
+    raw = np.array(ticks, dtype=np.int64).reshape(-1, len(TICK_COLUMNS))
+    return FrameData(tick_rows(raw, t0_ns), request_block(requests, t0_ns), marks, details, has_stages, frame)
 
 
 @dataclass(slots=True)
@@ -115,8 +223,9 @@ class ExpertStats:
     active_share: float  # experts that got at least one token, over all layer x expert cells
     imbalance: float  # max / mean tokens per expert, averaged over layers
     balancedness: float  # mean / max, averaged over layers (as vLLM logs it)
-    idle_experts: int  # cells with no token this tick
+    idle_experts: int  # cells with no token: in a span's mean, dead across the whole span
     hottest: list[tuple[int, int, float]]  # (layer, expert, tokens), hottest first
+    hottest_per_layer: list[tuple[int, float]] = field(default_factory=list)  # (expert, tokens) by layer
 
 
 @dataclass(slots=True)
@@ -135,17 +244,32 @@ class StageStats:
 
 
 def downsample(values: np.ndarray, buckets: int, cursor: int) -> Series:
-    """Fold `values` into `buckets` (at most one per value) of near-equal size, min and max kept."""
+    """Fold `values` into `buckets` (at most one per value) of near-equal size, min and max kept.
+
+    NaN (a tick not loaded yet) is left out of its bucket; a bucket of nothing but NaN is NaN.
+    """
+    lo, hi, edges = bucket_bounds(values, buckets)
+    return Series(lo, hi, cursor_bucket(edges, cursor, len(values)), peak_of(hi))
+
+
+def bucket_bounds(values: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each bucket's min and max, and the index of its first value."""
     n = len(values)
     if n == 0 or buckets <= 0:
         empty = np.zeros(0)
-        return Series(empty, empty, -1, 0.0)
+        return empty, empty, np.zeros(0, dtype=np.int64)
     buckets = min(buckets, n)
     edges = np.linspace(0, n, buckets + 1).astype(np.int64)[:-1]
-    lo = np.minimum.reduceat(values, edges)
-    hi = np.maximum.reduceat(values, edges)
-    cursor_bucket = int(np.searchsorted(edges, cursor, side="right")) - 1 if 0 <= cursor < n else -1
-    return Series(lo, hi, cursor_bucket, float(hi.max()))
+    return np.fmin.reduceat(values, edges), np.fmax.reduceat(values, edges), edges
+
+
+def cursor_bucket(edges: np.ndarray, cursor: int, n: int) -> int:
+    return int(np.searchsorted(edges, cursor, side="right")) - 1 if 0 <= cursor < n else -1
+
+
+def peak_of(hi: np.ndarray) -> float:
+    finite = hi[np.isfinite(hi)]
+    return float(finite.max()) if len(finite) else 0.0
 
 
 def expert_stats(counts: np.ndarray, top: int = 3) -> ExpertStats:
@@ -158,18 +282,20 @@ def expert_stats(counts: np.ndarray, top: int = 3) -> ExpertStats:
     used = per_layer_mean > 0  # layers that saw no token say nothing about balance
     imbalance = float((per_layer_max[used] / per_layer_mean[used]).mean()) if used.any() else 0.0
     balancedness = float((per_layer_mean[used] / per_layer_max[used]).mean()) if used.any() else 0.0
-    flat = np.argsort(counts, axis=None)[::-1][:top]
+    flat = np.argsort(counts, axis=None, kind="stable")[::-1][:top]
     hottest = [
         (int(i // counts.shape[1]), int(i % counts.shape[1]), float(counts.flat[i]))
         for i in flat
         if counts.flat[i] > 0
     ]
+    per_layer = counts.argmax(axis=1)
     return ExpertStats(
         active_share=float((counts > 0).mean()),
         imbalance=imbalance,
         balancedness=balancedness,
         idle_experts=int((counts == 0).sum()),
         hottest=hottest,
+        hottest_per_layer=[(int(e), float(counts[layer, e])) for layer, e in enumerate(per_layer)],
     )
 
 
@@ -192,253 +318,7 @@ def stage_stats(stages: StageEvent) -> StageStats:
     return StageStats(t1 - t0, compute, warmup, drain, bubble)
 
 
-class DashboardState:
-    """Everything ingested so far, queried as of a tick index (0 .. n_ticks-1)."""
-
-    def __init__(self, detail_capacity: int = 4096) -> None:
-        self.header: SessionHeader | None = None
-        self.ticks = Columns(TICK_COLUMNS, np.float64)
-        self.requests = Columns(REQUEST_COLUMNS, np.float64)
-        self._request_row: dict[int, int] = {}
-        self._token_us: dict[int, np.ndarray] = {}
-        self._preempt_s = Columns(("t_s",), np.float64)
-        self.marks: list[MarkEvent] = []
-        self._detail: OrderedDict[int, Detail] = OrderedDict()
-        self._detail_capacity = detail_capacity
-        self.has_stages = False
-
-    # -- ingest ---------------------------------------------------------------------------------
-
-    def set_header(self, header: SessionHeader) -> None:
-        self.header = header
-
-    def _s(self, t_ns: int) -> float:
-        t0 = self.header.t0_mono_ns if self.header is not None else 0
-        return (t_ns - t0) / NS
-
-    def ingest(self, events: Iterable[Any]) -> None:
-        """Take events in file order; anything not an event is ignored."""
-        for ev in events:
-            if isinstance(ev, TickEvent):
-                self.ticks.append((
-                    ev.tick, self._s(ev.start_ns), self._s(ev.end_ns), ev.wait_ns / NS, ev.seqs,
-                    ev.prefill_tokens, ev.decode_tokens, ev.queue_depth, ev.running, ev.kv_used,
-                    ev.kv_capacity, ev.forward_ns / NS,
-                ))  # fmt: skip
-            elif isinstance(ev, ExpertsEvent):
-                self._detail_for(ev.tick).experts = np.asarray(ev.counts)
-            elif isinstance(ev, StageEvent):
-                self.has_stages = True
-                self._detail_for(ev.tick).stages = ev
-            elif isinstance(ev, RequestEvent):
-                self._ingest_request(ev)
-            elif isinstance(ev, MarkEvent):
-                self.marks.append(ev)
-            elif isinstance(ev, SessionHeader):
-                self.header = ev
-
-    def _detail_for(self, tick: int) -> Detail:
-        detail = self._detail.get(tick)
-        if detail is None:
-            detail = self._detail[tick] = Detail()
-            while len(self._detail) > self._detail_capacity:
-                self._detail.popitem(last=False)
-        return detail
-
-    def put_detail(self, tick: int, experts: np.ndarray | None, stages: StageEvent | None) -> None:
-        """Cache detail fetched from the trace index for a tick no longer (or never) held."""
-        detail = self._detail_for(tick)
-        detail.experts = experts if experts is not None else detail.experts
-        detail.stages = stages if stages is not None else detail.stages
-
-    def _ingest_request(self, ev: RequestEvent) -> None:
-        row = self._request_row.get(ev.request)
-        if row is None:
-            nan = float("nan")
-            row = self.requests.append((ev.request, nan, nan, nan, nan, 0, 0, 0, 0))
-            self._request_row[ev.request] = row
-        t = self._s(ev.t_ns)
-        if ev.prompt_tokens:
-            self.requests.set("prompt_tokens", row, ev.prompt_tokens)
-        if ev.phase == "arrive":
-            self.requests.set("arrive_s", row, t)
-        elif ev.phase == "admit":
-            self.requests.set("admit_s", row, t)
-        elif ev.phase == "first_token":
-            self.requests.set("first_token_s", row, t)
-        elif ev.phase == "preempt":
-            self.requests.set("preempts", row, self.requests.col("preempts")[row] + 1)
-            self._preempt_s.append((t,))
-        elif ev.phase == "finish":
-            self.requests.set("finish_s", row, t)
-            self.requests.set("output_tokens", row, ev.output_tokens)
-            self.requests.set("status", row, STATUS_CODES.get(ev.status, 0))
-            if ev.token_us is not None and len(ev.token_us):
-                self._token_us[ev.request] = np.asarray(ev.token_us, dtype=np.float64) / 1e6
-        # A request seen first mid-life (a tail that started late) still gets an arrival time.
-        if np.isnan(self.requests.col("arrive_s")[row]):
-            self.requests.set("arrive_s", row, t)
-
-    # -- queries --------------------------------------------------------------------------------
-
-    @property
-    def n_ticks(self) -> int:
-        return self.ticks.size
-
-    def tick_number(self, index: int) -> int:
-        return int(self.ticks.col("tick")[index])
-
-    def index_of_tick(self, tick: int) -> int:
-        """Index of the last tick numbered <= `tick` (clamped to the known range)."""
-        if self.n_ticks == 0:
-            return 0
-        i = int(np.searchsorted(self.ticks.col("tick"), tick, side="right")) - 1
-        return min(max(i, 0), self.n_ticks - 1)
-
-    def index_at_time(self, t_s: float) -> int:
-        """Index of the last tick that ended by `t_s` seconds (0 when none had)."""
-        if self.n_ticks == 0:
-            return 0
-        i = int(np.searchsorted(self.ticks.col("end_s"), t_s, side="right")) - 1
-        return min(max(i, 0), self.n_ticks - 1)
-
-    def time_at(self, index: int) -> float:
-        return float(self.ticks.col("end_s")[index]) if self.n_ticks else 0.0
-
-    @property
-    def duration_s(self) -> float:
-        return self.time_at(self.n_ticks - 1) if self.n_ticks else 0.0
-
-    def tick_row(self, index: int) -> dict[str, float]:
-        return {name: float(self.ticks.col(name)[index]) for name in TICK_COLUMNS}
-
-    def throughput(self) -> np.ndarray:
-        """Generated tokens per second of each tick, over the time since the previous tick ended.
-
-        Using the previous tick's end (not this tick's start) counts the policy's collection wait
-        as time spent, which is what a user sees as throughput.
-        """
-        end = self.ticks.col("end_s")
-        if len(end) == 0:
-            return np.zeros(0)
-        prev = np.empty_like(end)
-        prev[0] = self.ticks.col("start_s")[0] - self.ticks.col("wait_s")[0]
-        prev[1:] = end[:-1]
-        span = np.maximum(end - prev, 1e-9)
-        return self.ticks.col("decode_tokens") / span
-
-    def values(self, name: str) -> np.ndarray:
-        """A per-tick series: a tick column, "throughput" (tokens/s) or "batch_tokens"."""
-        if name == "throughput":
-            return self.throughput()
-        if name == "batch_tokens":
-            return self.ticks.col("prefill_tokens") + self.ticks.col("decode_tokens")
-        return self.ticks.col(name)
-
-    def series(self, name: str, upto: int, buckets: int) -> Series:
-        """`values(name)` bucketed, with the tick at index `upto` marked."""
-        return downsample(self.values(name), buckets, upto)
-
-    def mean_throughput(self, upto: int, window_s: float = LATENCY_WINDOW_S) -> float:
-        """Generated tokens per second over the window ending at tick `upto`."""
-        if self.n_ticks == 0:
-            return 0.0
-        end = self.ticks.col("end_s")
-        t = end[upto]
-        lo = int(np.searchsorted(end, t - window_s, side="right"))
-        tokens = self.ticks.col("decode_tokens")[lo : upto + 1].sum()
-        start = end[lo - 1] if lo > 0 else self.ticks.col("start_s")[0] - self.ticks.col("wait_s")[0]
-        return float(tokens / (t - start)) if t > start else 0.0
-
-    def latency(self, upto: int, window_s: float = LATENCY_WINDOW_S) -> LatencyStats:
-        """TTFT and TPOT percentiles of requests whose first token / finish fell in the window."""
-        t = self.time_at(upto)
-        arrive = self.requests.col("arrive_s")
-        first = self.requests.col("first_token_s")
-        finish = self.requests.col("finish_s")
-        out = self.requests.col("output_tokens")
-        with np.errstate(invalid="ignore"):
-            seen_first = first <= t
-            in_window = seen_first & (first > t - window_s)
-            ttft = first[in_window] - arrive[in_window]
-            done = (finish <= t) & (finish > t - window_s) & (out > 1) & seen_first
-            tpot = (finish[done] - first[done]) / (out[done] - 1)
-            ttft_all = first[seen_first] - arrive[seen_first]
-
-        def pct(values: np.ndarray, q: float) -> float | None:
-            return float(np.percentile(values, q)) if len(values) else None
-
-        return LatencyStats(
-            pct(ttft, 50), pct(ttft, 99), pct(tpot, 50), pct(tpot, 99), int(in_window.sum()),
-            ttft_all,
-        )  # fmt: skip
-
-    def counters(self, upto: int) -> dict[str, float]:
-        """Requests rejected and preempted, and finished, up to tick `upto`."""
-        t = self.time_at(upto)
-        finish = self.requests.col("finish_s")
-        status = self.requests.col("status")
-        with np.errstate(invalid="ignore"):
-            ended = finish <= t
-        return {
-            "finished": int((ended & (status == STATUS_CODES["finished"])).sum()),
-            "rejected": int((ended & (status == STATUS_CODES["rejected"])).sum()),
-            "cancelled": int((ended & (status == STATUS_CODES["cancelled"])).sum()),
-            "preempted": int((self._preempt_s.col("t_s") <= t).sum()),
-            "arrived": int((self.requests.col("arrive_s") <= t).sum()),
-        }
-
-    def recent_requests(self, upto: int, limit: int) -> list[RequestRow]:
-        """The `limit` most recently arrived requests, each as it stood at tick `upto`."""
-        t = self.time_at(upto)
-        arrive = self.requests.col("arrive_s")
-        with np.errstate(invalid="ignore"):
-            rows = np.flatnonzero(arrive <= t)
-        if len(rows) > limit:
-            rows = rows[np.argsort(arrive[rows], kind="stable")[-limit:]]
-        rows = rows[np.argsort(arrive[rows], kind="stable")[::-1]]
-        return [self._request_as_of(int(r), t) for r in rows]
-
-    def _request_as_of(self, row: int, t: float) -> RequestRow:
-        c = {name: float(self.requests.col(name)[row]) for name in REQUEST_COLUMNS}
-        request = int(c["request"])
-        ttft = c["first_token_s"] - c["arrive_s"] if c["first_token_s"] <= t else None
-        tpot = None
-        out: int | None = None
-        if c["finish_s"] <= t:
-            state = STATUS_NAMES.get(int(c["status"]), "finished") or "finished"
-            out = int(c["output_tokens"])
-            if out > 1 and ttft is not None:
-                tpot = (c["finish_s"] - c["first_token_s"]) / (out - 1)
-        else:
-            if c["first_token_s"] <= t:
-                state = "decode"
-            elif c["admit_s"] <= t:
-                state = "prefill"
-            else:
-                state = "queued"
-            token_s = self._token_us.get(request)
-            if token_s is not None:  # a replay knows every token's time; count those so far
-                out = int((c["arrive_s"] + token_s <= t).sum())
-        if state in ("decode", "prefill", "queued") and c["preempts"] > 0:
-            state += "*"  # preempted at least once (a later re-admission is not told apart)
-        return RequestRow(request, state, int(c["prompt_tokens"]), out, ttft, tpot)
-
-    def detail(self, index: int) -> Detail | None:
-        if self.n_ticks == 0:
-            return None
-        return self._detail.get(self.tick_number(index))
-
-    def mean_experts(self, lo: int, hi: int) -> tuple[np.ndarray | None, int]:
-        """Mean expert counts over ticks lo..hi that are held in memory, and how many were."""
-        total: np.ndarray | None = None
-        held = 0
-        for index in range(max(lo, 0), hi + 1):
-            d = self._detail.get(self.tick_number(index))
-            if d is not None and d.experts is not None:
-                total = d.experts.astype(np.float64) if total is None else total + d.experts
-                held += 1
-        return (total / held if total is not None else None), held
+@@STATE@@
 
 
 def config_summary(header: SessionHeader | None) -> dict[str, str]:
