@@ -14,13 +14,16 @@ import numpy as np
 import torch
 
 from engine.config import ModelConfig, check_fits
+from engine.distributed import StageGroup
+from engine.distributed_stages import DistributedExecutor
 from engine.errors import ConfigError
 from engine.kv_cache import KVCache
-from engine.model import SeqChunk, Transformer
+from engine.model import SeqChunk, Transformer, attention_groups
+from engine.pipeline import check_stage_fits, plan_pipeline, split_micro_batches
 from engine.request import Request
 from engine.scheduler import Scheduler, SchedulerConfig, Sequence, TickPlan, window_deadline
-from engine.stages import StageExecutor, cell_times, modelled_timeline
-from tracer.events import ExpertsEvent, RequestEvent, StageEvent, TickEvent
+from engine.stages import ForwardResult, StageExecutor
+from tracer.events import BatchEvent, ExpertsEvent, RequestEvent, TickEvent
 from tracer.recorder import NullRecorder, Recorder
 
 # An idle engine blocks on its queue; this bounds how long a missed wake-up could delay it.
@@ -44,26 +47,36 @@ class Engine:
     Every request submitted ends exactly once through its sink: "finished" at max_new_tokens (EOS is
     ignored, as serving benchmarks do), "rejected" at once by `submit` (queue full, impossible request,
     engine stopped; called on the submitting thread), or "cancelled" (by `cancel` or `stop`).
+
+    With a `stage_group` (rank 0 of a distributed pipeline, engine/launch.py) this process holds only
+    stage 0's layers and their KV cache on the group's device; the other ranks run the rest.
     """
 
     def __init__(self, model_cfg: ModelConfig, sched_cfg: SchedulerConfig, *, device: str = "auto",
-                 seed: int = 0, recorder: Recorder = NullRecorder()) -> None:
+                 seed: int = 0, recorder: Recorder = NullRecorder(), stage_group: StageGroup | None = None) -> None:
         model_cfg.validate()
         sched_cfg.validate()
-        if sched_cfg.stages > model_cfg.layers:
-            raise ConfigError(f"stages ({sched_cfg.stages}) exceed the model's layers ({model_cfg.layers})")
+        self.pipeline = plan_pipeline(model_cfg, sched_cfg.stages, sched_cfg.stage_layers, sched_cfg.micro_batches,
+                                      sched_cfg.micro_batch_size, sched_cfg.schedule)
         self.model_cfg, self.sched_cfg = model_cfg, sched_cfg
-        self.device = resolve_device(device)
+        self.stage_group = stage_group
+        self.device = resolve_device(device) if stage_group is None else stage_group.device
         self.dtype = model_cfg.torch_dtype(self.device)
-        check_fits(model_cfg, self.device, sched_cfg.kv_capacity_tokens)
+        owned = None if stage_group is None else self.pipeline.stage_layers[0]
+        if owned is None:
+            check_fits(model_cfg, self.device, sched_cfg.kv_capacity_tokens)
+        else:
+            check_stage_fits(model_cfg, self.device, owned, sched_cfg.kv_capacity_tokens)
         self.recorder = recorder
-        self.model = Transformer(model_cfg, self.device, self.dtype, seed)
+        self.model = Transformer(model_cfg, self.device, self.dtype, seed, owned=owned)
         self.kv = KVCache(model_cfg, sched_cfg.kv_capacity_tokens, self.device, self.dtype,
-                          sched_cfg.kv_block_size)
+                          sched_cfg.kv_block_size, layers=None if owned is None else len(owned))
         self.scheduler = Scheduler(sched_cfg, self.kv.allocator)
-        self.executor = StageExecutor(self.model, sched_cfg.stages, sched_cfg.micro_batches, sched_cfg.attention)
-        # with one stage and one micro-batch there is no pipeline to show: no StageEvent is emitted
-        self._pipelined = sched_cfg.stages > 1 or sched_cfg.micro_batches > 1
+        if stage_group is None:
+            self.executor: StageExecutor | DistributedExecutor = StageExecutor(
+                self.model, self.kv, self.pipeline, sched_cfg.attention, self.device)
+        else:
+            self.executor = DistributedExecutor(self.model, self.kv, self.pipeline, sched_cfg.attention, stage_group)
 
         self.ticks = 0
         self.tokens_generated = 0
@@ -131,6 +144,7 @@ class Engine:
         cfg = self.model_cfg.as_dict()
         cfg["dtype"] = str(self.dtype).removeprefix("torch.")
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        distributed = {} if self.stage_group is None else {"distributed": self.stage_group.describe()}
         return {
             "model": cfg,
             "scheduler": self.sched_cfg.as_dict(),
@@ -140,9 +154,11 @@ class Engine:
             "kv_bytes_per_token": self.model_cfg.kv_bytes_per_token(self.dtype),
             "kv_capacity_tokens": self.kv.allocator.capacity_tokens,
             "expert_matmul": self.model.layers[0].moe.matmul.__name__,
-            "stage_layers": [[r.start, r.stop] for r in self.executor.stage_layers],
+            "stage_layers": [[r.start, r.stop] for r in self.pipeline.stage_layers],
+            "pipeline_schedule": self.pipeline.schedule.name,
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
+            **distributed,
         }
 
     def _check(self, req: Request) -> str | None:
@@ -221,7 +237,8 @@ class Engine:
         if not plan.entries:
             return False
 
-        next_tokens, counts, forward_ns, stage = self._forward(plan, tick, start)
+        result = self._forward(plan, tick, start)
+        next_tokens = result.tokens
         end = time.monotonic_ns()
         with self._cond:
             finished = self.scheduler.commit(plan, next_tokens)
@@ -239,33 +256,41 @@ class Engine:
             tick=tick, start_ns=start, end_ns=end, wait_ns=wait_ns, seqs=len(plan.entries),
             prefill_tokens=plan.prefill_tokens, decode_tokens=plan.decode_tokens, queue_depth=queue_depth,
             running=len(self.scheduler.running), kv_used=alloc.used_tokens, kv_capacity=alloc.capacity_tokens,
-            forward_ns=forward_ns,
+            forward_ns=result.forward_ns,
         ))
-        self.recorder.emit(ExpertsEvent(tick, counts))
-        if stage is not None:
-            self.recorder.emit(stage)
+        self.recorder.emit(self._batch_event(tick, plan))
+        self.recorder.emit(ExpertsEvent(tick, result.counts))
+        if result.stage is not None:
+            self.recorder.emit(result.stage)
         return True
 
-    def _forward(self, plan: TickPlan, tick: int,
-                 tick_start: int) -> tuple[list[int], np.ndarray, int, StageEvent | None]:
+    def _forward(self, plan: TickPlan, tick: int, tick_start: int) -> ForwardResult:
         """One forward pass and greedy sampling: next tokens, expert load [layers, experts], the
         forward's device time in ns, and the tick's pipeline cells when there is a pipeline."""
         alloc = self.kv.allocator
         chunks = [SeqChunk(e.seq.tokens[e.start:e.start + e.count], e.start,
                            alloc.slots(e.seq.id, e.start + e.count), e.samples) for e in plan.entries]
-        began = time.monotonic_ns()
-        logits, counts, clock, micro = self.executor.forward(chunks, self.kv.k, self.kv.v, self.device)
-        next_tokens = logits.argmax(dim=-1).to(torch.int32)
-        # the tick's one host synchronisation: tokens and expert load in one copy
-        host = torch.cat([next_tokens, counts.flatten()]).cpu().numpy()
-        n = len(next_tokens)
-        start, end = cell_times(clock, self.sched_cfg.stages, micro)
-        stage = None
-        if self._pipelined:
-            offset = began - tick_start  # cell times are relative to the tick's start
-            modelled_start, modelled_end = modelled_timeline(end - start)
-            stage = StageEvent(tick, start + offset, end + offset, modelled_start + offset, modelled_end + offset)
-        return host[:n].tolist(), host[n:].reshape(counts.shape), int(end[-1, -1]), stage
+        return self.executor.run(chunks, tick, tick_start)
+
+    def _batch_event(self, tick: int, plan: TickPlan) -> BatchEvent:
+        """Who ran in this tick, with what, in which attention call: the trace's link from requests
+        to ticks. Groups are split as the executor splits them (micro-batches, then `attention_groups`)."""
+        entries = plan.entries
+        kv_len = np.array([e.start + e.count for e in entries])
+        groups = np.empty(len(entries), dtype=np.int16)
+        first = 0
+        micro = self.pipeline.micro_batches_for(len(entries))
+        for part in split_micro_batches(list(range(len(entries))), micro):
+            ids = attention_groups(kv_len[part], self.sched_cfg.attention)
+            groups[part] = first + ids
+            first += int(ids.max()) + 1
+        return BatchEvent(
+            tick,
+            np.array([e.seq.id for e in entries], dtype=np.int64),
+            np.array([e.prefill_tokens for e in entries], dtype=np.int32),
+            np.array([e.count - e.prefill_tokens for e in entries], dtype=np.int32),
+            groups,
+        )
 
     def _cancel_requested(self) -> None:
         with self._cond:

@@ -64,11 +64,14 @@ class BlockAllocator:
 
 
 class KVCache:
-    """K and V for every layer: [layers, slots, kv_heads, head_dim], plus the allocator over the slots."""
+    """K and V for every layer: [layers, slots, kv_heads, head_dim], plus the allocator over the slots.
+
+    A pipeline stage in its own process holds only its `layers` (a count); every stage uses the same
+    slots, the ones rank 0's allocator hands out."""
 
     def __init__(self, cfg: ModelConfig, capacity_tokens: int, device: torch.device, dtype: torch.dtype,
-                 block_size: int = 16) -> None:
+                 block_size: int = 16, layers: int | None = None) -> None:
         self.allocator = BlockAllocator(capacity_tokens, block_size)
-        shape = (cfg.layers, self.allocator.capacity_tokens, cfg.kv_heads, cfg.head_dim)
+        shape = (cfg.layers if layers is None else layers, self.allocator.capacity_tokens, cfg.kv_heads, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)

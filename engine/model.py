@@ -68,14 +68,20 @@ def make_batch(chunks: list[SeqChunk], device: torch.device, grouping: str = "ra
     slots = np.concatenate([c.kv_slots[c.start:] for c in chunks])
     sample = np.array([row_start[i] + lengths[i] - 1 for i, c in enumerate(chunks) if c.sample], dtype=np.int64)
 
-    if grouping == "ragged":
-        members = [np.arange(len(chunks))]
-    else:
-        kv_len = np.array([c.start + len(c.tokens) for c in chunks])
-        members = [np.flatnonzero(kv_len == n) for n in np.unique(kv_len)]
+    group = attention_groups(np.array([c.start + len(c.tokens) for c in chunks]), grouping)
+    members = [np.flatnonzero(group == g) for g in range(group.max() + 1)]
     groups = [_attn_group(chunks, m, lengths, row_start, device) for m in members]
     return ForwardBatch(_put(tokens, device), _put(positions, device), _put(slots, device), groups,
                         _put(sample, device))
+
+
+def attention_groups(kv_len: np.ndarray, grouping: str) -> np.ndarray:
+    """The attention call (0, 1, ...) of each sequence, given their key lengths (cached prefix + this
+    tick's chunk): all in one with `ragged`, one per distinct length, shortest first, with `same-length`.
+    The trace records these groups, so this is the one place that decides them."""
+    if grouping == "ragged":
+        return np.zeros(len(kv_len), dtype=np.int64)
+    return np.unique(kv_len, return_inverse=True)[1].reshape(-1)
 
 
 def _put(a: np.ndarray, device: torch.device) -> Tensor:
@@ -277,16 +283,40 @@ class Block(nn.Module):
         return h + moe_out, counts
 
 
+class _Elsewhere(nn.Module):
+    """The place of a layer that another pipeline stage (another process) holds."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, *args: object) -> None:
+        raise RuntimeError(f"layer {self.index} is held by another pipeline stage")
+
+
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> None:
+    """The whole decoder, or with `owned` only those layers (a pipeline stage in its own process): the
+    embedding only on the stage holding layer 0, the LM head only on the one holding the last."""
+
+    def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                 owned: range | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        owned = range(cfg.layers) if owned is None else owned
         gen = torch.Generator(device=device).manual_seed(seed)
-        self.embed = nn.Parameter(torch.randn(cfg.vocab_size, cfg.hidden, generator=gen, device=device,
-                                              dtype=dtype), requires_grad=False)
-        self.layers = nn.ModuleList(Block(cfg, gen, device, dtype) for _ in range(cfg.layers))
+        # Every weight is drawn, owned or not, so that the generator reaches each layer in the same
+        # state on every stage; one not owned is dropped at once (peak memory: one extra layer).
+        embed = torch.randn(cfg.vocab_size, cfg.hidden, generator=gen, device=device, dtype=dtype)
+        self.embed = nn.Parameter(embed, requires_grad=False) if owned.start == 0 else None
+        blocks: list[nn.Module] = []
+        for i in range(cfg.layers):
+            block = Block(cfg, gen, device, dtype)
+            blocks.append(block if i in owned else _Elsewhere(i))
+            del block
+        self.layers = nn.ModuleList(blocks)
         self.norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
-        self.lm_head = _weight(gen, device, dtype, cfg.hidden, cfg.vocab_size, fan_in=cfg.hidden)
+        lm_head = _weight(gen, device, dtype, cfg.hidden, cfg.vocab_size, fan_in=cfg.hidden)
+        self.lm_head = lm_head if owned.stop == cfg.layers else None
         cos, sin = rope_tables(cfg, device)
         self.register_buffer("rope_cos", cos)
         self.register_buffer("rope_sin", sin)
@@ -298,10 +328,12 @@ class Transformer(nn.Module):
 
     def run_layers(self, x: Tensor, batch: ForwardBatch, kv_k: Tensor, kv_v: Tensor, counts: Tensor,
                    layers: range) -> Tensor:
-        """Layers `layers` over x; each layer's expert load is added to counts[layer]."""
+        """Layers `layers` over x; kv_k and kv_v hold the caches of exactly those layers, in order (a
+        stage's slice of the whole cache, or a stage's own cache). Each layer's expert load is added
+        to counts[layer]."""
         cos, sin = self.rope_cos.index_select(0, batch.positions), self.rope_sin.index_select(0, batch.positions)
-        for i in layers:
-            x, layer_counts = self.layers[i](x, batch, cos, sin, kv_k[i], kv_v[i])
+        for j, i in enumerate(layers):
+            x, layer_counts = self.layers[i](x, batch, cos, sin, kv_k[j], kv_v[j])
             counts[i] += layer_counts
         return x
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from engine.errors import ConfigError
 from engine.kv_cache import BlockAllocator
+from engine.pipeline import get_schedule
 from engine.request import Request
 
 POLICIES = ("continuous", "window", "static")
@@ -38,6 +39,9 @@ class SchedulerConfig:
     kv_block_size: int = 16
     stages: int = 1  # pipeline stages the layers are split into (timed and modelled on one device)
     micro_batches: int = 1  # slices of each tick's batch that flow through the stages in turn
+    micro_batch_size: int = 0  # sequences per micro-batch; when set (> 0) it decides the count instead
+    stage_layers: tuple[int, ...] = ()  # layers of each stage; empty = balanced by weight bytes
+    schedule: str = "gpipe"  # the order stages run their micro-batches in (engine/pipeline.py)
 
     def validate(self) -> None:
         if self.policy not in POLICIES:
@@ -51,6 +55,11 @@ class SchedulerConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.queue_limit < 0:
             raise ConfigError(f"queue_limit must be 0 or more, got {self.queue_limit}")
+        if self.micro_batch_size < 0:
+            raise ConfigError(f"micro_batch_size must be 0 (unset) or more, got {self.micro_batch_size}")
+        if self.stage_layers and len(self.stage_layers) != self.stages:
+            raise ConfigError(f"{len(self.stage_layers)} stage layer counts given for {self.stages} stages")
+        get_schedule(self.schedule)
         if self.max_tokens < self.max_seqs:
             # otherwise a full batch of decoding sequences could not all advance in one tick
             raise ConfigError(f"max_tokens ({self.max_tokens}) must be at least max_seqs ({self.max_seqs})")

@@ -1,105 +1,121 @@
 """Pipeline stages on one device: layers in S stages, the batch in M micro-batches, every cell timed.
 
-The cells run one after another here, stage by stage (GPipe order), and each is timed with device
-events. `modelled_timeline` then places the measured costs on S devices: a cell starts when its
-micro-batch has left the previous stage and its stage has finished the previous micro-batch. Warmup,
-drain and bubbles are the idle time of that timeline.
+The cells run one after another here, in an order the schedule allows (engine/pipeline.py), and
+each is timed with device events. `modelled_timeline` then places the measured costs on S devices:
+a cell starts when its micro-batch has left the previous stage and its stage has finished its
+previous cell. Warmup, drain and bubbles are the idle time of that timeline. Across processes,
+engine/distributed_stages.py runs the same cells for real, one stage per rank.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
+from engine.kv_cache import KVCache
 from engine.model import SeqChunk, Transformer, make_batch
+from engine.pipeline import PipelinePlan, modelled_timeline, run_order, split_micro_batches
+from tracer.events import StageEvent
 
 
-def split_layers(layers: int, stages: int) -> list[range]:
-    """Consecutive layers per stage, as even as possible (all our layers weigh the same)."""
-    bounds = np.linspace(0, layers, stages + 1).round().astype(int)
-    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+@dataclass
+class ForwardResult:
+    """One tick's forward pass, as the engine needs it."""
+
+    tokens: list[int]  # the greedy next token of every sampling chunk, in chunk order
+    counts: np.ndarray  # expert load [layers, experts]
+    forward_ns: int  # device time of the forward pass
+    stage: StageEvent | None  # the pipeline cells, when there is a pipeline
 
 
-def split_micro_batches(chunks: list[SeqChunk], micro_batches: int) -> list[list[SeqChunk]]:
-    """Consecutive sequences per micro-batch, as even in count as possible; never an empty one."""
-    parts = np.array_split(np.arange(len(chunks)), min(micro_batches, len(chunks)))
-    return [[chunks[i] for i in part] for part in parts]
+class CellClock:
+    """Marks between cells: CUDA events on the GPU, the host's monotonic clock on the CPU. On the GPU
+    nothing is read until `read()`, after the tick's one synchronisation.
 
+    `start_ns` is the first mark on the host's monotonic clock. With `anchor`, the first mark on the
+    GPU waits for the device to be idle so that `start_ns` is when its event really ran: ranks of a
+    distributed pipeline place their cells on one timeline through it.
+    """
 
-def modelled_timeline(cost_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end [stages, micro_batches] of cells with these costs, one device per stage."""
-    stages, micro = cost_ns.shape
-    start = np.zeros_like(cost_ns)
-    end = np.zeros_like(cost_ns)
-    for s in range(stages):
-        for m in range(micro):
-            ready = end[s - 1, m] if s else 0  # its activations arrive from the previous stage
-            free = end[s, m - 1] if m else 0  # this stage's device is done with the previous micro-batch
-            start[s, m] = max(ready, free)
-            end[s, m] = start[s, m] + cost_ns[s, m]
-    return start, end
-
-
-class _Clock:
-    """Cell times relative to the forward's start: CUDA events on the GPU, the host clock on the CPU.
-    On the GPU nothing is read until `read()`, after the tick's one synchronisation."""
-
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, anchor: bool = False) -> None:
         self.cuda = device.type == "cuda"
+        self.anchor = anchor
         self.marks: list = []
+        self.start_ns = 0
 
     def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter_ns())
+        if not self.cuda:
+            self.marks.append(time.monotonic_ns())
+            self.start_ns = self.start_ns or self.marks[0]
+            return
+        if not self.marks:
+            if self.anchor:
+                torch.cuda.synchronize()  # between ticks the device is idle: this costs nothing
+            self.start_ns = time.monotonic_ns()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.marks.append(event)
 
     def read(self) -> np.ndarray:
-        """ns since the first mark, for every mark."""
+        """ns since the first mark, for every mark (on the GPU, once the last mark has run)."""
         if self.cuda:
+            self.marks[-1].synchronize()  # a no-op after the tick's synchronisation; else it is that
             return np.array([self.marks[0].elapsed_time(e) * 1e6 for e in self.marks], dtype=np.int64)
         return np.array(self.marks, dtype=np.int64) - self.marks[0]
 
 
+def cells_from_marks(marks: np.ndarray, order: list[tuple[int, int]], stages: int,
+                     micro_batches: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end [stages, micro_batches] of cells run one after another in `order`, from the
+    marks before the first cell and after each."""
+    start = np.zeros((stages, micro_batches), dtype=np.int64)
+    end = np.zeros((stages, micro_batches), dtype=np.int64)
+    for k, (s, m) in enumerate(order):
+        start[s, m], end[s, m] = marks[k], marks[k + 1]
+    return start, end
+
+
 class StageExecutor:
-    def __init__(self, model: Transformer, stages: int, micro_batches: int, grouping: str) -> None:
-        self.model = model
-        self.stage_layers = split_layers(model.cfg.layers, stages)
-        self.micro_batches = micro_batches
-        self.grouping = grouping
+    """Runs a tick's forward pass as pipeline cells on one device."""
 
-    def forward(self, chunks: list[SeqChunk], kv_k: Tensor, kv_v: Tensor,
-                device: torch.device) -> tuple[Tensor, Tensor, _Clock, int]:
-        """Logits of the sampled rows (in chunk order), expert load [layers, experts], the cell clock
-        and the number of micro-batches. The embedding runs in stage 0's cells, the LM head in the last's."""
-        parts = [make_batch(p, device, self.grouping) for p in split_micro_batches(chunks, self.micro_batches)]
-        cfg = self.model.cfg
-        counts = torch.zeros(cfg.layers, cfg.routed_experts, device=device, dtype=torch.int32)
-        clock = _Clock(device)
+    def __init__(self, model: Transformer, kv: KVCache, plan: PipelinePlan, grouping: str,
+                 device: torch.device) -> None:
+        self.model, self.kv, self.plan = model, kv, plan
+        self.grouping, self.device = grouping, device
+
+    def run(self, chunks: list[SeqChunk], tick: int, tick_start_ns: int) -> ForwardResult:
+        """The embedding runs in stage 0's cells, the LM head in the last's; tokens are greedy."""
+        plan, model = self.plan, self.model
+        micro = plan.micro_batches_for(len(chunks))
+        parts = [make_batch(p, self.device, self.grouping) for p in split_micro_batches(chunks, micro)]
+        cfg = model.cfg
+        counts = torch.zeros(cfg.layers, cfg.routed_experts, device=self.device, dtype=torch.int32)
+        order = run_order(plan.schedule, plan.stages, micro)
+        hidden: list = [None] * micro
+        logits: list = [None] * micro
+        last = plan.stages - 1
+        clock = CellClock(self.device)
         clock.mark()
-        hidden: list[Tensor] = []
-        logits: list[Tensor] = []
-        last = len(self.stage_layers) - 1
-        for s, layers in enumerate(self.stage_layers):
-            for m, batch in enumerate(parts):
-                x = self.model.embed_tokens(batch) if s == 0 else hidden[m]
-                x = self.model.run_layers(x, batch, kv_k, kv_v, counts, layers)
-                if s == 0:
-                    hidden.append(x)
-                else:
-                    hidden[m] = x
-                if s == last:
-                    logits.append(self.model.logits(x, batch))
-                clock.mark()
-        return torch.cat(logits), counts, clock, len(parts)
-
-
-def cell_times(clock: _Clock, stages: int, micro_batches: int) -> tuple[np.ndarray, np.ndarray]:
-    """Measured start and end [stages, micro_batches] from the clock of a stage-major run."""
-    marks = clock.read()
-    return (marks[:-1].reshape(stages, micro_batches), marks[1:].reshape(stages, micro_batches))
+        for s, m in order:
+            layers, batch = plan.stage_layers[s], parts[m]
+            x = model.embed_tokens(batch) if s == 0 else hidden[m]
+            k, v = self.kv.k[layers.start:layers.stop], self.kv.v[layers.start:layers.stop]
+            hidden[m] = model.run_layers(x, batch, k, v, counts, layers)
+            if s == last:
+                logits[m] = model.logits(hidden[m], batch)
+            clock.mark()
+        next_tokens = torch.cat(logits).argmax(dim=-1).to(torch.int32)
+        # the tick's one host synchronisation: tokens and expert load in one copy
+        host = torch.cat([next_tokens, counts.flatten()]).cpu().numpy()
+        n = len(next_tokens)
+        marks = clock.read()
+        stage = None
+        if plan.pipelined:
+            start, end = cells_from_marks(marks, order, plan.stages, micro)
+            modelled_start, modelled_end = modelled_timeline(end - start, plan.schedule)
+            offset = clock.start_ns - tick_start_ns  # cell times are relative to the tick's start
+            stage = StageEvent(tick, start + offset, end + offset, modelled_start + offset, modelled_end + offset)
+        return ForwardResult(host[:n].tolist(), host[n:].reshape(counts.shape), int(marks[-1]), stage)

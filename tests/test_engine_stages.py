@@ -10,16 +10,9 @@ from engine.engine import Engine
 from engine.errors import ConfigError
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
-from engine.stages import modelled_timeline, split_layers, split_micro_batches
+from engine.pipeline import modelled_timeline, split_micro_batches
 from tracer.events import StageEvent, TickEvent
 from tracer.recorder import ListRecorder
-
-
-def test_split_layers_is_consecutive_and_even():
-    assert split_layers(4, 1) == [range(0, 4)]
-    assert split_layers(4, 2) == [range(0, 2), range(2, 4)]
-    assert [len(r) for r in split_layers(27, 4)] in ([7, 7, 6, 7], [7, 6, 7, 7], [6, 7, 7, 7], [7, 7, 7, 6])
-    assert [i for r in split_layers(27, 4) for i in r] == list(range(27))
 
 
 def test_split_micro_batches_never_makes_an_empty_one():

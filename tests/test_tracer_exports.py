@@ -48,7 +48,8 @@ def test_parquet_and_csv_read_back(tmp_path):
     trace = load(sample(tmp_path))
     paths = export_parquet(trace, tmp_path / "pq")
     assert sorted(p.name for p in paths) == sorted(
-        ["ticks.parquet", "requests.parquet", "experts.parquet", "stages.parquet", "marks.parquet", "session.json"])
+        ["ticks.parquet", "requests.parquet", "experts.parquet", "stages.parquet", "marks.parquet", "batches.parquet",
+         "session.json"])
     for name in ("ticks", "requests", "experts", "stages", "marks"):
         assert pl.read_parquet(tmp_path / "pq" / f"{name}.parquet").equals(getattr(trace, name))
     export_csv(trace, tmp_path / "csv")

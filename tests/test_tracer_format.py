@@ -34,7 +34,7 @@ def test_a_reader_written_from_format_md(tmp_path):
 
     kind, payload = frames[0][1], frames[0][2]
     head = msgpack.unpackb(payload)
-    assert kind == 1 and head["format_version"] == [1, 0] and head["t0_mono_ns"] == header.t0_mono_ns
+    assert kind == 1 and head["format_version"] == [1, 1] and head["t0_mono_ns"] == header.t0_mono_ns
 
     decoded = [e for _, k, p in frames if k == 2 for e in msgpack.unpackb(p)]
     assert len(decoded) == len(events)

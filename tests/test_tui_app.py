@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 import tui_synth
-from tracer import TraceWriter
+from tracer import ExpertsEvent, TraceFormatError, TraceWriter
+from tracer.codec import packb
 from tui.app import SPEEDS, TickscopeApp
 from tui.screens.help import HelpScreen
-from tui.source import LiveSource, ReplaySource
+from tui.screens.request import RequestScreen
+from tui.source import LiveSource, ReplaySource, decode_frame
+from tui.state import DashboardState
 from tui.widgets.heatmap import ExpertHeatmap
+from tui.widgets.requests import RequestTable
 
 SIZE = (100, 30)
 
@@ -176,13 +181,55 @@ async def test_live_follows_a_growing_file(tmp_path):
 def test_live_source_states(tmp_path, monkeypatch):
     source = LiveSource(str(tmp_path / "nothing-yet.msgpack"))
     assert source.poll() == [] and source.status() == "waiting"
-    tui_synth.write_trace(source.path, 3)
+    writer = TraceWriter(source.path, tui_synth.header())
+    write_ticks(writer, 0, 3)
     assert len(source.poll()) > 0 and source.status() == "live"
-    monkeypatch.setattr(source._tail, "finished", True)  # the writer's footer was read
+    with monkeypatch.context() as m:
+        m.setattr("tui.source.time.monotonic", lambda: source._last_growth + 60)
+        assert source.status() == "idle"
+    writer.close()  # the footer of a clean close is what says "ended"
+    source.poll()
     assert source.status() == "ended"
-    monkeypatch.setattr(source._tail, "finished", False)
-    monkeypatch.setattr("tui.source.time.monotonic", lambda: source._last_growth + 60)
-    assert source.status() == "idle"
+    source.close()
+
+
+async def test_live_shows_ended_when_the_writer_closes(tmp_path):
+    path = str(tmp_path / "live.msgpack")
+    writer = TraceWriter(path, tui_synth.header())
+    try:
+        write_ticks(writer, 0, 10)
+        app = TickscopeApp(LiveSource(path), "live")
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.state.n_ticks == 10 and app.status == "live")
+            write_ticks(writer, 10, 5)
+            writer.close()
+            await until(pilot, lambda: app.status == "ended")
+            assert app.state.n_ticks == 15 and app.cursor == 14
+            await pilot.pause()
+            assert " ended " in str(app.query_one("#header").render())
+    finally:
+        writer.close()
+
+
+async def test_live_reads_older_detail_back_through_the_growing_index(tmp_path):
+    path = str(tmp_path / "live.msgpack")
+    writer = TraceWriter(path, tui_synth.header())
+    try:
+        for start in range(0, 60, 20):  # three flushes: three events frames
+            write_ticks(writer, start, 20)
+        recorded = {e.tick: e.counts for e in tui_synth.ticks(0, 20) if isinstance(e, ExpertsEvent)}
+        app = TickscopeApp(LiveSource(path), "live")
+        app.state = DashboardState(detail_capacity=8)  # only the last few ticks stay in memory
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.state.n_ticks == 60)
+            assert app.state.detail(app.state.index_of_tick(5)) is None
+            await pilot.press("g", *"5", "enter")
+            await pilot.pause()
+            detail = app.state.detail(app.cursor)
+            assert app.state.tick_number(app.cursor) == 5
+            assert detail is not None and np.array_equal(detail.experts, recorded[5])
+    finally:
+        writer.close()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "replaced"])
@@ -216,3 +263,79 @@ async def test_live_waits_for_a_file_that_does_not_exist_yet(tmp_path):
         await until(pilot, lambda: app.status == "waiting")
         tui_synth.write_trace(path, 5)
         await until(pilot, lambda: app.state.n_ticks == 5)
+
+
+def test_a_replay_reads_its_frames_through_the_index_the_current_one_first(tmp_path):
+    path = str(tmp_path / "long.msgpack")
+    tui_synth.write_trace(path, 2000)  # several events frames
+    header, events = tui_synth.recording(2000)
+    whole = DashboardState()
+    whole.set_header(header)
+    whole.ingest(events)
+    source = ReplaySource(path)
+    try:
+        state = DashboardState()
+        state.set_header(source.header)
+        state.set_layout(source.layout())
+        assert len(source.layout()) >= 3 and state.n_ticks == 2000
+        fetched = source.fetch(1500)  # what a seek does: only the frame holding the tick
+        state.ingest_frame(fetched)
+        index = state.index_of_tick(1500)
+        assert state.tick_number(index) == 1500 and 0 < state.loaded_share < 1
+        assert np.array_equal(state.detail(index).experts, whole.detail(whole.index_of_tick(1500)).experts)
+        source.focus(1500)
+        first = source.poll()  # the frames before the current one come next: the latency window
+        assert first and first[0].frame == fetched.frame - 1
+        for data in first:
+            state.ingest_frame(data)
+        while not source.done:
+            for data in source.poll():
+                state.ingest_frame(data)
+        assert state.loaded_share == 1
+        for name in ("tick", "end_s", "seqs", "decode_tokens", "queue_depth"):
+            assert np.array_equal(state.values(name), whole.values(name)), name
+        assert state.counters(1999) == whole.counters(1999)
+        assert state.recent_requests(1999, 10) == whole.recent_requests(1999, 10)
+    finally:
+        source.close()
+
+
+def test_decode_frame_refuses_malformed_tick_fields():
+    payload = packb([[1, 0, "start", 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]])
+    with pytest.raises(TraceFormatError):
+        decode_frame(payload, 0, detail=False)
+
+
+async def test_a_request_picked_in_the_table_opens_its_timeline(trace):
+    app = replay_app(trace)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("g", *"60", "enter", "r")
+        table = app.query_one(RequestTable)
+        assert table.has_focus
+        await pilot.press("down", "right")  # the table moves its cursor; right still steps
+        assert app.state.tick_number(app.cursor) == 61
+        await pilot.pause()
+        picked = table.picked
+        assert picked is not None
+        await pilot.press("enter")
+        assert isinstance(app.screen, RequestScreen) and app.screen.life.request == picked
+        await pilot.press("escape")
+        assert app.screen is app.dashboard
+        await pilot.click(RequestTable, offset=(3, 2))  # a click on the first row opens it
+        await pilot.pause()
+        assert isinstance(app.screen, RequestScreen)
+        assert app.screen.life.request == app.state.recent_requests(app.cursor, 1)[0].request
+
+
+async def test_heatmap_over_a_span_counts_dead_experts(trace):
+    app = replay_app(trace)
+    async with app.run_test(size=(160, 48)) as pilot:  # room for the per-layer line
+        await loaded(pilot)
+        await pilot.press("end")
+        heat = app.query_one(ExpertHeatmap)
+        assert "idle" in "".join(s.text for s in heat._lines)
+        await pilot.press("a")
+        await pilot.pause()
+        text = "".join(s.text for s in heat._lines)
+        assert "dead" in text and "hot by layer" in text

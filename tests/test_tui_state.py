@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 import tui_synth
-from tracer.events import StageEvent
-from tui.state import DashboardState, config_summary, downsample, expert_stats, stage_stats
+from tracer.events import RequestEvent, StageEvent
+from tui.state import (
+    DashboardState,
+    config_summary,
+    downsample,
+    expert_stats,
+    frame_from_events,
+    stage_stats,
+)
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +105,49 @@ def test_config_summary_tolerates_missing_keys():
     summary = config_summary(tui_synth.header())
     assert summary["policy"] == "window 5ms max16"
     assert summary["model"] == "tiny 6L×16E top2"
+
+
+def test_a_replay_layout_fills_rows_from_frames_read_in_any_order():
+    header, events = tui_synth.recording(30)
+    whole = DashboardState()
+    whole.set_header(header)
+    whole.ingest(events)
+    # Three "frames" of ten ticks each, as index entries would describe them.
+    frames = [[e for e in events if getattr(e, "tick", -1) // 10 == f or
+               (isinstance(e, RequestEvent) and e.t_ns // tui_synth.TICK_NS - 50 == f)] for f in range(3)]
+    t = lambda tick: tui_synth.T0 + tick * tui_synth.TICK_NS + 5_000_000  # noqa: E731
+    entries = np.array([[f, 10 * f, 10 * f + 9, 10, t(10 * f), t(10 * f + 9), 0] for f in range(3)])
+    s = DashboardState()
+    s.set_header(header)
+    s.set_layout(entries)
+    assert s.n_ticks == 30 and s.loaded_share == 0
+    assert s.tick_number(25) == 25 and s.index_of_tick(17) == 17  # estimated from the index
+    s.ingest_frame(frame_from_events(frames[2], header.t0_mono_ns, frame=2))
+    assert s.frame_loaded(2) and not s.frame_loaded(0) and s.loaded_share == pytest.approx(1 / 3)
+    assert np.isnan(s.values("seqs")[:20]).all()
+    assert np.array_equal(s.values("seqs")[20:], whole.values("seqs")[20:])
+    series = s.series("seqs", 25, 30)
+    assert np.isnan(series.hi[:20]).all() and series.peak == whole.values("seqs")[20:].max()
+    s.ingest_frame(frame_from_events(frames[2], header.t0_mono_ns, frame=2))  # read twice: no effect
+    for f in (0, 1):
+        s.ingest_frame(frame_from_events(frames[f], header.t0_mono_ns, frame=f))
+    assert s.loaded_share == 1
+    for name in ("tick", "start_s", "end_s", "seqs", "queue_depth", "kv_used"):
+        assert np.array_equal(s.values(name), whole.values(name)), name
+
+
+def test_request_life_holds_every_moment(state: DashboardState):
+    life = state.request_life(14)
+    assert life.status == "finished" and life.output_tokens == 6
+    assert [what for _, what in life.events()] == ["arrive", "admit", "first token", "finished"]
+    assert life.token_s == pytest.approx(life.arrive_s + np.arange(1, 7) * 0.02)
+    preempted = state.request_life(22)  # preempted at tick 24
+    assert "preempt" in [what for _, what in preempted.events()]
+    assert state.request_life(10_000) is None
+
+
+def test_expert_stats_name_the_hottest_expert_of_each_layer():
+    counts = np.array([[4, 0, 1, 0], [0, 2, 0, 3]])
+    stats = expert_stats(counts)
+    assert stats.hottest_per_layer == [(0, 4.0), (3, 3.0)]
+    assert stats.idle_experts == 4  # over a span's mean: dead in every tick of it

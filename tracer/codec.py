@@ -17,6 +17,7 @@ import numpy as np
 from tracer.errors import TraceFormatError
 from tracer.events import (
     FORMAT_VERSION,
+    BatchEvent,
     Event,
     ExpertsEvent,
     MarkEvent,
@@ -27,12 +28,14 @@ from tracer.events import (
 )
 from tracer.limits import MAX_ARRAY_DIM, MAX_BIN_LEN, MAX_CONTAINER_LEN, MAX_STR_LEN, MAX_TEXT_CHARS
 
-TICK, EXPERTS, STAGE, REQUEST, MARK = 1, 2, 3, 4, 5
-KIND_NAMES = {TickEvent: "tick", ExpertsEvent: "experts", StageEvent: "stage", RequestEvent: "request", MarkEvent: "mark"}
+TICK, EXPERTS, STAGE, REQUEST, MARK, BATCH = 1, 2, 3, 4, 5, 6
+KIND_NAMES = {TickEvent: "tick", ExpertsEvent: "experts", StageEvent: "stage", RequestEvent: "request", MarkEvent: "mark",
+              BatchEvent: "batch"}
 
 _COUNTS = np.dtype("<i4")
 _STAGE_NS = np.dtype("<i8")
 _TOKEN_US = np.dtype("<u4")
+_BATCH_COLUMNS = (np.dtype("<i8"), np.dtype("<i4"), np.dtype("<i4"), np.dtype("<i2"))  # requests, prefill, decode, groups
 _TICK_FIELDS = 12  # TickEvent's fields after the code
 
 _UNPACK_OPTIONS: dict[str, Any] = dict(
@@ -102,6 +105,9 @@ def encode_event(ev: Event) -> list[Any]:
                 bool(ev.modelled)]
     if t is MarkEvent:
         return [MARK, ev.t_ns, ev.tick, _text(ev.text)]
+    if t is BatchEvent:
+        columns = (ev.requests, ev.prefill_tokens, ev.decode_tokens, ev.groups)
+        return [BATCH, ev.tick, *(_raw(c, d) for c, d in zip(columns, _BATCH_COLUMNS))]
     raise TypeError(f"not a trace event: {t.__name__}")
 
 
@@ -182,6 +188,15 @@ def decode_event(item: Any) -> Event | None:
             raise _bad("mark event too short")
         _ints(item[1:3], "mark event")
         return MarkEvent(item[1], item[2], _str(item[3], "mark text"))
+    if code == BATCH:
+        if n < 6:
+            raise _bad("batch event too short")
+        _ints(item[1:2], "batch event")
+        if type(item[2]) is not bytes:
+            raise _bad("batch event: requests is not packed bytes")
+        seqs = [len(item[2]) // _BATCH_COLUMNS[0].itemsize]  # every column has one value per sequence
+        columns = [_array(seqs, data, dtype, 1, "batch event") for data, dtype in zip(item[2:6], _BATCH_COLUMNS)]
+        return BatchEvent(item[1], *columns)
     return None
 
 

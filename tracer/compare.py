@@ -1,7 +1,8 @@
 """Two recordings, figure by figure: which is better on each, by how much, and how their setups differ.
 
-Built on `summarize` (the same figures `tickscope summary` prints) plus the pipeline bubble share
-from the stage frame. Every figure has a direction: for latency lower is better; for throughput,
+Built on `summarize` (the same figures `tickscope summary` prints; the pipeline bubble share is
+modelled on one device and measured across ranks, and the table says which). Every figure has a
+direction: for latency lower is better; for throughput,
 goodput, batch size and experts active higher is better — the last two because expert weights are
 read from memory once per tick whatever the batch, so a bigger batch that touches more experts
 gets more tokens out of each read (the efficiency the article is about).
@@ -19,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from rich import box
 from rich.table import Table
 
 from tracer.frames import Trace
+from tracer.pipeline import bubble_share as stage_bubble_share, timeline_kind
 from tracer.summary import summarize
 
 SAME_WITHIN = 0.01  # relative difference under which two figures are reported as even
@@ -44,7 +47,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("goodput_req_s", "goodput", "req/s", True),
     Figure("mean_batch_seqs", "mean batch", "seqs", True),
     Figure("experts_active_frac", "experts active", "share", True),
-    Figure("expert_imbalance", "load imbalance (max/mean)", "×", False),
+    Figure("expert_imbalance", "imbalance max/mean", "×", False),
     Figure("bubble_share", "bubble share", "share", False),
     Figure("requests_rejected", "rejections", "count", False),
 )
@@ -108,6 +111,8 @@ class Comparison:
     b_name: str
     deltas: tuple[Delta, ...]
     config: tuple[ConfigDifference, ...]
+    # where each side's stage timeline comes from: "modelled", "measured", "mixed" or None (no stages)
+    stage_timelines: tuple[str | None, str | None] = (None, None)
 
     def delta(self, key: str) -> Delta:
         return next(d for d in self.deltas if d.figure.key == key)
@@ -126,24 +131,9 @@ def _relative(a: float, b: float) -> float:
 
 
 def bubble_share(trace: Trace) -> float | None:
-    """Share of stage-time idle on the modelled pipeline timeline (warmup, drain, bubbles).
-
-    Per tick, each stage is available from the first cell's start to the last cell's end of the
-    whole tick; what it does not spend computing is idle. Summed over ticks, so long ticks weigh
-    more. None when the trace has no stage cells.
-    """
-    st = trace.stages
-    if st.height == 0:
-        return None
-    per_tick = st.group_by("tick").agg(
-        (pl.col("modelled_end_s") - pl.col("modelled_start_s")).sum().alias("compute"),
-        (pl.col("modelled_end_s").max() - pl.col("modelled_start_s").min()).alias("makespan"),
-        pl.col("stage").n_unique().alias("stages"),
-    )
-    available = float((per_tick.get_column("makespan") * per_tick.get_column("stages")).sum())
-    if available <= 0:
-        return None
-    return 1.0 - float(per_tick.get_column("compute").sum()) / available
+    """Share of stage-time idle on the pipeline timeline (warmup, drain, bubbles), summed over ticks;
+    None without stage cells. Defined once, in tracer/pipeline.py, for the summary and here alike."""
+    return stage_bubble_share(trace.stages)
 
 
 def figures(trace: Trace, summary: dict[str, Any] | None = None) -> dict[str, float | None]:
@@ -151,7 +141,7 @@ def figures(trace: Trace, summary: dict[str, Any] | None = None) -> dict[str, fl
     summary = summarize(trace) if summary is None else summary
     values: dict[str, float | None] = {}
     for fig in FIGURES:
-        v = bubble_share(trace) if fig.key == "bubble_share" else summary.get(fig.key)
+        v = summary.get(fig.key)
         values[fig.key] = float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
     return values
 
@@ -196,7 +186,8 @@ def compare(a: Trace, b: Trace, *, a_name: str = "A", b_name: str = "B") -> Comp
     deltas = tuple(Delta(fig, fa[fig.key], fb[fig.key]) for fig in FIGURES)
     cfg_a = a.header.config if isinstance(a.header.config, dict) else {}
     cfg_b = b.header.config if isinstance(b.header.config, dict) else {}
-    return Comparison(a_name, b_name, deltas, config_diff(cfg_a, cfg_b))
+    kinds = (timeline_kind(a.stages), timeline_kind(b.stages))
+    return Comparison(a_name, b_name, deltas, config_diff(cfg_a, cfg_b), kinds)
 
 
 def format_value(figure: Figure, value: float | None) -> str:
@@ -235,10 +226,19 @@ def format_config_value(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "…"
 
 
+def figure_label(comparison: Comparison, figure: Figure) -> str:
+    """The figure's name; the bubble share's says whether each side's timeline is modelled or measured."""
+    a, b = comparison.stage_timelines
+    if figure.key != "bubble_share" or (a is None and b is None):
+        return figure.label
+    return f"{figure.label} ({a})" if a == b else f"{figure.label} (A {a or '—'}, B {b or '—'})"
+
+
 def delta_rows(comparison: Comparison) -> list[tuple[str, str, str, str, str]]:
     """The delta table as text rows: figure, A, B, B vs A, better."""
     return [
-        (d.figure.label, format_value(d.figure, d.a), format_value(d.figure, d.b), format_change(d), d.verdict)
+        (figure_label(comparison, d.figure), format_value(d.figure, d.a), format_value(d.figure, d.b),
+         format_change(d), d.verdict)
         for d in comparison.deltas
     ]
 
@@ -248,7 +248,7 @@ DELTA_COLUMNS = ("figure", "A", "B", "B vs A", "better")
 
 def delta_table(comparison: Comparison, title: str | None = None) -> Table:
     """The delta table as a rich Table (the terminal's and the dashboard's)."""
-    table = Table(title=title, show_header=True, header_style="bold", expand=False)
+    table = Table(title=title, show_header=True, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     for name in DELTA_COLUMNS:
         table.add_column(name, justify="left" if name in ("figure", "better") else "right", no_wrap=True)
     for row, d in zip(delta_rows(comparison), comparison.deltas):

@@ -14,7 +14,7 @@ from typing import Any, Union
 
 import numpy as np
 
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)  # 1.1 added the batch event
 
 REQUEST_PHASES = ("arrive", "admit", "first_token", "preempt", "finish")
 REQUEST_STATUSES = ("finished", "rejected", "cancelled")
@@ -94,6 +94,25 @@ class RequestEvent:
 
 
 @dataclass(slots=True)
+class BatchEvent:
+    """Who took part in one tick: one row per sequence of its batch, in batch order.
+
+    It links each request to the ticks it ran in. Over a request's rows, prefill + decode tokens
+    add up to its prompt + output tokens - 1 (the last token is sampled, never fed back), plus
+    whatever was computed again after each preemption (a preempted sequence's KV is dropped and
+    all its known tokens return as prefill). `group` numbers the tick's attention calls: one per
+    micro-batch with `ragged` attention, one per distinct key length
+    (prefix + chunk) in a micro-batch with `same-length`.
+    """
+
+    tick: int
+    requests: np.ndarray  # int64 [seqs] request ids
+    prefill_tokens: np.ndarray  # int32 [seqs] prompt tokens (or tokens recomputed after a preemption)
+    decode_tokens: np.ndarray  # int32 [seqs] generated tokens fed back (the last sampled one while decoding)
+    groups: np.ndarray  # int16 [seqs] the attention call each sequence was in
+
+
+@dataclass(slots=True)
 class MarkEvent:
     """A user's note at a moment of the recording."""
 
@@ -102,4 +121,4 @@ class MarkEvent:
     text: str
 
 
-Event = Union[TickEvent, ExpertsEvent, StageEvent, RequestEvent, MarkEvent]
+Event = Union[TickEvent, ExpertsEvent, StageEvent, RequestEvent, BatchEvent, MarkEvent]

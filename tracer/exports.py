@@ -11,7 +11,7 @@ import polars as pl
 
 from tracer.frames import Trace, load
 
-_FRAMES = ("ticks", "requests", "experts", "stages", "marks")
+_FRAMES = ("ticks", "requests", "experts", "stages", "marks", "batches")
 _SCHED, _STAGES_MEASURED, _STAGES_MODELLED, _REQUESTS = 1, 2, 3, 4
 
 

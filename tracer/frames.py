@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import numpy as np
 import polars as pl
 
-from tracer.events import Event, ExpertsEvent, MarkEvent, RequestEvent, SessionHeader, StageEvent, TickEvent
+from tracer.events import BatchEvent, Event, ExpertsEvent, MarkEvent, RequestEvent, SessionHeader, StageEvent, TickEvent
 from tracer.marks import read_marks
 from tracer.reader import TraceReader, open_trace
 
@@ -35,6 +35,8 @@ STAGE_SCHEMA = {
     "modelled_start_s": pl.Float64, "modelled_end_s": pl.Float64, "modelled": pl.Boolean,
 }
 MARK_SCHEMA = {"t_s": pl.Float64, "tick": pl.Int64, "text": pl.String}
+BATCH_SCHEMA = {"tick": pl.Int64, "request": pl.Int64, "prefill_tokens": pl.Int64, "decode_tokens": pl.Int64,
+                "group": pl.Int64}
 
 
 @dataclass
@@ -45,6 +47,8 @@ class Trace:
     `itl_s` pools every finished request's inter-token latencies (from `token_us`).
     `expert_load` is the [ticks, layers, experts] stack behind `experts`, with `expert_ticks`
     naming its rows; None when the ticks' shapes differ.
+    `batches` links requests to ticks, one row per (tick, sequence in its batch): empty for
+    traces older than format 1.1 and for client-side traces (`record --target`).
     """
 
     header: SessionHeader
@@ -56,6 +60,7 @@ class Trace:
     itl_s: np.ndarray
     expert_ticks: np.ndarray
     expert_load: np.ndarray | None
+    batches: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=BATCH_SCHEMA))
     dropped: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     path: str | None = None
@@ -85,6 +90,7 @@ def from_events(header: SessionHeader, events: Iterable[Event]) -> Trace:
     experts: list[ExpertsEvent] = []
     stages: list[StageEvent] = []
     marks: list[MarkEvent] = []
+    batches: list[BatchEvent] = []
     requests: dict[int, dict[str, Any]] = {}
     for ev in events:
         t = type(ev)
@@ -98,13 +104,15 @@ def from_events(header: SessionHeader, events: Iterable[Event]) -> Trace:
             stages.append(ev)
         elif t is MarkEvent:
             marks.append(ev)
+        elif t is BatchEvent:
+            batches.append(ev)
     tick_df = _ticks_frame(ticks, t0)
     expert_df, expert_ticks, expert_load = _experts_frame(experts)
     request_df, itl = _requests_frame(requests, t0)
     return Trace(
         header=header, ticks=tick_df, requests=request_df, experts=expert_df,
         stages=_stages_frame(stages, tick_df), marks=_marks_frame(marks, t0), itl_s=itl,
-        expert_ticks=expert_ticks, expert_load=expert_load,
+        expert_ticks=expert_ticks, expert_load=expert_load, batches=_batches_frame(batches),
     )
 
 
@@ -168,6 +176,18 @@ def _stages_frame(events: list[StageEvent], ticks: pl.DataFrame) -> pl.DataFrame
     df = pl.DataFrame(cols).join(ticks.select("tick", pl.col("start_s").alias("tick_start_s")),
                                  on="tick", how="left")
     return df.select([pl.col(k).cast(v) for k, v in STAGE_SCHEMA.items()])
+
+
+def _batches_frame(events: list[BatchEvent]) -> pl.DataFrame:
+    if not events:
+        return pl.DataFrame(schema=BATCH_SCHEMA)
+    return pl.DataFrame({
+        "tick": np.repeat([e.tick for e in events], [len(e.requests) for e in events]),
+        "request": np.concatenate([e.requests for e in events]),
+        "prefill_tokens": np.concatenate([e.prefill_tokens for e in events]),
+        "decode_tokens": np.concatenate([e.decode_tokens for e in events]),
+        "group": np.concatenate([e.groups for e in events]),
+    }).cast(BATCH_SCHEMA)
 
 
 def _marks_frame(events: list[MarkEvent], t0: int) -> pl.DataFrame:

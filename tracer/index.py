@@ -17,7 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from tracer.codec import decode_events, packb, unpackb
 from tracer.errors import TraceFormatError
-from tracer.events import Event, ExpertsEvent, StageEvent, TickEvent
+from tracer.events import BatchEvent, Event, ExpertsEvent, StageEvent, TickEvent
 from tracer.framing import FOOTER_PAYLOAD, FOOTER_SIZE, FrameScanner, Kind, read_frame
 from tracer.limits import MAX_BIN_LEN
 
@@ -47,7 +47,7 @@ class FrameStats:
             if self.min_t_ns < 0 or ev.start_ns < self.min_t_ns:
                 self.min_t_ns = ev.start_ns
             self.max_t_ns = max(self.max_t_ns, ev.start_ns)
-        elif t is not ExpertsEvent and t is not StageEvent:
+        elif t is not ExpertsEvent and t is not StageEvent and t is not BatchEvent:
             return
         if self.min_tick < 0 or ev.tick < self.min_tick:
             self.min_tick = ev.tick

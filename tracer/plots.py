@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
 from tracer.compare import DELTA_COLUMNS, Comparison, delta_rows, expert_mean
 from tracer.frames import Trace
@@ -128,6 +129,8 @@ def plot_expert_heatmaps(a: Trace, b: Trace, names: tuple[str, str], path: str |
         image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
         ax.set_xlabel("expert")
         ax.set_ylabel("layer")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.colorbar(image, ax=ax, label="mean tokens / tick")
     fig.suptitle("expert load, mean over the recording")
     _save(fig, path)
@@ -151,6 +154,10 @@ def plot_delta_table(comparison: Comparison, path: str | os.PathLike[str]) -> No
             table[i, len(header) - 1].set_facecolor(tint[d.winner])
     for j in range(len(header)):
         table[0, j].set_text_props(weight="bold")
+    for i in range(len(rows) + 1):  # names read from the left, numbers from the right
+        for j in (0, len(header) - 1):
+            table[i, j].set_text_props(ha="left")
+            table[i, j].PAD = 0.05
     _save(fig, path)
 
 
@@ -195,11 +202,14 @@ def plot_sweep(
             ax.plot(getattr(points[knee], attr) * 1000, points[knee].throughput, "o", markersize=16,
                     markerfacecolor="none", markeredgecolor="black", markeredgewidth=2, label="knee")
         ax.set_xscale("log")
+        # Plain numbers on the log axis: "2000" reads faster than "2×10³" beside its neighbours.
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"{latency_name} {pct} (ms)")
         ax.set_ylabel("throughput (tok/s)")
         ax.set_title(f"throughput vs {pct} latency")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     for ci, cap in enumerate(caps):
         pts = sorted((p for p in points if p.max_seqs == cap and p.active_share is not None),
                      key=lambda p: p.window_ms)
@@ -214,6 +224,6 @@ def plot_sweep(
     axe.set_ylabel("experts active (% of layer × expert cells)")
     axe.set_title("experts active vs window")
     axe.grid(alpha=0.3, which="both")
-    axe.legend(loc="lower right", fontsize=8)
+    axe.legend(loc="best", fontsize=8)
     fig.text(0.5, -0.02, rule, ha="center", va="top", fontsize=9, wrap=True)
     _save(fig, path)

@@ -8,8 +8,8 @@ from typing import Iterator
 
 from tracer.codec import decode_events, decode_header, unpackb
 from tracer.errors import TraceFormatError
-from tracer.events import Event, ExpertsEvent, SessionHeader, StageEvent, TickEvent
-from tracer.framing import MAGIC, Frame, FrameScanner, Kind
+from tracer.events import BatchEvent, Event, ExpertsEvent, SessionHeader, StageEvent, TickEvent
+from tracer.framing import MAGIC, Frame, FrameScanner, Kind, read_frame
 from tracer.index import TraceIndex, read_index, rebuild_index
 
 
@@ -103,7 +103,7 @@ class TraceReader:
     def events_from_tick(self, tick: int) -> Iterator[Event]:
         """Events from the first frame holding `tick` to the end, without reading what precedes it.
 
-        Tick, experts and stage events of earlier ticks in that frame are left out; request and
+        Tick, experts, stage and batch events of earlier ticks in that frame are left out; request and
         mark events are kept. Empty when the trace has no such tick.
         """
         offset = self.index.frame_for_tick(tick)
@@ -114,11 +114,20 @@ class TraceReader:
 
     def events_for_ticks(self, first: int, last: int) -> Iterator[Event]:
         """Events of ticks `first`..`last` (inclusive), as `events_from_tick(first)`, stopping at the
-        first tick, experts or stage event of a later tick."""
+        first tick, experts, stage or batch event of a later tick."""
         for ev in self.events_from_tick(first):
             if type(ev) in _TICKED and ev.tick > last:
                 return
             yield ev
+
+    def frame_payload(self, offset: int) -> bytes | None:
+        """The payload of the events frame at `offset` (an index entry's), or None, reported, when
+        it is damaged. For readers that decode frames their own way, a few at a time."""
+        frame = read_frame(self._f, offset, self._end)
+        if frame is None or frame.kind != Kind.EVENTS:
+            self._report(f"corrupt frame at byte {offset}: skipped")
+            return None
+        return frame.payload
 
     def tick_at(self, t_s: float) -> int | None:
         """The last tick that started at or before `t_s` seconds into the session, if any."""
@@ -168,7 +177,7 @@ class TraceReader:
         self.close()
 
 
-_TICKED = (TickEvent, ExpertsEvent, StageEvent)
+_TICKED = (TickEvent, ExpertsEvent, StageEvent, BatchEvent)
 
 
 def open_trace(path: str | os.PathLike[str], *, progress: bool | None = None) -> TraceReader:

@@ -10,6 +10,7 @@ import polars as pl
 from rich.table import Table
 
 from tracer.frames import Trace
+from tracer.pipeline import bubble_share, timeline_kind
 
 
 def _pct(values: np.ndarray, q: float) -> float | None:
@@ -108,6 +109,9 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "expert_imbalance_per_layer": per_layer,
         "slo": {k: slo[k] for k in ("ttft_s", "tpot_s", "e2e_s") if isinstance(slo, dict) and k in slo},
         "goodput_req_s": good.height / duration if duration > 0 else None,
+        # idle stage-time (warmup + drain + bubbles) over stage-time; see tracer/pipeline.py
+        "bubble_share": bubble_share(trace.stages),
+        "stage_timeline": timeline_kind(trace.stages),  # "modelled" on one device, "measured" across ranks
         "events_dropped": sum(trace.dropped.values()),
         "problems": len(trace.problems),
     }

@@ -6,10 +6,13 @@ import asyncio
 import os
 from typing import AsyncIterator
 
+import numpy as np
+
 from tracer.codec import decode_events
 from tracer.errors import TraceFormatError
 from tracer.events import Event, SessionHeader
 from tracer.framing import FrameScanner, Kind
+from tracer.index import ENTRY_FIELDS, FrameStats, TraceIndex
 from tracer.reader import decode_stats, read_preamble
 
 
@@ -21,7 +24,8 @@ class TraceTail:
     none). Truncated and replaced are final: this tail stops there, and following the new file
     takes a new TraceTail. `finished` turns True once the writer's footer is read (a clean close).
     A frame still being written is left for a later poll. `poll` raises TraceFormatError when the
-    file cannot be a trace.
+    file cannot be a trace. `index()` covers every events frame read so far, so a follower can
+    seek back into the growing file without waiting for the writer's own index.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -35,6 +39,11 @@ class TraceTail:
         self._ident: tuple[int, int] | None = None
         self._preamble = b""  # magic + header frame as first read: a rewrite in place changes it
         self._offset = 0
+        self._entries: list[tuple[int, ...]] = []
+
+    def index(self) -> TraceIndex:
+        """The events frames read so far, as an index (columns as the file's own)."""
+        return TraceIndex(np.array(self._entries, dtype=np.int64).reshape(-1, len(ENTRY_FIELDS)))
 
     def poll(self) -> list[Event]:
         if self.state in ("truncated", "replaced") or not self._open():
@@ -57,9 +66,15 @@ class TraceTail:
         for frame in scanner:
             if frame.kind == Kind.EVENTS:
                 try:
-                    out.extend(decode_events(frame.payload))
+                    events = decode_events(frame.payload)
                 except TraceFormatError as exc:
                     self.problems.append(f"undecodable events frame at byte {frame.offset} ({exc.what}): skipped")
+                    continue
+                stats = FrameStats()
+                for ev in events:
+                    stats.add(ev)
+                self._entries.append(stats.entry(frame.offset))
+                out.extend(events)
             elif frame.kind == Kind.STATS:
                 try:
                     self.dropped = decode_stats(frame.payload)

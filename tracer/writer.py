@@ -12,7 +12,7 @@ from collections import deque
 
 from tracer.codec import KIND_NAMES, decode_header, encode_event, encode_header, new_packer, packb
 from tracer.errors import TraceFormatError
-from tracer.events import Event, ExpertsEvent, MarkEvent, SessionHeader, StageEvent, TickEvent
+from tracer.events import BatchEvent, Event, ExpertsEvent, MarkEvent, SessionHeader, StageEvent, TickEvent
 from tracer.framing import MAGIC, Kind, encode_footer, encode_frame
 from tracer.index import INDEX_EVERY, FrameStats, encode_index
 from tracer.limits import MAX_BIN_LEN, MAX_EVENTS_PER_FRAME, TARGET_FRAME_BYTES
@@ -27,7 +27,7 @@ class TraceWriter:
     writes the rest, the final index and the footer, and fsyncs.
 
     Queue-full policy. Stage and experts events (the bulkiest, least essential) are refused once
-    `queue_max` events wait; tick and mark events once a quarter more wait; request events are
+    `queue_max` events wait; tick, batch and mark events once a quarter more wait; request events are
     never refused, because a request that vanishes from the trace would break every latency
     figure. A refused event first blocks for up to `block_s` waiting for room; if none appears it
     is dropped and counted in `dropped` / `dropped_by_kind`, and further refusals drop at once
@@ -48,7 +48,8 @@ class TraceWriter:
         self._block_s = block_s
         # Past these queue lengths an event of that kind is refused; request events have no limit.
         self._limits = {StageEvent: queue_max, ExpertsEvent: queue_max,
-                        TickEvent: queue_max + queue_max // 4, MarkEvent: queue_max + queue_max // 4}
+                        TickEvent: queue_max + queue_max // 4, BatchEvent: queue_max + queue_max // 4,
+                        MarkEvent: queue_max + queue_max // 4}
         # emit's fast path appends while the queue is below this; -1 after close sends every
         # emit to the slow path, which raises.
         self._fast_below = max(1, queue_max // 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Callable
@@ -13,20 +14,26 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
+import tracer
+from tracer.events import MarkEvent
+
 from tui.messages import PanelResized, SourceFailed, SourceUpdate
 from tui.screens.dashboard import DashboardScreen, FrameInfo
 from tui.screens.goto import GotoScreen
 from tui.screens.help import HelpScreen
+from tui.screens.mark import MarkScreen
+from tui.screens.request import RequestScreen
 from tui.source import Source, open_source
 from tui.state import DashboardState
+from tui.widgets.requests import RequestTable
 
 # Replay speeds, slowest first; None plays one tick per frame whatever the recorded timing.
 SPEEDS: tuple[float | None, ...] = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, None)
 DEFAULT_SPEED = SPEEDS.index(1.0)
 FRAME_S = 1 / 30  # replay frame interval: smooth enough, and leaves the UI thread room
 POLL_S = 0.1  # live: how often an unchanged file is polled again (lag stays under 250 ms)
-HEAT_SPANS = (1, 10, 100)  # ticks the heatmap can average over
-CHUNKS_IN_FLIGHT = 2  # back-pressure: chunks read but not yet ingested by the UI thread
+HEAT_SPANS = (1, 10, 100, 1000)  # ticks the heatmap can average over
+CHUNKS_IN_FLIGHT = 2  # back-pressure: polls read but not yet ingested by the UI thread
 BAD_STATES = {"truncated": "the trace file was truncated", "replaced": "the trace file was replaced"}
 
 
@@ -55,8 +62,10 @@ class TickscopeApp(App[None]):
         Binding("g", "goto", "Go to"),
         Binding("left_square_bracket", "mark(-1)", "Prev mark", key_display="[", group=MARK),
         Binding("right_square_bracket", "mark(1)", "Next mark", key_display="]", group=MARK),
+        Binding("m", "add_mark", "Add mark", group=MARK),
         Binding("a", "heat_span", "Heat span"),
         Binding("s", "toggle_stages", "Stages"),
+        Binding("r", "focus_requests", "Requests"),
     ]
 
     cursor: reactive[int] = reactive(0)  # index of the current tick in the state
@@ -84,6 +93,11 @@ class TickscopeApp(App[None]):
         return self.dashboard
 
     def on_mount(self) -> None:
+        layout = self.source.layout()
+        if layout is not None:  # a replay: every tick has its place before any frame is read
+            self.state.set_header(self.source.header)  # type: ignore[arg-type]
+            self.state.set_layout(layout)
+        self.state.marks.extend(tracer.read_marks(self.source.path)[0])  # notes kept beside the trace
         self._clock = self.set_interval(FRAME_S, self._advance, pause=True)
         self.playing = self.mode == "live" or self.autoplay
         self._read_source()
@@ -99,28 +113,29 @@ class TickscopeApp(App[None]):
         last_status = ""
         while not worker.is_cancelled:
             try:
-                events = self.source.poll()
+                frames = self.source.poll()
                 status = self.source.status()
             except Exception as exc:  # a bad trace must not take the app down
                 self.post_message(SourceFailed(f"{type(exc).__name__}: {exc}"))
                 return
-            if events or status != last_status or self.source.done:
+            if frames or status != last_status or self.source.done:
                 # Wait for the UI thread to catch up, but never past a cancel (the app quitting).
                 while not self._chunk_slots.acquire(timeout=POLL_S):
                     if worker.is_cancelled:
                         return
-                self.post_message(SourceUpdate(events, self.source.header, status, self.source.done))
+                self.post_message(SourceUpdate(frames, self.source.header, status, self.source.done))
                 last_status = status
             if self.source.done:
                 return
-            if not events:
+            if not frames:
                 time.sleep(POLL_S)
 
     def on_source_update(self, message: SourceUpdate) -> None:
         try:
             if message.header is not None and self.state.header is None:
                 self.state.set_header(message.header)
-            self.state.ingest(message.events)
+            for frame in message.frames:
+                self.state.ingest_frame(frame)
         finally:
             self._chunk_slots.release()
         if self.mode == "replay" and not message.done:
@@ -255,11 +270,42 @@ class TickscopeApp(App[None]):
         if targets:
             self._seek(self.state.index_of_tick(targets[0] if direction > 0 else targets[-1]))
 
+    def action_add_mark(self) -> None:
+        if not self.state.n_ticks or not os.path.isfile(self.source.path):
+            self.notify("marks need a recorded tick in a trace file", severity="warning")
+            return
+        index = self.cursor  # where `m` was pressed, even if a live view moves on meanwhile
+        tick, t_s = self.state.tick_number(index), self.state.time_at(index)
+        mark = MarkEvent(t_ns=self.state.t0_ns + round(t_s * 1e9), tick=tick, text="")
+        self.push_screen(MarkScreen(f"tick {tick} ({t_s:.2f} s)"), lambda text: self._save_mark(mark, text))
+
+    def _save_mark(self, mark: MarkEvent, text: str | None) -> None:
+        if not text:
+            return
+        mark = MarkEvent(t_ns=mark.t_ns, tick=mark.tick, text=text)
+        try:
+            # Beside the trace, never in it: a trace file is append-only and may be someone else's.
+            saved = tracer.add_mark(self.source.path, mark)
+        except (OSError, ValueError) as exc:
+            self.notify(f"mark not saved: {exc}", severity="error")
+            return
+        self.state.marks.append(mark)
+        self.notify(f"mark saved in {os.path.basename(saved)}", timeout=3)
+        self._schedule_frame()
+
     def action_heat_span(self) -> None:
         self.heat_span = HEAT_SPANS[(HEAT_SPANS.index(self.heat_span) + 1) % len(HEAT_SPANS)]
 
     def action_toggle_stages(self) -> None:
         self.dashboard.toggle_class("show-stages")
+
+    def action_focus_requests(self) -> None:
+        self.dashboard.query_one(RequestTable).focus()
+
+    def on_request_table_chosen(self, message: RequestTable.Chosen) -> None:
+        life = self.state.request_life(message.request)
+        if life is not None:
+            self.push_screen(RequestScreen(life, self.state.time_at(self.cursor)))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -288,10 +334,13 @@ class TickscopeApp(App[None]):
         if not self.dashboard.is_mounted:
             return
         index = self.cursor
+        status = self.status
+        if status == "loading" and self.state.laid_out:
+            status = f"loading {self.state.loaded_share:.0%}"
         info = FrameInfo(
             path=self.source.path,
             mode=self.mode,
-            status=self.status,
+            status=status,
             playback=self.playback_label(),
             heat_span=self.heat_span,
         )
@@ -310,18 +359,36 @@ class TickscopeApp(App[None]):
         """Expert counts (or their mean over the heat span) and stage cells for tick `index`."""
         if not self.state.n_ticks:
             return None, None
+        lo = max(index - self.heat_span + 1, 0)
+        self._fetch_missing(lo, index)
+        self.source.focus(self.state.tick_number(index))
         detail = self.state.detail(index)
-        if detail is None:
-            fetched = self.source.detail(self.state.tick_number(index))
-            if fetched is not None:
-                self.state.put_detail(self.state.tick_number(index), *fetched)
-                detail = self.state.detail(index)
         stages = detail.stages if detail is not None else None
         if self.heat_span > 1:
-            experts, _ = self.state.mean_experts(index - self.heat_span + 1, index)
+            experts, _ = self.state.mean_experts(lo, index)
         else:
             experts = detail.experts if detail is not None else None
         return experts, stages
+
+    def _fetch_missing(self, lo: int, hi: int) -> None:
+        """Read the frames holding tick indices lo..hi whose detail (or, in a replay, whose rows)
+        the state lacks: one read brings a whole frame, so each frame is read once."""
+        state = self.state
+        tried: set[int] = set()
+        for index in range(hi, lo - 1, -1):
+            missing = state.detail(index) is None or (
+                state.laid_out and not state.frame_loaded(state.frame_of(index))
+            )
+            tick = state.tick_number(index)
+            if missing and tick not in tried:
+                tried.add(tick)
+                fetched = self.source.fetch(tick)
+                if fetched is not None:
+                    # The wanted tick goes in last: a frame bigger than the cache must not evict it.
+                    wanted = fetched.details.pop(tick, None)
+                    if wanted is not None:
+                        fetched.details[tick] = wanted
+                    state.ingest_frame(fetched)
 
 
 def run_dashboard(path: str, mode: str, *, on_quit: Callable[[], None] | None = None) -> None:

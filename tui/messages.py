@@ -7,14 +7,15 @@ from typing import Any
 from textual.message import Message
 
 from tracer.events import SessionHeader
+from tui.state import FrameData
 
 
 class SourceUpdate(Message):
-    """What one poll of the source brought: new events, the header once known, the source state."""
+    """What one poll of the source brought: new blocks, the header once known, the source state."""
 
-    def __init__(self, events: list[Any], header: SessionHeader | None, status: str, done: bool):
+    def __init__(self, frames: list[FrameData], header: SessionHeader | None, status: str, done: bool):
         super().__init__()
-        self.events = events
+        self.frames = frames
         self.header = header
         self.status = status
         self.done = done
@@ -30,3 +31,24 @@ class SourceFailed(Message):
 
 class PanelResized(Message):
     """A panel changed size: the frame it drew no longer fits. Coalesced by the app."""
+
+
+class SideUpdate(Message):
+    """Compare mode: a chunk of side `side`'s events (0 = A, 1 = B); `done` with the last one,
+    with `problems` saying what damage reading skipped."""
+
+    def __init__(self, side: int, events: list[Any], done: bool, problems: str):
+        super().__init__()
+        self.side = side
+        self.events = events
+        self.done = done
+        self.problems = problems
+
+
+class ComparisonReady(Message):
+    """Compare mode: the whole-recording comparison (a `tracer.compare.Comparison`), or why not."""
+
+    def __init__(self, comparison: Any, error: str = ""):
+        super().__init__()
+        self.comparison = comparison
+        self.error = error

@@ -160,6 +160,10 @@ class FrameData:
     has_stages: bool = False
     frame: int = -1  # the index entry it came from; -1 appends (live)
 
+    def detail_only(self) -> FrameData:
+        """The same block with only its detail: for ticks whose rows the state already has."""
+        return FrameData(self.ticks[:0], request_block((), 0), details=self.details, has_stages=self.has_stages)
+
 
 def frame_from_events(events: Iterable[Any], t0_ns: int, frame: int = -1) -> FrameData:
     """Trace events (anything else is ignored) as one FrameData."""
@@ -216,6 +220,34 @@ class RequestRow:
     output_tokens: int | None  # tokens out so far; None when the trace cannot tell yet
     ttft_s: float | None
     tpot_s: float | None
+
+
+@dataclass(slots=True)
+class RequestLife:
+    """One request's timeline, times in seconds since t0 (None: not reached, or not recorded)."""
+
+    request: int
+    status: str  # "" while it runs
+    prompt_tokens: int
+    output_tokens: int
+    arrive_s: float
+    admit_s: float | None  # the first admission
+    first_token_s: float | None
+    finish_s: float | None
+    token_s: np.ndarray  # each output token's arrival (recorded on finish)
+    history: list[tuple[str, float]]  # preemptions and later admissions, in order
+
+    def events(self) -> list[tuple[float, str]]:
+        """(time, what) in time order: the milestones, then each token in between."""
+        out = [(self.arrive_s, "arrive")]
+        if self.admit_s is not None:
+            out.append((self.admit_s, "admit"))
+        out += [(t, what) for what, t in self.history]
+        if self.first_token_s is not None:
+            out.append((self.first_token_s, "first token"))
+        if self.finish_s is not None:
+            out.append((self.finish_s, self.status or "finish"))
+        return sorted(out, key=lambda e: e[0])
 
 
 @dataclass(slots=True)
@@ -282,7 +314,7 @@ def expert_stats(counts: np.ndarray, top: int = 3) -> ExpertStats:
     used = per_layer_mean > 0  # layers that saw no token say nothing about balance
     imbalance = float((per_layer_max[used] / per_layer_mean[used]).mean()) if used.any() else 0.0
     balancedness = float((per_layer_mean[used] / per_layer_max[used]).mean()) if used.any() else 0.0
-    flat = np.argsort(counts, axis=None, kind="stable")[::-1][:top]
+    flat = np.argsort(-counts, axis=None, kind="stable")[:top]  # ties: lowest layer/expert first
     hottest = [
         (int(i // counts.shape[1]), int(i % counts.shape[1]), float(counts.flat[i]))
         for i in flat
@@ -318,7 +350,402 @@ def stage_stats(stages: StageEvent) -> StageStats:
     return StageStats(t1 - t0, compute, warmup, drain, bubble)
 
 
-@@STATE@@
+class DashboardState:
+    """Everything ingested so far, queried as of a tick index (0 .. n_ticks-1)."""
+
+    def __init__(self, detail_capacity: int = 4096) -> None:
+        self.header: SessionHeader | None = None
+        self.ticks = Columns(TICK_COLUMNS, np.float64)
+        self.requests = Columns(REQUEST_COLUMNS, np.float64)
+        self._request_row: dict[int, int] = {}
+        self._token_us: dict[int, np.ndarray] = {}  # request -> µs since arrival, as recorded
+        self._history: dict[int, list[tuple[str, float]]] = {}  # preemptions and re-admissions
+        self._preempt_s = Columns(("t_s",), np.float64)
+        self.marks: list[MarkEvent] = []
+        self._detail: OrderedDict[int, Detail] = OrderedDict()
+        self._detail_capacity = detail_capacity
+        self.has_stages = False
+        # A replay's layout: each index entry's first row and row count, and whether it is read.
+        self._frame_row0 = np.zeros(0, dtype=np.int64)
+        self._frame_rows = np.zeros(0, dtype=np.int64)
+        self._frame_loaded = np.zeros(0, dtype=bool)
+        # Everything derived from the columns is cached until the next ingest changes them.
+        self._version = 0
+        self._cache: dict[Any, tuple[int, Any]] = {}
+
+    # -- ingest ---------------------------------------------------------------------------------
+
+    def set_header(self, header: SessionHeader) -> None:
+        self.header = header
+
+    @property
+    def t0_ns(self) -> int:
+        return self.header.t0_mono_ns if self.header is not None else 0
+
+    def set_layout(self, entries: np.ndarray) -> None:
+        """Lay out every tick of a replay from its index entries (columns as tracer.index).
+
+        Tick numbers and start times are estimated by spreading each frame's ticks evenly over its
+        tick and time range; reading the frame replaces them with the recorded values.
+        """
+        rows = entries[:, 3].astype(np.int64)
+        self._frame_rows = rows
+        self._frame_row0 = np.concatenate(([0], np.cumsum(rows)[:-1])).astype(np.int64)
+        self._frame_loaded = rows == 0  # nothing to wait for in a frame without ticks
+        total = int(rows.sum())
+        self.ticks.fill(total, np.nan)
+        if total == 0:
+            return
+        frame = np.repeat(np.arange(len(rows)), rows)
+        step = np.arange(total) - self._frame_row0[frame]
+        # A frame's last tick event is its max_tick (a tick's experts and stage events follow its
+        # tick event, so only its first tick may be one whose tick event is in the frame before).
+        self.ticks.col("tick")[:] = entries[frame, 2] - rows[frame] + 1 + step
+        span = (entries[frame, 5] - entries[frame, 4]).astype(np.float64)
+        start = (entries[frame, 4] - self.t0_ns + span * step / np.maximum(rows[frame] - 1, 1)) / NS
+        self.ticks.col("start_s")[:] = start
+        self.ticks.col("end_s")[:] = start
+        self._changed()
+
+    def ingest(self, items: Iterable[Any]) -> None:
+        """Take events (or FrameData blocks, as sources poll them) in file order; anything else is
+        ignored."""
+        events = []
+        for item in items:
+            if isinstance(item, FrameData):
+                self.ingest_frame(item)
+            elif isinstance(item, SessionHeader):
+                self.header = item
+            else:
+                events.append(item)
+        if events:
+            self.ingest_frame(frame_from_events(events, self.t0_ns))
+
+    def ingest_frame(self, data: FrameData) -> None:
+        """Take one block. A replay frame already read (a seek raced the loader) only adds detail."""
+        for tick, detail in data.details.items():
+            self._put_detail(tick, detail)
+        self.has_stages = self.has_stages or data.has_stages
+        if data.frame >= 0 and self.laid_out:
+            if data.frame >= len(self._frame_loaded) or self._frame_loaded[data.frame]:
+                return
+            self._frame_loaded[data.frame] = True
+            row0, n = int(self._frame_row0[data.frame]), int(self._frame_rows[data.frame])
+            ticks = data.ticks[:n]
+            self.ticks.put(slice(row0, row0 + len(ticks)), ticks)
+        elif len(data.ticks):
+            self.ticks.extend(data.ticks)
+        self.marks.extend(data.marks)
+        self._apply_requests(data.requests)
+        self._changed()
+
+    def _changed(self) -> None:
+        self._version += 1
+
+    def _put_detail(self, tick: int, detail: Detail) -> None:
+        held = self._detail.get(tick)
+        if held is None:
+            self._detail[tick] = detail
+            while len(self._detail) > self._detail_capacity:
+                self._detail.popitem(last=False)
+            return
+        self._detail.move_to_end(tick)
+        held.experts = detail.experts if detail.experts is not None else held.experts
+        held.stages = detail.stages if detail.stages is not None else held.stages
+
+    def put_detail(self, tick: int, experts: np.ndarray | None, stages: StageEvent | None) -> None:
+        """Cache detail fetched from the trace for a tick no longer (or never) held."""
+        self._put_detail(tick, Detail(experts, stages))
+
+    def _apply_requests(self, block: RequestBlock) -> None:
+        """Fold a block of request events into the table: bulk phases as array writes."""
+        if len(block.ids) == 0:
+            return
+        get = self._request_row.get
+        rows = np.empty(len(block.ids), dtype=np.int64)
+        new: list[int] = []
+        for i, request in enumerate(block.ids.tolist()):
+            row = get(request)
+            if row is None:
+                row = self._request_row[request] = self.requests.size + len(new)
+                new.append(request)
+            rows[i] = row
+        if new:
+            fresh = np.full((len(new), len(REQUEST_COLUMNS)), np.nan)
+            fresh[:, 0] = new
+            fresh[:, 5:] = 0  # prompt, output, status, preempts
+            self.requests.extend(fresh)
+        col = self.requests.col
+        phase, t = block.phase, block.t_s
+        has_prompt = block.prompt > 0
+        col("prompt_tokens")[rows[has_prompt]] = block.prompt[has_prompt]
+        for code, name in ((ARRIVE, "arrive_s"), (FIRST_TOKEN, "first_token_s")):
+            m = phase == code
+            col(name)[rows[m]] = t[m]
+        finish = phase == FINISH
+        col("finish_s")[rows[finish]] = t[finish]
+        col("output_tokens")[rows[finish]] = block.output[finish]
+        col("status")[rows[finish]] = block.status[finish]
+        # Admissions: the first is what queue wait and "prefill" go by; later ones (after a
+        # preemption) and the preemptions themselves are rare, and kept per request.
+        admit_s = col("admit_s")
+        for i in np.flatnonzero((phase == ADMIT) | (phase == PREEMPT)).tolist():
+            row, when = int(rows[i]), float(t[i])
+            if phase[i] == ADMIT:
+                if np.isnan(admit_s[row]):
+                    admit_s[row] = when
+                    continue
+                if when < admit_s[row]:  # frames read out of order: the earlier one is the first
+                    admit_s[row], when = when, float(admit_s[row])
+            what = "admit" if phase[i] == ADMIT else "preempt"
+            self._history.setdefault(int(block.ids[i]), []).append((what, when))
+            if what == "preempt":
+                col("preempts")[row] += 1
+                self._preempt_s.append((when,))
+        self._token_us.update(block.token_us)
+        # A request seen first mid-life (a tail that started late, a frame read out of order)
+        # still gets an arrival time: its earliest event, until its arrival is read.
+        arrive = col("arrive_s")
+        missing = np.isnan(arrive[rows])
+        if missing.any():
+            order = np.argsort(t[missing], kind="stable")[::-1]  # earliest written last, so it wins
+            arrive[rows[missing][order]] = t[missing][order]
+
+    # -- layout ---------------------------------------------------------------------------------
+
+    @property
+    def n_ticks(self) -> int:
+        return self.ticks.size
+
+    @property
+    def laid_out(self) -> bool:
+        """True for a replay laid out from its index (frames read on demand)."""
+        return len(self._frame_row0) > 0
+
+    def frame_of(self, index: int) -> int:
+        """The index entry holding tick index `index` in a replay's layout."""
+        return int(np.searchsorted(self._frame_row0, index, side="right")) - 1
+
+    def frame_loaded(self, frame: int) -> bool:
+        return bool(self._frame_loaded[frame])
+
+    def unloaded_frames(self) -> np.ndarray:
+        return np.flatnonzero(~self._frame_loaded)
+
+    @property
+    def loaded_share(self) -> float:
+        """Share of the replay's ticks read so far (1.0 when not laid out)."""
+        total = int(self._frame_rows.sum())
+        return float(self._frame_rows[self._frame_loaded].sum() / total) if total else 1.0
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def _cached(self, key: Any, compute: Any) -> Any:
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == self._version:
+            return hit[1]
+        value = compute()
+        self._cache[key] = (self._version, value)
+        return value
+
+    def tick_number(self, index: int) -> int:
+        return int(self.ticks.col("tick")[index])
+
+    def index_of_tick(self, tick: int) -> int:
+        """Index of the last tick numbered <= `tick` (clamped to the known range)."""
+        if self.n_ticks == 0:
+            return 0
+        i = int(np.searchsorted(self.ticks.col("tick"), tick, side="right")) - 1
+        return min(max(i, 0), self.n_ticks - 1)
+
+    def index_at_time(self, t_s: float) -> int:
+        """Index of the last tick that ended by `t_s` seconds (0 when none had)."""
+        if self.n_ticks == 0:
+            return 0
+        i = int(np.searchsorted(self.ticks.col("end_s"), t_s, side="right")) - 1
+        return min(max(i, 0), self.n_ticks - 1)
+
+    def time_at(self, index: int) -> float:
+        return float(self.ticks.col("end_s")[index]) if self.n_ticks else 0.0
+
+    @property
+    def duration_s(self) -> float:
+        return self.time_at(self.n_ticks - 1) if self.n_ticks else 0.0
+
+    def tick_row(self, index: int) -> dict[str, float]:
+        return {name: float(self.ticks.col(name)[index]) for name in TICK_COLUMNS}
+
+    def throughput(self) -> np.ndarray:
+        """Generated tokens per second of each tick, over the time since the previous tick ended.
+
+        Using the previous tick's end (not this tick's start) counts the policy's collection wait
+        as time spent, which is what a user sees as throughput.
+        """
+        return self._cached("throughput", self._throughput)
+
+    def _throughput(self) -> np.ndarray:
+        end = self.ticks.col("end_s")
+        if len(end) == 0:
+            return np.zeros(0)
+        prev = np.empty_like(end)
+        prev[0] = self.ticks.col("start_s")[0] - self.ticks.col("wait_s")[0]
+        prev[1:] = end[:-1]
+        span = np.maximum(end - prev, 1e-9)
+        return self.ticks.col("decode_tokens") / span
+
+    def values(self, name: str) -> np.ndarray:
+        """A per-tick series: a tick column, "throughput" (tokens/s) or "batch_tokens"."""
+        if name == "throughput":
+            return self.throughput()
+        if name == "batch_tokens":
+            return self._cached(
+                "batch_tokens", lambda: self.ticks.col("prefill_tokens") + self.ticks.col("decode_tokens")
+            )
+        return self.ticks.col(name)
+
+    def series(self, name: str, upto: int, buckets: int) -> Series:
+        """`values(name)` bucketed, with the tick at index `upto` marked.
+
+        The buckets only change when the columns do, so playing through a loaded replay costs a
+        search per frame, not a pass over a million ticks.
+        """
+        lo, hi, edges, peak = self._cached(("series", name, buckets), lambda: self._bucketed(name, buckets))
+        return Series(lo, hi, cursor_bucket(edges, upto, self.n_ticks), peak)
+
+    def _bucketed(self, name: str, buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        lo, hi, edges = bucket_bounds(self.values(name), buckets)
+        return lo, hi, edges, peak_of(hi)
+
+    def mean_throughput(self, upto: int, window_s: float = LATENCY_WINDOW_S) -> float:
+        """Generated tokens per second over the window ending at tick `upto` (ticks read so far)."""
+        if self.n_ticks == 0:
+            return 0.0
+        end = self.ticks.col("end_s")
+        t = end[upto]
+        lo = int(np.searchsorted(end, t - window_s, side="right"))
+        tokens = np.nansum(self.ticks.col("decode_tokens")[lo : upto + 1])
+        start = end[lo - 1] if lo > 0 else self.ticks.col("start_s")[0] - self.ticks.col("wait_s")[0]
+        if not np.isfinite(start):  # the first tick's wait is not read yet
+            start = self.ticks.col("start_s")[0]
+        return float(tokens / (t - start)) if t > start else 0.0
+
+    def latency(self, upto: int, window_s: float = LATENCY_WINDOW_S) -> LatencyStats:
+        """TTFT and TPOT percentiles of requests whose first token / finish fell in the window."""
+        t = self.time_at(upto)
+        arrive = self.requests.col("arrive_s")
+        first = self.requests.col("first_token_s")
+        finish = self.requests.col("finish_s")
+        out = self.requests.col("output_tokens")
+        with np.errstate(invalid="ignore"):
+            seen_first = first <= t
+            in_window = seen_first & (first > t - window_s)
+            ttft = first[in_window] - arrive[in_window]
+            done = (finish <= t) & (finish > t - window_s) & (out > 1) & seen_first
+            tpot = (finish[done] - first[done]) / (out[done] - 1)
+            ttft_all = first[seen_first] - arrive[seen_first]
+
+        def pct(values: np.ndarray, q: float) -> float | None:
+            return float(np.percentile(values, q)) if len(values) else None
+
+        return LatencyStats(
+            pct(ttft, 50), pct(ttft, 99), pct(tpot, 50), pct(tpot, 99), int(in_window.sum()),
+            ttft_all,
+        )  # fmt: skip
+
+    def counters(self, upto: int) -> dict[str, float]:
+        """Requests rejected and preempted, and finished, up to tick `upto`."""
+        t = self.time_at(upto)
+        finish = self.requests.col("finish_s")
+        status = self.requests.col("status")
+        with np.errstate(invalid="ignore"):
+            ended = finish <= t
+        return {
+            "finished": int((ended & (status == STATUS_CODES["finished"])).sum()),
+            "rejected": int((ended & (status == STATUS_CODES["rejected"])).sum()),
+            "cancelled": int((ended & (status == STATUS_CODES["cancelled"])).sum()),
+            "preempted": int((self._preempt_s.col("t_s") <= t).sum()),
+            "arrived": int((self.requests.col("arrive_s") <= t).sum()),
+        }
+
+    def _arrival_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Request rows by arrival, and their arrival times (sorted once per change, not per frame)."""
+        arrive = self.requests.col("arrive_s")
+        order = np.argsort(arrive, kind="stable")  # NaN (never arrived) sorts last
+        return order, arrive[order]
+
+    def recent_requests(self, upto: int, limit: int) -> list[RequestRow]:
+        """The `limit` most recently arrived requests, each as it stood at tick `upto`."""
+        t = self.time_at(upto)
+        order, arrived = self._cached("arrival_order", self._arrival_order)
+        k = int(np.searchsorted(arrived, t, side="right"))
+        rows = order[max(k - limit, 0) : k][::-1]
+        return [self._request_as_of(int(r), t) for r in rows]
+
+    def _request_as_of(self, row: int, t: float) -> RequestRow:
+        c = {name: float(self.requests.col(name)[row]) for name in REQUEST_COLUMNS}
+        request = int(c["request"])
+        ttft = c["first_token_s"] - c["arrive_s"] if c["first_token_s"] <= t else None
+        tpot = None
+        out: int | None = None
+        if c["finish_s"] <= t:
+            state = STATUS_NAMES.get(int(c["status"]), "finished") or "finished"
+            out = int(c["output_tokens"])
+            if out > 1 and ttft is not None:
+                tpot = (c["finish_s"] - c["first_token_s"]) / (out - 1)
+        else:
+            if c["first_token_s"] <= t:
+                state = "decode"
+            elif c["admit_s"] <= t:
+                state = "prefill"
+            else:
+                state = "queued"
+            token_us = self._token_us.get(request)
+            if token_us is not None:  # a replay knows every token's time; count those so far
+                out = int((c["arrive_s"] + token_us / 1e6 <= t).sum())
+        if state in ("decode", "prefill", "queued") and c["preempts"] > 0:
+            state += "*"  # preempted at least once (a later re-admission is not told apart)
+        return RequestRow(request, state, int(c["prompt_tokens"]), out, ttft, tpot)
+
+    def request_life(self, request: int) -> RequestLife | None:
+        """Everything known of one request's life, for its timeline; None if never seen."""
+        row = self._request_row.get(request)
+        if row is None:
+            return None
+        c = {name: float(self.requests.col(name)[row]) for name in REQUEST_COLUMNS}
+
+        def known(v: float) -> float | None:
+            return None if np.isnan(v) else v
+
+        token_us = self._token_us.get(request)
+        return RequestLife(
+            request=request,
+            status=STATUS_NAMES.get(int(c["status"]), "") if known(c["finish_s"]) is not None else "",
+            prompt_tokens=int(c["prompt_tokens"]),
+            output_tokens=int(c["output_tokens"]),
+            arrive_s=c["arrive_s"],
+            admit_s=known(c["admit_s"]),
+            first_token_s=known(c["first_token_s"]),
+            finish_s=known(c["finish_s"]),
+            token_s=(c["arrive_s"] + token_us / 1e6) if token_us is not None else np.zeros(0),
+            history=list(self._history.get(request, [])),
+        )
+
+    def detail(self, index: int) -> Detail | None:
+        if self.n_ticks == 0:
+            return None
+        return self._detail.get(self.tick_number(index))
+
+    def mean_experts(self, lo: int, hi: int) -> tuple[np.ndarray | None, int]:
+        """Mean expert counts over ticks lo..hi that are held in memory, and how many were."""
+        total: np.ndarray | None = None
+        held = 0
+        ticks = self.ticks.col("tick")
+        for index in range(max(lo, 0), hi + 1):
+            d = self._detail.get(int(ticks[index]))
+            if d is not None and d.experts is not None:
+                total = d.experts.astype(np.float64) if total is None else total + d.experts
+                held += 1
+        return (total / held if total is not None else None), held
 
 
 def config_summary(header: SessionHeader | None) -> dict[str, str]:

@@ -26,6 +26,7 @@ import torch
 
 from engine.config import ModelConfig, get_preset
 from engine.engine import Engine, resolve_device
+from engine.launch import launch_stages
 from engine.scheduler import SchedulerConfig
 from tracer.events import SessionHeader
 from tracer.writer import TraceWriter
@@ -46,6 +47,7 @@ class RecordingPlan:
     seed: int | None = None  # None: weights from seed 0, load from the workload's seed
     scheduler_overrides: dict[str, Any] = field(default_factory=dict)
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    distributed: bool = False  # one pipeline stage per process on torch.distributed (engine/launch.py)
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,20 @@ class Recording:
         model_cfg, sched_cfg, self.spec = prepare(plan)
         self.plan = plan
         if resolve_device(plan.device).type == "cpu":
-            _leave_a_core_free()
-        self.engine = Engine(model_cfg, sched_cfg, device=plan.device, seed=plan.seed or 0)
+            leave_a_core_free()
+        # Ranks start before the trace file exists: one that cannot start leaves no file behind.
+        self.stages = launch_stages(model_cfg, sched_cfg, plan.device, plan.seed or 0) if plan.distributed else None
+        try:
+            self.engine = Engine(model_cfg, sched_cfg, device=plan.device, seed=plan.seed or 0,
+                                 stage_group=self.stages.group if self.stages else None)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the pipeline's other ranks, if any (`run` does this when it ends)."""
+        if self.stages is not None:
+            self.stages.close()
 
     def run(self, on_progress: Callable[[Progress], None] | None = None) -> RecordingResult:
         """Record to `plan.out`; blocks until the workload ends or a signal stops it."""
@@ -96,7 +110,10 @@ class Recording:
             try:
                 load = asyncio.run(_drive(engine, spec, writer, plan.duration_s, on_progress))
             finally:
-                engine.stop()
+                try:
+                    engine.stop()
+                finally:
+                    self.close()
         finally:
             writer.close()
         return RecordingResult(
@@ -152,7 +169,7 @@ async def _watch(engine: Engine, stop: asyncio.Event) -> None:
     stop.set()
 
 
-def _leave_a_core_free() -> None:
+def leave_a_core_free() -> None:
     """On the CPU, torch's intra-op threads spin while they wait; sharing every core with the load
     generator, the trace writer and (in the demo) the dashboard makes each tick several times
     slower than the model is. One core is left to the rest."""
@@ -166,12 +183,12 @@ def _session_config(plan: RecordingPlan, engine: Engine, spec: WorkloadSpec) -> 
         seed=plan.seed or 0,
         workload=spec.to_dict(),
         duration_s=spec.duration_s if plan.duration_s is None else plan.duration_s,
-        versions=_versions(),
+        versions=software_versions(),
     )
     return config
 
 
-def _versions() -> dict[str, str]:
+def software_versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
     for package in ("tickscope", "torch", "numpy", "msgpack"):
         with contextlib.suppress(PackageNotFoundError):

@@ -4,7 +4,8 @@ trade-off table, and its knee.
 Each grid point is recorded to `OUT/w{window}_s{max_seqs}.msgpack` (`w5_s32.msgpack`; `w5.msgpack`
 when the sweep does not vary max sequences), so `tickscope compare` opens any two of them. A point
 whose trace exists, was closed cleanly and reads without damage is skipped, so an interrupted
-sweep resumes where it stopped; a torn leftover is recorded again. A window of 0 runs the
+sweep resumes where it stopped; a torn leftover is recorded again. A point is recorded into
+`NAME.msgpack.partial` and renamed when it completes. A window of 0 runs the
 `continuous` policy (continuous batching), any other the `window` policy with that window.
 
 Latency here is end-to-end request latency (arrival to last token): the window is paid before the
@@ -36,7 +37,7 @@ from tracer.plots import CurvePoint
 from tracer.reader import open_trace
 from tracer.summary import summarize
 from workloads.loadgen import Progress
-from workloads.run import Recording, RecordingPlan, RecordingResult
+from workloads.run import Recording, RecordingPlan
 
 KNEE_ELASTICITY = 0.25
 KNEE_RULE = (
@@ -153,14 +154,26 @@ def run_sweep(
         if on_point is not None:
             on_point(i, point, skipped)
         if not skipped:
-            recording = Recording(plan.recording_plan(point))
-            path.unlink(missing_ok=True)  # a torn leftover from an interrupted run
-            result: RecordingResult = recording.run(on_progress)
-            if result.interrupted:
-                raise KeyboardInterrupt  # the point is incomplete; the next run records it again
+            _record(plan, point, on_progress)
         trace = load(path)
         rows.append(SweepRow(point, path, skipped, summarize(trace)))
     return rows
+
+
+def _record(plan: SweepPlan, point: GridPoint, on_progress: Callable[[Progress], None] | None) -> None:
+    """Record into `NAME.msgpack.partial` and rename it when the recording ran to its end, so the
+    final name only ever holds whole recordings (a stopped one is closed cleanly, but short)."""
+    final = plan.trace_path(point)
+    partial = final.with_name(final.name + ".partial")
+    recording_plan = plan.recording_plan(point)
+    recording_plan.out = partial
+    recording = Recording(recording_plan)
+    partial.unlink(missing_ok=True)
+    result = recording.run(on_progress)
+    if result.interrupted:
+        raise KeyboardInterrupt  # the point is incomplete; the next run records it again
+    final.unlink(missing_ok=True)  # a torn leftover under the final name
+    partial.replace(final)
 
 
 def frontier(points: Sequence[CurvePoint]) -> list[int]:

@@ -34,6 +34,7 @@ class FrameInfo:
 class DashboardScreen(Screen):
     """Mounted once; `show_frame` updates every panel in place."""
 
+    AUTO_FOCUS = ""  # nothing focused at start: the playback keys are the app's
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (150, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
 

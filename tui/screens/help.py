@@ -27,8 +27,10 @@ first) p50/p99 over the last seconds of recording, TTFT's distribution so far, t
 sequences, KV-cache use, and requests finished, rejected and preempted.
 
 **pipeline stages** — the current tick's layers split into stages (rows) and its batch into
-micro-batches (coloured cells), on the timeline they would have with one device per stage:
-╌ blue is warmup, ╌ red drain, ░ bubbles inside the pipeline. Shown when the trace has stages.
+micro-batches (coloured cells): *modelled* on one device per stage from cells that ran in turn on
+one device, or *measured* as they ran in one process per stage (`record --distributed`); the
+subtitle says which. ╌ blue is warmup, ╌ red drain, ░ bubbles inside the pipeline. Shown when the
+trace has stages.
 
 **recent requests** — the latest arrivals as they stood at the current tick: queued, prefill,
 decode (`*` = was preempted), finished, rejected, cancelled.
@@ -43,6 +45,7 @@ decode (`*` = was preempted), finished, rejected, cancelled.
 | home end | first / last tick (live: end follows again) |
 | g | go to tick N, or time T with an `s` (e.g. `12.5s`) |
 | [ ] | previous / next mark |
+| m | add a note (a mark) at the current tick; saved beside the trace in `FILE.marks.json` |
 | a | heatmap: current tick, or mean of the last 10 / 100 ticks |
 | s | show the stage timeline in place of the heatmap (small terminals) |
 | ? | this help |

@@ -2,51 +2,68 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
+from rich.style import Style
 from rich.text import Text
-from textual.widgets import Static
+from textual.strip import Strip
 
 from tui.state import DashboardState, Series
-from tui.widgets.panel import Panel
+from tui.widgets.lines import LinesWidget, runs, text_lines
 
 EIGHTHS = " ▁▂▃▄▅▆▇█"
+CURSOR = Style.parse("bold yellow on grey23")
+NOT_LOADED = Style.parse("grey30")
 
 
 def fmt_value(value: float) -> str:
-    """Short human number: 950, 12.3k, 4.1M."""
+    """Short human number: 950, 12.3k, 4.1M ("…" for a tick not read yet)."""
+    if not np.isfinite(value):
+        return "…"
     for unit, scale in (("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.1f}{unit}"
     return f"{value:.0f}" if abs(value) >= 10 else f"{value:.1f}"
 
 
-def bar_chart(series: Series, width: int, height: int, color: str) -> Text:
+@lru_cache(maxsize=64)
+def _styles(color: str) -> tuple[Style, Style]:
+    return Style.parse(color), Style.parse(f"{color} dim")
+
+
+def bar_chart(series: Series, width: int, height: int, color: str) -> list[Strip]:
     """Bars `height` rows high; the part below each bucket's min solid, up to its max dim.
 
     Keeping the max visible is what stops a spike vanishing when many ticks share one column.
+    A bucket of ticks not read yet shows as a dot on the baseline.
     """
-    text = Text(no_wrap=True, overflow="crop")
     if height <= 0 or width <= 0:
-        return text
+        return []
+    solid_style, dim_style = _styles(color)
     peak = series.peak if series.peak > 0 else 1.0
     scale = height * 8 / peak
-    hi = np.ceil(series.hi[:width] * scale).astype(int)
-    lo = np.floor(series.lo[:width] * scale).astype(int)
+    missing = np.isnan(series.hi[:width])
+    hi = np.ceil(np.nan_to_num(series.hi[:width]) * scale).astype(int)
+    lo = np.floor(np.nan_to_num(series.lo[:width]) * scale).astype(int)
+    lines = []
     for row in range(height - 1, -1, -1):
         base = row * 8
-        for col in range(len(hi)):
-            fill = int(min(max(hi[col] - base, 0), 8))
-            solid = lo[col] >= base + 8
-            style = color if solid else f"{color} dim"
+        fill = np.clip(hi - base, 0, 8).tolist()
+        solid = (lo >= base + 8).tolist()
+        cells = []
+        for col, f in enumerate(fill):
             if col == series.cursor_bucket:
-                style = "bold yellow on grey23"
-            text.append(EIGHTHS[fill] if fill or col != series.cursor_bucket else "│", style)
-        if row:
-            text.append("\n")
-    return text
+                cells.append((EIGHTHS[f] if f else "│", CURSOR))
+            elif row == 0 and missing[col]:
+                cells.append(("·", NOT_LOADED))
+            else:
+                cells.append((EIGHTHS[f], solid_style if solid[col] else dim_style))
+        lines.append(runs(cells))
+    return lines
 
 
-class SeriesChart(Panel, Static):
+class SeriesChart(LinesWidget):
     """A labelled chart of one per-tick series over the whole recording known so far."""
 
     def __init__(self, label: str, series: str, color: str, unit: str = "", **kwargs) -> None:
@@ -64,7 +81,4 @@ class SeriesChart(Panel, Static):
         title.append(self.label, style=f"bold {self.color}")
         title.append(f"  now {fmt_value(now)}{self.unit}", style="bold")
         title.append(f"  peak {fmt_value(series.peak)}{self.unit}", style="dim")
-        chart = bar_chart(series, width, height - 1, self.color)
-        frame = Text("\n").join([title, chart]) if height > 1 else title
-        frame.no_wrap = True
-        self.update(frame)
+        self.set_lines(text_lines(self.app.console, title, width) + bar_chart(series, width, height - 1, self.color))

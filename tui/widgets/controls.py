@@ -50,7 +50,7 @@ class Scrubber(Static):
                 text.append("─", style="dim")
         text.append(" " + label, style="bold")
         self._bar_width = width
-        self.update(text)
+        self.update(text, layout=False)  # one line, always: no relayout per frame
 
     def on_click(self, event: events.Click) -> None:
         if self._bar_width and 0 <= event.x < self._bar_width:

@@ -33,7 +33,8 @@ class TraceHeader(Static):
         text.append(f"[{mode}] ", style="italic")
         text.append(f"{summary['model']} · {summary['device']} · {summary['policy']}")
         text.append(f" · {summary['workload']} ", style="dim")
-        text.append(f" {status} ", style=STATE_STYLES.get(status, "bold red"))
+        # "loading 40%", "loaded, index rebuilt": styled by their first word.
+        text.append(f" {status} ", style=STATE_STYLES.get(status.split(",")[0].split(" ")[0], "bold red"))
         if playback:
             text.append(f" {playback}", style="bold")
-        self.update(text)
+        self.update(text, layout=False)  # one line, always: no relayout per frame

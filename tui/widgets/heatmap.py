@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from rich.style import Style
 from rich.text import Text
 from textual.color import Color, Gradient
-from textual.widgets import Static
+from textual.strip import Strip
 
-from tui.state import expert_stats
-from tui.widgets.panel import Panel
+from tui.state import ExpertStats, expert_stats
+from tui.widgets.lines import LinesWidget, runs, text_lines
 
 # Cold to hot; zero gets its own colour so an idle expert never reads as "a little load".
 SCALE = Gradient((0.0, "#1f3b73"), (0.45, "#2aa198"), (0.75, "#e8c547"), (1.0, "#ff4d3d"))
 IDLE = Color.parse("#262626")
+LEVELS = 48  # colour steps: finer than the eye tells apart in a cell, few enough to cache styles
 GUTTER = 3  # layer numbers on the left
-STATS_LINES = 2
+GUTTER_STYLE = Style.parse("dim")
 
 
 def fit(counts: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,63 +41,78 @@ def fit(counts: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarra
     return grid, np.repeat(first_layer, up_y)
 
 
-def cell_color(value: float, peak: float) -> Color:
-    return IDLE if value <= 0 else SCALE.get_color(min(value / peak, 1.0))
+@lru_cache(maxsize=None)
+def _level_color(level: int):
+    """Level 0 is idle; 1..LEVELS spread over the scale."""
+    return (IDLE if level == 0 else SCALE.get_color((level - 1) / (LEVELS - 1))).rich_color
 
 
-def heatmap(counts: np.ndarray, width: int, height: int) -> Text:
+@lru_cache(maxsize=4096)
+def _cell_style(upper: int, lower: int) -> Style:
+    return Style(color=_level_color(upper), bgcolor=_level_color(lower) if lower >= 0 else None)
+
+
+def levels(grid: np.ndarray, peak: float) -> np.ndarray:
+    scaled = 1 + np.ceil(np.clip(grid / peak, 0, 1) * (LEVELS - 1)).astype(int)
+    return np.where(grid > 0, np.minimum(scaled, LEVELS), 0)
+
+
+def heatmap(counts: np.ndarray, width: int, height: int) -> list[Strip]:
     """Half-block rendering: each character is two cells, upper = foreground, lower = background."""
-    text = Text(no_wrap=True, overflow="crop")
     if height <= 0 or width <= GUTTER:
-        return text
+        return []
     grid, layer_of_row = fit(counts, height * 2, width - GUTTER)
-    peak = float(grid.max()) or 1.0
+    lv = levels(grid, float(grid.max()) or 1.0)
+    lines = []
     shown = -1
     for r in range(0, grid.shape[0], 2):
         layer = int(layer_of_row[r])
-        text.append(f"{layer:>2} " if layer != shown else "   ", style="dim")
+        gutter = f"{layer:>2} " if layer != shown else "   "
         shown = layer
-        upper = grid[r]
-        lower = grid[r + 1] if r + 1 < grid.shape[0] else None
-        for c in range(grid.shape[1]):
-            fg = cell_color(upper[c], peak).rich_color
-            bg = cell_color(lower[c], peak).rich_color if lower is not None else None
-            text.append("▀", Style(color=fg, bgcolor=bg))
-        if r + 2 < grid.shape[0]:
-            text.append("\n")
-    return text
+        upper = lv[r].tolist()
+        lower = lv[r + 1].tolist() if r + 1 < grid.shape[0] else [-1] * len(upper)
+        cells = [(c, GUTTER_STYLE) for c in gutter]
+        cells += [("▀", _cell_style(u, d)) for u, d in zip(upper, lower)]
+        lines.append(runs(cells))
+    return lines
 
 
-def stats_text(counts: np.ndarray) -> Text:
-    stats = expert_stats(counts)
+def stats_text(stats: ExpertStats, span: bool, per_layer: bool) -> Text:
+    """The figures under the map. Over a span, an expert with no token in any of its ticks is
+    "dead"; in one tick it is merely "idle"."""
     text = Text(no_wrap=True, overflow="ellipsis")
     for label, value in (
         ("active ", f"{stats.active_share:.0%}"),
         ("  max/mean ", f"{stats.imbalance:.2f}×"),
         ("  bal ", f"{stats.balancedness:.2f}"),
-        ("\nidle ", f"{stats.idle_experts}"),
+        ("\ndead " if span else "\nidle ", f"{stats.idle_experts}"),
     ):
         text.append(label, style="dim")
-        text.append(value, style="bold")
+        text.append(value, style="bold red" if label.startswith("\ndead") and stats.idle_experts else "bold")
     text.append("  hot ", style="dim")
-    text.append(" ".join(f"L{layer}E{expert}:{n:.0f}" for layer, expert, n in stats.hottest) or "—")
+    text.append(" ".join(f"L{layer}E{expert}:{n:.3g}" for layer, expert, n in stats.hottest) or "—")
+    if per_layer:
+        text.append("\nhot by layer ", style="dim")
+        text.append(" ".join(f"{layer}:E{expert}" for layer, (expert, n) in enumerate(stats.hottest_per_layer) if n > 0) or "—")
     return text
 
 
-class ExpertHeatmap(Panel, Static):
+class ExpertHeatmap(LinesWidget):
     """Tokens routed to each expert (columns) of each layer (rows) in the current tick or span."""
 
     def show(self, counts: np.ndarray | None, what: str) -> None:
         self.border_subtitle = what
         if counts is None:
-            self.update(Text("no expert load for this tick", style="dim italic"))
+            self.set_text(Text("no expert load for this tick", style="dim italic"))
             return
         counts = np.asarray(counts, dtype=np.float64)
         if counts.ndim != 2 or counts.size == 0:
-            self.update(Text(f"expert load of unexpected shape {counts.shape}", style="red"))
+            self.set_text(Text(f"expert load of unexpected shape {counts.shape}", style="red"))
             return
         width, height = self.size.width, self.size.height
-        rows = max(height - STATS_LINES, 1)
-        frame = Text("\n").join([heatmap(counts, width, rows), stats_text(counts)])
-        frame.no_wrap, frame.overflow = True, "ellipsis"
-        self.update(frame)
+        # The per-layer line only where there is room for it under a readable map.
+        per_layer = height >= 12
+        stats = stats_text(expert_stats(counts), span=what != "current tick", per_layer=per_layer)
+        footer = text_lines(self.app.console, stats, width)
+        rows = max(height - len(footer), 1)
+        self.set_lines(heatmap(counts, width, rows) + footer)

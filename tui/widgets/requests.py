@@ -1,13 +1,24 @@
-"""The recent-requests table: a window of the latest arrivals, never every row of the recording."""
+"""The recent-requests table: a window of the latest arrivals, never every row of the recording.
+
+Focus it (`r`, Tab or a click) to pick a request with the arrow keys; enter or a click opens its
+timeline. Left/right, home/end and space stay the app's playback keys even while it has focus.
+Drawn as lines (not a DataTable): it is redrawn on every frame of a replay.
+"""
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual.widgets import DataTable
+from functools import lru_cache
 
-from tui.state import DashboardState
+from rich.style import Style
+from rich.text import Text
+from textual import events
+from textual.binding import Binding
+from textual.message import Message
+from textual.strip import Strip
+
+from tui.state import DashboardState, RequestRow
+from tui.widgets.lines import LinesWidget, runs
 from tui.widgets.stats import fmt_s
-from tui.widgets.panel import Panel
 
 STATE_STYLES = {
     "finished": "green",
@@ -17,38 +28,113 @@ STATE_STYLES = {
     "prefill": "blue",
     "queued": "yellow",
 }
-# Widths that fit the panel at 80 columns with no cell padding (numbers right-aligned to them).
-COLUMNS = (("id", 5), (" state", 9), ("prompt", 6), ("out", 4), ("TTFT", 7), ("TPOT", 7))
+# Widths that fit the panel at 80 columns (numbers right-aligned to them).
+COLUMNS = (("id", 5), (" state", 10), ("prompt", 6), ("out", 5), ("TTFT", 8), ("TPOT", 8))
+HEADER = Style.parse("bold")
+ZEBRA = Style.parse("on #1c1c1c")
+CURSOR = Style.parse("reverse")
 
 
-class RequestTable(Panel, DataTable):
-    """The most recent requests as they stood at the current tick (rows refilled in place)."""
+@lru_cache(maxsize=256)
+def _style(spec: str, background: Style | None) -> Style:
+    style = Style.parse(spec) if spec else Style()
+    return style + background if background is not None else style
 
-    # Not focusable: the table's own arrow/home/end bindings would take the playback keys.
-    can_focus = False
 
-    def on_mount(self) -> None:
-        self.cursor_type = "row"
-        self.cell_padding = 0
-        self.show_cursor = False  # nothing to select yet; a highlighted row would only mislead
-        self.zebra_stripes = True
-        for name, width in COLUMNS:
-            label = Text(name, justify="left" if name == " state" else "right")
-            self.add_column(label, key=name, width=width)
+def cells(row: RequestRow) -> list[tuple[str, str]]:
+    """The row's columns as (text, style), padded to the column widths."""
+    values = (
+        (str(row.request), ""),
+        (" " + row.state, STATE_STYLES.get(row.state.rstrip("*"), "")),
+        (str(row.prompt_tokens), ""),
+        ("…" if row.output_tokens is None else str(row.output_tokens), ""),
+        (fmt_s(row.ttft_s), ""),
+        (fmt_s(row.tpot_s), ""),
+    )
+    out = []
+    for (name, width), (text, style) in zip(COLUMNS, values):
+        text = text[:width]
+        out.append((text.ljust(width) if name == " state" else text.rjust(width), style))
+    return out
+
+
+def line(parts: list[tuple[str, str]], background: Style | None) -> Strip:
+    return runs((char, _style(style, background)) for text, style in parts for char in text)
+
+
+class RequestTable(LinesWidget):
+    """The most recent requests as they stood at the current tick."""
+
+    can_focus = True
+    BINDINGS = [
+        Binding("up", "cursor(-1)", "Up", show=False),
+        Binding("down", "cursor(1)", "Down", show=False),
+        Binding("enter", "choose", "Timeline"),
+        Binding("escape", "leave", "Leave table"),
+    ]
+
+    class Chosen(Message):
+        """The user asked for one request's timeline."""
+
+        def __init__(self, request: int) -> None:
+            super().__init__()
+            self.request = request
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._rows: list[RequestRow] = []
+        self._cursor = 0
+        self._picked: int | None = None  # the request under the cursor, kept across frames
+
+    @property
+    def picked(self) -> int | None:
+        return self._picked if self.has_focus else None
 
     def show(self, state: DashboardState, index: int) -> None:
-        # Only as many rows as fit: a long recording has far too many for a DataTable.
+        # Only as many rows as fit: a long recording has far too many to list.
         limit = max(self.size.height - 1, 1)
-        rows = state.recent_requests(index, limit) if state.n_ticks else []
-        self.clear()
-        for r in rows:
-            self.add_row(
-                Text(str(r.request), justify="right"),
-                Text(" " + r.state, style=STATE_STYLES.get(r.state.rstrip("*"), "")),
-                Text(str(r.prompt_tokens), justify="right"),
-                Text("…" if r.output_tokens is None else str(r.output_tokens), justify="right"),
-                Text(fmt_s(r.ttft_s), justify="right"),
-                Text(fmt_s(r.tpot_s), justify="right"),
-                key=str(r.request),
-            )
+        self._rows = state.recent_requests(index, limit) if state.n_ticks else []
+        ids = [r.request for r in self._rows]
+        if self._picked in ids:  # stay on the picked request while it is in view...
+            self._cursor = ids.index(self._picked)
+        else:  # ...else on the same line
+            self._cursor = min(self._cursor, max(len(ids) - 1, 0))
+        self._draw()
         self.border_subtitle = f"{state.counters(index)['arrived'] if state.n_ticks else 0} arrived"
+
+    def _draw(self) -> None:
+        header = [(name.rjust(width) if name != " state" else name.ljust(width), "bold") for name, width in COLUMNS]
+        lines = [line(header, None)]
+        for i, row in enumerate(self._rows):
+            background = CURSOR if self.has_focus and i == self._cursor else ZEBRA if i % 2 else None
+            lines.append(line(cells(row), background))
+        self.set_lines(lines)
+
+    def _pick(self, cursor: int) -> None:
+        if self._rows:
+            self._cursor = min(max(cursor, 0), len(self._rows) - 1)
+            self._picked = self._rows[self._cursor].request
+        self._draw()
+
+    def on_focus(self) -> None:
+        self._pick(self._cursor)
+
+    def on_blur(self) -> None:
+        self._draw()
+
+    def action_cursor(self, delta: int) -> None:
+        self._pick(self._cursor + delta)
+
+    def action_choose(self) -> None:
+        if self._rows:
+            self.post_message(self.Chosen(self._rows[self._cursor].request))
+
+    def action_leave(self) -> None:
+        self.screen.set_focus(None)
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is not None and 1 <= offset.y <= len(self._rows):
+            self.focus()
+            self._pick(offset.y - 1)
+            self.action_choose()

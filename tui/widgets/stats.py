@@ -29,15 +29,19 @@ def histogram(values: np.ndarray, width: int) -> Text:
     """A one-line distribution of `values` (log-spaced buckets: latencies have long tails)."""
     if len(values) == 0 or width <= 0:
         return Text("")
-    positive = np.clip(values, 1e-6, None)
-    edges = np.geomspace(positive.min(), positive.max() * 1.0001, width + 1)
-    counts, _ = np.histogram(positive, bins=edges)
+    # Equal bins of log(value): numpy's fast path for uniform bins, where explicit geometric
+    # edges would binary-search every value (a million-tick replay has hundreds of thousands).
+    logs = np.log(np.clip(values, 1e-6, None))
+    low, high = float(logs.min()), float(logs.max())
+    counts, _ = np.histogram(logs, bins=width, range=(low, high if high > low else low + 1e-9))
     peak = counts.max() or 1
     return Text("".join(SPARK[int(c * (len(SPARK) - 1) / peak)] if c else " " for c in counts))
 
 
 class LatencyPanel(Panel, Static):
     """TTFT and TPOT p50/p99 over the last seconds of recording, and TTFT's distribution so far."""
+
+    _shown_lines = -1
 
     def show(self, state: DashboardState, index: int) -> None:
         stats = state.latency(index)
@@ -59,7 +63,9 @@ class LatencyPanel(Panel, Static):
             ))
             lines.append(histogram(stats.ttft_all, max(self.size.width, 1)))
         self.border_subtitle = f"last {LATENCY_WINDOW_S:g}s · n={stats.samples}"
-        self.update(Group(*lines))
+        # Re-layout only when the panel's height changes (the distribution comes and goes).
+        self.update(Group(*lines), layout=len(lines) != self._shown_lines)
+        self._shown_lines = len(lines)
 
 
 def meter(used: float, capacity: float, width: int) -> Text:
@@ -71,6 +77,8 @@ def meter(used: float, capacity: float, width: int) -> Text:
 
 class QueuePanel(Panel, Static):
     """Queue depth, running sequences, KV use, and requests finished / rejected / preempted."""
+
+    _shown = False
 
     def show(self, state: DashboardState, index: int) -> None:
         if state.n_ticks == 0:
@@ -95,4 +103,5 @@ class QueuePanel(Panel, Static):
         text.append(f"{counts['rejected']}", style="bold red" if counts["rejected"] else "bold")
         text.append("  preempted ", style="dim")
         text.append(f"{counts['preempted']}", style="bold yellow" if counts["preempted"] else "bold")
-        self.update(text)
+        self.update(text, layout=not self._shown)  # always three lines once shown
+        self._shown = True

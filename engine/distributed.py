@@ -1,0 +1,126 @@
+"""One pipeline stage per process, on torch.distributed: the process group, the device each rank
+uses, and the clock offsets between ranks.
+
+Two groups: activations go over the default group (NCCL between GPUs, gloo on the CPU); the tick's
+batch metadata, the per-tick results and the clock ping-pong go over a gloo group on the host
+(the default one when it is gloo already), so control never waits for a device copy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from engine.errors import ConfigError
+
+# How long ranks wait for each other to join, and for any one message: a rank that died shows up
+# as an error after this, never as a recording that hangs forever.
+JOIN_TIMEOUT = datetime.timedelta(seconds=120)
+CLOCK_ROUNDS = 16  # ping-pongs per rank; the one with the shortest round trip gives the offset
+
+
+def pick_device(device: str, local_rank: int, local_world_size: int) -> tuple[torch.device, str]:
+    """This rank's device and the backend: NCCL when every rank on this host has a GPU of its own,
+    else gloo on the CPU (`auto`), or an error when CUDA was asked for. Every rank of a host decides
+    alike, so the ranks agree on the backend."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "cpu":
+        return torch.device("cpu"), "gloo"
+    enough = gpus >= local_world_size and dist.is_nccl_available()
+    if device.startswith("cuda") and not enough:
+        raise ConfigError(f"--distributed on cuda needs one GPU per rank ({local_world_size} ranks on this host), "
+                          f"but {gpus} CUDA device(s) are present (use --device cpu)")
+    if device not in ("auto", "cuda") and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device '{device}' (choose from: auto, cpu, cuda)")
+    return (torch.device("cuda", local_rank), "nccl") if enough else (torch.device("cpu"), "gloo")
+
+
+@dataclass
+class StageGroup:
+    """This process's place in the pipeline. Clock figures are measured by rank 0 (rank r's clock
+    minus rank 0's; rank 0's own entry is 0) and stay empty on the other ranks."""
+
+    rank: int
+    world_size: int
+    backend: str
+    device: torch.device
+    control: Any  # the gloo process group for metadata, results and clocks
+    launcher: str  # "torch.multiprocessing" or "torchrun"
+    clock_offsets_ns: list[int] = field(default_factory=list)
+    clock_rtt_ns: list[int] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        """For the trace header: how the ranks ran and how their clocks were aligned."""
+        return {
+            "ranks": self.world_size,
+            "backend": self.backend,
+            "launcher": self.launcher,
+            "clock_offsets_ns": self.clock_offsets_ns,
+            "clock_rtt_ns": self.clock_rtt_ns,
+            "clock_sync": f"min-RTT of {CLOCK_ROUNDS} ping-pongs per rank, offset = midpoint estimate",
+            "merge": "per tick: every rank sends its cells to rank 0, which shifts them by the offsets",
+        }
+
+
+def join(rank: int, world_size: int, device: str, local_rank: int, local_world_size: int, launcher: str,
+         store: dist.Store | None = None) -> StageGroup:
+    """Join the process group (from `store`, or torchrun's environment when None), then, on every
+    rank together, measure the clock offsets."""
+    dev, backend = pick_device(device, local_rank, local_world_size)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=JOIN_TIMEOUT,
+                            init_method=None if store is not None else "env://")
+    control = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+    group = StageGroup(rank, world_size, backend, dev, control, launcher)
+    offsets, rtts = sync_clocks(rank, world_size, control)
+    group.clock_offsets_ns, group.clock_rtt_ns = offsets, rtts
+    return group
+
+
+def sync_clocks(rank: int, world_size: int, control: Any, rounds: int = CLOCK_ROUNDS) -> tuple[list[int], list[int]]:
+    """Rank 0 pings each rank in turn; the rank answers with its monotonic clock. With t0, t1 rank 0's
+    send and receive times and tr the answer, offset = tr - (t0 + t1) / 2, wrong by at most half the
+    round trip; of all rounds the shortest round trip is kept. Returns (offsets, round trips) on rank
+    0, ([], []) elsewhere."""
+    buf = torch.zeros(1, dtype=torch.int64)
+    if rank != 0:
+        for _ in range(rounds):
+            dist.recv(buf, 0, group=control)
+            buf[0] = time.monotonic_ns()
+            dist.send(buf, 0, group=control)
+        return [], []
+    offsets, rtts = [0], [0]
+    for r in range(1, world_size):
+        best_rtt, best_offset = np.iinfo(np.int64).max, 0
+        for _ in range(rounds):
+            t0 = time.monotonic_ns()
+            dist.send(buf, r, group=control)
+            dist.recv(buf, r, group=control)
+            t1 = time.monotonic_ns()
+            if t1 - t0 < best_rtt:
+                best_rtt, best_offset = t1 - t0, int(buf[0]) - (t0 + t1) // 2
+        offsets.append(int(best_offset))
+        rtts.append(int(best_rtt))
+    return offsets, rtts
+
+
+def torchrun_env() -> tuple[int, int, int, int] | None:
+    """(rank, world size, local rank, local world size) when torchrun started this process, else None."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or "MASTER_ADDR" not in os.environ:
+        return None
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return rank, world, int(os.environ.get("LOCAL_RANK", rank)), int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+def leave() -> None:
+    """Leave the process group (every rank, at the end)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

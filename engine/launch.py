@@ -1,0 +1,125 @@
+"""Starting the ranks of a distributed pipeline: spawned here with torch.multiprocessing, or already
+started by torchrun (its RANK / WORLD_SIZE / MASTER_ADDR environment), one stage per rank.
+
+Rank 0 is the calling process: it keeps the scheduler, the load generator and the trace writer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from engine.config import ModelConfig
+from engine.distributed import JOIN_TIMEOUT, StageGroup, join, leave, torchrun_env
+from engine.distributed_stages import serve_stage, stop_workers
+from engine.errors import ConfigError
+from engine.pipeline import check_stage_fits, plan_pipeline
+from engine.scheduler import SchedulerConfig
+
+# A worker that does not exit this long after rank 0 said stop is killed.
+_JOIN_S = 30.0
+
+
+class LaunchedStages:
+    """Rank 0's handle on the pipeline's ranks; `close` stops and joins them (idempotent)."""
+
+    def __init__(self, group: StageGroup, workers: mp.ProcessContext | None) -> None:
+        self.group, self.workers = group, workers
+        self._closed = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            stop_workers(self.group)
+        finally:
+            try:
+                if self.workers is not None:
+                    _join_or_kill(self.workers)
+            finally:
+                leave()  # last: a worker may still be reading the stop message
+
+
+def _join_or_kill(workers: mp.ProcessContext) -> None:
+    """Wait for the workers to exit (re-raising a worker's error), killing any left after _JOIN_S."""
+    deadline = time.monotonic() + _JOIN_S
+    try:
+        # join returns as soon as one worker exits: True once all have
+        while not workers.join(timeout=max(0.0, deadline - time.monotonic())) and time.monotonic() < deadline:
+            pass
+    finally:
+        for p in workers.processes:
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def _plan(model_cfg: ModelConfig, sched_cfg: SchedulerConfig):
+    return plan_pipeline(model_cfg, sched_cfg.stages, sched_cfg.stage_layers, sched_cfg.micro_batches,
+                         sched_cfg.micro_batch_size, sched_cfg.schedule)
+
+
+def _threads_per_rank(world_size: int) -> int:
+    """On the CPU the ranks share the cores: each gets its share, so none spins on another's."""
+    return max(1, (os.cpu_count() or 1) // world_size)
+
+
+def launch_stages(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: str, seed: int) -> LaunchedStages:
+    """Rank 0's side: join the torchrun job this process belongs to, or spawn ranks 1..S-1."""
+    world = sched_cfg.stages
+    if world < 2:
+        raise ConfigError("a distributed pipeline needs at least 2 stages (--stages)")
+    _plan(model_cfg, sched_cfg)  # a bad split is refused before any process starts
+    env = torchrun_env()
+    if env is not None:
+        rank, env_world, local_rank, local_world = env
+        if env_world != world or rank != 0:
+            raise ConfigError(f"torchrun started {env_world} ranks (this is rank {rank}); --stages is {world}: "
+                              "they must match, and ranks other than 0 serve their stage")
+        return LaunchedStages(join(0, world, device, local_rank, local_world, "torchrun"), None)
+    store = dist.TCPStore("127.0.0.1", 0, world, True, timeout=JOIN_TIMEOUT, wait_for_workers=False)
+    workers = mp.start_processes(_spawned_worker, args=(world, store.port, model_cfg, sched_cfg, device, seed),
+                                 nprocs=world - 1, join=False, daemon=True, start_method="spawn")
+    try:
+        torch.set_num_threads(min(torch.get_num_threads(), _threads_per_rank(world)))
+        return LaunchedStages(join(0, world, device, 0, world, "torch.multiprocessing", store), workers)
+    except BaseException:
+        _join_or_kill(workers)
+        raise
+
+
+def _spawned_worker(index: int, world: int, port: int, model_cfg: ModelConfig, sched_cfg: SchedulerConfig,
+                    device: str, seed: int) -> None:
+    rank = index + 1  # the spawner is rank 0
+    torch.set_num_threads(_threads_per_rank(world))
+    store = dist.TCPStore("127.0.0.1", port, world, False, timeout=JOIN_TIMEOUT)
+    _serve(join(rank, world, device, rank, world, "torch.multiprocessing", store), model_cfg, sched_cfg, seed)
+
+
+def serve_from_env(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: str, seed: int) -> int:
+    """A torchrun rank other than 0: serve this rank's stage until rank 0 stops. Returns ticks served."""
+    env = torchrun_env()
+    if env is None:
+        raise ConfigError("not started by torchrun (no RANK / WORLD_SIZE / MASTER_ADDR in the environment)")
+    rank, world, local_rank, local_world = env
+    if world != sched_cfg.stages:
+        raise ConfigError(f"torchrun started {world} ranks but --stages is {sched_cfg.stages}")
+    return _serve(join(rank, world, device, local_rank, local_world, "torchrun"), model_cfg, sched_cfg, seed)
+
+
+def _serve(group: StageGroup, model_cfg: ModelConfig, sched_cfg: SchedulerConfig, seed: int) -> int:
+    # Ctrl-C reaches every process of the terminal's group: rank 0 handles it and says stop; a
+    # worker that died of it first would leave rank 0 waiting on a closed connection.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    plan = _plan(model_cfg, sched_cfg)
+    try:
+        check_stage_fits(model_cfg, group.device, plan.stage_layers[group.rank], sched_cfg.kv_capacity_tokens)
+        return serve_stage(group, model_cfg, sched_cfg, plan, seed)
+    finally:
+        leave()

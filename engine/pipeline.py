@@ -1,0 +1,233 @@
+"""How a tick is pipelined: which layers each stage holds, how many micro-batches a batch makes, and
+in which order each stage runs its micro-batches (the schedule).
+
+Plain Python and numpy, no tensors: the single-device executor, the distributed ranks and the
+tests all share these answers. The split balances weight bytes (the embedding weighs on the first
+stage, the LM head on the last), because a stage's decode time is mostly reading its weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from engine.config import ModelConfig, available_bytes
+from engine.errors import ConfigError
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage split
+# ---------------------------------------------------------------------------------------------------
+
+def layer_param_counts(cfg: ModelConfig) -> tuple[int, int, int]:
+    """Parameters of the embedding, of one decoder layer, and of the head (final norm + LM head)."""
+    embed = cfg.vocab_size * cfg.hidden
+    head = cfg.vocab_size * cfg.hidden + cfg.hidden
+    per_layer = (cfg.param_count() - embed - head) // cfg.layers
+    return embed, per_layer, head
+
+
+def stage_weights(cfg: ModelConfig) -> np.ndarray:
+    """What each layer weighs for balancing, with the embedding added to the first layer and the
+    head to the last: the stage that holds them carries them."""
+    embed, per_layer, head = layer_param_counts(cfg)
+    w = np.full(cfg.layers, per_layer, dtype=np.int64)
+    w[0] += embed
+    w[-1] += head
+    return w
+
+
+def balance_layers(weights: np.ndarray, stages: int) -> list[range]:
+    """Consecutive layers per stage, at least one each, minimising the heaviest stage (exact: a small
+    dynamic programme over split points; layers and stages are tens at most)."""
+    n = len(weights)
+    if not 1 <= stages <= n:
+        raise ConfigError(f"cannot split {n} layers into {stages} stages (each stage needs a layer)")
+    prefix = np.concatenate([[0], np.cumsum(weights)])
+    # best[k][j]: lightest heaviest-stage for layers [0, j) in k stages; cut[k][j]: where stage k starts
+    best = np.full((stages + 1, n + 1), np.iinfo(np.int64).max, dtype=np.int64)
+    cut = np.zeros((stages + 1, n + 1), dtype=np.int64)
+    best[0, 0] = 0
+    for k in range(1, stages + 1):
+        for j in range(k, n - (stages - k) + 1):
+            for i in range(k - 1, j):
+                cost = max(best[k - 1, i], prefix[j] - prefix[i])
+                if cost < best[k, j]:
+                    best[k, j], cut[k, j] = cost, i
+    bounds = [n]
+    for k in range(stages, 0, -1):
+        bounds.append(int(cut[k, bounds[-1]]))
+    bounds.reverse()
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def explicit_layers(counts: tuple[int, ...] | list[int], layers: int) -> list[range]:
+    """Stages holding `counts[s]` consecutive layers each, e.g. (3, 3, 2) for 8 layers."""
+    if any(c < 1 for c in counts):
+        raise ConfigError(f"every stage needs at least one layer, got stage layers {list(counts)}")
+    if sum(counts) != layers:
+        raise ConfigError(f"stage layers {list(counts)} add up to {sum(counts)}, but the model has {layers} layers")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def parse_stage_layers(text: str) -> tuple[int, ...]:
+    """"3,3,2" -> (3, 3, 2)."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"stage layers must be whole numbers separated by commas, got {text!r}") from None
+    if any(c < 1 for c in counts):
+        raise ConfigError(f"every stage needs at least one layer, got {text!r}")
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Micro-batches
+# ---------------------------------------------------------------------------------------------------
+
+def micro_batch_count(seqs: int, micro_batches: int, micro_batch_size: int) -> int:
+    """Micro-batches for a batch of `seqs` sequences: `micro_batch_size` sequences each when it is set
+    (0 = unset), else `micro_batches`; never more than there are sequences, never zero."""
+    wanted = math.ceil(seqs / micro_batch_size) if micro_batch_size else micro_batches
+    return max(1, min(wanted, seqs))
+
+
+def split_micro_batches(items: list, micro_batches: int) -> list[list]:
+    """Consecutive items per micro-batch, as even in count as possible; never an empty one."""
+    parts = np.array_split(np.arange(len(items)), max(1, min(micro_batches, len(items))))
+    return [[items[i] for i in part] for part in parts]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schedules
+# ---------------------------------------------------------------------------------------------------
+
+class Schedule(Protocol):
+    """Which micro-batch each stage runs next. A stage's list must respect that micro-batch m reaches
+    stage s only after stage s-1 ran it; the timeline then follows from the order alone."""
+
+    name: str
+
+    def stage_order(self, stage: int, stages: int, micro_batches: int) -> list[int]: ...
+
+
+class GPipe:
+    """Every stage runs the micro-batches in order 0..M-1, as soon as it can: decode is forward-only,
+    so GPipe's fill-drain pattern is the whole schedule. (A 1F1B or interleaved schedule would differ
+    in `stage_order`, and with virtual stages in how layers map to stages.)"""
+
+    name = "gpipe"
+
+    def stage_order(self, stage: int, stages: int, micro_batches: int) -> list[int]:
+        return list(range(micro_batches))
+
+
+SCHEDULES: dict[str, Schedule] = {"gpipe": GPipe()}
+
+
+def get_schedule(name: str) -> Schedule:
+    if name not in SCHEDULES:
+        raise ConfigError(f"unknown pipeline schedule '{name}' (choose from: {', '.join(SCHEDULES)})")
+    return SCHEDULES[name]
+
+
+def run_order(schedule: Schedule, stages: int, micro_batches: int) -> list[tuple[int, int]]:
+    """All (stage, micro-batch) cells in an order one device can run them: each cell after its
+    micro-batch's previous stage and its stage's previous cell."""
+    orders = [schedule.stage_order(s, stages, micro_batches) for s in range(stages)]
+    done = [0] * stages  # cells each stage has run
+    ran: set[tuple[int, int]] = set()
+    out: list[tuple[int, int]] = []
+    while len(out) < stages * micro_batches:
+        progressed = False
+        for s in range(stages):
+            while done[s] < micro_batches:
+                m = orders[s][done[s]]
+                if s and (s - 1, m) not in ran:
+                    break
+                out.append((s, m))
+                ran.add((s, m))
+                done[s] += 1
+                progressed = True
+        if not progressed:
+            raise ValueError(f"schedule {schedule.name} deadlocks for {stages} stages x {micro_batches} micro-batches")
+    return out
+
+
+def modelled_timeline(cost_ns: np.ndarray, schedule: Schedule = GPipe()) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end [stages, micro_batches] of cells with these costs, one device per stage: a cell
+    starts when its micro-batch has left the previous stage and its stage has finished its previous
+    cell in the schedule's order."""
+    stages, micro = cost_ns.shape
+    start = np.zeros_like(cost_ns)
+    end = np.zeros_like(cost_ns)
+    free = [0] * stages  # when each stage's device is next free
+    for s, m in run_order(schedule, stages, micro):
+        ready = end[s - 1, m] if s else 0  # its activations arrive from the previous stage
+        start[s, m] = max(ready, free[s])
+        end[s, m] = free[s] = start[s, m] + cost_ns[s, m]
+    return start, end
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """The engine's pipeline: stage layers, micro-batching and schedule, resolved for one model."""
+
+    stage_layers: list[range]
+    micro_batches: int
+    micro_batch_size: int  # 0 = use micro_batches
+    schedule: Schedule
+
+    @property
+    def stages(self) -> int:
+        return len(self.stage_layers)
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether there is a pipeline to show (more than one stage or micro-batch)."""
+        return self.stages > 1 or self.micro_batches > 1 or self.micro_batch_size > 0
+
+    def micro_batches_for(self, seqs: int) -> int:
+        return micro_batch_count(seqs, self.micro_batches, self.micro_batch_size)
+
+
+def plan_pipeline(cfg: ModelConfig, stages: int, stage_layers: tuple[int, ...], micro_batches: int,
+                  micro_batch_size: int, schedule: str) -> PipelinePlan:
+    """The pipeline for this model: `stage_layers` counts when given (they fix the stage count), else
+    `stages` stages balanced by weight bytes."""
+    if stage_layers:
+        if len(stage_layers) != stages:
+            raise ConfigError(f"{len(stage_layers)} stage layer counts given for {stages} stages")
+        split = explicit_layers(stage_layers, cfg.layers)
+    else:
+        if stages > cfg.layers:
+            raise ConfigError(f"stages ({stages}) exceed the model's layers ({cfg.layers})")
+        split = balance_layers(stage_weights(cfg), stages)
+    return PipelinePlan(split, micro_batches, micro_batch_size, get_schedule(schedule))
+
+
+def stage_param_bytes(cfg: ModelConfig, layers: range, itemsize: int) -> int:
+    """Weight bytes one stage holds: its layers, plus the embedding on the first and the head on the last."""
+    embed, per_layer, head = layer_param_counts(cfg)
+    params = per_layer * len(layers)
+    params += embed if layers.start == 0 else 0
+    params += head if layers.stop == cfg.layers else 0
+    return params * itemsize
+
+
+def check_stage_fits(cfg: ModelConfig, device: torch.device, layers: range, kv_capacity_tokens: int) -> None:
+    """Refuse, before allocating, a stage (its weights + its layers' KV cache) its device cannot hold."""
+    dtype = cfg.torch_dtype(device)
+    params = stage_param_bytes(cfg, layers, dtype.itemsize)
+    kv = cfg.kv_bytes_per_token(dtype) // cfg.layers * len(layers) * kv_capacity_tokens
+    have = available_bytes(device)
+    if params + kv > have:
+        raise ConfigError(
+            f"stage of layers {layers.start}-{layers.stop - 1} needs {(params + kv) / 1e9:.2f} GB on {device} "
+            f"but only {have / 1e9:.2f} GB is available; use more stages or a smaller KV capacity"
+        )

@@ -1,0 +1,55 @@
+"""Fixtures shared across test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# The same load twice, short: 10 requests/s of 10-token answers for 1.5 s. Only the collection
+# window differs (5 ms vs 100 ms), the article's comparison in miniature; the tight TPOT SLO
+# makes goodput differ too (100 ms between tokens breaks it, 5 ms does not).
+COMPARE_WORKLOAD = """\
+description = "compare tests: a short Poisson load"
+seed = 3
+duration_s = 1.5
+
+[arrivals]
+kind = "poisson"
+rate = 10.0
+
+[prompt]
+kind = "uniform"
+min = 8
+max = 24
+
+[output]
+kind = "fixed"
+value = 10
+
+[slo]
+ttft_s = 0.5
+tpot_s = 0.05
+
+[scheduler]
+policy = "window"
+max_seqs = 32
+"""
+
+
+@pytest.fixture(scope="session")
+def compare_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """Two real recordings on the tiny engine: (5 ms window, 100 ms window)."""
+    from workloads.run import Recording, RecordingPlan
+
+    folder = tmp_path_factory.mktemp("compare")
+    workload = folder / "compare.toml"
+    workload.write_text(COMPARE_WORKLOAD)
+    paths = []
+    for window in (5, 100):
+        out = folder / f"w{window}.msgpack"
+        plan = RecordingPlan(preset="tiny", workload=str(workload), out=out, device="cpu",
+                             scheduler_overrides={"window_ms": window})
+        Recording(plan).run()
+        paths.append(out)
+    return paths[0], paths[1]

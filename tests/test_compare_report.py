@@ -1,0 +1,106 @@
+"""`tickscope compare A B --report DIR` on two real tiny recordings: the figures, the PNGs, the text."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+from matplotlib.image import imread
+
+import tracer
+from tracer.compare import FIGURES, format_value
+from tracer.events import MarkEvent
+from tracer.report import IMAGES, write_report
+from tui.cli import main
+
+FIG = {f.key: f for f in FIGURES}
+LABEL_TO_KEY = {f.label: f.key for f in FIGURES}
+
+
+def independent_figures(trace: tracer.Trace) -> dict[str, float | None]:
+    """The compared figures recomputed here straight from the frames, not through summarize()."""
+    req, ticks = trace.requests, trace.ticks
+    done = req.filter(pl.col("status") == "finished")
+    times = np.concatenate([
+        ticks["start_s"].to_numpy(), ticks["end_s"].to_numpy(),
+        req["arrival_s"].drop_nulls().to_numpy(), req["finish_s"].drop_nulls().to_numpy(),
+    ])
+    duration = times.max() - times.min()
+    ttft, tpot = done["ttft_s"].drop_nulls().to_numpy(), done["tpot_s"].drop_nulls().to_numpy()
+    slo = trace.header.config["workload"]["slo"]
+    good = done.filter((pl.col("ttft_s") <= slo["ttft_s"])
+                       & (pl.col("tpot_s").is_null() | (pl.col("tpot_s") <= slo["tpot_s"])))
+    load = trace.expert_load.astype(float)  # [ticks, layers, experts]
+    means = load.mean(axis=2)
+    used = means > 0
+    return {
+        "throughput_tok_s": req["output_tokens"].sum() / duration,
+        "ttft_p50_s": np.percentile(ttft, 50), "ttft_p99_s": np.percentile(ttft, 99),
+        "tpot_p50_s": np.percentile(tpot, 50), "tpot_p99_s": np.percentile(tpot, 99),
+        "goodput_req_s": good.height / duration,
+        "mean_batch_seqs": ticks["seqs"].mean(),
+        "experts_active_frac": (load > 0).mean(),
+        "expert_imbalance": (load.max(axis=2)[used] / means[used]).mean(),
+        "bubble_share": None,  # tiny records one stage: no pipeline
+        "requests_rejected": float((req["status"] == "rejected").sum()),
+    }
+
+
+def delta_table_rows(markdown: str) -> dict[str, list[str]]:
+    section = markdown.split("## Delta table", 1)[1].split("##", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+
+
+@pytest.fixture(scope="module")
+def report(compare_pair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    assert main(["compare", str(compare_pair[0]), str(compare_pair[1]), "--report", str(out)]) == 0
+    return out
+
+
+def test_report_delta_table_matches_figures_computed_from_the_frames(compare_pair, report):
+    rows = delta_table_rows((report / "report.md").read_text())
+    assert set(rows) == set(LABEL_TO_KEY)
+    expected = [independent_figures(tracer.load(p)) for p in compare_pair]
+    for label, (a_cell, b_cell, _change, _better) in rows.items():
+        key = LABEL_TO_KEY[label]
+        assert a_cell == format_value(FIG[key], expected[0][key]), label
+        assert b_cell == format_value(FIG[key], expected[1][key]), label
+
+
+def test_report_says_which_is_better_and_by_how_much(report):
+    text = (report / "report.md").read_text()
+    rows = delta_table_rows(text)
+    # A 100 ms window spaces every token 100 ms apart, and fills the batch: the article's trade-off.
+    assert rows["TPOT p50"][3].startswith("A, ") and rows["TPOT p50"][3].endswith("× lower")
+    assert rows["mean batch"][3].startswith("B, ")
+    assert rows["experts active"][3].startswith("B, ")
+    assert "- TPOT p50: **A** (w5.msgpack) is better" in text
+    assert "| `scheduler.window_ms` | 5 | 100 |" in text
+
+
+def test_report_figures_exist_and_are_not_blank(report):
+    for name, _caption in IMAGES:
+        path = report / name
+        assert path.stat().st_size > 5_000, name
+        pixels = imread(path)
+        colours = np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)
+        assert len(colours) > 20 and pixels.std() > 0.05, name
+        assert f"]({name})" in (report / "report.md").read_text()
+
+
+def test_report_lists_marks_from_the_sidecar(compare_pair, tmp_path):
+    a = tmp_path / "a.msgpack"
+    shutil.copy(compare_pair[0], a)
+    trace = tracer.load(a)
+    tracer.add_mark(a, MarkEvent(t_ns=trace.header.t0_mono_ns + 500_000_000, tick=7, text="batch | grows"))
+    written = write_report(tracer.load(a), tracer.load(compare_pair[1]), tmp_path / "out")
+    assert "- A, tick 7 (0.50 s): batch \\| grows" in written.markdown.read_text()
+
+
+def test_compare_report_refuses_a_missing_trace(compare_pair, tmp_path, capsys):
+    assert main(["compare", str(compare_pair[0]), str(tmp_path / "nope.msgpack"), "--report", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err

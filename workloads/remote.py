@@ -1,0 +1,102 @@
+"""`tickscope record --target URL`: the load generator against a running server, over HTTP.
+
+Two traces, one per process, each written by the side that saw it: the server (`tickscope
+serve --trace`) writes the engine's ticks, expert load and its own view of every request; the
+client writes `--out` with only the client side — a header naming the target and the workload,
+then each request's `arrive`, `first_token` and `finish` with every token's time as received.
+So the client trace has requests and no ticks, and its latencies include the network and the
+HTTP front. Request ids are the client's; the server numbers requests in the order it gets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from engine.errors import ConfigError
+from tracer.events import SessionHeader
+from tracer.writer import TraceWriter
+from workloads.http_target import HttpTarget
+from workloads.loadgen import LoadResult, Progress, run_load
+from workloads.run import RecordingPlan, RecordingResult, software_versions
+from workloads.spec import WorkloadSpec, load_workload
+from workloads.tokenizer import BYTE_TOKENS
+
+_MODELS_TIMEOUT_S = 10.0
+
+
+async def fetch_model(url: str) -> dict[str, Any]:
+    """The first model a server lists at /v1/models (tickscope's also gives its vocab_size)."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=_MODELS_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(url.rstrip("/") + "/v1/models") as response:
+                response.raise_for_status()
+                listing = await response.json(content_type=None)
+        return listing["data"][0]
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise ConfigError(f"cannot reach the target {url}: {exc or type(exc).__name__}") from None
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ConfigError(f"the target {url} does not list its models at /v1/models") from None
+
+
+def record_remote(plan: RecordingPlan, target: str,
+                  on_progress: Callable[[Progress], None] | None = None) -> RecordingResult:
+    """Run `plan`'s workload against the server at `target`, writing the client's trace to `plan.out`."""
+    spec = load_workload(plan.workload)
+    if plan.seed is not None:
+        spec = dataclasses.replace(spec, seed=plan.seed)
+    HttpTarget(target)  # checks the URL before anything is contacted or written
+    card = asyncio.run(fetch_model(target))
+    header = SessionHeader(time.monotonic_ns(), time.time_ns(), {
+        "target": target,
+        "model": card,
+        "workload": spec.to_dict(),
+        "seed": spec.seed,
+        "duration_s": spec.duration_s if plan.duration_s is None else plan.duration_s,
+        "versions": software_versions(),
+    })
+    writer = TraceWriter(plan.out, header)
+    try:
+        load = asyncio.run(_drive(target, card, spec, writer, plan.duration_s, on_progress))
+    finally:
+        writer.close()
+    return RecordingResult(
+        out=plan.out,
+        ticks=0,
+        requests_submitted=len(load.records),
+        requests_finished=sum(r.status == "finished" for r in load.records),
+        tokens_generated=sum(r.output_tokens for r in load.records),
+        dropped_events=writer.dropped,
+        interrupted=load.stopped,
+    )
+
+
+async def _drive(target: str, card: dict[str, Any], spec: WorkloadSpec, writer: TraceWriter,
+                 duration_s: float | None, on_progress: Callable[[Progress], None] | None) -> LoadResult:
+    http = HttpTarget(target, model=str(card.get("id", "tickscope")))
+    # Servers that do not say their vocabulary still take every byte-level id.
+    vocab = card.get("vocab_size")
+    vocab_size = vocab if type(vocab) is int and vocab > 0 else BYTE_TOKENS
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # only the main thread may own signals; elsewhere the run ends with its workload
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+            handled.append(signum)
+    try:
+        return await run_load(http, spec, writer, vocab_size=vocab_size, duration_s=duration_s,
+                              on_progress=on_progress, stop=stop)
+    finally:
+        await http.aclose()
+        for signum in handled:
+            loop.remove_signal_handler(signum)
