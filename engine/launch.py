@@ -14,11 +14,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from engine.config import ModelConfig
-from engine.distributed import JOIN_TIMEOUT, StageGroup, join, leave, torchrun_env
+from engine.config import ModelConfig, check_fits
+from engine.distributed import JOIN_TIMEOUT, StageGroup, join, leave, pick_device, torchrun_env
 from engine.distributed_stages import serve_stage, stop_workers
 from engine.errors import ConfigError
-from engine.pipeline import check_stage_fits, plan_pipeline
+from engine.pipeline import PipelinePlan, check_stage_fits, plan_pipeline
 from engine.scheduler import SchedulerConfig
 
 # A worker that does not exit this long after rank 0 said stop is killed.
@@ -60,7 +60,7 @@ def _join_or_kill(workers: mp.ProcessContext) -> None:
                 p.join()
 
 
-def _plan(model_cfg: ModelConfig, sched_cfg: SchedulerConfig):
+def _plan(model_cfg: ModelConfig, sched_cfg: SchedulerConfig) -> PipelinePlan:
     return plan_pipeline(model_cfg, sched_cfg.stages, sched_cfg.stage_layers, sched_cfg.micro_batches,
                          sched_cfg.micro_batch_size, sched_cfg.schedule)
 
@@ -75,7 +75,7 @@ def launch_stages(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: st
     world = sched_cfg.stages
     if world < 2:
         raise ConfigError("a distributed pipeline needs at least 2 stages (--stages)")
-    _plan(model_cfg, sched_cfg)  # a bad split is refused before any process starts
+    plan = _plan(model_cfg, sched_cfg)  # a bad split is refused before any process starts
     env = torchrun_env()
     if env is not None:
         rank, env_world, local_rank, local_world = env
@@ -83,6 +83,7 @@ def launch_stages(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: st
             raise ConfigError(f"torchrun started {env_world} ranks (this is rank {rank}); --stages is {world}: "
                               "they must match, and ranks other than 0 serve their stage")
         return LaunchedStages(join(0, world, device, local_rank, local_world, "torchrun"), None)
+    _check_local_fits(model_cfg, sched_cfg, plan, device)
     store = dist.TCPStore("127.0.0.1", 0, world, True, timeout=JOIN_TIMEOUT, wait_for_workers=False)
     workers = mp.start_processes(_spawned_worker, args=(world, store.port, model_cfg, sched_cfg, device, seed),
                                  nprocs=world - 1, join=False, daemon=True, start_method="spawn")
@@ -92,6 +93,18 @@ def launch_stages(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: st
     except BaseException:
         _join_or_kill(workers)
         raise
+
+
+def _check_local_fits(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, plan: PipelinePlan, device: str) -> None:
+    """Before spawning: every stage on its own GPU, or all of them in this host's memory, must fit
+    (a rank that failed to allocate would surface only as a broken connection)."""
+    kv = sched_cfg.kv_capacity_tokens
+    first = pick_device(device, 0, plan.stages)[0]
+    if first.type == "cpu":
+        check_fits(model_cfg, first, kv)  # the ranks share the host: the whole model and cache
+        return
+    for rank, layers in enumerate(plan.stage_layers):
+        check_stage_fits(model_cfg, pick_device(device, rank, plan.stages)[0], layers, kv)
 
 
 def _spawned_worker(index: int, world: int, port: int, model_cfg: ModelConfig, sched_cfg: SchedulerConfig,

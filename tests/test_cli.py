@@ -136,3 +136,31 @@ def test_signal_closes_the_recording_cleanly(tmp_path: Path, signum: int) -> Non
     assert trace.problems == []
     statuses = trace.requests["status"].to_list()
     assert statuses and all(s in ("finished", "rejected", "cancelled") for s in statuses)
+
+
+def test_demo_records_follows_and_leaves_a_complete_trace(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`demo` = a recording child + the live dashboard; quitting the dashboard must stop the child
+    cleanly. The dashboard is stood in for by a follower that quits once the trace has grown."""
+    import tui.app
+
+    out = tmp_path / "demo.msgpack"
+    followed: list[int] = []
+
+    def quit_after_some_ticks(path: str, mode: str, **_) -> None:
+        assert (path, mode) == (str(out), "live")
+        tail = tracer.TraceTail(path)
+        deadline = time.monotonic() + 60
+        while len(followed) < 20 and time.monotonic() < deadline:
+            followed.extend(e.tick for e in tail.poll() if isinstance(e, tracer.TickEvent))
+            time.sleep(0.05)
+        tail.close()
+
+    monkeypatch.setattr(tui.app, "run_dashboard", quit_after_some_ticks)
+    assert main(["demo", "--out", str(out)]) == 0
+    assert len(followed) >= 20
+    assert f"trace written to {out}" in capsys.readouterr().out
+    trace = tracer.load(out)
+    assert trace.problems == []
+    assert trace.ticks.height >= len(followed)
+    assert set(trace.requests["status"].to_list()) <= {"finished", "rejected", "cancelled"}
+    assert not (tmp_path / "demo.msgpack.log").exists()

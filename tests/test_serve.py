@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 import tracer
+from engine.errors import ConfigError
 from tui.cli import main as cli_main
 from workloads.serve import Server, ServePlan
 
@@ -213,7 +214,16 @@ async def test_serve_cli_traces_requests_and_sigint_closes_the_trace(tmp_path):
     with tracer.open_trace(trace) as reader:
         assert reader.closed_cleanly
     loaded = tracer.load(trace)
-    assert loaded.header.config["serve"]["model"] == "tickscope" and loaded.ticks.height >= 3
+    assert loaded.header.config["serve"] == {"host": "127.0.0.1", "port": int(url.rsplit(":", 1)[1]), "model": "tickscope"}
+    assert loaded.ticks.height >= 3
     (row,) = loaded.requests.to_dicts()
     assert row["status"] == "finished" and row["prompt_tokens"] == 2 and row["output_tokens"] == 3
     assert row["admit_s"] is not None and row["ttft_s"] is not None
+
+
+async def test_a_port_in_use_is_a_config_error_that_leaves_no_trace(server, tmp_path):
+    port = int(server.url.rsplit(":", 1)[1])
+    second = Server(ServePlan(trace=tmp_path / "second.msgpack", port=port, device="cpu"))
+    with pytest.raises(ConfigError, match="cannot listen"):
+        await second.start()
+    assert not (tmp_path / "second.msgpack").exists()

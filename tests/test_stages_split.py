@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from engine.config import get_preset
+from engine.distributed import pick_device
 from engine.errors import ConfigError
 from engine.kv_cache import BlockAllocator
+from engine.launch import launch_stages
 from engine.model import SeqChunk, Transformer
 from engine.pipeline import (
     balance_layers,
@@ -92,3 +94,14 @@ def test_pipeline_flags_reach_the_scheduler_config():
     assert plan.scheduler_overrides == {"stages": 2, "stage_layers": (3, 1), "micro_batch_size": 4}
     with pytest.raises(SystemExit):  # a count and a size of micro-batches contradict each other
         build_parser().parse_args(["record", "--out", "x", "--micro-batches", "2", "--micro-batch-size", "4"])
+
+
+def test_a_distributed_pipeline_is_refused_before_any_process_starts():
+    with pytest.raises(ConfigError, match="at least 2 stages"):
+        launch_stages(get_preset("tiny"), SchedulerConfig(stages=1), "cpu", 0)
+    with pytest.raises(ConfigError, match="exceed"):
+        launch_stages(get_preset("tiny"), SchedulerConfig(stages=5), "cpu", 0)
+    assert pick_device("cpu", 1, 2) == (torch.device("cpu"), "gloo")
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(ConfigError, match="one GPU per rank"):
+            pick_device("cuda", 1, 2)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,10 +110,13 @@ class Server:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> str:
-        """Open the trace, start the engine, listen; returns the base URL."""
-        plan = self.plan
-        header = SessionHeader(time.monotonic_ns(), time.time_ns(), self._session_config())
-        self._writer = TraceWriter(plan.trace, header)
+        """Listen, open the trace, start the engine, serve; returns the base URL."""
+        # Bound first: a port in use fails before any file exists, and the header records the real port.
+        sock = _listen(self.plan.host, self.plan.port)
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        header = SessionHeader(time.monotonic_ns(), time.time_ns(), self._session_config(port))
+        self._writer = TraceWriter(self.plan.trace, header)
         self.engine.recorder = self._writer
         self.engine.start()
         app = web.Application(middlewares=[_openai_errors], client_max_size=MAX_BODY_BYTES)
@@ -121,14 +125,7 @@ class Server:
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                                      shutdown_timeout=_SHUTDOWN_S)
         await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, plan.host, plan.port).start()
-        except OSError as exc:
-            await self.close()
-            plan.trace.unlink(missing_ok=True)  # nothing was served: leave no empty recording behind
-            raise ConfigError(f"cannot listen on {plan.host}:{plan.port}: {exc.strerror or exc}") from None
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        await web.SockSite(self._runner, sock).start()
         return self.url
 
     async def close(self) -> ServeResult:
@@ -174,11 +171,11 @@ class Server:
             await asyncio.sleep(_WATCH_S)
         stop.set()
 
-    def _session_config(self) -> dict[str, Any]:
+    def _session_config(self, port: int) -> dict[str, Any]:
         config = self.engine.describe()
         plan = self.plan
         config.update(preset=plan.preset, seed=plan.seed or 0, versions=software_versions(),
-                      serve={"host": plan.host, "port": plan.port, "model": plan.model_name})
+                      serve={"host": plan.host, "port": port, "model": plan.model_name})
         if plan.workload:
             config["workload"] = load_workload(plan.workload).to_dict()
         return config
@@ -246,7 +243,7 @@ class Server:
 
     def _done(self, sink: StreamingSink) -> None:
         sent_ns = self._live.pop(sink.request_id)
-        status = sink.status or "cancelled"
+        status = sink.status  # set before on_done is called
         self.counts[status] += 1
         token_us = (np.asarray(sink.token_ns, dtype=np.int64) - sent_ns) // 1000
         self.engine.recorder.emit(RequestEvent(
@@ -255,6 +252,14 @@ class Server:
         ))
         if not self._live:
             self._idle.set()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _cid(sink: StreamingSink) -> str:

@@ -20,7 +20,9 @@ minimum, the dim part its maximum, so no spike is hidden. The yellow column is t
 current tick; each character holds two layers (upper half = upper layer). Dark grey is an expert
 that got nothing. *active* is the share of (layer, expert) cells that got a token; *max/mean* the
 load imbalance (1.0 = perfect), *balance* its inverse mean/max as vLLM logs it; *hot* names the
-busiest experts. Small batches leave most experts idle: that is where MoE efficiency goes.
+busiest experts overall, *hot by layer* each layer's busiest. Averaged over a span (`a`), *dead*
+counts experts that got no token in any tick of it. Small batches leave most experts idle: that is
+where MoE efficiency goes.
 
 **latency · queue · KV** — TTFT (arrival to first token) and TPOT (time per output token after the
 first) p50/p99 over the last seconds of recording, TTFT's distribution so far, the queue, running
@@ -33,7 +35,9 @@ subtitle says which. ╌ blue is warmup, ╌ red drain, ░ bubbles inside the p
 trace has stages.
 
 **recent requests** — the latest arrivals as they stood at the current tick: queued, prefill,
-decode (`*` = was preempted), finished, rejected, cancelled.
+decode (`*` = was preempted), finished, rejected, cancelled. Press `r` (or click a row) and pick
+one with ↑ ↓ and enter to see its life as a timeline: arrival, admission, first token, every token,
+preemptions and the end. In a long replay, columns drawn as dots are ticks not read yet.
 
 ## Keys
 
@@ -46,7 +50,8 @@ decode (`*` = was preempted), finished, rejected, cancelled.
 | g | go to tick N, or time T with an `s` (e.g. `12.5s`) |
 | [ ] | previous / next mark |
 | m | add a note (a mark) at the current tick; saved beside the trace in `FILE.marks.json` |
-| a | heatmap: current tick, or mean of the last 10 / 100 ticks |
+| a | heatmap: current tick, or mean of the last 10 / 100 / 1000 ticks |
+| r | pick a recent request (↑ ↓, enter: its timeline, escape: back) |
 | s | show the stage timeline in place of the heatmap (small terminals) |
 | ? | this help |
 | q | quit |

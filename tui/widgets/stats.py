@@ -33,7 +33,9 @@ def histogram(values: np.ndarray, width: int) -> Text:
     # edges would binary-search every value (a million-tick replay has hundreds of thousands).
     logs = np.log(np.clip(values, 1e-6, None))
     low, high = float(logs.min()), float(logs.max())
-    counts, _ = np.histogram(logs, bins=width, range=(low, high if high > low else low + 1e-9))
+    if high - low < 1e-6:  # one value (or nearly): a range numpy can split into `width` bins
+        low, high = low - 0.5, high + 0.5
+    counts, _ = np.histogram(logs, bins=width, range=(low, high))
     peak = counts.max() or 1
     return Text("".join(SPARK[int(c * (len(SPARK) - 1) / peak)] if c else " " for c in counts))
 
