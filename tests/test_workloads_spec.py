@@ -11,7 +11,7 @@ from engine.scheduler import SchedulerConfig
 from workloads.spec import RateStep, list_workloads, load_workload
 
 SHIPPED = {
-    "smoke", "demo", "local-single-user", "article-5ms", "article-200ms", "bursty", "overload"
+    "smoke", "demo", "local-single-user", "article-5ms", "article-200ms", "bursty", "overload", "pipeline"
 }
 
 BASE = """
