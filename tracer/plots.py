@@ -106,7 +106,11 @@ def plot_latency_cdfs(a: Trace, b: Trace, names: tuple[str, str], path: str | os
         ax.set_ylabel("share of requests")
         ax.set_title(f"{label} CDF")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(loc="lower right")
+    # One legend under both plots: inside either it covered the curves' lower ends.
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, -0.02))
+        fig.subplots_adjust(bottom=0.22)
     _save(fig, path)
 
 
@@ -139,15 +143,16 @@ def plot_expert_heatmaps(a: Trace, b: Trace, names: tuple[str, str], path: str |
 def plot_delta_table(comparison: Comparison, path: str | os.PathLike[str]) -> None:
     """The delta table as an image, winners' cells tinted in their recording's colour."""
     rows = delta_rows(comparison)
-    fig = Figure(figsize=(10, 0.4 * (len(rows) + 2)))
+    fig = Figure(figsize=(10, 0.3 * (len(rows) + 3)))
     ax = fig.subplots()
     ax.set_axis_off()
     header = list(DELTA_COLUMNS)
-    header[1], header[2] = f"A: {comparison.a_name}", f"B: {comparison.b_name}"
-    table = ax.table(cellText=[list(r) for r in rows], colLabels=header, loc="center", cellLoc="right")
+    # The names go in the title: in the column headers long file names ran into each other.
+    ax.set_title(f"A: {comparison.a_name}    B: {comparison.b_name}", fontsize=10, loc="left")
+    # The table fills the axes, so the figure holds no empty band above and below it.
+    table = ax.table(cellText=[list(r) for r in rows], colLabels=header, bbox=[0, 0, 1, 1], cellLoc="right")
     table.auto_set_font_size(False)
     table.set_fontsize(9)
-    table.scale(1, 1.3)
     tint = {"A": "#d6e6f5", "B": "#f7d6d6"}
     for i, d in enumerate(comparison.deltas, start=1):
         if d.winner in tint:

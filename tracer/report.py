@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracer.compare import Comparison, compare, delta_rows, format_config_value
+from tracer.compare import Comparison, Delta, compare, delta_rows, format_config_value
 from tracer.frames import Trace
 from tracer.plots import plot_delta_table, plot_expert_heatmaps, plot_latency_cdfs, plot_timeline
 
@@ -51,6 +51,13 @@ def setup_line(config: Any) -> str:
     return " · ".join(parts)
 
 
+def _missing(delta: Delta) -> str:
+    """Which recording lacks a figure, in words."""
+    if delta.a is None and delta.b is None:
+        return "either"
+    return "A" if delta.a is None else "B"
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -78,6 +85,10 @@ def markdown(a: Trace, b: Trace, comparison: Comparison, images: tuple[str, ...]
         if d.winner in ("A", "B"):
             name = comparison.a_name if d.winner == "A" else comparison.b_name
             lines.append(f"- {d.figure.label}: **{d.winner}** ({name}) is better, {d.by}.")
+        elif d.winner == "even":
+            lines.append(f"- {d.figure.label}: neither is better ({d.by}).")
+        else:
+            lines.append(f"- {d.figure.label}: not compared (no data in {_missing(d)}).")
     lines += ["", "## Delta table", ""]
     lines += _table(("figure", "A", "B", "B vs A", "better"), delta_rows(comparison))
     lines += ["", "## What differs in their configurations", ""]

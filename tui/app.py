@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -23,7 +24,7 @@ from tui.screens.goto import GotoScreen
 from tui.screens.help import HelpScreen
 from tui.screens.mark import MarkScreen
 from tui.screens.request import RequestScreen
-from tui.source import Source, open_source
+from tui.source import POLL_BUDGET_S, Source, open_source
 from tui.state import DashboardState
 from tui.widgets.requests import RequestTable
 
@@ -34,6 +35,13 @@ FRAME_S = 1 / 30  # replay frame interval: smooth enough, and leaves the UI thre
 POLL_S = 0.1  # live: how often an unchanged file is polled again (lag stays under 250 ms)
 HEAT_SPANS = (1, 10, 100, 1000)  # ticks the heatmap can average over
 CHUNKS_IN_FLIGHT = 2  # back-pressure: polls read but not yet ingested by the UI thread
+BUSY_S = 0.5  # after a seek or step, the background loader holds back for this long
+# Textual's strips hold themselves in their own caches, so every frame leaves cyclic garbage that
+# only a full collection frees; with the default thresholds full collections came several times a
+# second and walked every object of the app (~100k: modules, widgets), 50-100 ms each, mid-frame.
+# The app freezes what exists once it is mounted, so full collections walk only what came since,
+# and takes a larger young generation, so most of a frame's garbage dies young. Both undone on exit.
+GC_THRESHOLDS = (20_000, 10, 10)
 BAD_STATES = {"truncated": "the trace file was truncated", "replaced": "the trace file was replaced"}
 
 
@@ -86,6 +94,9 @@ class TickscopeApp(App[None]):
         self._play_wall = 0.0
         self._frame_pending = False
         self._last_error = ""
+        # Until when the loader holds back (monotonic seconds): set on the UI thread, read by the
+        # worker (a float assignment: no lock needed).
+        self._busy_until = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -93,6 +104,9 @@ class TickscopeApp(App[None]):
         return self.dashboard
 
     def on_mount(self) -> None:
+        self._gc_thresholds = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         layout = self.source.layout()
         if layout is not None:  # a replay: every tick has its place before any frame is read
             self.state.set_header(self.source.header)  # type: ignore[arg-type]
@@ -103,31 +117,41 @@ class TickscopeApp(App[None]):
         self._read_source()
         self._schedule_frame()
 
+    def on_unmount(self) -> None:
+        gc.set_threshold(*self._gc_thresholds)
+        gc.unfreeze()
+
     def on_resize(self) -> None:
         self._schedule_frame()
 
     @work(thread=True, exclusive=True, group="source", exit_on_error=False)
     def _read_source(self) -> None:
-        """Poll the source until it is done; only messages leave this thread."""
+        """Poll the source for as long as the app runs; only messages leave this thread.
+
+        A replay read to its end is still polled: its source decodes the detail of the frames
+        around the tick in view ahead of time. While the user plays or seeks, the loader takes
+        one frame at a time and pauses in between, leaving the interpreter to the UI thread.
+        """
         worker = get_current_worker()
         last_status = ""
+        told_done = False
         while not worker.is_cancelled:
+            busy = self.mode == "replay" and time.monotonic() < self._busy_until
             try:
-                frames = self.source.poll()
+                frames = self.source.poll(0.0 if busy else POLL_BUDGET_S)
                 status = self.source.status()
             except Exception as exc:  # a bad trace must not take the app down
                 self.post_message(SourceFailed(f"{type(exc).__name__}: {exc}"))
                 return
-            if frames or status != last_status or self.source.done:
+            done = self.source.done
+            if frames or status != last_status or done != told_done:
                 # Wait for the UI thread to catch up, but never past a cancel (the app quitting).
                 while not self._chunk_slots.acquire(timeout=POLL_S):
                     if worker.is_cancelled:
                         return
-                self.post_message(SourceUpdate(frames, self.source.header, status, self.source.done))
-                last_status = status
-            if self.source.done:
-                return
-            if not frames:
+                self.post_message(SourceUpdate(frames, self.source.header, status, done))
+                last_status, told_done = status, done
+            if busy or not frames:
                 time.sleep(POLL_S)
 
     def on_source_update(self, message: SourceUpdate) -> None:
@@ -190,6 +214,7 @@ class TickscopeApp(App[None]):
 
     def _advance(self) -> None:
         """One replay frame: move the cursor to where the recorded clock has got to."""
+        self._busy_until = time.monotonic() + BUSY_S
         n = self.state.n_ticks
         if n == 0:
             return
@@ -210,6 +235,7 @@ class TickscopeApp(App[None]):
     def _seek(self, index: int) -> None:
         """Jump to a tick index; in live mode, anything but the end stops following."""
         n = self.state.n_ticks
+        self._busy_until = time.monotonic() + BUSY_S
         self.cursor = min(max(index, 0), max(n - 1, 0))
         self._reset_clock()
         if self.mode == "live" and self.cursor < n - 1:
@@ -376,13 +402,12 @@ class TickscopeApp(App[None]):
         state = self.state
         tried: set[int] = set()
         for index in range(hi, lo - 1, -1):
-            missing = state.detail(index) is None or (
-                state.laid_out and not state.frame_loaded(state.frame_of(index))
-            )
+            rows = state.laid_out and not state.frame_loaded(state.frame_of(index))
+            missing = rows or state.detail(index) is None
             tick = state.tick_number(index)
             if missing and tick not in tried:
                 tried.add(tick)
-                fetched = self.source.fetch(tick)
+                fetched = self.source.fetch(tick, rows=rows)
                 if fetched is not None:
                     # The wanted tick goes in last: a frame bigger than the cache must not evict it.
                     wanted = fetched.details.pop(tick, None)

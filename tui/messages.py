@@ -34,15 +34,17 @@ class PanelResized(Message):
 
 
 class SideUpdate(Message):
-    """Compare mode: a chunk of side `side`'s events (0 = A, 1 = B); `done` with the last one,
-    with `problems` saying what damage reading skipped."""
+    """Compare mode: side `side`'s next events (0 = A, 1 = B): trace events of a finished
+    recording, or `FrameData` blocks of a followed one. `status` is that side's state as the
+    header shows it ("loading", "loaded, 1 damaged part(s) skipped", "live", "idle", "ended");
+    `done` once nothing more will come."""
 
-    def __init__(self, side: int, events: list[Any], done: bool, problems: str):
+    def __init__(self, side: int, items: list[Any], done: bool, status: str):
         super().__init__()
         self.side = side
-        self.events = events
+        self.items = items
         self.done = done
-        self.problems = problems
+        self.status = status
 
 
 class ComparisonReady(Message):

@@ -6,6 +6,9 @@ the header and the index, `layout()` gives the state every tick's place, `fetch(
 one events frame holding a tick (with its expert and stage detail) when the screen needs it, and
 `poll()` reads the remaining frames in the background, the ones just before the current tick
 first (their requests are what the latency panel needs), decoding only tick rows and requests.
+`poll()` also decodes the detail of the frames either side of the current one ahead of time, so
+that stepping or playing across a frame boundary finds it in the state instead of decoding a
+frame on the UI thread.
 
 `poll()` runs on one worker thread and `fetch()` on the UI thread, so each has its own file handle.
 """
@@ -15,12 +18,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Protocol
 
 import numpy as np
 
 import tracer
-from tracer.codec import EXPERTS, STAGE, TICK, decode_event, unpackb
+from tracer.codec import BATCH, EXPERTS, STAGE, TICK, decode_event, unpackb
 from tracer.errors import TraceFormatError
 from tracer.events import SessionHeader, StageEvent
 from tracer.framing import read_frame
@@ -31,6 +35,10 @@ from tui.state import LATENCY_WINDOW_S, TICK_COLUMNS, Detail, FrameData, frame_f
 # A poll of the background loader stops after this long, so the UI gets the rows in small steps
 # (and stays responsive while a million-tick file loads).
 POLL_BUDGET_S = 0.05
+
+# Frames whose detail was handed to the state recently, so not decoded again for it: about what
+# the state's detail cache holds (the current frame, its neighbours, and one being left).
+DETAILED_FRAMES = 4
 
 # A live file that has not grown for this long is shown as idle.
 IDLE_AFTER_S = 2.0
@@ -47,14 +55,18 @@ class Source(Protocol):
         """Index entries of every events frame (a replay), or None (data is appended as it comes)."""
         ...
 
-    def poll(self) -> list[FrameData]: ...
+    def poll(self, budget_s: float = POLL_BUDGET_S) -> list[FrameData]:
+        """What is new: a live file's appended events; a replay's next frames, reading on for
+        about `budget_s` (at least one frame), the current frame's neighbours' detail first."""
+        ...
 
     def focus(self, tick: int) -> None:
         """Where the user is: a replay reads the frames around it next."""
         ...
 
-    def fetch(self, tick: int) -> FrameData | None:
-        """The block holding `tick`, with its detail, read now (UI thread); None if not found."""
+    def fetch(self, tick: int, *, rows: bool = True) -> FrameData | None:
+        """The block holding `tick`, with its detail, read now (UI thread); None if not found.
+        Without `rows` only the detail is wanted (the state has the rest): requests are skipped."""
         ...
 
     def detail(self, tick: int) -> tuple[np.ndarray | None, StageEvent | None] | None:
@@ -66,9 +78,14 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-def decode_frame(payload: bytes, t0_ns: int, frame: int = -1, *, detail: bool) -> FrameData:
+def decode_frame(
+    payload: bytes, t0_ns: int, frame: int = -1, *, detail: bool, requests: bool = True
+) -> FrameData:
     """One events frame as FrameData, the fast way: tick rows straight into an array, and expert
-    and stage events (the bulk of a frame) decoded only when `detail` is asked for.
+    and stage events (the bulk of a frame) decoded only when `detail` is asked for. Without
+    `requests`, request and mark events are skipped too (a seek into a frame whose rows the
+    state already has needs only its detail). Batch events are never decoded: the dashboard
+    does not show them.
 
     Raises TraceFormatError for anything malformed, as the tracer's own decoder does.
     """
@@ -76,18 +93,21 @@ def decode_frame(payload: bytes, t0_ns: int, frame: int = -1, *, detail: bool) -
     if type(items) is not list:
         raise TraceFormatError("events frame is not an array")
     rows: list[list[Any]] = []
+    experts: list[Any] = []
+    stages: list[Any] = []
     others: list[Any] = []
-    has_stages = False
     n_fields = len(TICK_COLUMNS)
     for item in items:
         code = item[0] if type(item) is list and item else None
         if code == TICK and len(item) > n_fields:
             rows.append(item[1 : 1 + n_fields])
-        elif code == EXPERTS or code == STAGE:
-            has_stages = has_stages or code == STAGE
-            if detail:
-                others.append(item)
-        else:
+        elif code == EXPERTS:
+            experts.append(item)
+        elif code == STAGE:
+            stages.append(item)
+        elif code == BATCH:
+            continue
+        elif requests or code is None:
             others.append(item)  # requests, marks, and anything malformed (decode_event says why)
     try:
         raw = np.array(rows) if rows else np.zeros((0, n_fields), np.int64)
@@ -95,12 +115,15 @@ def decode_frame(payload: bytes, t0_ns: int, frame: int = -1, *, detail: bool) -
         raise TraceFormatError("tick event: malformed fields") from None
     if raw.dtype.kind != "i" or raw.ndim != 2:  # strings, floats, or integers past int64
         raise TraceFormatError("tick event: expected integers")
-    bulk = _bulk_detail(others) if detail else {}
+    bulk: dict[int, Detail] = {}
+    if detail:
+        # What the fast path cannot take (an irregular frame) goes through decode_event.
+        others += _bulk_detail(experts, EXPERTS, bulk) + _bulk_detail(stages, STAGE, bulk)
     events = [ev for ev in map(decode_event, others) if ev is not None]
     data = frame_from_events(events, t0_ns, frame)
     data.details.update(bulk)
     data.ticks = tick_rows(raw, t0_ns)
-    data.has_stages = data.has_stages or has_stages
+    data.has_stages = data.has_stages or bool(stages)
     if detail:
         # Every tick of the frame gets an entry, so a tick recorded without detail is not
         # fetched again on every frame.
@@ -114,40 +137,43 @@ def tick_detail(data: FrameData | None, tick: int) -> tuple[np.ndarray | None, S
     return (detail.experts, detail.stages) if detail is not None else None
 
 
-def _bulk_detail(items: list[Any]) -> dict[int, Detail]:
-    """Expert and stage events of one frame decoded as two arrays instead of one by one; the
-    items decoded here are removed from `items`. Only the regular case (every event of a kind
-    with one shape, well-formed) takes this path; anything else is left to `decode_event`.
+def _bulk_detail(group: list[Any], code: int, details: dict[int, Detail]) -> list[Any]:
+    """Expert (or stage) events of one frame decoded as one array instead of one by one, into
+    `details`. Only the regular case (every event with one shape, well-formed) takes this path;
+    otherwise the events are returned for `decode_event` to decode, or to say what is wrong.
+    The checks run as builtins over whole columns: per-event Python here costs more than the
+    decoding it saves.
     """
-    details: dict[int, Detail] = {}
-    for code, n_arrays, dtype in ((EXPERTS, 1, "<i4"), (STAGE, 4, "<i8")):
-        group = [it for it in items if type(it) is list and it and it[0] == code]
-        if not group:
-            continue
-        shape = group[0][2]
-        if type(shape) is not list or len(shape) != 2 or any(type(d) is not int or d < 0 for d in shape):
-            continue
-        size = shape[0] * shape[1] * np.dtype(dtype).itemsize
-        regular = all(
-            len(it) >= 3 + n_arrays + (code == STAGE) and type(it[1]) is int and it[2] == shape
-            and all(type(b) is bytes and len(b) == size for b in it[3 : 3 + n_arrays])
-            and (code != STAGE or type(it[7]) is bool)
-            for it in group
-        )
-        if not regular or size * len(group) * n_arrays > MAX_BIN_LEN:
-            continue
-        # One copy for the whole frame: the per-tick arrays are views of it, not of the payload.
-        blob = b"".join(b for it in group for b in it[3 : 3 + n_arrays])
-        arrays = np.frombuffer(blob, dtype).reshape(len(group), n_arrays, *shape)
-        for i, it in enumerate(group):
-            d = details.setdefault(it[1], Detail())
-            if code == EXPERTS:
-                d.experts = arrays[i, 0]
-            else:
-                d.stages = StageEvent(it[1], *arrays[i], modelled=it[7])
-        taken = {id(it) for it in group}
-        items[:] = [it for it in items if id(it) not in taken]
-    return details
+    if not group:
+        return []
+    n_arrays, dtype = (1, "<i4") if code == EXPERTS else (4, "<i8")
+    width = 3 + n_arrays + (code == STAGE)
+    shape = group[0][2] if len(group[0]) > 2 else None
+    if type(shape) is not list or len(shape) != 2 or any(type(d) is not int or d < 0 for d in shape):
+        return group
+    size = shape[0] * shape[1] * np.dtype(dtype).itemsize
+    if min(map(len, group)) < width or size * len(group) * n_arrays > MAX_BIN_LEN:
+        return group
+    ticks = [it[1] for it in group]
+    blobs = [b for it in group for b in it[3 : 3 + n_arrays]]
+    regular = (
+        set(map(type, ticks)) == {int}
+        and all(it[2] == shape for it in group)
+        and set(map(type, blobs)) == {bytes}
+        and set(map(len, blobs)) == {size}
+        and (code != STAGE or set(type(it[7]) for it in group) == {bool})
+    )
+    if not regular:
+        return group
+    # One copy for the whole frame: the per-tick arrays are views of it, not of the payload.
+    arrays = np.frombuffer(b"".join(blobs), dtype).reshape(len(group), n_arrays, *shape)
+    for i, (tick, it) in enumerate(zip(ticks, group)):
+        d = details.setdefault(tick, Detail())
+        if code == EXPERTS:
+            d.experts = arrays[i, 0]
+        else:
+            d.stages = StageEvent(tick, *arrays[i], modelled=it[7])
+    return []
 
 
 class ReplaySource:
@@ -175,7 +201,9 @@ class ReplaySource:
         # hold the last seconds before tick N".
         self._frame_t = np.maximum.accumulate(np.where(entries[:, 3] > 0, entries[:, 5], -1)) if len(entries) else entries[:, 5]
         self._next = 0
-        self._focus = -1
+        self._focus = -1  # the frame of the tick in view, until the latency window before it is read
+        self._near = -1  # the frame of the tick in view, for reading its neighbours' detail ahead
+        self._detailed: OrderedDict[int, None] = OrderedDict()  # frames handed out with detail
         self._lock = threading.Lock()
         self.done = len(entries) == 0
 
@@ -193,6 +221,28 @@ class ReplaySource:
         if frame is not None:
             with self._lock:
                 self._focus = frame
+                self._near = frame
+
+    def _handed_out(self, frame: int) -> bool:
+        """Note that `frame`'s detail goes to the state now; False if it recently went already."""
+        with self._lock:
+            if frame in self._detailed:
+                self._detailed.move_to_end(frame)
+                return False
+            self._detailed[frame] = None
+            while len(self._detailed) > DETAILED_FRAMES:
+                self._detailed.popitem(last=False)
+            return True
+
+    def _neighbour(self) -> int | None:
+        """A frame next to the one in view whose detail the state has not been given lately: the
+        one before first (the latency window wants its rows anyway), then the one after."""
+        with self._lock:
+            near, detailed = self._near, set(self._detailed)
+        for frame in (near - 1, near + 1):
+            if near >= 0 and 0 <= frame < len(self._entries) and self._entries[frame, 3] > 0 and frame not in detailed:
+                return frame
+        return None
 
     def _next_frame(self) -> int | None:
         """The frame to read next: those covering the latency window before the focus, nearest
@@ -211,10 +261,16 @@ class ReplaySource:
             self._next += 1
         return self._next if self._next < len(self._read) else None
 
-    def poll(self) -> list[FrameData]:
+    def poll(self, budget_s: float = POLL_BUDGET_S) -> list[FrameData]:
         out: list[FrameData] = []
-        deadline = time.monotonic() + POLL_BUDGET_S
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + budget_s
+        ahead = self._neighbour()
+        if ahead is not None and self._handed_out(ahead):
+            self._read[ahead] = True
+            data = self._decode(self._loader, ahead, detail=True)
+            if data is not None:
+                out.append(data)
+        while not self.done:
             frame = self._next_frame()
             if frame is None:
                 self.done = True
@@ -223,25 +279,31 @@ class ReplaySource:
             data = self._decode(self._loader, frame, detail=False)
             if data is not None:
                 out.append(data)
+            if time.monotonic() >= deadline:
+                break
         return out
 
-    def fetch(self, tick: int) -> FrameData | None:
+    def fetch(self, tick: int, *, rows: bool = True) -> FrameData | None:
         frame = self._frame_of(tick)
         if frame is None:
             return None
         self._read[frame] = True  # the worker need not read it again
-        return self._decode(self._seeker, frame, detail=True)
+        self._handed_out(frame)
+        data = self._decode(self._seeker, frame, detail=True, requests=rows)
+        return data if data is None or rows else data.detail_only()
 
     def detail(self, tick: int) -> tuple[np.ndarray | None, StageEvent | None] | None:
         return tick_detail(self.fetch(tick), tick)
 
-    def _decode(self, reader: tracer.TraceReader, frame: int, *, detail: bool) -> FrameData | None:
+    def _decode(
+        self, reader: tracer.TraceReader, frame: int, *, detail: bool, requests: bool = True
+    ) -> FrameData | None:
         offset = int(self._entries[frame, 0])
         payload = reader.frame_payload(offset)
         if payload is None:
             return None
         try:
-            return decode_frame(payload, self.header.t0_mono_ns, frame, detail=detail)
+            return decode_frame(payload, self.header.t0_mono_ns, frame, detail=detail, requests=requests)
         except TraceFormatError as exc:
             reader.problems.append(f"undecodable events frame at byte {offset} ({exc.what}): skipped")
             return None
@@ -271,8 +333,8 @@ class LiveSource:
     def layout(self) -> None:
         return None
 
-    def poll(self) -> list[FrameData]:
-        events = self._tail.poll()
+    def poll(self, budget_s: float = POLL_BUDGET_S) -> list[FrameData]:
+        events = self._tail.poll()  # all that was appended: a live view has no backlog to pace
         if self.header is None:
             self.header = self._tail.header
         if not events:
@@ -283,7 +345,7 @@ class LiveSource:
     def focus(self, tick: int) -> None:
         pass  # everything appended is read anyway
 
-    def fetch(self, tick: int) -> FrameData | None:
+    def fetch(self, tick: int, *, rows: bool = True) -> FrameData | None:
         """Detail of an older tick, read through the frames the tail has indexed so far.
 
         Only the detail is returned: the tick rows and requests were appended when first read.
@@ -297,7 +359,7 @@ class LiveSource:
             frame = read_frame(self._file, offset, os.fstat(self._file.fileno()).st_size)
             if frame is None:
                 return None
-            data = decode_frame(frame.payload, self.header.t0_mono_ns, detail=True)
+            data = decode_frame(frame.payload, self.header.t0_mono_ns, detail=True, requests=False)
         except (OSError, TraceFormatError):
             return None  # truncated or replaced under us: the tail reports that
         return data.detail_only()

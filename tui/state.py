@@ -35,6 +35,14 @@ NS = 1e9
 # Rolling window of recording time over which the latency percentiles are taken.
 LATENCY_WINDOW_S = 10.0
 
+# Row ranges of the tick columns changed by recent ingests, kept so a chart's buckets can be
+# brought up to date by redoing only the buckets they touch; a cache older than this log is redone.
+DIRTY_LOG = 256
+
+# Per-tick series derived from the tick columns, kept as columns of their own and updated for the
+# rows each ingest touches (a pass over a million ticks per frame is what made loading stutter).
+DERIVED_COLUMNS = ("throughput", "batch_tokens")
+
 
 class Columns:
     """Growable numpy columns of one dtype, amortised O(1) append."""
@@ -81,6 +89,11 @@ class Columns:
 
     def put(self, rows: slice, block: np.ndarray) -> None:
         self._data[:, rows] = block.T
+
+    def resize(self, size: int) -> None:
+        """Make the columns `size` rows long; rows added hold whatever was there (set them)."""
+        self.reserve(size)
+        self.size = size
 
 
 TICK_COLUMNS = (
@@ -200,6 +213,37 @@ class Series:
     hi: np.ndarray
     cursor_bucket: int  # bucket holding the current tick, -1 when none
     peak: float
+
+
+@dataclass(slots=True)
+class _Buckets:
+    """One chart's buckets as of state version `version`, for a series of `n` ticks."""
+
+    version: int
+    n: int
+    lo: np.ndarray
+    hi: np.ndarray
+    edges: np.ndarray  # first row of each bucket
+    peak: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.peak = peak_of(self.hi)
+
+    def update(self, values: np.ndarray, changed: list[tuple[int, int]]) -> None:
+        """Redo the buckets that hold any of the `changed` row ranges."""
+        if not len(self.edges):
+            return
+        for lo, hi in changed:
+            if hi <= lo:
+                continue
+            first = int(np.searchsorted(self.edges, lo, side="right")) - 1
+            last = int(np.searchsorted(self.edges, hi - 1, side="right")) - 1
+            start = int(self.edges[first])
+            stop = int(self.edges[last + 1]) if last + 1 < len(self.edges) else self.n
+            local = self.edges[first : last + 1] - start
+            self.lo[first : last + 1] = np.fmin.reduceat(values[start:stop], local)
+            self.hi[first : last + 1] = np.fmax.reduceat(values[start:stop], local)
+        self.peak = peak_of(self.hi)
 
 
 @dataclass(slots=True)
@@ -353,9 +397,10 @@ def stage_stats(stages: StageEvent) -> StageStats:
 class DashboardState:
     """Everything ingested so far, queried as of a tick index (0 .. n_ticks-1)."""
 
-    def __init__(self, detail_capacity: int = 4096) -> None:
+    def __init__(self, detail_capacity: int = 8192) -> None:
         self.header: SessionHeader | None = None
         self.ticks = Columns(TICK_COLUMNS, np.float64)
+        self._derived = Columns(DERIVED_COLUMNS, np.float64)
         self.requests = Columns(REQUEST_COLUMNS, np.float64)
         self._request_row: dict[int, int] = {}
         self._token_us: dict[int, np.ndarray] = {}  # request -> µs since arrival, as recorded
@@ -369,9 +414,10 @@ class DashboardState:
         self._frame_row0 = np.zeros(0, dtype=np.int64)
         self._frame_rows = np.zeros(0, dtype=np.int64)
         self._frame_loaded = np.zeros(0, dtype=bool)
-        # Everything derived from the columns is cached until the next ingest changes them.
+        # Each chart's buckets, kept up to date through the log of tick rows changed since.
         self._version = 0
-        self._cache: dict[Any, tuple[int, Any]] = {}
+        self._dirty: list[tuple[int, int, int]] = []  # (version, first row, end row), oldest first
+        self._buckets: dict[tuple[str, int], _Buckets] = {}
 
     # -- ingest ---------------------------------------------------------------------------------
 
@@ -394,7 +440,9 @@ class DashboardState:
         self._frame_loaded = rows == 0  # nothing to wait for in a frame without ticks
         total = int(rows.sum())
         self.ticks.fill(total, np.nan)
+        self._derived.fill(total, np.nan)
         if total == 0:
+            self._changed(0, 0)
             return
         frame = np.repeat(np.arange(len(rows)), rows)
         step = np.arange(total) - self._frame_row0[frame]
@@ -405,7 +453,7 @@ class DashboardState:
         start = (entries[frame, 4] - self.t0_ns + span * step / np.maximum(rows[frame] - 1, 1)) / NS
         self.ticks.col("start_s")[:] = start
         self.ticks.col("end_s")[:] = start
-        self._changed()
+        self._changed(0, total)
 
     def ingest(self, items: Iterable[Any]) -> None:
         """Take events (or FrameData blocks, as sources poll them) in file order; anything else is
@@ -433,14 +481,43 @@ class DashboardState:
             row0, n = int(self._frame_row0[data.frame]), int(self._frame_rows[data.frame])
             ticks = data.ticks[:n]
             self.ticks.put(slice(row0, row0 + len(ticks)), ticks)
+            # The next row's throughput counts from this frame's last tick: it changes too.
+            self._derive(row0, row0 + len(ticks) + 1)
         elif len(data.ticks):
-            self.ticks.extend(data.ticks)
+            rows = self.ticks.extend(data.ticks)
+            self._derived.resize(self.ticks.size)
+            self._derive(rows.start, rows.stop)
         self.marks.extend(data.marks)
         self._apply_requests(data.requests)
-        self._changed()
 
-    def _changed(self) -> None:
+    def _derive(self, lo: int, hi: int) -> None:
+        """Recompute the derived series for tick rows lo..hi-1, and log them as changed.
+
+        Throughput is generated tokens over the time since the previous tick ended (not since
+        this tick started), so the policy's collection wait counts as time spent, which is what
+        a user sees as throughput.
+        """
+        hi = min(hi, self.n_ticks)
+        if hi <= lo:
+            return
+        col = self.ticks.col
+        end = col("end_s")
+        prev = np.empty(hi - lo)
+        if lo == 0:
+            prev[0] = col("start_s")[0] - col("wait_s")[0]
+            prev[1:] = end[: hi - 1]
+        else:
+            prev[:] = end[lo - 1 : hi - 1]
+        span = np.maximum(end[lo:hi] - prev, 1e-9)
+        decode = col("decode_tokens")[lo:hi]
+        self._derived.col("throughput")[lo:hi] = decode / span
+        self._derived.col("batch_tokens")[lo:hi] = col("prefill_tokens")[lo:hi] + decode
+        self._changed(lo, hi)
+
+    def _changed(self, lo: int, hi: int) -> None:
         self._version += 1
+        self._dirty.append((self._version, lo, hi))
+        del self._dirty[:-DIRTY_LOG]
 
     def _put_detail(self, tick: int, detail: Detail) -> None:
         held = self._detail.get(tick)
@@ -540,14 +617,6 @@ class DashboardState:
 
     # -- queries --------------------------------------------------------------------------------
 
-    def _cached(self, key: Any, compute: Any) -> Any:
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] == self._version:
-            return hit[1]
-        value = compute()
-        self._cache[key] = (self._version, value)
-        return value
-
     def tick_number(self, index: int) -> int:
         return int(self.ticks.col("tick")[index])
 
@@ -576,45 +645,30 @@ class DashboardState:
         return {name: float(self.ticks.col(name)[index]) for name in TICK_COLUMNS}
 
     def throughput(self) -> np.ndarray:
-        """Generated tokens per second of each tick, over the time since the previous tick ended.
-
-        Using the previous tick's end (not this tick's start) counts the policy's collection wait
-        as time spent, which is what a user sees as throughput.
-        """
-        return self._cached("throughput", self._throughput)
-
-    def _throughput(self) -> np.ndarray:
-        end = self.ticks.col("end_s")
-        if len(end) == 0:
-            return np.zeros(0)
-        prev = np.empty_like(end)
-        prev[0] = self.ticks.col("start_s")[0] - self.ticks.col("wait_s")[0]
-        prev[1:] = end[:-1]
-        span = np.maximum(end - prev, 1e-9)
-        return self.ticks.col("decode_tokens") / span
+        """Generated tokens per second of each tick, over the time since the previous tick ended."""
+        return self._derived.col("throughput")
 
     def values(self, name: str) -> np.ndarray:
         """A per-tick series: a tick column, "throughput" (tokens/s) or "batch_tokens"."""
-        if name == "throughput":
-            return self.throughput()
-        if name == "batch_tokens":
-            return self._cached(
-                "batch_tokens", lambda: self.ticks.col("prefill_tokens") + self.ticks.col("decode_tokens")
-            )
+        if name in DERIVED_COLUMNS:
+            return self._derived.col(name)
         return self.ticks.col(name)
 
     def series(self, name: str, upto: int, buckets: int) -> Series:
         """`values(name)` bucketed, with the tick at index `upto` marked.
 
-        The buckets only change when the columns do, so playing through a loaded replay costs a
-        search per frame, not a pass over a million ticks.
+        The buckets are kept between frames and only those holding rows changed since are redone,
+        so a frame costs a search, and a frame read in the background the buckets it falls in,
+        not a pass over a million ticks.
         """
-        lo, hi, edges, peak = self._cached(("series", name, buckets), lambda: self._bucketed(name, buckets))
-        return Series(lo, hi, cursor_bucket(edges, upto, self.n_ticks), peak)
-
-    def _bucketed(self, name: str, buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        lo, hi, edges = bucket_bounds(self.values(name), buckets)
-        return lo, hi, edges, peak_of(hi)
+        key = (name, buckets)
+        held = self._buckets.get(key)
+        if held is None or held.n != self.n_ticks or (self._dirty and held.version < self._dirty[0][0] - 1):
+            held = self._buckets[key] = _Buckets(self._version, self.n_ticks, *bucket_bounds(self.values(name), buckets))
+        elif held.version < self._version:
+            held.update(self.values(name), [(lo, hi) for v, lo, hi in self._dirty if v > held.version])
+            held.version = self._version
+        return Series(held.lo, held.hi, cursor_bucket(held.edges, upto, self.n_ticks), held.peak)
 
     def mean_throughput(self, upto: int, window_s: float = LATENCY_WINDOW_S) -> float:
         """Generated tokens per second over the window ending at tick `upto` (ticks read so far)."""
@@ -667,19 +721,22 @@ class DashboardState:
             "arrived": int((self.requests.col("arrive_s") <= t).sum()),
         }
 
-    def _arrival_order(self) -> tuple[np.ndarray, np.ndarray]:
-        """Request rows by arrival, and their arrival times (sorted once per change, not per frame)."""
-        arrive = self.requests.col("arrive_s")
-        order = np.argsort(arrive, kind="stable")  # NaN (never arrived) sorts last
-        return order, arrive[order]
-
     def recent_requests(self, upto: int, limit: int) -> list[RequestRow]:
-        """The `limit` most recently arrived requests, each as it stood at tick `upto`."""
+        """The `limit` most recently arrived requests, each as it stood at tick `upto` (latest
+        first; of two that arrived together, the one seen later first).
+
+        Only the requests of the last latency window are sorted (all of them when that window
+        holds too few): a sort of every request would be redone after every frame read.
+        """
         t = self.time_at(upto)
-        order, arrived = self._cached("arrival_order", self._arrival_order)
-        k = int(np.searchsorted(arrived, t, side="right"))
-        rows = order[max(k - limit, 0) : k][::-1]
-        return [self._request_as_of(int(r), t) for r in rows]
+        arrive = self.requests.col("arrive_s")
+        with np.errstate(invalid="ignore"):
+            arrived = arrive <= t
+            rows = np.flatnonzero(arrived & (arrive > t - LATENCY_WINDOW_S))
+            if len(rows) < limit:
+                rows = np.flatnonzero(arrived)
+        latest = rows[np.argsort(arrive[rows], kind="stable")][::-1][:limit]
+        return [self._request_as_of(int(r), t) for r in latest]
 
     def _request_as_of(self, row: int, t: float) -> RequestRow:
         c = {name: float(self.requests.col(name)[row]) for name in REQUEST_COLUMNS}

@@ -11,9 +11,7 @@ HTTP front. Request ids are the client's; the server numbers requests in the ord
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +24,7 @@ from tracer.writer import TraceWriter
 from workloads.http_target import HttpTarget
 from workloads.loadgen import LoadResult, Progress, run_load
 from workloads.run import RecordingPlan, RecordingResult, software_versions
+from workloads.signals import stop_on_signals
 from workloads.spec import WorkloadSpec, load_workload
 from workloads.tokenizer import BYTE_TOKENS
 
@@ -85,18 +84,9 @@ async def _drive(target: str, card: dict[str, Any], spec: WorkloadSpec, writer: 
     # Servers that do not say their vocabulary still take every byte-level id.
     vocab = card.get("vocab_size")
     vocab_size = vocab if type(vocab) is int and vocab > 0 else BYTE_TOKENS
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        # only the main thread may own signals; elsewhere the run ends with its workload
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-            handled.append(signum)
     try:
-        return await run_load(http, spec, writer, vocab_size=vocab_size, duration_s=duration_s,
-                              on_progress=on_progress, stop=stop)
+        with stop_on_signals() as stop:
+            return await run_load(http, spec, writer, vocab_size=vocab_size, duration_s=duration_s,
+                                  on_progress=on_progress, stop=stop)
     finally:
         await http.aclose()
-        for signum in handled:
-            loop.remove_signal_handler(signum)

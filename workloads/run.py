@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import os
 import platform
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from engine.scheduler import SchedulerConfig
 from tracer.events import SessionHeader
 from tracer.writer import TraceWriter
 from workloads.loadgen import LoadResult, Progress, run_load
+from workloads.signals import stop_on_signals
 from workloads.spec import WorkloadSpec, load_workload
 
 # How often the run checks that the engine's thread is still alive.
@@ -139,27 +139,18 @@ async def _drive(
     duration_s: float | None,
     on_progress: Callable[[Progress], None] | None,
 ) -> LoadResult:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        # Only the main thread may own signals; a recording started elsewhere stops by `stop`.
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-            handled.append(signum)
-    watchdog = asyncio.create_task(_watch(engine, stop))
-    try:
-        return await run_load(
-            engine, spec, writer,
-            vocab_size=engine.model_cfg.vocab_size,
-            duration_s=duration_s,
-            on_progress=on_progress,
-            stop=stop,
-        )
-    finally:
-        watchdog.cancel()
-        for signum in handled:
-            loop.remove_signal_handler(signum)
+    with stop_on_signals() as stop:
+        watchdog = asyncio.create_task(_watch(engine, stop))
+        try:
+            return await run_load(
+                engine, spec, writer,
+                vocab_size=engine.model_cfg.vocab_size,
+                duration_s=duration_s,
+                on_progress=on_progress,
+                stop=stop,
+            )
+        finally:
+            watchdog.cancel()
 
 
 async def _watch(engine: Engine, stop: asyncio.Event) -> None:

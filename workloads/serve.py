@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from workloads.openai_api import (
     usage_chunk,
 )
 from workloads.run import leave_a_core_free, software_versions
+from workloads.signals import stop_on_signals
 from workloads.spec import load_workload
 from workloads.stream import StreamingSink
 from workloads.tokenizer import ByteTokenizer
@@ -295,10 +295,7 @@ def serve(plan: ServePlan, on_ready: Callable[[str], None] | None = None) -> Ser
     server = Server(plan)
 
     async def main() -> ServeResult:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        return await server.run(stop, on_ready)
+        with stop_on_signals() as stop:
+            return await server.run(stop, on_ready)
 
     return asyncio.run(main())

@@ -57,6 +57,21 @@ preemptions and the end. In a long replay, columns drawn as dots are ticks not r
 | q | quit |
 
 The mouse works too: the buttons and the scrubber under the panels.
+
+## Compare (`tickscope compare A B`)
+
+Both recordings side by side on one clock, each with every panel above; the delta table states
+the differences over the whole recordings (so far, for one still being written: it is followed
+as live mode follows a file).
+
+| key | does |
+|---|---|
+| t | align by time since start, or by tick |
+| d | show / hide the delta table |
+| p | which panels a side shows when not all fit: heatmap, latency, requests, stages |
+| Tab | focus side A or B (or click it) |
+| m | add a mark at the focused side's current tick (side A when neither has focus) |
+| [ ] | previous / next mark of either recording (◆ on the scrubber: A cyan, B magenta) |
 """
 
 

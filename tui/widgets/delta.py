@@ -9,6 +9,15 @@ from textual.widgets import Static
 from tracer.compare import Comparison, ConfigDifference, delta_table, format_config_value
 from tui.widgets.panel import Panel
 
+# A value in the one-line list of differences: long ones (a workload's description) would push
+# every other difference off the line.
+DIFF_VALUE_CHARS = 24
+
+
+def _short(value: object) -> str:
+    text = format_config_value(value)
+    return text if len(text) <= DIFF_VALUE_CHARS else text[: DIFF_VALUE_CHARS - 1] + "…"
+
 
 def differences_text(diffs: tuple[ConfigDifference, ...]) -> Text:
     """"differs: scheduler.window_ms 5 → 200 · workload.name a → b" (or "same configuration")."""
@@ -21,7 +30,7 @@ def differences_text(diffs: tuple[ConfigDifference, ...]) -> Text:
         if i:
             text.append(" · ", style="dim")
         text.append(d.key, style="bold")
-        text.append(f" {format_config_value(d.a)} → {format_config_value(d.b)}")
+        text.append(f" {_short(d.a)} → {_short(d.b)}")
     return text
 
 
@@ -49,4 +58,6 @@ class DeltaPanel(Panel, Static):
             return
         tally = comparison.tally()
         self.border_subtitle = f"B better on {tally['B']}, A on {tally['A']}, even {tally['even']}"
-        self.update(delta_table(comparison))
+        table = delta_table(comparison)
+        table.show_edge = False  # the panel's border frames it: two more rows for the sides
+        self.update(table)

@@ -59,4 +59,9 @@ class LinesWidget(Panel, Widget):
         width = self.size.width
         if y >= len(self._lines):
             return Strip.blank(width, self.rich_style)
-        return self._lines[y].crop_extend(0, width, self.rich_style)
+        line = self._lines[y]
+        if line.cell_length == width:
+            # As it is: crop_extend would keep the strip in its own cache, one more cycle for the
+            # garbage collector per line per frame.
+            return line
+        return line.crop_extend(0, width, self.rich_style)
