@@ -81,6 +81,8 @@ def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["summary", "missing.msgpack"], "no such file: missing.msgpack"),
         (["summary", "not-a-trace.msgpack"], "not a tickscope trace"),
         (["replay", "not-a-trace.msgpack"], "not a tickscope trace"),
+        (["live", "not-a-trace.msgpack"], "not a tickscope trace"),
+        (["live", "."], "is a directory"),
         (["record", "--preset", "huge", "--out", "x.msgpack"], "unknown preset 'huge'"),
         (["record", "--workload", "nope", "--out", "x.msgpack"], "unknown workload 'nope'"),
         (["record", "--duration", "-1", "--out", "x.msgpack"], "must be a positive number of seconds"),

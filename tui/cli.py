@@ -310,8 +310,24 @@ def _wait_for_file(path: Path, child: subprocess.Popen) -> None:
 def cmd_live(args: argparse.Namespace) -> int:
     from tui.app import run_dashboard
 
-    run_dashboard(str(Path(args.file)), "live")
+    path = Path(args.file)
+    _check_followable(path)
+    run_dashboard(str(path), "live")
     return 0
+
+
+def _check_followable(path: Path) -> None:
+    """A file that does not exist yet may be a recording about to start, so live mode waits for
+    it; a directory, or a file that already starts with something other than a trace, is a mistake."""
+    from tracer.framing import MAGIC
+
+    if path.is_dir():
+        raise CommandError(f"{path} is a directory, not a trace file")
+    if path.exists():
+        with path.open("rb") as f:
+            start = f.read(len(MAGIC))
+        if start != MAGIC[: len(start)]:
+            raise CommandError(f"{path}: not a tickscope trace (bad magic) at byte 0")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
