@@ -6,8 +6,10 @@ bounded for hostile ones.
 """
 
 MAX_FRAME_BYTES = 16 << 20  # one frame's payload
-TARGET_FRAME_BYTES = 1 << 20  # the writer starts a new frame past this many payload bytes
-MAX_EVENTS_PER_FRAME = 4096  # the writer's batch; readers accept up to MAX_CONTAINER_LEN
+# A reader seeking to a tick decodes the whole frame holding it: frames this small keep that a few
+# milliseconds (the dashboard does it between two screen refreshes).
+TARGET_FRAME_BYTES = 256 << 10  # the writer starts a new frame past this many payload bytes
+MAX_EVENTS_PER_FRAME = 1024  # the writer's batch; readers accept up to MAX_CONTAINER_LEN
 MAX_CONTAINER_LEN = 1 << 16  # any msgpack array or map
 MAX_STR_LEN = 1 << 16  # any msgpack string (config values, reasons, marks)
 MAX_TEXT_CHARS = MAX_STR_LEN // 4  # the writer cuts event text here: UTF-8 takes up to 4 bytes a char

@@ -36,9 +36,9 @@ from tui.state import LATENCY_WINDOW_S, TICK_COLUMNS, Detail, FrameData, frame_f
 # (and stays responsive while a million-tick file loads).
 POLL_BUDGET_S = 0.05
 
-# Frames whose detail was handed to the state recently, so not decoded again for it: about what
-# the state's detail cache holds (the current frame, its neighbours, and one being left).
-DETAILED_FRAMES = 4
+# Frames whose detail was handed to the state recently, so not decoded again for it: fewer than
+# the state's detail cache holds (the current frame, its neighbours, a heatmap span's worth).
+DETAILED_FRAMES = 8
 
 # A live file that has not grown for this long is shown as idle.
 IDLE_AFTER_S = 2.0
