@@ -26,7 +26,8 @@ from engine.pipeline import (
 )
 from engine.scheduler import SchedulerConfig
 from engine.stage_wire import decode_tick, encode_tick
-from tui.cli import _plan_from_args, build_parser
+from tui.cli import build_parser
+from tui.cli.options import plan_from_args
 
 
 def test_balance_minimises_the_heaviest_stage():
@@ -89,7 +90,7 @@ def test_micro_batches_survive_the_wire():
 def test_pipeline_flags_reach_the_scheduler_config():
     args = build_parser().parse_args(["record", "--out", "x.msgpack", "--stage-layers", "3,1", "--micro-batch-size", "4",
                                       "--distributed"])
-    plan = _plan_from_args(args, args.out, None)
+    plan = plan_from_args(args, args.out, None)
     assert plan.distributed
     assert plan.scheduler_overrides == {"stages": 2, "stage_layers": (3, 1), "micro_batch_size": 4}
     with pytest.raises(SystemExit):  # a count and a size of micro-batches contradict each other

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from engine.config import ModelConfig, get_preset
+from engine.config import ModelConfig, check_fits, get_preset
 from engine.engine import Engine, resolve_device
 from engine.launch import launch_stages
 from engine.scheduler import SchedulerConfig
@@ -69,6 +69,7 @@ def prepare(plan: RecordingPlan) -> tuple[ModelConfig, SchedulerConfig, Workload
     model_cfg = get_preset(plan.preset, **plan.model_overrides)
     sched_cfg = SchedulerConfig(**{**spec.scheduler.overrides(), **plan.scheduler_overrides})
     sched_cfg.validate()
+    check_fits(model_cfg, resolve_device(plan.device), sched_cfg.kv_capacity_tokens)
     return model_cfg, sched_cfg, spec
 
 

@@ -1,0 +1,116 @@
+"""The `tickscope` command line: one verb per job.
+
+Heavy imports (torch, textual, polars) happen inside each verb, so `tickscope summary` does not
+pay for the engine and `--help` answers at once. Every user error ends as one line on stderr and
+exit code 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from tui.cli.options import (
+    DISTRIBUTED_HELP,
+    CommandError,
+    Parser,
+    add_recording_options,
+    non_negative_ms,
+    number_list,
+    positive_int,
+    positive_seconds,
+)
+from tui.cli.reading import cmd_compare, cmd_export, cmd_live, cmd_replay, cmd_summary
+from tui.cli.recording import cmd_demo, cmd_record, cmd_serve
+from tui.cli.sweep import cmd_sweep
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="tickscope", description="Record, watch and compare how a Mixture-of-Experts model is served, tick by tick.")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=Parser, metavar="VERB")
+
+    def verb(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = verbs.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = verb("demo", cmd_demo, "record the tiny engine on this machine's best device and watch it live")
+    add_recording_options(p, workload="demo")
+    p.add_argument("--distributed", action="store_true", help=DISTRIBUTED_HELP)
+    p.add_argument("--duration", type=positive_seconds, help="stop recording after this many seconds (default: until you quit)")
+    p.add_argument("--out", help="trace file (default: tickscope-demo-DATE-TIME.msgpack here)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+    p = verb("record", cmd_record, "record a session headless to a trace file")
+    add_recording_options(p, workload="smoke")
+    p.add_argument("--distributed", action="store_true", help=DISTRIBUTED_HELP)
+    p.add_argument("--duration", type=positive_seconds, help="seconds to run (default: the workload's; Ctrl-C stops cleanly)")
+    p.add_argument("--out", required=True, help="trace file to write (.msgpack)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--target", metavar="URL", help="drive a running `tickscope serve` (or any OpenAI-compatible server) at URL over HTTP; --out then gets the client-side trace")
+
+    p = verb("serve", cmd_serve, "serve an OpenAI-compatible /v1/completions on the engine, tracing every tick")
+    add_recording_options(p, workload=None)
+    p.add_argument("--trace", required=True, help="trace file to write (.msgpack)")
+    p.add_argument("--force", action="store_true", help="replace --trace if it exists")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
+    p.add_argument("--model-name", default="tickscope", help="the model id clients ask for (default: tickscope)")
+
+    p = verb("live", cmd_live, "follow a trace that is being written")
+    p.add_argument("file")
+
+    p = verb("replay", cmd_replay, "replay a recorded trace in the dashboard")
+    p.add_argument("file")
+
+    p = verb("compare", cmd_compare, "two recordings side by side, or a report of how they differ")
+    p.add_argument("a", help="trace A (the baseline)")
+    p.add_argument("b", help="trace B")
+    p.add_argument("--report", metavar="DIR", help="write DIR/report.md and PNG figures instead of opening the dashboard")
+    p.add_argument("--align", choices=["time", "tick"], default="time", help="dashboard: align by time since start or by tick (default: time; `t` toggles)")
+
+    p = verb("sweep", cmd_sweep, "record a grid of collection windows (x max sequences), then a table and a throughput-latency plot")
+    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--workload", required=True, help="workload preset name or TOML file")
+    p.add_argument("--window", type=number_list(non_negative_ms), required=True, help="collection windows in ms, e.g. 0,5,20,50,200 (0 = continuous batching)")
+    p.add_argument("--max-seqs", type=number_list(positive_int), help="max sequences per tick, e.g. 32,128 (default: the workload's)")
+    p.add_argument("--duration", type=positive_seconds, help="seconds per grid point (default: the workload's)")
+    p.add_argument("--out", required=True, help="directory for the traces (w5_s32.msgpack, ...) and sweep.png")
+    p.add_argument("--layers", type=positive_int, help="decoder layers (default: the preset's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the engine runs (default: the best present)")
+    p.add_argument("--seed", type=int, help="seed for the weights and the load (default: as record)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = verb("summary", cmd_summary, "print a recording's figures")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    p.add_argument("--compact", action="store_true", help="with --json: on one line")
+
+    p = verb("export", cmd_export, "export a trace for other tools")
+    p.add_argument("file")
+    p.add_argument("--to", required=True, choices=["perfetto", "parquet", "csv"], help="perfetto: one JSON file; parquet, csv: a directory")
+    p.add_argument("out", help="output file (perfetto) or directory (parquet, csv)")
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from tracer import TraceFormatError
+    from workloads.errors import ConfigError
+
+    return (CommandError, ConfigError, TraceFormatError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except _user_errors() as error:
+        print(f"tickscope {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:
+        print(f"tickscope {args.verb}: error: no such file: {error.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

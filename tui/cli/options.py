@@ -1,0 +1,152 @@
+"""Argument types, shared options and the checks every verb makes before it touches a file."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Callable, NoReturn
+
+class CommandError(Exception):
+    """A mistake in how the command was called."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _checked(convert: Callable[[str], float], noun: str, ok: Callable[[float], bool], must: str) -> Callable[[str], float]:
+    """An argparse type: `convert` the text, then insist on `ok`, saying what was wrong."""
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
+        return value
+
+    return parse
+
+
+positive_seconds = _checked(float, "a number of seconds", lambda v: v > 0, "a positive number of seconds")
+
+
+non_negative_ms = _checked(float, "a number of milliseconds", lambda v: v >= 0, "zero or more milliseconds")
+
+
+positive_int = _checked(int, "a whole number", lambda v: v > 0, "a positive whole number")
+
+
+def number_list(convert: Callable[[str], float]) -> Callable[[str], list[float]]:
+    """A comma-separated list of values each checked by `convert` (one of the checkers above)."""
+
+    def parse(text: str) -> list[float]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        values = [convert(item) for item in items]
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"a value appears twice in {text!r}")
+        return values
+
+    return parse
+
+
+def existing_trace(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise CommandError(f"no such file: {path}")
+    if p.is_dir():
+        raise CommandError(f"{path} is a directory, not a trace file")
+    return p
+
+
+def check_out(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise CommandError(f"{out} already exists; pick another --out or pass --force to replace it")
+    if out.is_dir():
+        raise CommandError(f"{out} is a directory; --out takes a file name")
+    if not out.parent.exists():
+        raise CommandError(f"directory {out.parent} does not exist")
+
+
+def check_followable(path: Path) -> None:
+    """A file that does not exist yet may be a recording about to start, so live mode waits for
+    it; a directory, or a file that already starts with something other than a trace, is a mistake."""
+    from tracer.framing import MAGIC
+
+    if path.is_dir():
+        raise CommandError(f"{path} is a directory, not a trace file")
+    if path.exists():
+        with path.open("rb") as f:
+            start = f.read(len(MAGIC))
+        if start != MAGIC[: len(start)]:
+            raise CommandError(f"{path}: not a tickscope trace (bad magic) at byte 0")
+
+
+def add_recording_options(p: argparse.ArgumentParser, *, workload: str | None) -> None:
+    p.add_argument("--preset", default="tiny", help="model preset: tiny, ds2-lite, v3-slice (default: tiny)")
+    default = f"default: {workload}" if workload else "only its [scheduler] knobs are used; default: the engine's"
+    p.add_argument("--workload", default=workload, help=f"workload preset name or TOML file ({default})")
+    p.add_argument("--layers", type=positive_int, help="decoder layers (default: the preset's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the engine runs (default: the best present)")
+    p.add_argument("--seed", type=int, help="seed for the weights and the load (default: weights from 0, load from the workload)")
+    p.add_argument("--policy", choices=["continuous", "window", "static"], help="scheduler policy (overrides the workload's)")
+    p.add_argument("--window-ms", type=non_negative_ms, help="collection window in ms (overrides the workload's)")
+    p.add_argument("--max-seqs", type=positive_int, help="max sequences per tick (overrides the workload's)")
+    p.add_argument("--max-tokens", type=positive_int, help="max tokens per tick (overrides the workload's)")
+    p.add_argument("--stages", type=positive_int, help="pipeline stages the layers are split into, balanced by weight bytes (default: 1)")
+    p.add_argument("--stage-layers", type=stage_layers, metavar="N,N,...", help="layers of each stage, first to last, e.g. 3,3,2 (sets --stages)")
+    batching = p.add_mutually_exclusive_group()
+    batching.add_argument("--micro-batches", type=positive_int, metavar="M", help="micro-batches each tick's batch is split into (default: 1)")
+    batching.add_argument("--micro-batch-size", type=positive_int, metavar="N", help="sequences per micro-batch: the count follows the batch")
+
+
+def stage_layers(text: str) -> tuple[int, ...]:
+    from engine.pipeline import parse_stage_layers
+    from workloads.errors import ConfigError
+
+    try:
+        return parse_stage_layers(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+DISTRIBUTED_HELP = ("run each of the --stages in its own process on torch.distributed (gloo on the CPU, NCCL "
+                     "with a GPU per rank); spawns the ranks, or joins a torchrun job")
+
+
+# flags that set the engine's pipeline, as SchedulerConfig fields
+PIPELINE_FLAGS = ("stages", "stage_layers", "micro_batches", "micro_batch_size")
+
+
+def plan_from_args(args: argparse.Namespace, out: Path, duration_s: float | None):
+    from workloads.run import RecordingPlan
+
+    overrides = {
+        key: value
+        for key, value in (
+            ("policy", args.policy),
+            ("window_ms", args.window_ms),
+            ("max_seqs", args.max_seqs),
+            ("max_tokens", args.max_tokens),
+            *((flag, getattr(args, flag)) for flag in PIPELINE_FLAGS),
+        )
+        if value is not None
+    }
+    if args.stage_layers and args.stages is None:
+        overrides["stages"] = len(args.stage_layers)
+    return RecordingPlan(
+        preset=args.preset,
+        workload=args.workload,
+        out=out,
+        duration_s=duration_s,
+        device=args.device,
+        seed=args.seed,
+        scheduler_overrides=overrides,
+        model_overrides={"layers": args.layers} if args.layers else {},
+        distributed=getattr(args, "distributed", False),
+    )

@@ -1,0 +1,89 @@
+"""The verbs that read traces: live, replay, summary, export and compare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tui.cli.options import CommandError, check_followable, existing_trace
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from tui.app import run_dashboard
+
+    path = Path(args.file)
+    check_followable(path)
+    run_dashboard(str(path), "live")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tui.app import run_dashboard
+
+    path = existing_trace(args.file)
+    import tracer
+
+    tracer.open_trace(path)  # refuse a non-trace before the terminal is taken over
+    run_dashboard(str(path), "replay")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    import tracer
+
+    path = existing_trace(args.file)
+    trace = tracer.load(path)
+    summary = tracer.summarize(trace)
+    if args.json:
+        print(json.dumps(summary, indent=None if args.compact else 2))
+    else:
+        from rich.console import Console
+
+        Console().print(tracer.summary_table(summary, title=str(path)))
+    for problem in trace.problems:
+        print(f"tickscope: warning: {path}: {problem}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import tracer
+
+    path = existing_trace(args.file)
+    trace = tracer.load(path)
+    out = Path(args.out)
+    if args.to == "perfetto":
+        tracer.export_perfetto(trace, out)
+    elif args.to == "parquet":
+        tracer.export_parquet(trace, out)
+    else:
+        tracer.export_csv(trace, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import tracer
+
+    a, b = existing_trace(args.a), existing_trace(args.b)
+    if args.report is None:
+        from tui.compare_app import run_compare
+
+        run_compare(str(a), str(b), align=args.align)
+        return 0
+    from rich.console import Console
+
+    from tracer.compare import delta_table
+    from tracer.report import write_report
+
+    out = Path(args.report)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"{out} is a file; --report takes a directory")
+    traces = tracer.load(a), tracer.load(b)
+    report = write_report(*traces, out)
+    Console().print(delta_table(report.comparison, title=f"A {report.comparison.a_name} vs B {report.comparison.b_name}"))
+    for path, trace in zip((a, b), traces):
+        for problem in trace.problems:
+            print(f"tickscope: warning: {path}: {problem}", file=sys.stderr)
+    print(f"wrote {report.markdown} and {len(report.images)} figures")
+    return 0

@@ -1,0 +1,173 @@
+"""The verbs that run the engine: record, serve and demo."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tui.cli.options import PIPELINE_FLAGS, CommandError, check_out, plan_from_args
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from workloads.run import Recording
+
+    if args.distributed and _torchrun_worker():
+        return _serve_stage(args)
+    out = Path(args.out)
+    check_out(out, args.force)
+    plan = plan_from_args(args, out, args.duration)
+    if args.target:
+        from workloads.remote import record_remote
+
+        _check_target_options(args)
+        run = functools.partial(record_remote, plan, args.target)
+    else:
+        run = Recording(plan).run
+    console = Console(stderr=True)
+
+    if args.quiet:
+        result = run()
+    else:
+        columns = [
+            SpinnerColumn(),
+            TextColumn(f"recording [bold]{out}[/]"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[done]} requests done"),
+            TextColumn("{task.fields[tok_s]:,.0f} tok/s"),
+        ]
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("record", total=plan.duration_s, done=0, tok_s=0.0)
+
+            def on_progress(stats) -> None:
+                progress.update(task, completed=stats.elapsed_s, done=stats.finished, tok_s=stats.tokens_per_s)
+
+            result = run(on_progress)
+    if not args.quiet and args.target:
+        console.print(
+            f"[green]wrote[/] {out} (client side; the server's trace holds the ticks): "
+            f"{result.requests_finished} of {result.requests_submitted} requests finished, "
+            f"{result.tokens_generated} tokens" + (" (interrupted)" if result.interrupted else "")
+        )
+    elif not args.quiet:
+        console.print(
+            f"[green]wrote[/] {out}: {result.ticks} ticks, {result.requests_finished} of "
+            f"{result.requests_submitted} requests finished, {result.tokens_generated} tokens"
+            + (" (interrupted)" if result.interrupted else "")
+        )
+    return 0
+
+
+def _torchrun_worker() -> bool:
+    """Whether torchrun started this process as a rank other than 0 (which serves a stage, no trace)."""
+    from engine.distributed import torchrun_env
+
+    env = torchrun_env()
+    return env is not None and env[0] != 0
+
+
+def _serve_stage(args: argparse.Namespace) -> int:
+    from workloads.distributed_run import serve_rank
+
+    serve_rank(plan_from_args(args, Path(args.out), args.duration))
+    return 0
+
+
+def _check_target_options(args: argparse.Namespace) -> None:
+    """With --target the engine is the server's: its knobs are set where it is served."""
+    engine_flags = ("layers", "policy", "window_ms", "max_seqs", "max_tokens", *PIPELINE_FLAGS)
+    given = [flag for flag in engine_flags if getattr(args, flag) is not None]
+    if args.distributed:
+        raise CommandError("--distributed runs the engine's stages here; it cannot be combined with --target")
+    if given:
+        flag = given[0].replace("_", "-")
+        raise CommandError(f"--{flag} configures an engine; with --target pass it to `tickscope serve` instead")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from workloads.serve import ServePlan, serve
+
+    trace = Path(args.trace)
+    check_out(trace, args.force)
+    knobs = plan_from_args(args, trace, None)
+    plan = ServePlan(
+        trace=trace, preset=knobs.preset, workload=knobs.workload, host=args.host, port=args.port,
+        device=knobs.device, seed=knobs.seed, model_name=args.model_name,
+        scheduler_overrides=knobs.scheduler_overrides, model_overrides=knobs.model_overrides,
+    )
+
+    def on_ready(url: str) -> None:
+        # the URL on stdout, flushed: a script that asked for --port 0 reads the port from it
+        print(f"serving {url}/v1 (model '{plan.model_name}'), tracing to {trace}; Ctrl-C stops", flush=True)
+
+    result = serve(plan, on_ready)
+    print(f"wrote {trace}: {result.ticks} ticks, {result.finished} of {result.requests} requests finished "
+          f"({result.rejected} rejected, {result.cancelled} cancelled), {result.tokens_generated} tokens")
+    return 0
+
+
+def _demo_path() -> Path:
+    return Path(f"tickscope-demo-{time.strftime('%Y%m%d-%H%M%S')}.msgpack")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Record in a child process and follow its trace: the same path as watching any recording."""
+    from tui.app import run_dashboard
+    from workloads.run import prepare
+
+    out = Path(args.out) if args.out else _demo_path()
+    check_out(out, args.force)
+    prepare(plan_from_args(args, out, args.duration))  # a bad flag is said here, not in the child's log
+    command = [sys.executable, "-m", "tui.cli", "record", "--quiet", "--out", str(out)]
+    for flag in ("preset", "workload", "layers", "device", "seed", "policy", "window_ms", "max_seqs", "max_tokens",
+                 *PIPELINE_FLAGS):
+        value = getattr(args, flag)
+        if value is not None:
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            command += [f"--{flag.replace('_', '-')}", text]
+    if args.distributed:
+        command.append("--distributed")
+    if args.duration:
+        command += ["--duration", str(args.duration)]
+    log_path = out.with_suffix(out.suffix + ".log")
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+    try:
+        if _wait_for_file(out, child):
+            run_dashboard(str(out), "live")
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    message = log_path.read_text(errors="replace").strip()
+    if child.returncode not in (0, -signal.SIGINT, 130):
+        last = message.splitlines()[-1] if message else f"exit code {child.returncode}"
+        print(f"tickscope demo: error: the recording stopped: {last} (full log: {log_path})", file=sys.stderr)
+        return 1
+    log_path.unlink(missing_ok=True)
+    print(f"trace written to {out}")
+    return 0
+
+
+def _wait_for_file(path: Path, child: subprocess.Popen) -> bool:
+    """Whether the recording created its trace: the dashboard could follow a file that is not there
+    yet, but a child that failed before creating it should say why at once."""
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        if child.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            raise CommandError(f"the recording did not create {path} within 120 s")
+        time.sleep(0.05)
+    return True
