@@ -286,14 +286,21 @@ def test_a_replay_reads_its_frames_through_the_index_the_current_one_first(tmp_p
         source.focus(1500)
         first = source.poll()  # the frames before the current one come next: the latency window
         assert first and first[0].frame == fetched.frame - 1
+        charts = ("throughput", "batch_tokens", "seqs")
         for data in first:
             state.ingest_frame(data)
         while not source.done:
             for data in source.poll():
                 state.ingest_frame(data)
+                for name in charts:  # the buckets follow each frame read, bucket by bucket
+                    state.series(name, 0, 37)
         assert state.loaded_share == 1
-        for name in ("tick", "end_s", "seqs", "decode_tokens", "queue_depth"):
+        for name in ("tick", "end_s", "seqs", "decode_tokens", "queue_depth", "throughput", "batch_tokens"):
             assert np.array_equal(state.values(name), whole.values(name)), name
+        for name in charts:
+            kept, fresh = state.series(name, 1999, 37), whole.series(name, 1999, 37)
+            assert np.array_equal(kept.lo, fresh.lo) and np.array_equal(kept.hi, fresh.hi), name
+            assert kept.peak == fresh.peak and kept.cursor_bucket == fresh.cursor_bucket == 36
         assert state.counters(1999) == whole.counters(1999)
         assert state.recent_requests(1999, 10) == whole.recent_requests(1999, 10)
     finally:

@@ -1,12 +1,20 @@
-"""How the main screen looks on a deterministic recording, at the smallest and a roomy size."""
+"""How the main screen looks, at the smallest and a roomy size: on a sample trace shipped in
+`traces/` (a real CPU recording) and on a deterministic synthetic one (which has the pipeline
+stages and marks the samples lack). Nothing on the main screen depends on the wall clock: times
+are seconds since the recording's start."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 import tui_synth
 from tui.app import TickscopeApp
 from tui.source import ReplaySource
+
+SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+SAMPLE = Path(__file__).resolve().parent.parent / "traces" / "tiny-article-5ms.msgpack"
 
 
 @pytest.fixture
@@ -17,18 +25,28 @@ def trace(tmp_path) -> str:
     return path
 
 
-async def at_tick_60(pilot) -> None:
-    app = pilot.app
-    for _ in range(300):
-        if app.status == "loaded":
-            break
-        await pilot.pause(0.02)
-    await pilot.press("g", *"60", "enter")
-    await pilot.pause()
-    await pilot.wait_for_scheduled_animations()
+def at_tick(tick: int):
+    async def run_before(pilot) -> None:
+        app = pilot.app
+        for _ in range(500):
+            if app.status == "loaded":
+                break
+            await pilot.pause(0.02)
+        await pilot.press("g", *str(tick), "enter")
+        await pilot.pause()
+        await pilot.wait_for_scheduled_animations()
+
+    return run_before
 
 
-@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+@SIZES
 def test_main_screen(snap_compare, trace, size):
     app = TickscopeApp(ReplaySource(trace), "replay", autoplay=False)
-    assert snap_compare(app, terminal_size=size, run_before=at_tick_60)
+    assert snap_compare(app, terminal_size=size, run_before=at_tick(60))
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="the sample trace is not in this checkout")
+@SIZES
+def test_main_screen_on_a_sample_trace(snap_compare, size):
+    app = TickscopeApp(ReplaySource(SAMPLE), "replay", autoplay=False)
+    assert snap_compare(app, terminal_size=size, run_before=at_tick(1500))

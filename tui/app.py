@@ -11,7 +11,7 @@ from typing import Callable
 from textual import work
 from textual.app import App
 from textual.binding import Binding
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
@@ -36,12 +36,14 @@ POLL_S = 0.1  # live: how often an unchanged file is polled again (lag stays und
 HEAT_SPANS = (1, 10, 100, 1000)  # ticks the heatmap can average over
 CHUNKS_IN_FLIGHT = 2  # back-pressure: polls read but not yet ingested by the UI thread
 BUSY_S = 0.5  # after a seek or step, the background loader holds back for this long
-# Textual's strips hold themselves in their own caches, so every frame leaves cyclic garbage that
-# only a full collection frees; with the default thresholds full collections came several times a
-# second and walked every object of the app (~100k: modules, widgets), 50-100 ms each, mid-frame.
-# The app freezes what exists once it is mounted, so full collections walk only what came since,
-# and takes a larger young generation, so most of a frame's garbage dies young. Both undone on exit.
-GC_THRESHOLDS = (20_000, 10, 10)
+# Textual's strips hold themselves in their own caches, so every frame leaves cyclic garbage; with
+# the default thresholds it outlived the young generations, and full collections came several
+# times a second, each walking every object of the app (~100k: modules, widgets) for 50-100 ms,
+# mid-frame. The app freezes what exists once it is mounted, so a full collection walks only what
+# came since, and collects young garbage less often, so most of a frame's garbage dies young (a
+# young generation much larger than this makes each young collection itself take 10-25 ms).
+# Both are undone on exit.
+GC_THRESHOLDS = (5_000, 5, 10)
 BAD_STATES = {"truncated": "the trace file was truncated", "replaced": "the trace file was replaced"}
 
 
@@ -76,11 +78,13 @@ class TickscopeApp(App[None]):
         Binding("r", "focus_requests", "Requests"),
     ]
 
-    cursor: reactive[int] = reactive(0)  # index of the current tick in the state
-    playing: reactive[bool] = reactive(False)  # replay: the clock runs; live: following the end
-    speed_index: reactive[int] = reactive(DEFAULT_SPEED)
-    heat_span: reactive[int] = reactive(1)
-    status: reactive[str] = reactive("loading")
+    # `var`, not `reactive`: a reactive on the app repaints the whole screen when it changes (a
+    # full-screen update per step); the watchers below ask for a frame that updates the panels.
+    cursor: var[int] = var(0)  # index of the current tick in the state
+    playing: var[bool] = var(False)  # replay: the clock runs; live: following the end
+    speed_index: var[int] = var(DEFAULT_SPEED)
+    heat_span: var[int] = var(1)
+    status: var[str] = var("loading")
 
     def __init__(self, source: Source, mode: str, *, autoplay: bool = True) -> None:
         super().__init__()
@@ -97,6 +101,7 @@ class TickscopeApp(App[None]):
         # Until when the loader holds back (monotonic seconds): set on the UI thread, read by the
         # worker (a float assignment: no lock needed).
         self._busy_until = 0.0
+        self._gc_thresholds: tuple[int, int, int] | None = None  # the process's, while mounted
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -118,8 +123,9 @@ class TickscopeApp(App[None]):
         self._schedule_frame()
 
     def on_unmount(self) -> None:
-        gc.set_threshold(*self._gc_thresholds)
-        gc.unfreeze()
+        if self._gc_thresholds is not None:
+            gc.set_threshold(*self._gc_thresholds)
+            gc.unfreeze()
 
     def on_resize(self) -> None:
         self._schedule_frame()
@@ -401,9 +407,9 @@ class TickscopeApp(App[None]):
         the state lacks: one read brings a whole frame, so each frame is read once."""
         state = self.state
         tried: set[int] = set()
-        for index in range(hi, lo - 1, -1):
+        for index in state.lacking(lo, hi):
             rows = state.laid_out and not state.frame_loaded(state.frame_of(index))
-            missing = rows or state.detail(index) is None
+            missing = rows or state.detail(index) is None  # a frame read for a later tick may bring it
             tick = state.tick_number(index)
             if missing and tick not in tried:
                 tried.add(tick)

@@ -266,10 +266,11 @@ class ReplaySource:
         deadline = time.monotonic() + budget_s
         ahead = self._neighbour()
         if ahead is not None and self._handed_out(ahead):
+            rows = not self._read[ahead]  # else its rows and requests went to the state already
             self._read[ahead] = True
-            data = self._decode(self._loader, ahead, detail=True)
+            data = self._decode(self._loader, ahead, detail=True, requests=rows)
             if data is not None:
-                out.append(data)
+                out.append(data if rows else data.detail_only())
         while not self.done:
             frame = self._next_frame()
             if frame is None:

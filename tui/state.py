@@ -254,6 +254,9 @@ class LatencyStats:
     tpot_p99: float | None
     samples: int  # requests whose first token landed in the window
     ttft_all: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every TTFT so far
+    tpot_all: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every finished request's TPOT so far
+    ttft_p90: float | None = None
+    tpot_p90: float | None = None
 
 
 @dataclass(slots=True)
@@ -664,7 +667,8 @@ class DashboardState:
         key = (name, buckets)
         held = self._buckets.get(key)
         if held is None or held.n != self.n_ticks or (self._dirty and held.version < self._dirty[0][0] - 1):
-            held = self._buckets[key] = _Buckets(self._version, self.n_ticks, *bucket_bounds(self.values(name), buckets))
+            bounds = bucket_bounds(self.values(name), buckets)
+            held = self._buckets[key] = _Buckets(self._version, self.n_ticks, *bounds)
         elif held.version < self._version:
             held.update(self.values(name), [(lo, hi) for v, lo, hi in self._dirty if v > held.version])
             held.version = self._version
@@ -694,16 +698,18 @@ class DashboardState:
             seen_first = first <= t
             in_window = seen_first & (first > t - window_s)
             ttft = first[in_window] - arrive[in_window]
-            done = (finish <= t) & (finish > t - window_s) & (out > 1) & seen_first
+            finished = (finish <= t) & (out > 1) & seen_first
+            done = finished & (finish > t - window_s)
             tpot = (finish[done] - first[done]) / (out[done] - 1)
             ttft_all = first[seen_first] - arrive[seen_first]
+            tpot_all = (finish[finished] - first[finished]) / (out[finished] - 1)
 
         def pct(values: np.ndarray, q: float) -> float | None:
             return float(np.percentile(values, q)) if len(values) else None
 
         return LatencyStats(
             pct(ttft, 50), pct(ttft, 99), pct(tpot, 50), pct(tpot, 99), int(in_window.sum()),
-            ttft_all,
+            ttft_all, tpot_all, pct(ttft, 90), pct(tpot, 90),
         )  # fmt: skip
 
     def counters(self, upto: int) -> dict[str, float]:
@@ -792,17 +798,27 @@ class DashboardState:
             return None
         return self._detail.get(self.tick_number(index))
 
+    def lacking(self, lo: int, hi: int) -> list[int]:
+        """Tick indices of lo..hi, newest first, whose detail is not held or (a replay) whose
+        frame has not been read: one per unread frame is enough, a read brings the whole frame."""
+        lo = max(lo, 0)
+        # Tick numbers as floats find their int keys: 5.0 == 5 and hashes the same.
+        ticks = self.ticks.col("tick")[lo : hi + 1].tolist()
+        held = self._detail
+        out = {lo + i for i, tick in enumerate(ticks) if tick not in held}
+        if self.laid_out and hi >= lo:
+            for frame in range(self.frame_of(lo), self.frame_of(hi) + 1):
+                if not self._frame_loaded[frame]:
+                    out.add(min(max(int(self._frame_row0[frame]), lo), hi))
+        return sorted(out, reverse=True)
+
     def mean_experts(self, lo: int, hi: int) -> tuple[np.ndarray | None, int]:
         """Mean expert counts over ticks lo..hi that are held in memory, and how many were."""
-        total: np.ndarray | None = None
-        held = 0
-        ticks = self.ticks.col("tick")
-        for index in range(max(lo, 0), hi + 1):
-            d = self._detail.get(int(ticks[index]))
-            if d is not None and d.experts is not None:
-                total = d.experts.astype(np.float64) if total is None else total + d.experts
-                held += 1
-        return (total / held if total is not None else None), held
+        ticks = self.ticks.col("tick")[max(lo, 0) : hi + 1].tolist()
+        counts = [d.experts for d in map(self._detail.get, ticks) if d is not None and d.experts is not None]
+        if not counts:
+            return None, 0
+        return np.sum(counts, axis=0, dtype=np.float64) / len(counts), len(counts)
 
 
 def config_summary(header: SessionHeader | None) -> dict[str, str]:

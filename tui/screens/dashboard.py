@@ -47,6 +47,7 @@ class DashboardScreen(Screen):
                 yield SeriesChart("batch seqs", "seqs", "green", id="chart-seqs")
                 yield SeriesChart("batch tokens", "batch_tokens", "magenta", id="chart-tokens")
                 yield SeriesChart("queue", "queue_depth", "yellow", id="chart-queue")
+                yield SeriesChart("KV used", "kv_used", "blue", id="chart-kv")
             heat = ExpertHeatmap(id="experts", classes="panel")
             heat.border_title = "experts × layers"
             yield heat

@@ -13,26 +13,28 @@ HELP = """\
 
 **throughput & batch** — generated tokens per second of each tick (tokens over the time since
 the previous tick ended, so the collection window counts), sequences and tokens (prefill + decode)
-in each batch, and the queue. One column is a bucket of ticks: the solid part reaches the bucket's
+in each batch, the queue and KV-cache use (the last two on taller screens). One column is a bucket of ticks: the solid part reaches the bucket's
 minimum, the dim part its maximum, so no spike is hidden. The yellow column is the current tick.
 
 **experts × layers** — tokens routed to each expert (columns) of each MoE layer (rows) in the
-current tick; each character holds two layers (upper half = upper layer). Dark grey is an expert
-that got nothing. *active* is the share of (layer, expert) cells that got a token; *max/mean* the
+current tick; each character holds two layers (upper half = upper layer), expert numbers above the
+columns. Dark grey is an expert that got nothing; the scale under a roomy map runs from one token
+to the busiest cell. *active* is the share of (layer, expert) cells that got a token; *max/mean* the
 load imbalance (1.0 = perfect), *balance* its inverse mean/max as vLLM logs it; *hot* names the
 busiest experts overall, *hot by layer* each layer's busiest. Averaged over a span (`a`), *dead*
 counts experts that got no token in any tick of it. Small batches leave most experts idle: that is
 where MoE efficiency goes.
 
 **latency · queue · KV** — TTFT (arrival to first token) and TPOT (time per output token after the
-first) p50/p99 over the last seconds of recording, TTFT's distribution so far, the queue, running
+first) p50/p99 (and p90 where there is room) over the last seconds of recording; with room, their
+distributions over the recording so far (log scale: fastest left, slowest right); the queue, running
 sequences, KV-cache use, and requests finished, rejected and preempted.
 
 **pipeline stages** — the current tick's layers split into stages (rows) and its batch into
 micro-batches (coloured cells): *modelled* on one device per stage from cells that ran in turn on
 one device, or *measured* as they ran in one process per stage (`record --distributed`); the
-subtitle says which. ╌ blue is warmup, ╌ red drain, ░ bubbles inside the pipeline. Shown when the
-trace has stages.
+subtitle says which, and the line under the rows the time scale. ╌ blue is warmup, ╌ red drain,
+░ bubbles inside the pipeline. Shown when the trace has stages.
 
 **recent requests** — the latest arrivals as they stood at the current tick: queued, prefill,
 decode (`*` = was preempted), finished, rejected, cancelled. Press `r` (or click a row) and pick

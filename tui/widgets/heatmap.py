@@ -21,8 +21,9 @@ GUTTER = 3  # layer numbers on the left
 GUTTER_STYLE = Style.parse("dim")
 
 
-def fit(counts: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scale a [layers, experts] matrix to at most rows x cols cells, and each row's layer.
+def fit(counts: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scale a [layers, experts] matrix to at most rows x cols cells; each row's first layer and
+    each column's first expert.
 
     Too many layers or experts: max-pool, so a hot expert never averages away. Too few: repeat
     cells, so a small model still fills the panel.
@@ -35,10 +36,11 @@ def fit(counts: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarra
     pad[:layers, :experts] = counts
     grid = pad.reshape(pad.shape[0] // ry, ry, pad.shape[1] // rx, rx).max(axis=(1, 3))
     first_layer = np.arange(grid.shape[0]) * ry
+    first_expert = np.arange(grid.shape[1]) * rx
     up_y = max(rows // grid.shape[0], 1)
     up_x = max(cols // grid.shape[1], 1)
     grid = np.repeat(np.repeat(grid, up_y, axis=0), up_x, axis=1)
-    return grid, np.repeat(first_layer, up_y)
+    return grid, np.repeat(first_layer, up_y), np.repeat(first_expert, up_x)
 
 
 @lru_cache(maxsize=None)
@@ -57,24 +59,54 @@ def levels(grid: np.ndarray, peak: float) -> np.ndarray:
     return np.where(grid > 0, np.minimum(scaled, LEVELS), 0)
 
 
-def heatmap(counts: np.ndarray, width: int, height: int) -> list[Strip]:
-    """Half-block rendering: each character is two cells, upper = foreground, lower = background."""
-    if height <= 0 or width <= GUTTER:
+def heatmap(counts: np.ndarray, width: int, height: int, *, labels: bool = False) -> list[Strip]:
+    """Half-block rendering: each character is two cells, upper = foreground, lower = background.
+
+    Each layer is named once, on the middle line of its rows; with `labels`, a first line names
+    the experts above their columns (as many as fit, a space apart).
+    """
+    if height <= int(labels) or width <= GUTTER:
         return []
-    grid, layer_of_row = fit(counts, height * 2, width - GUTTER)
+    grid, layer_of_row, expert_of_col = fit(counts, (height - int(labels)) * 2, width - GUTTER)
     lv = levels(grid, float(grid.max()) or 1.0)
-    lines = []
-    shown = -1
-    for r in range(0, grid.shape[0], 2):
-        layer = int(layer_of_row[r])
-        gutter = f"{layer:>2} " if layer != shown else "   "
-        shown = layer
+    lines = [expert_labels(expert_of_col)] if labels else []
+    line_layer = layer_of_row[::2]
+    for i, r in enumerate(range(0, grid.shape[0], 2)):
+        layer = int(line_layer[i])
+        same = np.flatnonzero(line_layer == layer)
+        gutter = f"{layer:>2} " if i == same[len(same) // 2] else "   "
         upper = lv[r].tolist()
         lower = lv[r + 1].tolist() if r + 1 < grid.shape[0] else [-1] * len(upper)
         cells = [(c, GUTTER_STYLE) for c in gutter]
         cells += [("▀", _cell_style(u, d)) for u, d in zip(upper, lower)]
         lines.append(runs(cells))
     return lines
+
+
+def expert_labels(expert_of_col: np.ndarray) -> Strip:
+    """Expert numbers over the columns where each expert's cells start, skipping any that would
+    touch the previous label."""
+    chars = [" "] * (GUTTER + len(expert_of_col))
+    chars[:GUTTER] = "E".ljust(GUTTER)
+    free = GUTTER
+    for col in np.flatnonzero(np.diff(expert_of_col, prepend=-1)).tolist():
+        label = str(int(expert_of_col[col]))
+        at = GUTTER + col
+        if at >= free and at + len(label) <= len(chars):
+            chars[at : at + len(label)] = label
+            free = at + len(label) + 1
+    return runs((c, GUTTER_STYLE) for c in chars)
+
+
+def legend(peak: float, width: int) -> Strip:
+    """The colour scale: idle, then one token up to the map's peak."""
+    steps = max(min(width - GUTTER - 24, 32), 4)
+    cells = [(c, GUTTER_STYLE) for c in " " * GUTTER + "idle "]
+    cells.append(("█", Style(color=_level_color(0))))
+    cells += [(c, GUTTER_STYLE) for c in "  low "]
+    cells += [("█", Style(color=_level_color(1 + round(i * (LEVELS - 1) / (steps - 1))))) for i in range(steps)]
+    cells += [(c, GUTTER_STYLE) for c in f" {peak:.3g} tokens"]
+    return runs(cells)
 
 
 def stats_text(stats: ExpertStats, span: bool, per_layer: bool) -> Text:
@@ -110,9 +142,12 @@ class ExpertHeatmap(LinesWidget):
             self.set_text(Text(f"expert load of unexpected shape {counts.shape}", style="red"))
             return
         width, height = self.size.width, self.size.height
-        # The per-layer line only where there is room for it under a readable map.
-        per_layer = height >= 12
-        stats = stats_text(expert_stats(counts), span=what != "current tick", per_layer=per_layer)
+        # The per-layer line, expert numbers and the colour scale only where there is room for
+        # them beside a readable map.
+        roomy = height >= 12
+        stats = stats_text(expert_stats(counts), span=what != "current tick", per_layer=roomy)
         footer = text_lines(self.app.console, stats, width)
+        if roomy:
+            footer.insert(0, legend(float(counts.max()), width))
         rows = max(height - len(footer), 1)
-        self.set_lines(heatmap(counts, width, rows) + footer)
+        self.set_lines(heatmap(counts, width, rows, labels=rows >= 5) + footer)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 from rich.style import Style
-from rich.text import Text
 from textual import events
 from textual.binding import Binding
 from textual.message import Message

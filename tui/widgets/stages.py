@@ -26,7 +26,8 @@ GUTTER = 4
 
 
 def gantt(stages: StageEvent, width: int, height: int) -> list[Strip]:
-    """One row per stage (pooled if there are more stages than rows), time across."""
+    """Stages down (as many lines each as fit; stages past the height left out), time across,
+    and where there is room a last line with the time scale and what the glyphs mean."""
     start = np.asarray(stages.modelled_start_ns, dtype=np.int64)
     end = np.asarray(stages.modelled_end_ns, dtype=np.int64)
     cols = width - GUTTER
@@ -34,6 +35,8 @@ def gantt(stages: StageEvent, width: int, height: int) -> list[Strip]:
         return []
     t0, t1 = int(start.min()), int(end.max())
     span = max(t1 - t0, 1)
+    axis = height > start.shape[0]
+    per_stage = max((height - axis) // start.shape[0], 1)
     lines = []
     for s in range(min(start.shape[0], height)):
         row = [(" ", _style(""))] * cols
@@ -46,8 +49,29 @@ def gantt(stages: StageEvent, width: int, height: int) -> list[Strip]:
             a = int((start[s, m] - t0) * cols / span)
             b = max(int(np.ceil((end[s, m] - t0) * cols / span)), a + 1)
             row[a:b] = [_cell(("█", CELL_COLORS[m % len(CELL_COLORS)]))] * (b - a)
-        lines.append(runs([(c, _style("dim")) for c in f"S{s:<2} "] + row[:cols]))
+        for i in range(per_stage):
+            gutter = f"S{s:<2} " if i == per_stage // 2 else " " * GUTTER
+            lines.append(runs([(c, _style("dim")) for c in gutter] + row[:cols]))
+    if axis:
+        lines.append(runs(key(span, cols)))
     return lines
+
+
+def key(span_ns: int, cols: int) -> list[tuple[str, Style]]:
+    """The time scale under the rows (0 to the tick's makespan) with the glyphs' meaning."""
+    dim = _style("dim")
+    end = f"{span_ns / 1e6:.2f} ms"
+    parts = [("micro-batch ", dim), ("█", _style(CELL_COLORS[0])), ("█", _style(CELL_COLORS[1])),
+             (" warmup ", dim), _cell(WARMUP), (" drain ", dim), _cell(DRAIN), (" bubble ", dim), _cell(BUBBLE)]
+    legend = sum(len(text) for text, _ in parts)
+    cells = [(c, dim) for c in " " * GUTTER + "0"]
+    if cols - 1 - len(end) >= legend + 2:
+        pad = cols - 1 - len(end) - legend
+        cells += [(" ", dim)] * (pad // 2) + [(c, style) for text, style in parts for c in text]
+        cells += [(" ", dim)] * (pad - pad // 2)
+    else:
+        cells += [(" ", dim)] * max(cols - 1 - len(end), 0)
+    return cells + [(c, dim) for c in end]
 
 
 @lru_cache(maxsize=64)

@@ -1,17 +1,17 @@
-"""Text panels: latency percentiles over a rolling window, and queue / KV / request counters."""
+"""Text panels: latency percentiles and distributions, and queue / KV / request counters."""
 
 from __future__ import annotations
 
 import numpy as np
-from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+from textual.strip import Strip
 from textual.widgets import Static
 
-from tui.state import LATENCY_WINDOW_S, DashboardState
+from tui.state import LATENCY_WINDOW_S, DashboardState, Series
+from tui.widgets.charts import bar_chart
+from tui.widgets.lines import LinesWidget, text_lines
 from tui.widgets.panel import Panel
-
-SPARK = "▁▂▃▄▅▆▇█"
 
 
 def fmt_s(seconds: float | None) -> str:
@@ -25,49 +25,76 @@ def fmt_s(seconds: float | None) -> str:
     return f"{seconds:.2f}s"
 
 
-def histogram(values: np.ndarray, width: int) -> Text:
-    """A one-line distribution of `values` (log-spaced buckets: latencies have long tails)."""
-    if len(values) == 0 or width <= 0:
-        return Text("")
+def log_histogram(values: np.ndarray, bins: int) -> tuple[np.ndarray, float, float]:
+    """Counts of `values` in `bins` log-spaced buckets (latencies have long tails), and the range
+    they span."""
     # Equal bins of log(value): numpy's fast path for uniform bins, where explicit geometric
     # edges would binary-search every value (a million-tick replay has hundreds of thousands).
     logs = np.log(np.clip(values, 1e-6, None))
     low, high = float(logs.min()), float(logs.max())
-    if high - low < 1e-6:  # one value (or nearly): a range numpy can split into `width` bins
+    if high - low < 1e-6:  # one value (or nearly): a range numpy can split into `bins` bins
         low, high = low - 0.5, high + 0.5
-    counts, _ = np.histogram(logs, bins=width, range=(low, high))
-    peak = counts.max() or 1
-    return Text("".join(SPARK[int(c * (len(SPARK) - 1) / peak)] if c else " " for c in counts))
+    counts, _ = np.histogram(logs, bins=bins, range=(low, high))
+    return counts, float(np.exp(low)), float(np.exp(high))
 
 
-class LatencyPanel(Panel, Static):
-    """TTFT and TPOT p50/p99 over the last seconds of recording, and TTFT's distribution so far."""
-
-    _shown_lines = -1
+class LatencyPanel(LinesWidget):
+    """TTFT and TPOT percentiles over the last seconds of recording and, where there is room,
+    their distributions over the recording so far (side by side on a wide panel)."""
 
     def show(self, state: DashboardState, index: int) -> None:
         stats = state.latency(index)
+        width, height = self.size.width, self.size.height
+        wide = width >= 60  # room for a p90 column
         table = Table.grid(padding=(0, 2))
         table.add_column(style="dim")
-        table.add_column(justify="right", style="bold")
-        table.add_column(justify="right", style="bold")
-        table.add_row("", "p50", "p99")
-        table.add_row("TTFT", fmt_s(stats.ttft_p50), fmt_s(stats.ttft_p99))
-        table.add_row("TPOT", fmt_s(stats.tpot_p50), fmt_s(stats.tpot_p99))
-        throughput = state.mean_throughput(index)
-        table.add_row("tok/s", f"{throughput:,.0f}", "")
-        lines: list = [table]
-        # The distribution needs two more lines than a short terminal can spare.
-        if self.screen.has_class("-tall") and len(stats.ttft_all):
-            lines.append(Text("TTFT so far ", style="dim") + Text(
-                f"{fmt_s(float(stats.ttft_all.min()))}…{fmt_s(float(stats.ttft_all.max()))}",
-                style="dim",
-            ))
-            lines.append(histogram(stats.ttft_all, max(self.size.width, 1)))
+        for _ in range(3 if wide else 2):
+            table.add_column(justify="right", style="bold")
+        rows = (("TTFT", stats.ttft_p50, stats.ttft_p90, stats.ttft_p99),
+                ("TPOT", stats.tpot_p50, stats.tpot_p90, stats.tpot_p99))  # fmt: skip
+        table.add_row("", *(("p50", "p90", "p99") if wide else ("p50", "p99")))
+        for name, p50, p90, p99 in rows:
+            table.add_row(name, *map(fmt_s, (p50, p90, p99) if wide else (p50, p99)))
+        table.add_row("tok/s", f"{state.mean_throughput(index):,.0f}")
+        console = self.app.console
+        options = console.options.update(width=max(width, 1), height=None)
+        lines = [Strip(line) for line in console.render_lines(table, options, pad=False, new_lines=False)]
+        room = height - len(lines) - 1  # a blank line between the figures and the charts
+        if room >= 3:
+            lines.append(Strip.blank(width))
+            if width >= 90:
+                half = (width - 2) // 2
+                left = self._distribution("TTFT so far", stats.ttft_all, half, room, "cyan")
+                right = self._distribution("TPOT so far", stats.tpot_all, width - 2 - half, room, "magenta")
+                for i in range(max(len(left), len(right))):
+                    a = left[i].crop_extend(0, half, None) if i < len(left) else Strip.blank(half)
+                    lines.append(Strip.join([a, Strip.blank(2)] + ([right[i]] if i < len(right) else [])))
+            else:  # one above the other, or TTFT alone when there is room for one
+                each = room // 2 if room >= 6 else room
+                lines += self._distribution("TTFT so far", stats.ttft_all, width, each, "cyan")
+                if room >= 6:
+                    lines += self._distribution("TPOT so far", stats.tpot_all, width, room - each, "magenta")
         self.border_subtitle = f"last {LATENCY_WINDOW_S:g}s · n={stats.samples}"
-        # Re-layout only when the panel's height changes (the distribution comes and goes).
-        self.update(Group(*lines), layout=len(lines) != self._shown_lines)
-        self._shown_lines = len(lines)
+        self.set_lines(lines)
+
+    def _distribution(self, label: str, values: np.ndarray, width: int, height: int, color: str) -> list[Strip]:
+        """A titled bar chart of `values` `height` rows high: title, bars, and the range under them
+        (fastest left, slowest right, log scale)."""
+        if height < 3 or width < 12 or len(values) == 0:
+            return []
+        counts, low, high = log_histogram(values, width)
+        title = Text(no_wrap=True, overflow="ellipsis")
+        title.append(label, style=f"bold {color}")
+        title.append(f"  n={len(values)}  median {fmt_s(float(np.median(values)))}", style="dim")
+        bars = counts.astype(np.float64)
+        lo_label, hi_label = fmt_s(low), fmt_s(high)
+        middle = "log scale".center(max(width - len(lo_label) - len(hi_label), 0))
+        axis = Text(lo_label + middle + hi_label, style="dim")
+        return (
+            text_lines(self.app.console, title, width)
+            + bar_chart(Series(bars, bars, -1, float(bars.max())), width, height - 2, color)
+            + text_lines(self.app.console, axis, width)
+        )
 
 
 def meter(used: float, capacity: float, width: int) -> Text:
