@@ -12,7 +12,7 @@ from tracer.marks import sidecar_path
 from tui.compare_app import CompareApp
 from tui.compare_source import TraceSide
 from tui.screens.compare import SidePanels
-from tui.widgets.compare_controls import CompareScrubber
+from tui.widgets.controls import Scrubber
 from tui.widgets.requests import RequestTable
 from tui.widgets.stages import StageGantt
 
@@ -86,7 +86,7 @@ async def test_marks_of_both_sides_show_jump_and_m_marks_the_focused_side(tmp_pa
     app = CompareApp(TraceSide(a), TraceSide(b), autoplay=False, align="tick")
     async with app.run_test(size=(160, 48)) as pilot:
         await loaded(pilot)
-        scrub = app.screen.query_one(CompareScrubber)
+        scrub = app.screen.query_one(Scrubber)
         assert text_of(scrub).count("◆") == 2  # tick 40 of both sides share a column; tick 80 of B
         await pilot.press("right_square_bracket")
         assert app.lockstep.indices(*app.states) == (40, 40)

@@ -40,6 +40,8 @@ SCRUB_STEPS = 1000  # time alignment: positions the scrubber resolves
 # A growing side's delta table is recomputed at most this often: `tracer.load` reads the whole file.
 RECOMPARE_S = 5.0
 SIDE_NAMES = ("A", "B")
+# each side's marks on the shared scrubber get a colour of their own, so a note says whose it is
+SIDE_STYLES = {"A": "bold cyan", "B": "bold magenta"}
 
 
 class CompareApp(App[None]):
@@ -407,11 +409,11 @@ class CompareApp(App[None]):
         if ls.align == "tick":
             total = max(a.n_ticks, b.n_ticks)
             label = f"tick #{int(ls.position)} · " + " · ".join(labels)
-            return int(ls.position), total, [(int(p), side) for p, side, _ in marks], label
+            return int(ls.position), total, [(int(p), SIDE_STYLES[side]) for p, side, _ in marks], label
         length = ls.length(a, b)
         scale = (SCRUB_STEPS - 1) / length if length > 0 else 0.0
         label = f"{ls.position:.2f}/{length:.2f}s · " + " · ".join(labels)
-        return round(ls.position * scale), SCRUB_STEPS, [(round(p * scale), side) for p, side, _ in marks], label
+        return round(ls.position * scale), SCRUB_STEPS, [(round(p * scale), SIDE_STYLES[side]) for p, side, _ in marks], label
 
 
 def run_compare(a: str, b: str, *, align: str = "time") -> None:

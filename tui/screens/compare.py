@@ -21,7 +21,7 @@ from tracer.events import StageEvent
 from tui.screens.request import RequestScreen
 from tui.state import DashboardState
 from tui.widgets.charts import SeriesChart
-from tui.widgets.compare_controls import CompareControls, CompareScrubber
+from tui.widgets.controls import ReplayControls, Scrubber
 from tui.widgets.delta import CompareHeader, DeltaPanel
 from tui.widgets.header import TraceHeader
 from tui.widgets.heatmap import ExpertHeatmap
@@ -136,7 +136,7 @@ class CompareScreen(Screen):
         delta = DeltaPanel(id="delta", classes="panel")
         delta.border_title = "delta over the whole recordings (d: toggle)"
         yield delta
-        yield CompareControls(id="controls")
+        yield ReplayControls(id="controls")
         yield Footer()
 
     def on_resize(self) -> None:
@@ -185,4 +185,4 @@ class CompareScreen(Screen):
         self.set_class(any(f.state.has_stages for f in frames), "has-stages")
         for side, frame in zip(SIDES, frames):
             self.query_one(f"#side-{side}", SidePanels).show(frame, playback)
-        self.query_one(CompareScrubber).show(*scrub)
+        self.query_one(Scrubber).show(*scrub)

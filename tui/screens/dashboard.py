@@ -12,7 +12,7 @@ from textual.widgets import Footer
 
 from tui.state import DashboardState
 from tui.widgets.charts import SeriesChart
-from tui.widgets.controls import ReplayControls, Scrubber
+from tui.widgets.controls import MARK_STYLE, ReplayControls, Scrubber
 from tui.widgets.header import TraceHeader
 from tui.widgets.heatmap import ExpertHeatmap
 from tui.widgets.requests import RequestTable
@@ -92,5 +92,5 @@ class DashboardScreen(Screen):
             )
         else:
             label = "no ticks yet"
-        marks = [state.index_of_tick(m.tick) for m in state.marks]
+        marks = [(state.index_of_tick(m.tick), MARK_STYLE) for m in state.marks]
         self.query_one(Scrubber).show(index, state.n_ticks, marks, label)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
@@ -21,6 +23,10 @@ BUTTONS = (
 )
 
 
+MARK_STYLE = "magenta"
+BOTH_STYLE = "bold yellow"  # marks of different kinds (compare: both recordings) in one column
+
+
 class ControlButtons(Static):
     def on_mount(self) -> None:
         parts = [Content.from_markup(f"[@click='{action}'] {glyph} [/]") for glyph, action in BUTTONS]
@@ -34,16 +40,23 @@ class Scrubber(Static):
         super().__init__(**kwargs)
         self._bar_width = 0  # columns of the bar itself, for turning a click into a position
 
-    def show(self, index: int, total: int, mark_ticks: list[int], label: str) -> None:
+    def show(self, index: int, total: int, marks: Iterable[tuple[int, str]], label: str) -> None:
+        """`marks` as (position, style), positions in the units of `index` (0 .. total-1)."""
         width = max(self.size.width - len(label) - 1, 4)
+        scale = (width - 1) / max(total - 1, 1)
+        pos = int(index * scale) if total else 0
+        styles: dict[int, str] = {}
+        for at, style in marks:
+            if 0 <= at < total:
+                column = int(at * scale)
+                # two kinds of mark in one column: say so rather than hide one
+                styles[column] = style if styles.get(column, style) == style else BOTH_STYLE
         text = Text(no_wrap=True, overflow="crop")
-        pos = int(index * (width - 1) / max(total - 1, 1)) if total else 0
-        marks = {int(m * (width - 1) / max(total - 1, 1)) for m in mark_ticks if 0 <= m < total}
         for col in range(width):
             if col == pos:
                 text.append("●", style="bold yellow")
-            elif col in marks:
-                text.append("◆", style="magenta")
+            elif col in styles:
+                text.append("◆", style=styles[col])
             elif col < pos:
                 text.append("━", style="cyan")
             else:
