@@ -1,6 +1,6 @@
 """Tracer benchmark: hot-path cost per tick, sustained write rate, read and load rates.
 
-    .venv/bin/python bench/tracer.py [--ticks N]
+    .venv/bin/python -m bench.tracer [--ticks N]      # from the repo root
 
 A "tick" is what the tiny preset emits per scheduler iteration: 1 TickEvent, 1 ExpertsEvent of
 [4 layers x 16 experts] and 3 RequestEvents. Targets (issue 3): under 5 µs per tick on the hot
@@ -12,12 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
-
-# This file is named like the package it measures: keep its own folder off the import path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import numpy as np
 from rich.console import Console

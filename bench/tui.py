@@ -1,6 +1,6 @@
 """Dashboard benchmark: a 1,000,000-tick recording opened, sought and played in the real app.
 
-    .venv/bin/python bench/tui.py [--ticks N] [--keep FILE]
+    .venv/bin/python -m bench.tui [--ticks N] [--keep FILE]      # from the repo root
 
 Writes a synthetic but realistic trace (continuous batching of Poisson arrivals, a [4 x 16]
 expert load per tick, a 2-stage x 2-micro-batch pipeline, every request's arrive / admit /
@@ -23,9 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-# This file is named like the package it measures: keep its own folder off the import path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import numpy as np
 from rich.console import Console
@@ -227,7 +224,9 @@ def main() -> None:
         if not os.path.exists(path):
             # In a child process, so the generator's memory does not count as the dashboard's.
             t = time.perf_counter()
-            out = subprocess.run([sys.executable, __file__, "--write", path, "--ticks", str(args.ticks)],
+            out = subprocess.run([sys.executable, "-m", "bench.tui", "--write", os.path.abspath(path),
+                                  "--ticks", str(args.ticks)],
+                                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                  check=True, capture_output=True, text=True).stdout
             console.print(f"wrote {args.ticks:,} ticks, {int(out):,} requests, "
                           f"{os.path.getsize(path) / 2**20:,.0f} MiB in {time.perf_counter() - t:.1f} s")
