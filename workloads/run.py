@@ -69,7 +69,9 @@ def prepare(plan: RecordingPlan) -> tuple[ModelConfig, SchedulerConfig, Workload
     model_cfg = get_preset(plan.preset, **plan.model_overrides)
     sched_cfg = SchedulerConfig(**{**spec.scheduler.overrides(), **plan.scheduler_overrides})
     sched_cfg.validate()
-    check_fits(model_cfg, resolve_device(plan.device), sched_cfg.kv_capacity_tokens)
+    device = resolve_device(plan.device)
+    if not plan.distributed:  # a distributed rank holds only its stage; the ranks check that themselves
+        check_fits(model_cfg, device, sched_cfg.kv_capacity_tokens)
     return model_cfg, sched_cfg, spec
 
 
