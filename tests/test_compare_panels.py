@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import tracer
 import tui_synth
@@ -10,7 +12,7 @@ from tracer import TraceWriter
 from tracer.events import MarkEvent
 from tracer.marks import sidecar_path
 from tui.compare_app import CompareApp
-from tui.compare_source import TraceSide
+from tui.compare_source import STOPPED, TraceSide
 from tui.screens.compare import SidePanels
 from tui.widgets.controls import Scrubber
 from tui.widgets.requests import RequestTable
@@ -137,5 +139,47 @@ async def test_a_recording_still_being_written_is_followed(tmp_path):
             assert "whole recordings" in str(app.screen.query_one("#delta").border_title)
             batch = app.comparison.delta("mean_batch_seqs")
             assert batch.b == tracer.summarize(tracer.load(growing))["mean_batch_seqs"]  # final figures
+    finally:
+        writer.close()
+
+
+async def test_the_requests_table_keeps_tpot_on_an_80_column_terminal(tmp_path):
+    app = CompareApp(*(TraceSide(p) for p in synthetic_pair(tmp_path)), autoplay=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        await pilot.press(*["right"] * 60, "p", "p")  # on to the requests group
+        await pilot.pause()
+        table = app.screen.query_one("#a-requests", RequestTable)
+        assert table.display and table.size.width < 42
+        header, *rows = [strip.text for strip in table._lines]
+        assert header.split() == ["id", "state", "out", "TTFT", "TPOT"]  # the prompt length gave way
+        assert len(header) <= table.size.width
+        finished = [row for row in rows if " finished " in row]
+        assert finished and all(len(row) <= table.size.width and row.endswith("ms") for row in finished)
+        await pilot.resize_terminal(160, 48)
+        await pilot.pause()
+        assert table._lines[0].text.split() == ["id", "state", "prompt", "out", "TTFT", "TPOT"]
+
+
+async def test_a_recording_whose_writer_died_ends_without_its_footer(tmp_path):
+    finished = str(tmp_path / "done.msgpack")
+    tui_synth.write_trace(finished, 60)
+    crashed = str(tmp_path / "crashed.msgpack")
+    writer = TraceWriter(crashed, tui_synth.header())
+    try:
+        write_ticks(writer, 0, 40)  # flushed, then abandoned: no index, no footer
+        os.utime(crashed, (time.time() - 60, time.time() - 60))  # as if it died a minute ago
+        side = TraceSide(crashed, stopped_after_s=5)
+        assert side.following
+        app = CompareApp(TraceSide(finished), side, autoplay=False)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: app.status == "loaded" and app.comparison is not None and not app._comparing)
+            assert app._side_status[1] == STOPPED and app.states[1].n_ticks == 40
+            assert "whole recordings" in str(app.screen.query_one("#delta").border_title)
+            batch = app.comparison.delta("mean_batch_seqs")
+            assert batch.b == tracer.summarize(tracer.load(crashed))["mean_batch_seqs"]  # final figures
+            write_ticks(writer, 40, 10)  # it was only a pause: followed again
+            await until(pilot, lambda: app.states[1].n_ticks == 50 and app.status == "following")
+            assert app._side_status[1] in ("live", "idle")
     finally:
         writer.close()

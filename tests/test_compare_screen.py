@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 
 import numpy as np
@@ -9,10 +10,13 @@ import pytest
 from rich.console import Console
 
 import tui_synth
+from tui.app import TickscopeApp
 from tui.compare_app import CompareApp
 from tui.compare_source import TraceSide
+from tui.gc_tuning import GC_THRESHOLDS
 from tui.lockstep import LockStep
 from tui.screens.compare import SidePanels
+from tui.source import ReplaySource
 from tui.state import DashboardState
 from tui.widgets.delta import CompareHeader, DeltaPanel
 from tui.widgets.header import TraceHeader
@@ -143,3 +147,19 @@ def test_lockstep_holds_the_shorter_recording_at_its_end():
     lock.seek(a, b, 10_000)
     assert lock.position == pytest.approx(b.duration_s)
     assert lock.indices(a, b) == (49, 119)
+
+
+@pytest.mark.parametrize("kind", ["dashboard", "compare"])
+async def test_both_apps_tune_the_collector_while_running_and_restore_it(kind, compare_pair):
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    if kind == "dashboard":
+        source = ReplaySource(compare_pair[0])
+        app = TickscopeApp(source, "replay", autoplay=False)
+    else:
+        app = CompareApp(TraceSide(compare_pair[0]), TraceSide(compare_pair[1]), autoplay=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > frozen
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+    if kind == "dashboard":
+        source.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import threading
 import time
@@ -18,6 +17,7 @@ from textual.worker import get_current_worker
 import tracer
 from tracer.events import MarkEvent
 
+from tui.gc_tuning import GcTuning
 from tui.messages import PanelResized, SourceFailed, SourceUpdate
 from tui.screens.dashboard import DashboardScreen, FrameInfo
 from tui.screens.goto import GotoScreen
@@ -36,14 +36,6 @@ POLL_S = 0.1  # live: how often an unchanged file is polled again (lag stays und
 HEAT_SPANS = (1, 10, 100, 1000)  # ticks the heatmap can average over
 CHUNKS_IN_FLIGHT = 2  # back-pressure: polls read but not yet ingested by the UI thread
 BUSY_S = 0.5  # after a seek or step, the background loader holds back for this long
-# Textual's strips hold themselves in their own caches, so every frame leaves cyclic garbage; with
-# the default thresholds it outlived the young generations, and full collections came several
-# times a second, each walking every object of the app (~100k: modules, widgets) for 50-100 ms,
-# mid-frame. The app freezes what exists once it is mounted, so a full collection walks only what
-# came since, and collects young garbage less often, so most of a frame's garbage dies young (a
-# young generation much larger than this makes each young collection itself take 10-25 ms).
-# Both are undone on exit.
-GC_THRESHOLDS = (5_000, 5, 10)
 BAD_STATES = {"truncated": "the trace file was truncated", "replaced": "the trace file was replaced"}
 
 
@@ -101,7 +93,7 @@ class TickscopeApp(App[None]):
         # Until when the loader holds back (monotonic seconds): set on the UI thread, read by the
         # worker (a float assignment: no lock needed).
         self._busy_until = 0.0
-        self._gc_thresholds: tuple[int, int, int] | None = None  # the process's, while mounted
+        self._gc = GcTuning()  # see tui/gc_tuning.py: no 50-130 ms full collections mid-frame
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -109,9 +101,7 @@ class TickscopeApp(App[None]):
         return self.dashboard
 
     def on_mount(self) -> None:
-        self._gc_thresholds = gc.get_threshold()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        self._gc.apply()
         layout = self.source.layout()
         if layout is not None:  # a replay: every tick has its place before any frame is read
             self.state.set_header(self.source.header)  # type: ignore[arg-type]
@@ -123,9 +113,7 @@ class TickscopeApp(App[None]):
         self._schedule_frame()
 
     def on_unmount(self) -> None:
-        if self._gc_thresholds is not None:
-            gc.set_threshold(*self._gc_thresholds)
-            gc.unfreeze()
+        self._gc.restore()
 
     def on_resize(self) -> None:
         self._schedule_frame()

@@ -28,6 +28,7 @@ from tracer.events import MarkEvent, StageEvent
 from tracer.report import trace_names
 from tui.app import DEFAULT_SPEED, FRAME_S, POLL_S, SPEEDS, speed_label
 from tui.compare_source import TraceSide
+from tui.gc_tuning import GcTuning
 from tui.lockstep import LockStep
 from tui.messages import ComparisonReady, PanelResized, SideUpdate, SourceFailed
 from tui.screens.compare import CompareScreen, SideFrame, SidePanels
@@ -97,6 +98,7 @@ class CompareApp(App[None]):
         self._wall = 0.0
         self._frame_pending = False
         self._last_error = ""
+        self._gc = GcTuning()  # see tui/gc_tuning.py: no 50-130 ms full collections mid-frame
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -104,11 +106,15 @@ class CompareApp(App[None]):
         return self.compare_screen
 
     def on_mount(self) -> None:
+        self._gc.apply()
         self._clock = self.set_interval(FRAME_S, self._advance, pause=True)
         for side in (0, 1):
             self._read_side(side)
         self._start_comparison()
         self._schedule_frame()
+
+    def on_unmount(self) -> None:
+        self._gc.restore()
 
     def on_resize(self) -> None:
         self._schedule_frame()
@@ -141,11 +147,11 @@ class CompareApp(App[None]):
             while not worker.is_cancelled:
                 frames = source.poll()
                 status, done = source.status(), source.done
-                if frames or status != last_status or done:
+                if frames or status != last_status:  # `done` follows the status
                     if not post(SideUpdate(side, frames, done, status)):
                         return
                     last_status = status
-                if done:
+                if source.finished:  # a side that only stopped is still polled: it may go on
                     return
                 if not frames:
                     time.sleep(POLL_S)
@@ -187,10 +193,11 @@ class CompareApp(App[None]):
         finally:
             self._slots[side].release()
         self._side_status[side] = message.status
+        ended = message.done and not self._done[side]
         self._done[side] = message.done
         if self.sources[side].following:
             self._caught_up[side] = True  # each poll reads to the end the file has now
-            self._stale = self._stale or self.states[side].n_ticks != ticks or message.done
+            self._stale = self._stale or self.states[side].n_ticks != ticks or ended
         else:
             self._caught_up[side] = message.done
         if all(self._caught_up) and self.status == "loading":

@@ -27,8 +27,12 @@ STATE_STYLES = {
     "prefill": "blue",
     "queued": "yellow",
 }
-# Widths that fit the panel at 80 columns (numbers right-aligned to them).
+# Column widths (numbers right-aligned to them).
 COLUMNS = (("id", 5), (" state", 10), ("prompt", 6), ("out", 5), ("TTFT", 8), ("TPOT", 8))
+FULL_WIDTH = sum(width for _, width in COLUMNS)
+# Narrower than every column (the panel at 80 columns, or a compare side) the prompt length goes,
+# so TPOT is not cut off: it never changes over a request's life, and its timeline shows it.
+NARROW_DROP = "prompt"
 HEADER = Style.parse("bold")
 ZEBRA = Style.parse("on #1c1c1c")
 CURSOR = Style.parse("reverse")
@@ -40,8 +44,13 @@ def _style(spec: str, background: Style | None) -> Style:
     return style + background if background is not None else style
 
 
-def cells(row: RequestRow) -> list[tuple[str, str]]:
-    """The row's columns as (text, style), padded to the column widths."""
+def shown_columns(width: int) -> tuple[int, ...]:
+    """Indices of the COLUMNS a table `width` cells wide shows."""
+    return tuple(i for i, (name, _) in enumerate(COLUMNS) if width >= FULL_WIDTH or name != NARROW_DROP)
+
+
+def cells(row: RequestRow, shown: tuple[int, ...]) -> list[tuple[str, str]]:
+    """The row's `shown` columns as (text, style), padded to the column widths."""
     values = (
         (str(row.request), ""),
         (" " + row.state, STATE_STYLES.get(row.state.rstrip("*"), "")),
@@ -51,7 +60,8 @@ def cells(row: RequestRow) -> list[tuple[str, str]]:
         (fmt_s(row.tpot_s), ""),
     )
     out = []
-    for (name, width), (text, style) in zip(COLUMNS, values):
+    for i in shown:
+        (name, width), (text, style) = COLUMNS[i], values[i]
         text = text[:width]
         out.append((text.ljust(width) if name == " state" else text.rjust(width), style))
     return out
@@ -102,11 +112,14 @@ class RequestTable(LinesWidget):
         self.border_subtitle = f"{state.counters(index)['arrived'] if state.n_ticks else 0} arrived"
 
     def _draw(self) -> None:
-        header = [(name.rjust(width) if name != " state" else name.ljust(width), "bold") for name, width in COLUMNS]
+        shown = shown_columns(self.size.width)
+        header = []
+        for name, width in (COLUMNS[i] for i in shown):
+            header.append((name.rjust(width) if name != " state" else name.ljust(width), "bold"))
         lines = [line(header, None)]
         for i, row in enumerate(self._rows):
             background = CURSOR if self.has_focus and i == self._cursor else ZEBRA if i % 2 else None
-            lines.append(line(cells(row), background))
+            lines.append(line(cells(row, shown), background))
         self.set_lines(lines)
 
     def _pick(self, cursor: int) -> None:
