@@ -1,6 +1,6 @@
 """Tracer benchmark: hot-path cost per tick, sustained write rate, read and load rates.
 
-    .venv/bin/python -m bench.tracer [--ticks N]      # from the repo root
+    .venv/bin/python -m bench.tracer [--ticks N] [--load-ticks N]      # from the repo root
 
 A "tick" is what the tiny preset emits per scheduler iteration: 1 TickEvent, 1 ExpertsEvent of
 [4 layers x 16 experts] and 3 RequestEvents. Targets (issue 3): under 5 µs per tick on the hot
@@ -19,7 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from tracer import ExpertsEvent, RequestEvent, SessionHeader, TickEvent, TraceWriter, load, open_trace
+from tracer import ExpertsEvent, RequestEvent, SessionHeader, TickEvent, TraceWriter, from_events, load, open_trace
 
 
 def tiny_tick(i: int, rng: np.random.Generator) -> list:
@@ -83,14 +83,20 @@ def paced(path: str, events_per_s: float, seconds: float) -> tuple[float, int]:
     return n * len(ticks[0]) / (time.perf_counter() - t0), w.dropped
 
 
-def reading(path: str) -> tuple[float, float]:
+def reading(path: str) -> tuple[float, float, float, int]:
+    """Events/s: iterating events, building frames from those event objects (what load() did
+    before it decoded columns), and load(); and the event count."""
     t0 = time.perf_counter()
     with open_trace(path) as r:
         n = sum(1 for _ in r.events())
     read_rate = n / (time.perf_counter() - t0)
     t0 = time.perf_counter()
+    with open_trace(path) as r:
+        from_events(r.header, r.events())
+    objects_rate = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
     load(path)
-    return read_rate, n / (time.perf_counter() - t0)
+    return read_rate, objects_rate, n / (time.perf_counter() - t0), n
 
 
 def main() -> None:
@@ -98,13 +104,15 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=40_000, help="ticks for the write-rate test")
     ap.add_argument("--hot-ticks", type=int, default=4_000, help="ticks for the hot-path test")
     ap.add_argument("--rate", type=float, default=1000.0, help="ticks/s in the hot-path test")
+    ap.add_argument("--load-ticks", type=int, default=200_000, help="ticks in the file the read and load tests read")
     ap.add_argument("--paced-rate", type=float, default=250_000, help="events/s in the paced test")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         mean_us, p99_us, dropped = hot_path(os.path.join(d, "hot.msgpack"), args.hot_ticks, args.rate)
         rate, n, bytes_per_event = sustained(os.path.join(d, "rate.msgpack"), args.ticks)
         paced_rate, paced_dropped = paced(os.path.join(d, "paced.msgpack"), args.paced_rate, 2.0)
-        read_rate, load_rate = reading(os.path.join(d, "rate.msgpack"))
+        sustained(os.path.join(d, "load.msgpack"), args.load_ticks)
+        read_rate, objects_rate, load_rate, n_read = reading(os.path.join(d, "load.msgpack"))
 
     table = Table(title=f"tracer — {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                         f"Python {platform.python_version()}")
@@ -119,7 +127,8 @@ def main() -> None:
                   f"{paced_rate:,.0f} events/s", "≥ 200,000")
     table.add_row("events dropped in paced run", f"{paced_dropped}", "0")
     table.add_row("file size per event", f"{bytes_per_event:.1f} B", "")
-    table.add_row("read (open_trace().events())", f"{read_rate:,.0f} events/s", "")
+    table.add_row(f"read (open_trace().events(), {n_read:,} events)", f"{read_rate:,.0f} events/s", "")
+    table.add_row("frames from event objects (from_events(events()))", f"{objects_rate:,.0f} events/s", "")
     table.add_row("load() into polars frames", f"{load_rate:,.0f} events/s", "")
     Console().print(table)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from tracer.codec import decode_events, decode_header, unpackb
 from tracer.errors import TraceFormatError
 from tracer.events import BatchEvent, Event, ExpertsEvent, SessionHeader, StageEvent, TickEvent
 from tracer.framing import MAGIC, Frame, FrameScanner, Kind, read_frame
 from tracer.index import TraceIndex, read_index, rebuild_index
+
+T = TypeVar("T")
 
 
 def read_preamble(f, path: str, size: int) -> tuple[SessionHeader | None, int]:
@@ -143,17 +145,27 @@ class TraceReader:
                 best = ev.tick
         return best
 
+    def decoded_frames(self, decode: Callable[[bytes], T]) -> Iterator[T]:
+        """`decode` of every events frame's payload in file order, for readers that build their own
+        columns rather than event objects; damage is skipped and reported as by `events()`, and so
+        is a frame `decode` rejects with TraceFormatError."""
+        return self._decoded_from(self._start, decode)
+
     def _events_from(self, offset: int) -> Iterator[Event]:
+        for events in self._decoded_from(offset, decode_events):
+            yield from events
+
+    def _decoded_from(self, offset: int, decode: Callable[[bytes], T]) -> Iterator[T]:
         scanner = FrameScanner(self._f, offset, self._end)
         try:
             for frame in scanner:
                 if frame.kind == Kind.EVENTS:
                     try:
-                        events = decode_events(frame.payload)
+                        decoded = decode(frame.payload)
                     except TraceFormatError as exc:
                         self._report(f"undecodable events frame at byte {frame.offset} ({exc.what}): skipped")
                         continue
-                    yield from events
+                    yield decoded
                 elif frame.kind == Kind.STATS:
                     try:
                         self.dropped = decode_stats(frame.payload)
