@@ -18,6 +18,10 @@ from tracer.index import INDEX_EVERY, FrameStats, encode_index
 from tracer.limits import MAX_BIN_LEN, MAX_EVENTS_PER_FRAME, TARGET_FRAME_BYTES
 
 
+# Frames queued for one os.write are written once they reach this many bytes (or the drain ends).
+_WRITE_CHUNK = 4 << 20
+
+
 class TraceWriter:
     """A Recorder that appends events to a trace file from a background thread.
 
@@ -67,7 +71,9 @@ class TraceWriter:
         self._packer = new_packer()
         self._frames_since_index: list[tuple[int, ...]] = []
         self._last_index = -1
-        self._offset = 0
+        self._offset = 0  # where the next frame will start, counting frames not yet written
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         header_bytes = encode_header(header)  # fails here, in the caller, if config is not storable
         try:
             decode_header(header_bytes)  # and refuse one no reader would accept (int keys, huge lists)
@@ -76,6 +82,7 @@ class TraceWriter:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
         try:
             self._write(MAGIC + encode_frame(Kind.HEADER, header_bytes))
+            self._flush_pending()  # a follower can name the session as soon as the file exists
         except BaseException:
             os.close(self._fd)
             raise
@@ -173,6 +180,7 @@ class TraceWriter:
             self._drain()  # anything that slipped past the fast path's check during close
             self._write_index()
             self._write(encode_footer(self._last_index))
+            self._flush_pending()
         except BaseException as exc:  # kept for close() to raise; the hot loop must not see it
             self._error = exc
         finally:
@@ -208,6 +216,7 @@ class TraceWriter:
             self._drops_written = self.dropped
             stats_payload = packb({"dropped": dict(self.dropped_by_kind), "t_ns": time.monotonic_ns()})
             self._write(encode_frame(Kind.STATS, stats_payload))
+        self._flush_pending()
 
     def _count_drop(self, kind: str) -> None:
         with self._drop_lock:
@@ -230,11 +239,27 @@ class TraceWriter:
         self._frames_since_index = []
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
+        """Queue whole frames; `_flush_pending` writes them.
+
+        Each os.write releases the GIL, and a hot loop that holds it makes the writer wait a whole
+        switch interval (5 ms) to get it back: one write per drain instead of one per frame keeps
+        the writer ahead. Frames are still appended whole, so a crash leaves at most one partial
+        frame, at the end."""
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        self._offset += len(data)
+        if self._pending_bytes >= _WRITE_CHUNK:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        if not self._pending:
+            return
+        view = memoryview(b"".join(self._pending))
+        self._pending.clear()
+        self._pending_bytes = 0
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
-        self._offset += len(data)
 
 
 class _close_at_exit:
