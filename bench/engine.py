@@ -25,6 +25,7 @@ import torch
 
 from engine.config import ModelConfig, get_preset
 from engine.engine import Engine
+from engine.hf_config import glm4_moe_config
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer.events import ExpertsEvent, TickEvent
@@ -121,20 +122,9 @@ def hf_peer_step_s(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, b
                    steps: int, backend: str) -> float:
     """Seconds per greedy decode step of the same shape in HuggingFace transformers (GLM-4.5's MoE, which
     is our architecture; see tests/test_engine_parity.py), decoding with its KV cache."""
-    from transformers import Glm4MoeConfig, Glm4MoeForCausalLM  # the peer only: not an engine dependency
+    from transformers import Glm4MoeForCausalLM  # the peer only: not an engine dependency
 
-    config = Glm4MoeConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta, "partial_rotary_factor": 1.0},
-        attention_bias=False, use_qk_norm=False, first_k_dense_replace=0,
-        moe_intermediate_size=cfg.moe_intermediate, num_experts_per_tok=cfg.top_k,
-        n_routed_experts=cfg.routed_experts, n_shared_experts=cfg.shared_experts,
-        n_group=1, topk_group=1, norm_topk_prob=True, tie_word_embeddings=False,
-    )
-    config._attn_implementation = "sdpa"
-    config._experts_implementation = backend
+    config = glm4_moe_config(cfg, attention="sdpa", experts=backend)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # build in the model's dtype, on the device: no float32 detour
     try:

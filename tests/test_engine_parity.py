@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import Glm4MoeConfig, Glm4MoeForCausalLM
+from transformers import Glm4MoeForCausalLM
 
 from engine.config import ModelConfig, get_preset
 from engine.engine import Engine
+from engine.hf_config import glm4_moe_config
 from engine.kv_cache import KVCache
 from engine.model import SeqChunk, Transformer, make_batch
 from engine.request import Request
@@ -26,18 +27,7 @@ CPU = torch.device("cpu")
 def hf_twin(ours: Transformer, experts_backend: str = "eager") -> Glm4MoeForCausalLM:
     """A transformers model of the same shape, holding copies of our weights."""
     cfg: ModelConfig = ours.cfg
-    config = Glm4MoeConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta, "partial_rotary_factor": 1.0},
-        attention_bias=False, use_qk_norm=False, first_k_dense_replace=0,
-        moe_intermediate_size=cfg.moe_intermediate, num_experts_per_tok=cfg.top_k,
-        n_routed_experts=cfg.routed_experts, n_shared_experts=cfg.shared_experts,
-        n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=1.0, tie_word_embeddings=False,
-    )
-    config._attn_implementation = "eager"
-    config._experts_implementation = experts_backend
+    config = glm4_moe_config(cfg, attention="eager", experts=experts_backend)
     dtype = ours.embed.dtype
     hf = Glm4MoeForCausalLM(config).to(dtype).eval()
     q, kv = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
