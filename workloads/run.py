@@ -104,7 +104,11 @@ class Recording:
         header = SessionHeader(
             t0_mono_ns=time.monotonic_ns(),
             t0_wall_ns=time.time_ns(),
-            config=_session_config(plan, engine, spec),
+            config=session_config(
+                engine, plan.preset, plan.seed,
+                workload=spec.to_dict(),
+                duration_s=spec.duration_s if plan.duration_s is None else plan.duration_s,
+            ),
         )
         writer = TraceWriter(plan.out, header)
         engine.recorder = writer
@@ -143,7 +147,7 @@ async def _drive(
     on_progress: Callable[[Progress], None] | None,
 ) -> LoadResult:
     with stop_on_signals() as stop:
-        watchdog = asyncio.create_task(_watch(engine, stop))
+        watchdog = asyncio.create_task(stop_when_engine_fails(engine, stop))
         try:
             return await run_load(
                 engine, spec, writer,
@@ -156,8 +160,8 @@ async def _drive(
             watchdog.cancel()
 
 
-async def _watch(engine: Engine, stop: asyncio.Event) -> None:
-    """A failed engine answers nothing more: stop the load so the error surfaces at once."""
+async def stop_when_engine_fails(engine: Engine, stop: asyncio.Event) -> None:
+    """A failed engine answers nothing more: set `stop` so the run ends and the error surfaces at once."""
     while engine.error is None:
         await asyncio.sleep(_WATCH_S)
     stop.set()
@@ -170,15 +174,11 @@ def leave_a_core_free() -> None:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1)))
 
 
-def _session_config(plan: RecordingPlan, engine: Engine, spec: WorkloadSpec) -> dict[str, Any]:
+def session_config(engine: Engine, preset: str, seed: int | None, **more: Any) -> dict[str, Any]:
+    """The trace header's configuration: the engine's own description, what it was built from,
+    the software it ran on, and what the caller adds (the workload, the serving address)."""
     config = engine.describe()
-    config.update(
-        preset=plan.preset,
-        seed=plan.seed or 0,
-        workload=spec.to_dict(),
-        duration_s=spec.duration_s if plan.duration_s is None else plan.duration_s,
-        versions=software_versions(),
-    )
+    config.update(preset=preset, seed=seed or 0, versions=software_versions(), **more)
     return config
 
 

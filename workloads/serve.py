@@ -44,7 +44,7 @@ from workloads.openai_api import (
     rejection,
     usage_chunk,
 )
-from workloads.run import leave_a_core_free, software_versions
+from workloads.run import leave_a_core_free, session_config, stop_when_engine_fails
 from workloads.signals import stop_on_signals
 from workloads.spec import load_workload
 from workloads.stream import StreamingSink
@@ -55,7 +55,6 @@ _MAX_TOKEN_US = 2**32 - 1  # token_us is uint32 (as in the load generator)
 # At shutdown: how long in-flight handlers get to send their last bytes once the engine has
 # cancelled them, and how long the engine's cancellations get to reach the event loop.
 _SHUTDOWN_S = 2.0
-_WATCH_S = 0.2
 
 
 @dataclass
@@ -158,27 +157,19 @@ class Server:
         await self.start()
         if on_ready is not None:
             on_ready(self.url)
-        watchdog = asyncio.create_task(self._watch(stop))
+        watchdog = asyncio.create_task(stop_when_engine_fails(self.engine, stop))
         try:
             await stop.wait()
         finally:
             watchdog.cancel()
         return await self.close()
 
-    async def _watch(self, stop: asyncio.Event) -> None:
-        # A failed engine answers nothing more: stop serving, and `close` re-raises its error.
-        while self.engine.error is None:
-            await asyncio.sleep(_WATCH_S)
-        stop.set()
-
     def _session_config(self, port: int) -> dict[str, Any]:
-        config = self.engine.describe()
         plan = self.plan
-        config.update(preset=plan.preset, seed=plan.seed or 0, versions=software_versions(),
-                      serve={"host": plan.host, "port": port, "model": plan.model_name})
+        more: dict[str, Any] = {"serve": {"host": plan.host, "port": port, "model": plan.model_name}}
         if plan.workload:
-            config["workload"] = load_workload(plan.workload).to_dict()
-        return config
+            more["workload"] = load_workload(plan.workload).to_dict()
+        return session_config(self.engine, plan.preset, plan.seed, **more)
 
     # --- handlers ----------------------------------------------------------------------------------
 
