@@ -50,17 +50,11 @@ def cmd_record(args: argparse.Namespace) -> int:
                 progress.update(task, completed=stats.elapsed_s, done=stats.finished, tok_s=stats.tokens_per_s)
 
             result = run(on_progress)
-    if not args.quiet and args.target:
+    if not args.quiet:
+        what = "client side, ticks in the server's trace" if args.target else f"{result.ticks} ticks"
         console.print(
-            f"[green]wrote[/] {out} (client side; the server's trace holds the ticks): "
-            f"{result.requests_finished} of {result.requests_submitted} requests finished, "
-            f"{result.tokens_generated} tokens" + (" (interrupted)" if result.interrupted else "")
-        )
-    elif not args.quiet:
-        console.print(
-            f"[green]wrote[/] {out}: {result.ticks} ticks, {result.requests_finished} of "
-            f"{result.requests_submitted} requests finished, {result.tokens_generated} tokens"
-            + (" (interrupted)" if result.interrupted else "")
+            f"[green]wrote[/] {out}: {what}, {result.requests_finished} of {result.requests_submitted} "
+            f"requests finished, {result.tokens_generated} tokens" + (" (interrupted)" if result.interrupted else "")
         )
     return 0
 
