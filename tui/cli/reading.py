@@ -21,11 +21,8 @@ def cmd_live(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from tui.app import run_dashboard
 
-    path = existing_trace(args.file)
-    import tracer
-
-    tracer.open_trace(path)  # refuse a non-trace before the terminal is taken over
-    run_dashboard(str(path), "replay")
+    # run_dashboard opens the trace before it takes the terminal, so a non-trace is refused in one line
+    run_dashboard(str(existing_trace(args.file)), "replay")
     return 0
 
 
