@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from engine.config import ModelConfig, check_fits
+from engine.decode_graphs import DecodeGraphs
 from engine.distributed import StageGroup
 from engine.distributed_stages import DistributedExecutor
 from engine.errors import ConfigError
@@ -72,9 +73,10 @@ class Engine:
         self.kv = KVCache(model_cfg, sched_cfg.kv_capacity_tokens, self.device, self.dtype,
                           sched_cfg.kv_block_size, layers=None if owned is None else len(owned))
         self.scheduler = Scheduler(sched_cfg, self.kv.allocator)
+        self.graphs = self._decode_graphs()
         if stage_group is None:
             self.executor: StageExecutor | DistributedExecutor = StageExecutor(
-                self.model, self.kv, self.pipeline, sched_cfg.attention, self.device)
+                self.model, self.kv, self.pipeline, sched_cfg.attention, self.device, self.graphs)
         else:
             self.executor = DistributedExecutor(self.model, self.kv, self.pipeline, sched_cfg.attention, stage_group)
 
@@ -90,6 +92,13 @@ class Engine:
         self._draining = False
         self._thread: threading.Thread | None = None
         self._prev_tick_start = 0
+
+    def _decode_graphs(self) -> DecodeGraphs | None:
+        mode = self.sched_cfg.decode_graphs  # "on" was refused with a pipeline or grouping by validate()
+        plain = not self.pipeline.pipelined and self.sched_cfg.attention == "ragged" and self.stage_group is None
+        if mode == "on" or (mode == "auto" and plain and self.device.type == "cuda"):
+            return DecodeGraphs(self.model, self.kv, self.sched_cfg.max_seqs)
+        return None
 
     # --- control, from any thread ------------------------------------------------------------------
 
@@ -154,6 +163,7 @@ class Engine:
             "kv_bytes_per_token": self.model_cfg.kv_bytes_per_token(self.dtype),
             "kv_capacity_tokens": self.kv.allocator.capacity_tokens,
             "expert_matmul": self.model.layers[0].moe.matmul.__name__,
+            "decode_graphs": "off" if self.graphs is None else "cuda graphs" if self.graphs.capture else "eager",
             "stage_layers": [[r.start, r.stop] for r in self.pipeline.stage_layers],
             "pipeline_schedule": self.pipeline.schedule.name,
             "torch": torch.__version__,

@@ -43,6 +43,8 @@ class ForwardBatch:
     slots: Tensor  # [T] cache slot each token's K/V is written to
     groups: list[AttnGroup]
     sample_index: Tensor  # [S] rows whose next-token logits are wanted
+    # [T] bool: rows whose expert choices count in the tick's load (False for padding); None = all
+    counted: Tensor | None = None
 
 
 @dataclass
@@ -245,13 +247,18 @@ class MoE(nn.Module):
         weights = scores.gather(1, chosen)
         return chosen, weights / weights.sum(-1, keepdim=True)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Output [T, H] and tokens per expert [E] (int32, on the device)."""
+    def forward(self, x: Tensor, counted: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Output [T, H] and tokens per expert [E] (int32, on the device), of the rows `counted`
+        ([T] bool) when given."""
         chosen, weights = self.route(x)
         flat = chosen.flatten()
-        counts = torch.zeros(self.w13.shape[0], device=x.device, dtype=torch.int32)
         # scatter_add, not bincount: bincount reads the max back to the host on CUDA
+        counts = torch.zeros(self.w13.shape[0], device=x.device, dtype=torch.int32)
         counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        load = counts
+        if counted is not None:  # every row is dispatched; only the counted ones are reported
+            per_choice = counted[:, None].expand(-1, self.top_k).flatten().int()
+            load = torch.zeros_like(counts).scatter_add_(0, flat, per_choice)
 
         order = flat.argsort(stable=True)  # (token, slot) pairs sorted by expert
         offs = counts.cumsum(0, dtype=torch.int32)
@@ -265,7 +272,7 @@ class MoE(nn.Module):
         if self.shared_w13 is not None:
             gate, up = (x @ self.shared_w13).chunk(2, dim=-1)
             out = out + (F.silu(gate) * up) @ self.shared_w2
-        return out, counts
+        return out, load
 
 
 class Block(nn.Module):
@@ -279,7 +286,7 @@ class Block(nn.Module):
     def forward(self, x: Tensor, batch: ForwardBatch, cos: Tensor, sin: Tensor, k_cache: Tensor,
                 v_cache: Tensor) -> tuple[Tensor, Tensor]:
         h = x + self.attention(self.attention_norm(x), batch, cos, sin, k_cache, v_cache)
-        moe_out, counts = self.moe(self.moe_norm(h))
+        moe_out, counts = self.moe(self.moe_norm(h), batch.counted)
         return h + moe_out, counts
 
 

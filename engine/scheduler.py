@@ -22,6 +22,7 @@ from engine.request import Request
 
 POLICIES = ("continuous", "window", "static")
 GROUPINGS = ("ragged", "same-length")
+DECODE_GRAPHS = ("auto", "on", "off")
 
 
 @dataclass
@@ -42,12 +43,20 @@ class SchedulerConfig:
     micro_batch_size: int = 0  # sequences per micro-batch; when set (> 0) it decides the count instead
     stage_layers: tuple[int, ...] = ()  # layers of each stage; empty = balanced by weight bytes
     schedule: str = "gpipe"  # the order stages run their micro-batches in (engine/pipeline.py)
+    # decode-only ticks padded to buckets and replayed as CUDA graphs (engine/decode_graphs.py). auto:
+    # on CUDA with one stage and ragged attention; on: also on the CPU, run eagerly (for testing)
+    decode_graphs: str = "auto"
 
     def validate(self) -> None:
         if self.policy not in POLICIES:
             raise ConfigError(f"unknown scheduler policy '{self.policy}' (choose from: {', '.join(POLICIES)})")
         if self.attention not in GROUPINGS:
             raise ConfigError(f"unknown attention grouping '{self.attention}' (choose from: {', '.join(GROUPINGS)})")
+        if self.decode_graphs not in DECODE_GRAPHS:
+            raise ConfigError(f"unknown decode_graphs '{self.decode_graphs}' (choose from: {', '.join(DECODE_GRAPHS)})")
+        pipelined = self.stages > 1 or self.micro_batches > 1 or self.micro_batch_size > 0
+        if self.decode_graphs == "on" and (pipelined or self.attention != "ragged"):
+            raise ConfigError("decode_graphs 'on' needs one pipeline stage, one micro-batch and ragged attention")
         if self.window_ms < 0:
             raise ConfigError(f"window_ms must be 0 or more, got {self.window_ms}")
         for name in ("max_seqs", "max_tokens", "prefill_chunk", "kv_block_size", "stages", "micro_batches"):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.decode_graphs import DecodeGraphs
 from engine.kv_cache import KVCache
 from engine.model import SeqChunk, Transformer, make_batch
 from engine.pipeline import PipelinePlan, modelled_timeline, run_order, split_micro_batches
@@ -82,12 +83,16 @@ class StageExecutor:
     """Runs a tick's forward pass as pipeline cells on one device."""
 
     def __init__(self, model: Transformer, kv: KVCache, plan: PipelinePlan, grouping: str,
-                 device: torch.device) -> None:
+                 device: torch.device, graphs: DecodeGraphs | None = None) -> None:
         self.model, self.kv, self.plan = model, kv, plan
         self.grouping, self.device = grouping, device
+        self.graphs = graphs
 
     def run(self, chunks: list[SeqChunk], tick: int, tick_start_ns: int) -> ForwardResult:
-        """The embedding runs in stage 0's cells, the LM head in the last's; tokens are greedy."""
+        """The embedding runs in stage 0's cells, the LM head in the last's; tokens are greedy.
+        Decode-only ticks go to the decode graphs, when there are any."""
+        if self.graphs is not None and self.graphs.takes(chunks):
+            return self._run_graph(chunks)
         plan, model = self.plan, self.model
         micro = plan.micro_batches_for(len(chunks))
         parts = [make_batch(p, self.device, self.grouping) for p in split_micro_batches(chunks, micro)]
@@ -119,3 +124,13 @@ class StageExecutor:
             offset = clock.start_ns - tick_start_ns  # cell times are relative to the tick's start
             stage = StageEvent(tick, start + offset, end + offset, modelled_start + offset, modelled_end + offset)
         return ForwardResult(host[:n].tolist(), host[n:].reshape(counts.shape), int(marks[-1]), stage)
+
+    def _run_graph(self, chunks: list[SeqChunk]) -> ForwardResult:
+        clock = CellClock(self.device)
+        clock.mark()
+        out = self.graphs.run(chunks)
+        clock.mark()
+        host = out.cpu().numpy()  # the tick's one host synchronisation
+        cfg = self.model.cfg
+        counts = host[len(host) - cfg.layers * cfg.routed_experts:].reshape(cfg.layers, cfg.routed_experts)
+        return ForwardResult(host[:len(chunks)].tolist(), counts, int(clock.read()[-1]), None)

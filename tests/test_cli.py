@@ -88,6 +88,7 @@ def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["record", "--duration", "-1", "--out", "x.msgpack"], "must be a positive number of seconds"),
         (["record", "--max-seqs", "0", "--out", "x.msgpack"], "must be a positive whole number"),
         (["record", "--device", "cuda", "--out", "x.msgpack"], "no CUDA device"),
+        (["record", "--decode-graphs", "on", "--stages", "2", "--out", "x.msgpack"], "decode_graphs 'on' needs one"),
         (["record", "--out", "exists.msgpack"], "already exists"),
         (["record", "--out", "nodir/x.msgpack"], "does not exist"),
         (["frobnicate"], "invalid choice"),

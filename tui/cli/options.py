@@ -100,6 +100,9 @@ def add_recording_options(p: argparse.ArgumentParser, *, workload: str | None) -
     p.add_argument("--max-tokens", type=positive_int, help="max tokens per tick (overrides the workload's)")
     p.add_argument("--stages", type=positive_int, help="pipeline stages the layers are split into, balanced by weight bytes (default: 1)")
     p.add_argument("--stage-layers", type=stage_layers, metavar="N,N,...", help="layers of each stage, first to last, e.g. 3,3,2 (sets --stages)")
+    p.add_argument("--decode-graphs", choices=["auto", "on", "off"],
+                   help="replay decode-only ticks as CUDA graphs, padded to batch and context buckets (auto: on "
+                        "CUDA with one stage and ragged attention; on: also on the CPU, eagerly)")
     batching = p.add_mutually_exclusive_group()
     batching.add_argument("--micro-batches", type=positive_int, metavar="M", help="micro-batches each tick's batch is split into (default: 1)")
     batching.add_argument("--micro-batch-size", type=positive_int, metavar="N", help="sequences per micro-batch: the count follows the batch")
@@ -121,22 +124,15 @@ DISTRIBUTED_HELP = ("run each of the --stages in its own process on torch.distri
 
 # flags that set the engine's pipeline, as SchedulerConfig fields
 PIPELINE_FLAGS = ("stages", "stage_layers", "micro_batches", "micro_batch_size")
+# every flag that sets a SchedulerConfig field, and every flag that configures the engine
+SCHEDULER_FLAGS = ("policy", "window_ms", "max_seqs", "max_tokens", "decode_graphs", *PIPELINE_FLAGS)
+ENGINE_FLAGS = ("layers", *SCHEDULER_FLAGS)
 
 
 def plan_from_args(args: argparse.Namespace, out: Path, duration_s: float | None):
     from workloads.run import RecordingPlan
 
-    overrides = {
-        key: value
-        for key, value in (
-            ("policy", args.policy),
-            ("window_ms", args.window_ms),
-            ("max_seqs", args.max_seqs),
-            ("max_tokens", args.max_tokens),
-            *((flag, getattr(args, flag)) for flag in PIPELINE_FLAGS),
-        )
-        if value is not None
-    }
+    overrides = {flag: getattr(args, flag) for flag in SCHEDULER_FLAGS if getattr(args, flag) is not None}
     if args.stage_layers and args.stages is None:
         overrides["stages"] = len(args.stage_layers)
     return RecordingPlan(

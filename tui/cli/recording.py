@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tui.cli.options import PIPELINE_FLAGS, CommandError, check_out, plan_from_args
+from tui.cli.options import ENGINE_FLAGS, CommandError, check_out, plan_from_args
 
 def cmd_record(args: argparse.Namespace) -> int:
     from rich.console import Console
@@ -76,8 +76,7 @@ def _serve_stage(args: argparse.Namespace) -> int:
 
 def _check_target_options(args: argparse.Namespace) -> None:
     """With --target the engine is the server's: its knobs are set where it is served."""
-    engine_flags = ("layers", "policy", "window_ms", "max_seqs", "max_tokens", *PIPELINE_FLAGS)
-    given = [flag for flag in engine_flags if getattr(args, flag) is not None]
+    given = [flag for flag in ENGINE_FLAGS if getattr(args, flag) is not None]
     if args.distributed:
         raise CommandError("--distributed runs the engine's stages here; it cannot be combined with --target")
     if given:
@@ -120,8 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_out(out, args.force)
     prepare(plan_from_args(args, out, args.duration))  # a bad flag is said here, not in the child's log
     command = [sys.executable, "-m", "tui.cli", "record", "--quiet", "--out", str(out)]
-    for flag in ("preset", "workload", "layers", "device", "seed", "policy", "window_ms", "max_seqs", "max_tokens",
-                 *PIPELINE_FLAGS):
+    for flag in ("preset", "workload", "device", "seed", *ENGINE_FLAGS):
         value = getattr(args, flag)
         if value is not None:
             text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)

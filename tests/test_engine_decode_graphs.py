@@ -1,0 +1,132 @@
+"""Decode ticks padded to buckets (the path CUDA graphs capture), checked on the CPU: it must give the
+eager path's tokens, expert load and KV cache, and hold nothing a graph cannot capture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
+
+from engine.config import get_preset
+from engine.decode_graphs import DecodeGraphs, _bucket_for, buckets
+from engine.engine import Engine
+from engine.errors import ConfigError
+from engine.kv_cache import KVCache
+from engine.model import SeqChunk, Transformer, grouped_mm, grouped_mm_padded
+from engine.request import Request
+from engine.scheduler import SchedulerConfig
+from tracer.events import ExpertsEvent, TickEvent
+from tracer.recorder import ListRecorder
+
+
+class Tokens:
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+
+    def on_token(self, token: int, t_ns: int) -> None:
+        self.tokens.append(token)
+
+    def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
+
+
+@pytest.mark.parametrize("limit, step, smallest", [(1, 1, 1), (8, 1, 1), (256, 1, 1), (100, 1, 1), (4096, 16, 64)])
+def test_buckets_cover_every_size_with_at_most_a_third_of_padding(limit, step, smallest):
+    sizes = buckets(limit, step, smallest)
+    assert sizes == sorted(set(sizes)) and sizes[-1] == limit
+    assert all(s % step == 0 for s in sizes[:-1]) and sizes[0] >= min(smallest, limit)
+    for n in range(1, limit + 1):
+        b = _bucket_for(sizes, n)
+        assert n <= b <= max(smallest, 2, -(-int(1.5 * n) // step) * step, n + step)
+    assert _bucket_for(sizes, limit + 1) is None
+
+
+def _run(decode_graphs: str) -> tuple[list[list[int]], list[np.ndarray], Engine]:
+    """Eleven requests of mixed lengths through an engine of 8 slots: admissions, prefills and
+    finishes interleave with decode-only ticks, and contexts cross several context buckets."""
+    rec = ListRecorder()
+    sched = SchedulerConfig(max_seqs=8, kv_capacity_tokens=4096, decode_graphs=decode_graphs)
+    eng = Engine(get_preset("tiny"), sched, device="cpu", recorder=rec)
+    rng = np.random.default_rng(1)
+    sinks = [Tokens() for _ in range(11)]
+    for i, sink in enumerate(sinks):
+        prompt = rng.integers(0, 512, int(rng.integers(1, 90))).tolist()
+        eng.submit(Request(i, prompt, int(rng.integers(1, 40)), sink))
+    while eng.step():
+        pass
+    load = [e.counts for e in rec.events if isinstance(e, ExpertsEvent)]
+    assert len(load) == len([e for e in rec.events if isinstance(e, TickEvent)])
+    return [s.tokens for s in sinks], load, eng
+
+
+def test_padded_decode_gives_the_eager_tokens_load_and_cache():
+    eager_tokens, eager_load, eager = _run("off")
+    padded_tokens, padded_load, padded = _run("on")
+
+    assert eager.graphs is None and padded.describe()["decode_graphs"] == "eager"
+    used = padded.graphs.buckets_used
+    assert len({b for b, _ in used}) > 2 and len({c for _, c in used}) > 1  # shrinking batches, growing contexts
+    assert any(b > n for b, n in zip((b for b, _ in used), [1, 2, 3, 4, 6, 8]))  # some ticks were padded
+    assert padded_tokens == eager_tokens
+    assert len(padded_load) == len(eager_load)
+    assert all((p == e).all() for p, e in zip(padded_load, eager_load))  # padding rows are not counted
+    real = slice(0, padded.kv.scratch_slot)  # padding rows wrote only to the scratch slot
+    torch.testing.assert_close(padded.kv.k[:, real], eager.kv.k[:, real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(padded.kv.v[:, real], eager.kv.v[:, real], rtol=1e-5, atol=1e-5)
+
+
+def _graphs(dtype: torch.dtype, max_seqs: int = 8) -> DecodeGraphs:
+    cfg = get_preset("tiny")
+    kv = KVCache(cfg, 2048, torch.device("cpu"), dtype)
+    return DecodeGraphs(Transformer(cfg, torch.device("cpu"), dtype), kv, max_seqs)
+
+
+def _decode_chunks(graphs: DecodeGraphs, contexts: list[int]) -> list[SeqChunk]:
+    alloc = graphs.kv.allocator
+    chunks = []
+    for i, n in enumerate(contexts):
+        alloc.grow(i, n)
+        chunks.append(SeqChunk([i], n - 1, alloc.slots(i, n), True))
+    return chunks
+
+
+def test_takes_decode_only_ticks_that_fit_the_largest_bucket():
+    graphs = _graphs(torch.float32, max_seqs=4)
+    alloc = graphs.kv.allocator
+    assert graphs.takes(_decode_chunks(graphs, [5, 70, 200, 1]))
+    alloc.grow(9, 20)
+    prefill = SeqChunk(list(range(20)), 0, alloc.slots(9, 20), True)
+    assert not graphs.takes([prefill])
+    assert not graphs.takes([SeqChunk([1], 19, alloc.slots(9, 20), False)])  # a chunk that does not sample
+    assert not graphs.takes(_decode_chunks(graphs, [3, 3, 3, 3, 3]))  # more than max_seqs
+    graphs.context_buckets = [64]
+    assert not graphs.takes(_decode_chunks(graphs, [65]))
+
+
+@pytest.mark.parametrize("matmul", [grouped_mm, grouped_mm_padded])
+def test_the_captured_region_has_no_data_dependent_shapes_or_host_reads(matmul):
+    """Under fake tensors, reading a value back (.item(), .tolist()) or an op whose output shape
+    depends on values (nonzero, bincount, boolean masks) raises: exactly what a CUDA graph cannot hold."""
+    graphs = _graphs(torch.bfloat16)  # the dtype torch._grouped_mm is specified for on CUDA
+    for layer in graphs.model.layers:
+        layer.moe.matmul = matmul
+    bucket = graphs._bucket(4, 128)
+    graphs._fill(bucket, _decode_chunks(graphs, [5, 70, 100]), np.array([5, 70, 100]))
+    with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True):
+        out = graphs._forward(bucket)
+        assert out.shape == (4 + 4 * 16,)
+        with pytest.raises(DataDependentOutputException):  # the harness does catch a host read
+            out.sum().item()
+        with pytest.raises(DynamicOutputShapeException):  # ... and a value-dependent shape
+            torch.bincount(out)
+
+
+def test_decode_graphs_on_refuses_a_pipeline_and_unknown_values():
+    with pytest.raises(ConfigError, match="needs one pipeline stage"):
+        SchedulerConfig(decode_graphs="on", stages=2).validate()
+    with pytest.raises(ConfigError, match="needs one pipeline stage"):
+        SchedulerConfig(decode_graphs="on", attention="same-length").validate()
+    with pytest.raises(ConfigError, match="unknown decode_graphs 'sometimes'"):
+        SchedulerConfig(decode_graphs="sometimes").validate()
+    auto = Engine(get_preset("tiny"), SchedulerConfig(stages=2), device="cpu")
+    assert auto.graphs is None and auto.describe()["decode_graphs"] == "off"  # auto: graphs on CUDA only
