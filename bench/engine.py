@@ -13,12 +13,18 @@ The floor is the larger of
     over the measured copy bandwidth, and
   - the step's FLOPs over the measured dense matmul rate,
 and "of floor" is floor / measured step time (1.0 = at the roofline).
+
+"tracer" is what recording costs a decode step: --overhead-pairs more steps are timed with the engine
+emitting into a real TraceWriter (to a temporary file, its writer thread running) and into nothing,
+interleaved on-off-off-on so that the growing context weighs on both alike; it is mean(on) / mean(off) - 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,8 +34,9 @@ from engine.engine import Engine
 from engine.hf_config import glm4_moe_config
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
-from tracer.events import ExpertsEvent, TickEvent
-from tracer.recorder import ListRecorder
+from tracer.events import ExpertsEvent, SessionHeader, TickEvent
+from tracer.recorder import ListRecorder, NullRecorder, Recorder
+from tracer.writer import TraceWriter
 
 
 class _Discard:
@@ -87,17 +94,20 @@ def step_floor(cfg: ModelConfig, dtype: torch.dtype, batch: int, kv_tokens: int,
     return max((weight_bytes + kv_bytes) / bandwidth, flops / flops_rate)
 
 
-def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: int) -> dict:
+def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: int, overhead_pairs: int,
+                decode_graphs: str) -> dict:
     rec = ListRecorder()
+    decode = steps + 4 * overhead_pairs + 8
     sched = SchedulerConfig(max_seqs=batch, max_tokens=max(batch, 2048), prefill_chunk=2048,
-                            kv_capacity_tokens=batch * (prompt + steps + 32), queue_limit=batch)
+                            kv_capacity_tokens=batch * (prompt + decode + 32), queue_limit=batch,
+                            decode_graphs=decode_graphs)
     engine = Engine(cfg, sched, device=device, recorder=rec)
     rng = np.random.default_rng(0)
     for r in range(batch):
-        engine.submit(Request(r, rng.integers(0, cfg.vocab_size, prompt).tolist(), steps + 8, _Discard()))
+        engine.submit(Request(r, rng.integers(0, cfg.vocab_size, prompt).tolist(), decode, _Discard()))
     while engine.scheduler.waiting or any(s.pending > 1 for s in engine.scheduler.running):
         engine.step()
-    for _ in range(3):  # warm up the decode shapes
+    for _ in range(3):  # warm up the decode shapes (and capture their graph)
         engine.step()
     rec.events.clear()
     t = time.perf_counter()
@@ -109,13 +119,34 @@ def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: i
     assert all(e.seqs == batch and e.prefill_tokens == 0 for e in ticks), "bench batch was not decode-only"
     distinct = float(np.mean([(e.counts > 0).sum() for e in experts]))
     kv_tokens = batch * (prompt + 3 + steps // 2)  # mean context over the timed steps
+    on_s, off_s = tracer_on_off(engine, overhead_pairs)
     return {
         "step_s": step_s,
         "forward_s": float(np.mean([e.forward_ns for e in ticks])) / 1e9,
         "distinct": distinct,
         "kv_tokens": kv_tokens,
+        "tracer": on_s / off_s - 1,
         "engine": engine,
     }
+
+
+def tracer_on_off(engine: Engine, pairs: int) -> tuple[float, float]:
+    """Mean seconds of a decode step recorded into a TraceWriter, and into nothing (see docstring)."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        header = SessionHeader(time.monotonic_ns(), time.time_ns(), {"engine": engine.describe()})
+        writer = TraceWriter(Path(tmp) / "overhead.msgpack", header)
+        recorders: dict[bool, Recorder] = {True: writer, False: NullRecorder()}
+        try:
+            for i in range(2 * pairs):
+                traced = i % 4 in (0, 3)
+                engine.recorder = recorders[traced]
+                t = time.perf_counter()
+                engine.step()
+                times[traced].append(time.perf_counter() - t)
+        finally:
+            writer.close()
+    return float(np.mean(times[True])), float(np.mean(times[False]))
 
 
 def hf_peer_step_s(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, batch: int, prompt: int,
@@ -155,6 +186,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--overhead-pairs", type=int, default=100, help="traced/untraced step pairs for the tracer column")
+    p.add_argument("--decode-graphs", default="auto", choices=["auto", "on", "off"],
+                   help="the engine's decode graphs (default: auto, i.e. CUDA graphs on CUDA)")
     p.add_argument("--peer", action="store_true",
                    help="also time HuggingFace transformers (eager and grouped_mm experts) on the same shape")
     args = p.parse_args()
@@ -165,24 +199,26 @@ def main() -> None:
 
     rows = []
     for b in (int(x) for x in args.batches.split(",")):
-        r = bench_batch(cfg, args.device, b, args.prompt, args.steps)
+        r = bench_batch(cfg, args.device, b, args.prompt, args.steps, args.overhead_pairs, args.decode_graphs)
         engine = r.pop("engine")
         rows.append((b, r))
     dev, dtype = engine.device, engine.dtype
     bandwidth, rate = copy_bandwidth(dev), matmul_rate(dev, dtype)
     d = engine.describe()
     print(f"{cfg.name}, {cfg.layers} layers, {d['device_name']}, {d['model']['dtype']}, "
-          f"experts via {d['expert_matmul']}, prompt {args.prompt}, {args.steps} decode steps")
+          f"experts via {d['expert_matmul']}, decode graphs: {d['decode_graphs']}, prompt {args.prompt}, "
+          f"{args.steps} decode steps")
     print(f"measured: copy {bandwidth / 1e9:.1f} GB/s, matmul {rate / 1e12:.2f} TFLOP/s, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     peers = ("eager", "grouped_mm") if args.peer else ()
     print(f"{'batch':>6} {'step ms':>9} {'fwd ms':>8} {'tok/s':>9} {'ticks/s':>8} {'experts/layer':>14} "
-          f"{'floor ms':>9} {'of floor':>9}" + "".join(f" {'hf ' + p + ' ms':>18} {'we are':>7}" for p in peers))
+          f"{'floor ms':>9} {'of floor':>9} {'tracer':>7}" + "".join(f" {'hf ' + p + ' ms':>18} {'we are':>7}" for p in peers))
     for b, r in rows:
         per_layer = r["distinct"] / cfg.layers
         floor = step_floor(cfg, dtype, b, r["kv_tokens"], round(r["distinct"]), bandwidth, rate)
         line = (f"{b:>6} {r['step_s'] * 1e3:>9.2f} {r['forward_s'] * 1e3:>8.2f} {b / r['step_s']:>9.0f} "
-                f"{1 / r['step_s']:>8.0f} {per_layer:>14.1f} {floor * 1e3:>9.3f} {floor / r['step_s']:>9.1%}")
+                f"{1 / r['step_s']:>8.0f} {per_layer:>14.1f} {floor * 1e3:>9.3f} {floor / r['step_s']:>9.1%} "
+                f"{r['tracer']:>+7.1%}")
         for peer in peers:
             peer_s = hf_peer_step_s(cfg, dev, dtype, b, args.prompt, args.steps, peer)
             line += f" {peer_s * 1e3:>18.2f} {peer_s / r['step_s']:>6.1f}x"

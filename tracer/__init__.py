@@ -1,8 +1,11 @@
 """tickscope's trace: the event schema, a crash-safe msgpack writer, readers, frames and exports.
 
 Imports nothing from the rest of tickscope; the engine and the load generator record through
-`Recorder`, everything else reads files.
+`Recorder`, everything else reads files. The names built on polars are imported on first use, so that
+recording (on a GPU server, say) needs only msgpack and numpy.
 """
+
+import importlib
 
 from tracer.errors import TraceFormatError
 from tracer.events import (
@@ -16,14 +19,23 @@ from tracer.events import (
     StageEvent,
     TickEvent,
 )
-from tracer.exports import export_csv, export_parquet, export_perfetto
-from tracer.frames import Trace, from_events, load
 from tracer.marks import add_mark, read_marks, sidecar_path
 from tracer.reader import TraceReader, open_trace
 from tracer.recorder import ListRecorder, NullRecorder, Recorder
-from tracer.summary import summarize, summary_table
 from tracer.tail import TraceTail, follow
 from tracer.writer import TraceWriter
+
+_ON_POLARS = {
+    "export_csv": "tracer.exports", "export_parquet": "tracer.exports", "export_perfetto": "tracer.exports",
+    "Trace": "tracer.frames", "from_events": "tracer.frames", "load": "tracer.frames",
+    "summarize": "tracer.summary", "summary_table": "tracer.summary",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _ON_POLARS:
+        return getattr(importlib.import_module(_ON_POLARS[name]), name)
+    raise AttributeError(f"module 'tracer' has no attribute '{name}'")
 
 __all__ = [
     "BatchEvent", "Event", "ExpertsEvent", "FORMAT_VERSION", "ListRecorder", "MarkEvent",
