@@ -97,7 +97,10 @@ def step_floor(cfg: ModelConfig, dtype: torch.dtype, batch: int, kv_tokens: int,
 def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: int, overhead_pairs: int,
                 decode_graphs: str) -> dict:
     rec = ListRecorder()
-    decode = steps + 4 * overhead_pairs + 8
+    decode = steps + 2 * overhead_pairs + 8
+    if prompt + decode > cfg.max_seq_len:
+        raise SystemExit(f"prompt {prompt} + {decode} decoded tokens (--steps, --overhead-pairs and 8 to warm "
+                         f"up) exceed {cfg.name}'s max_seq_len {cfg.max_seq_len}; ask for fewer")
     sched = SchedulerConfig(max_seqs=batch, max_tokens=max(batch, 2048), prefill_chunk=2048,
                             kv_capacity_tokens=batch * (prompt + decode + 32), queue_limit=batch,
                             decode_graphs=decode_graphs)

@@ -107,9 +107,10 @@ class DecodeGraphs:
         seqs = _bucket_for(self.batch_buckets, n)
         bucket = self._bucket(seqs, _bucket_for(self.context_buckets, int(context.max())))
         self._fill(bucket, chunks, context)
+        if self._inputs is not self._host:
+            self._inputs[:bucket.size].copy_(self._host[:bucket.size], non_blocking=True)
         if not self.capture:
             return self._forward(bucket)
-        self._inputs[:bucket.size].copy_(self._host[:bucket.size], non_blocking=True)
         if bucket.graph is None:
             self._capture(bucket)
         bucket.graph.replay()

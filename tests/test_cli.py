@@ -167,3 +167,25 @@ def test_demo_records_follows_and_leaves_a_complete_trace(tmp_path: Path, monkey
     assert trace.ticks.height >= len(followed)
     assert set(trace.requests["status"].to_list()) <= {"finished", "rejected", "cancelled"}
     assert not (tmp_path / "demo.msgpack.log").exists()
+
+
+_WITHOUT_UI_PACKAGES = """
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] in ("polars", "textual", "matplotlib", "pyarrow"):
+            raise ImportError(f"No module named {name!r}")
+sys.meta_path.insert(0, Absent())
+from tui.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_record_needs_neither_polars_nor_textual(tmp_path: Path) -> None:
+    """A GPU server may have torch and msgpack but not the dashboard's packages."""
+    out = tmp_path / "lean.msgpack"
+    args = ["record", "--workload", "smoke", "--duration", "1", "--quiet", "--out", str(out)]
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_UI_PACKAGES, *args], cwd=Path(__file__).parents[1],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert tracer.load(out).ticks.height > 0
