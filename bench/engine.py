@@ -95,7 +95,7 @@ def step_floor(cfg: ModelConfig, dtype: torch.dtype, batch: int, kv_tokens: int,
 
 
 def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: int, overhead_pairs: int,
-                decode_graphs: str) -> dict:
+                decode_graphs: str, decode_compile: str) -> dict:
     rec = ListRecorder()
     decode = steps + 2 * overhead_pairs + 8
     if prompt + decode > cfg.max_seq_len:
@@ -103,7 +103,7 @@ def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: i
                          f"up) exceed {cfg.name}'s max_seq_len {cfg.max_seq_len}; ask for fewer")
     sched = SchedulerConfig(max_seqs=batch, max_tokens=max(batch, 2048), prefill_chunk=2048,
                             kv_capacity_tokens=batch * (prompt + decode + 32), queue_limit=batch,
-                            decode_graphs=decode_graphs)
+                            decode_graphs=decode_graphs, decode_compile=decode_compile)
     engine = Engine(cfg, sched, device=device, recorder=rec)
     rng = np.random.default_rng(0)
     for r in range(batch):
@@ -192,6 +192,8 @@ def main() -> None:
     p.add_argument("--overhead-pairs", type=int, default=100, help="traced/untraced step pairs for the tracer column")
     p.add_argument("--decode-graphs", default="auto", choices=["auto", "on", "off"],
                    help="the engine's decode graphs (default: auto, i.e. CUDA graphs on CUDA)")
+    p.add_argument("--decode-compile", default="off", choices=["off", "inductor", "aot_eager"],
+                   help="torch.compile the decode graphs' forward pass (default: off)")
     p.add_argument("--peer", action="store_true",
                    help="also time HuggingFace transformers (eager and grouped_mm experts) on the same shape")
     args = p.parse_args()
@@ -202,20 +204,22 @@ def main() -> None:
 
     rows = []
     for b in (int(x) for x in args.batches.split(",")):
-        r = bench_batch(cfg, args.device, b, args.prompt, args.steps, args.overhead_pairs, args.decode_graphs)
+        r = bench_batch(cfg, args.device, b, args.prompt, args.steps, args.overhead_pairs, args.decode_graphs,
+                        args.decode_compile)
         engine = r.pop("engine")
         rows.append((b, r))
     dev, dtype = engine.device, engine.dtype
     bandwidth, rate = copy_bandwidth(dev), matmul_rate(dev, dtype)
     d = engine.describe()
     print(f"{cfg.name}, {cfg.layers} layers, {d['device_name']}, {d['model']['dtype']}, "
-          f"experts via {d['expert_matmul']}, decode graphs: {d['decode_graphs']}, prompt {args.prompt}, "
-          f"{args.steps} decode steps")
+          f"experts via {d['expert_matmul']}, decode graphs: {d['decode_graphs']}, compile: {args.decode_compile}, "
+          f"prompt {args.prompt}, {args.steps} decode steps")
     print(f"measured: copy {bandwidth / 1e9:.1f} GB/s, matmul {rate / 1e12:.2f} TFLOP/s, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     peers = ("eager", "grouped_mm") if args.peer else ()
     print(f"{'batch':>6} {'step ms':>9} {'fwd ms':>8} {'tok/s':>9} {'ticks/s':>8} {'experts/layer':>14} "
-          f"{'floor ms':>9} {'of floor':>9} {'tracer':>7}" + "".join(f" {'hf ' + p + ' ms':>18} {'we are':>7}" for p in peers))
+          f"{'floor ms':>9} {'of floor':>9} {'tracer':>7}"
+          + "".join(f" {'hf ' + p + ' ms':>18} {'we are':>7}" for p in peers))
     for b, r in rows:
         per_layer = r["distinct"] / cfg.layers
         floor = step_floor(cfg, dtype, b, r["kv_tokens"], round(r["distinct"]), bandwidth, rate)

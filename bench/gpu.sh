@@ -3,7 +3,8 @@
 #   bench/gpu.sh OUT_DIR
 # 1. the CUDA-only tests (tests/test_engine_cuda.py);
 # 2. bench/engine.py's table: ds2-lite with 8 layers at batch 1-256, prompt 256, against the roofline,
-#    with tracing on vs off, and against HuggingFace transformers' eager and grouped_mm experts;
+#    with tracing on vs off, and against HuggingFace transformers' eager and grouped_mm experts; then the
+#    same without decode graphs, and with the graphs' forward compiled by inductor;
 # 3. three short ds2-lite sample traces for traces/ (one user alone; a 5 ms and a 200 ms window).
 # Needs torch with CUDA, numpy, msgpack, rich, aiohttp, transformers (the peer) and pytest; recording
 # needs neither polars nor textual.
@@ -18,6 +19,7 @@ python -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py 2>&1 | tee "$o
 bench="python -m bench.engine --preset ds2-lite --layers 8 --batches 1,8,32,128,256 --prompt 256"
 $bench --peer 2>&1 | tee "$out/engine.txt" || echo "bench with CUDA graphs failed; going on"
 $bench --decode-graphs off 2>&1 | tee "$out/engine-no-graphs.txt"
+$bench --decode-compile inductor 2>&1 | tee "$out/engine-compiled.txt" || echo "bench with compiled graphs failed"
 # 8 layers and a few seconds keep each trace to a few MB: the expert load is [layers x 64] int32 per tick
 for run in local-single-user:2 article-5ms:4 article-200ms:4; do
     workload=${run%:*} seconds=${run#*:}

@@ -12,6 +12,11 @@ device. Padding rows write their K/V to the cache's scratch slot, attend to one 
 of the expert load (they still pass through the experts: the price of a fixed shape). The first tick
 of a bucket pays for its capture (a warm-up run, then the capture); later ticks replay it.
 
+With a compile backend, the padded forward pass goes through torch.compile first (fullgraph, dynamic
+shapes: one compile serves every bucket but batch 1, which is specialised), and the graph captures the
+fused kernels: a decode step of ~90 small kernels per layer is bound by their launches and gaps at
+small batches, fused it reads weights at the memory's pace.
+
 Ticks with prefill, pipelines and same-length attention groups run eagerly (engine/stages.py). On the
 CPU there are no graphs: with `decode_graphs = "on"` the same padded path runs eagerly, which is how
 the tests check it.
@@ -69,8 +74,11 @@ class _Bucket:
 class DecodeGraphs:
     """Runs decode-only ticks padded to buckets: replayed CUDA graphs on the GPU, eagerly on the CPU."""
 
-    def __init__(self, model: Transformer, kv: KVCache, max_seqs: int) -> None:
+    def __init__(self, model: Transformer, kv: KVCache, max_seqs: int, compile_backend: str | None = None) -> None:
         self.model, self.kv = model, kv
+        self.compile_backend = compile_backend
+        self._step = (self._forward if compile_backend is None
+                      else torch.compile(self._forward, backend=compile_backend, fullgraph=True, dynamic=True))
         self.device = kv.k.device
         self.capture = self.device.type == "cuda"
         self.block_size = kv.allocator.block_size
@@ -110,7 +118,7 @@ class DecodeGraphs:
         if self._inputs is not self._host:
             self._inputs[:bucket.size].copy_(self._host[:bucket.size], non_blocking=True)
         if not self.capture:
-            return self._forward(bucket)
+            return self._step(bucket)
         if bucket.graph is None:
             self._capture(bucket)
         bucket.graph.replay()
@@ -157,10 +165,10 @@ class DecodeGraphs:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            self._forward(bucket)
+            self._step(bucket)  # and compiles, the first time
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # thread_local: the load generator and the trace writer run on other threads meanwhile
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            bucket.out = self._forward(bucket)
+            bucket.out = self._step(bucket)
         bucket.graph = graph

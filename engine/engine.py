@@ -19,7 +19,7 @@ from engine.distributed import StageGroup
 from engine.distributed_stages import DistributedExecutor
 from engine.errors import ConfigError
 from engine.kv_cache import KVCache
-from engine.model import SeqChunk, Transformer, attention_groups
+from engine.model import SeqChunk, Transformer, attention_groups, grouped_mm
 from engine.pipeline import check_stage_fits, plan_pipeline, split_micro_batches
 from engine.request import Request
 from engine.scheduler import Scheduler, SchedulerConfig, Sequence, TickPlan, window_deadline
@@ -97,7 +97,14 @@ class Engine:
         mode = self.sched_cfg.decode_graphs  # "on" was refused with a pipeline or grouping by validate()
         plain = not self.pipeline.pipelined and self.sched_cfg.attention == "ragged" and self.stage_group is None
         if mode == "on" or (mode == "auto" and plain and self.device.type == "cuda"):
-            return DecodeGraphs(self.model, self.kv, self.sched_cfg.max_seqs)
+            backend = None if self.sched_cfg.decode_compile == "off" else self.sched_cfg.decode_compile
+            if backend and self.model.layers[0].moe.matmul is grouped_mm and self.dtype != torch.bfloat16:
+                # the CPU runs float32 grouped_mm eagerly, but its compiled form takes bfloat16 only
+                raise ConfigError(f"decode_compile needs bfloat16 weights for grouped_mm; the model is {self.dtype}")
+            return DecodeGraphs(self.model, self.kv, self.sched_cfg.max_seqs, backend)
+        if self.sched_cfg.decode_compile != "off":
+            raise ConfigError("decode_compile needs decode graphs: on CUDA with one stage and ragged attention, "
+                              "or decode_graphs 'on'")
         return None
 
     # --- control, from any thread ------------------------------------------------------------------

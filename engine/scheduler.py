@@ -23,6 +23,7 @@ from engine.request import Request
 POLICIES = ("continuous", "window", "static")
 GROUPINGS = ("ragged", "same-length")
 DECODE_GRAPHS = ("auto", "on", "off")
+DECODE_COMPILE = ("off", "inductor", "aot_eager")
 
 
 @dataclass
@@ -46,6 +47,9 @@ class SchedulerConfig:
     # decode-only ticks padded to buckets and replayed as CUDA graphs (engine/decode_graphs.py). auto:
     # on CUDA with one stage and ragged attention; on: also on the CPU, run eagerly (for testing)
     decode_graphs: str = "auto"
+    # torch.compile the decode graphs' forward pass before capture: "inductor" fuses its ~90 kernels
+    # per layer (compiled once for dynamic shapes, ~3 compiles); "aot_eager" traces without fusing
+    decode_compile: str = "off"
 
     def validate(self) -> None:
         if self.policy not in POLICIES:
@@ -54,6 +58,11 @@ class SchedulerConfig:
             raise ConfigError(f"unknown attention grouping '{self.attention}' (choose from: {', '.join(GROUPINGS)})")
         if self.decode_graphs not in DECODE_GRAPHS:
             raise ConfigError(f"unknown decode_graphs '{self.decode_graphs}' (choose from: {', '.join(DECODE_GRAPHS)})")
+        if self.decode_compile not in DECODE_COMPILE:
+            raise ConfigError(f"unknown decode_compile '{self.decode_compile}' "
+                              f"(choose from: {', '.join(DECODE_COMPILE)})")
+        if self.decode_compile != "off" and self.decode_graphs == "off":
+            raise ConfigError("decode_compile compiles the decode graphs; it cannot be used with decode_graphs 'off'")
         pipelined = self.stages > 1 or self.micro_batches > 1 or self.micro_batch_size > 0
         if self.decode_graphs == "on" and (pipelined or self.attention != "ragged"):
             raise ConfigError("decode_graphs 'on' needs one pipeline stage, one micro-batch and ragged attention")

@@ -29,10 +29,12 @@ class Tokens:
     def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
 
 
-def _run(decode_graphs: str, *, dtype: str = "auto", capture: bool = True) -> tuple[list, list, list, Engine]:
+def _run(decode_graphs: str, *, dtype: str = "auto", capture: bool = True,
+         decode_compile: str = "off") -> tuple[list, list, list, Engine]:
     """Mixed lengths through 8 slots, so decode-only ticks of several buckets alternate with prefill."""
     rec = ListRecorder()
-    sched = SchedulerConfig(max_seqs=8, kv_capacity_tokens=4096, decode_graphs=decode_graphs)
+    sched = SchedulerConfig(max_seqs=8, kv_capacity_tokens=4096, decode_graphs=decode_graphs,
+                            decode_compile=decode_compile)
     eng = Engine(get_preset("tiny", dtype=dtype), sched, device="cuda", recorder=rec)
     if eng.graphs is not None:
         eng.graphs.capture = capture
@@ -67,6 +69,14 @@ def test_float32_graphs_give_the_eager_tokens_and_load():
     eager_tokens, eager_load, _, _ = _run("off", dtype="float32")
     assert graph_tokens == eager_tokens
     assert all((a == b).all() for a, b in zip(graph_load, eager_load, strict=True))
+
+
+def test_inductor_compiled_graphs_give_the_eager_tokens_in_float32():
+    """Fused kernels round differently; in float32 that must not change a greedy token."""
+    compiled_tokens, _, _, eng = _run("auto", dtype="float32", decode_compile="inductor")
+    eager_tokens, _, _, _ = _run("off", dtype="float32")
+    assert eng.graphs.compile_backend == "inductor"
+    assert compiled_tokens == eager_tokens
 
 
 def test_a_replayed_tick_does_not_synchronise_before_its_tokens_are_read():

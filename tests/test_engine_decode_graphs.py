@@ -41,12 +41,14 @@ def test_buckets_cover_every_size_with_at_most_a_third_of_padding(limit, step, s
     assert _bucket_for(sizes, limit + 1) is None
 
 
-def _run(decode_graphs: str) -> tuple[list[list[int]], list[np.ndarray], Engine]:
+def _run(decode_graphs: str, decode_compile: str = "off",
+         dtype: str = "auto") -> tuple[list[list[int]], list[np.ndarray], Engine]:
     """Eleven requests of mixed lengths through an engine of 8 slots: admissions, prefills and
     finishes interleave with decode-only ticks, and contexts cross several context buckets."""
     rec = ListRecorder()
-    sched = SchedulerConfig(max_seqs=8, kv_capacity_tokens=4096, decode_graphs=decode_graphs)
-    eng = Engine(get_preset("tiny"), sched, device="cpu", recorder=rec)
+    sched = SchedulerConfig(max_seqs=8, kv_capacity_tokens=4096, decode_graphs=decode_graphs,
+                            decode_compile=decode_compile)
+    eng = Engine(get_preset("tiny", dtype=dtype), sched, device="cpu", recorder=rec)
     rng = np.random.default_rng(1)
     sinks = [Tokens() for _ in range(11)]
     for i, sink in enumerate(sinks):
@@ -73,6 +75,17 @@ def test_padded_decode_gives_the_eager_tokens_load_and_cache():
     real = slice(0, padded.kv.scratch_slot)  # padding rows wrote only to the scratch slot
     torch.testing.assert_close(padded.kv.k[:, real], eager.kv.k[:, real], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(padded.kv.v[:, real], eager.kv.v[:, real], rtol=1e-5, atol=1e-5)
+
+
+def test_the_padded_forward_compiles_as_one_graph_for_every_bucket():
+    """fullgraph: a graph break would raise. aot_eager traces without fusing, so it must give exactly what
+    the uncompiled padded path gives; inductor, which fuses, is for the GPU (tests/test_engine_cuda.py).
+    bfloat16, as on CUDA: compiled grouped_mm takes nothing else."""
+    eager_tokens, eager_load, _ = _run("on", dtype="bfloat16")
+    traced_tokens, traced_load, traced = _run("on", decode_compile="aot_eager", dtype="bfloat16")
+    assert len(traced.graphs.buckets_used) > 3
+    assert traced_tokens == eager_tokens
+    assert all((t == e).all() for t, e in zip(traced_load, eager_load, strict=True))
 
 
 def _graphs(dtype: torch.dtype, max_seqs: int = 8) -> DecodeGraphs:
@@ -128,5 +141,11 @@ def test_decode_graphs_on_refuses_a_pipeline_and_unknown_values():
         SchedulerConfig(decode_graphs="on", attention="same-length").validate()
     with pytest.raises(ConfigError, match="unknown decode_graphs 'sometimes'"):
         SchedulerConfig(decode_graphs="sometimes").validate()
+    with pytest.raises(ConfigError, match="cannot be used with decode_graphs 'off'"):
+        SchedulerConfig(decode_graphs="off", decode_compile="inductor").validate()
+    with pytest.raises(ConfigError, match="decode_compile needs decode graphs"):
+        Engine(get_preset("tiny"), SchedulerConfig(decode_compile="inductor"), device="cpu")  # auto: no graphs here
+    with pytest.raises(ConfigError, match="needs bfloat16 weights for grouped_mm"):
+        Engine(get_preset("tiny"), SchedulerConfig(decode_graphs="on", decode_compile="inductor"), device="cpu")
     auto = Engine(get_preset("tiny"), SchedulerConfig(stages=2), device="cpu")
     assert auto.graphs is None and auto.describe()["decode_graphs"] == "off"  # auto: graphs on CUDA only

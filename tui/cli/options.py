@@ -103,6 +103,9 @@ def add_recording_options(p: argparse.ArgumentParser, *, workload: str | None) -
     p.add_argument("--decode-graphs", choices=["auto", "on", "off"],
                    help="replay decode-only ticks as CUDA graphs, padded to batch and context buckets (auto: on "
                         "CUDA with one stage and ragged attention; on: also on the CPU, eagerly)")
+    p.add_argument("--decode-compile", choices=["off", "inductor", "aot_eager"],
+                   help="torch.compile the decode graphs' forward pass (inductor: fused kernels; the first ticks "
+                        "wait for the compiles; default: off)")
     batching = p.add_mutually_exclusive_group()
     batching.add_argument("--micro-batches", type=positive_int, metavar="M", help="micro-batches each tick's batch is split into (default: 1)")
     batching.add_argument("--micro-batch-size", type=positive_int, metavar="N", help="sequences per micro-batch: the count follows the batch")
@@ -125,7 +128,8 @@ DISTRIBUTED_HELP = ("run each of the --stages in its own process on torch.distri
 # flags that set the engine's pipeline, as SchedulerConfig fields
 PIPELINE_FLAGS = ("stages", "stage_layers", "micro_batches", "micro_batch_size")
 # every flag that sets a SchedulerConfig field, and every flag that configures the engine
-SCHEDULER_FLAGS = ("policy", "window_ms", "max_seqs", "max_tokens", "decode_graphs", *PIPELINE_FLAGS)
+SCHEDULER_FLAGS = ("policy", "window_ms", "max_seqs", "max_tokens", "decode_graphs", "decode_compile",
+                   *PIPELINE_FLAGS)
 ENGINE_FLAGS = ("layers", *SCHEDULER_FLAGS)
 
 
