@@ -92,6 +92,7 @@ class DecodeGraphs:
         # on the CPU the forward pass reads the host buffer itself; on CUDA a copy of it
         self._inputs = torch.empty(size, dtype=torch.int64, device=self.device) if self.capture else host
         self._buckets: dict[tuple[int, int], _Bucket] = {}
+        self.captured: list[tuple[int, int]] = []  # (batch, context) of each graph, in capture order
         self._pool = torch.cuda.graph_pool_handle() if self.capture else None
 
     @property
@@ -172,3 +173,4 @@ class DecodeGraphs:
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             bucket.out = self._step(bucket)
         bucket.graph = graph
+        self.captured.append((bucket.seqs, bucket.context))

@@ -24,7 +24,7 @@ from engine.pipeline import check_stage_fits, plan_pipeline, split_micro_batches
 from engine.request import Request
 from engine.scheduler import Scheduler, SchedulerConfig, Sequence, TickPlan, window_deadline
 from engine.stages import ForwardResult, StageExecutor
-from tracer.events import BatchEvent, ExpertsEvent, RequestEvent, TickEvent
+from tracer.events import BatchEvent, ExpertsEvent, MarkEvent, RequestEvent, TickEvent
 from tracer.recorder import NullRecorder, Recorder
 
 # An idle engine blocks on its queue; this bounds how long a missed wake-up could delay it.
@@ -279,6 +279,8 @@ class Engine:
         self.recorder.emit(ExpertsEvent(tick, result.counts))
         if result.stage is not None:
             self.recorder.emit(result.stage)
+        if result.note:
+            self.recorder.emit(MarkEvent(start, tick, result.note))
         return True
 
     def _forward(self, plan: TickPlan, tick: int, tick_start: int) -> ForwardResult:

@@ -30,6 +30,7 @@ class ForwardResult:
     counts: np.ndarray  # expert load [layers, experts]
     forward_ns: int  # device time of the forward pass
     stage: StageEvent | None  # the pipeline cells, when there is a pipeline
+    note: str = ""  # what made this tick unusual, for the trace's marks (a graph captured in it)
 
 
 class CellClock:
@@ -128,9 +129,15 @@ class StageExecutor:
     def _run_graph(self, chunks: list[SeqChunk]) -> ForwardResult:
         clock = CellClock(self.device)
         clock.mark()
+        captures = len(self.graphs.captured)
         out = self.graphs.run(chunks)
         clock.mark()
         host = out.cpu().numpy()  # the tick's one host synchronisation
         cfg = self.model.cfg
         counts = host[len(host) - cfg.layers * cfg.routed_experts:].reshape(cfg.layers, cfg.routed_experts)
-        return ForwardResult(host[:len(chunks)].tolist(), counts, int(clock.read()[-1]), None)
+        note = ""
+        if len(self.graphs.captured) > captures:
+            seqs, context = self.graphs.captured[-1]
+            compiled = f", compiled by {self.graphs.compile_backend}" if self.graphs.compile_backend else ""
+            note = f"decode graph captured for batch {seqs}, context {context}{compiled}: this tick includes it"
+        return ForwardResult(host[:len(chunks)].tolist(), counts, int(clock.read()[-1]), None, note)

@@ -13,7 +13,7 @@ from engine.engine import Engine
 from engine.model import SeqChunk
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
-from tracer.events import ExpertsEvent, TickEvent
+from tracer.events import ExpertsEvent, MarkEvent, TickEvent
 from tracer.recorder import ListRecorder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -49,11 +49,13 @@ def _run(decode_graphs: str, *, dtype: str = "auto", capture: bool = True,
     return [s.tokens for s in sinks], load, ticks, eng
 
 
-def test_auto_captures_graphs_on_cuda():
+def test_auto_captures_graphs_on_cuda_and_marks_the_ticks_that_did():
     _, _, _, eng = _run("auto")
     assert eng.describe()["decode_graphs"] == "cuda graphs"
-    assert len(eng.graphs.buckets_used) > 2
-    assert all(b.graph is not None for b in eng.graphs._buckets.values())
+    assert len(eng.graphs.captured) > 2 and sorted(eng.graphs.captured) == eng.graphs.buckets_used
+    marks = [e for e in eng.recorder.events if isinstance(e, MarkEvent)]
+    assert [m.text.split(":")[0] for m in marks] == [
+        f"decode graph captured for batch {b}, context {c}" for b, c in eng.graphs.captured]
 
 
 def test_graph_replay_is_the_padded_path_exactly():
