@@ -70,6 +70,7 @@ async def test_replay_steps_jumps_and_seeks(trace):
         assert app.state.tick_number(app.cursor) == 49
         await pilot.press("left_square_bracket")
         assert app.state.tick_number(app.cursor) == 40
+        assert any(n.message == "burst starts" for n in app._notifications)  # the mark's note is shown
 
 
 async def test_replay_play_pause_and_speed(trace):

@@ -288,7 +288,11 @@ class TickscopeApp(App[None]):
         ticks = sorted({m.tick for m in self.state.marks})
         targets = [t for t in ticks if (t > here if direction > 0 else t < here)]
         if targets:
-            self._seek(self.state.index_of_tick(targets[0] if direction > 0 else targets[-1]))
+            target = targets[0] if direction > 0 else targets[-1]
+            self._seek(self.state.index_of_tick(target))
+            notes = [m.text for m in self.state.marks if m.tick == target and m.text]
+            if notes:
+                self.notify("; ".join(notes), title=f"tick {target}", timeout=4)
 
     def action_add_mark(self) -> None:
         if not self.state.n_ticks or not os.path.isfile(self.source.path):
