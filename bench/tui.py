@@ -61,7 +61,7 @@ def write_trace(path: str, ticks: int, seed: int = 0) -> int:
                 end[s, m] = start[s, m] + cost[s, m]
         flat_end = np.cumsum(cost.ravel()).reshape(cost.shape)
         shapes.append((flat_end - cost, flat_end, start, end))
-    block = 10_000
+    block = 500  # a flush per block: drains of ~4,000 events, which the writer compresses, as when recording
     waiting: list[tuple[int, int, int]] = []  # (id, arrive_ns, tokens to generate)
     running: dict[int, list] = {}  # id -> [tokens left, arrive_ns, token µs so far]
     next_id = 0

@@ -78,7 +78,7 @@ def test_header_roundtrip_with_nested_config():
 
 def test_newer_major_version_is_refused_naming_both():
     h = SessionHeader(0, 0, {}, format_version=(9, 1))
-    with pytest.raises(TraceFormatError, match=r"9\.1.*newer.*1\.1"):
+    with pytest.raises(TraceFormatError, match=r"9\.1.*newer.*1\.2"):
         decode_header(encode_header(h))
 
 

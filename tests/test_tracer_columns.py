@@ -15,6 +15,8 @@ from tracer.synth import synthetic_session
 
 SYNC = b"\xf1TKS"
 
+EVENTS_KINDS = (Kind.EVENTS, Kind.EVENTS_ZLIB)
+
 
 def every_kind() -> tuple:
     """A synthetic session plus what it lacks: batches, preemptions, a changed expert shape,
@@ -53,7 +55,7 @@ def write(path: Path, header, events) -> bytes:
 def events_frames(data: bytes) -> list[int]:
     out, at = [], data.find(SYNC, len(MAGIC))
     while at >= 0:
-        if data[at + 4] == Kind.EVENTS:
+        if data[at + 4] in EVENTS_KINDS:
             out.append(at)
         at = data.find(SYNC, at + 1)
     return out

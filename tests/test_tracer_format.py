@@ -18,6 +18,8 @@ def read_per_format_md(data: bytes):
         assert sync == b"\xf1TKS"
         payload = data[off + 16 : off + 16 + length]
         assert zlib.crc32(payload, zlib.crc32(data[off + 4 : off + 12])) == crc
+        if kind == 6:  # compressed events: read as an events frame
+            kind, payload = 2, zlib.decompress(payload)
         frames.append((off, kind, payload))
         off += 16 + length
     return frames
@@ -34,7 +36,7 @@ def test_a_reader_written_from_format_md(tmp_path):
 
     kind, payload = frames[0][1], frames[0][2]
     head = msgpack.unpackb(payload)
-    assert kind == 1 and head["format_version"] == [1, 1] and head["t0_mono_ns"] == header.t0_mono_ns
+    assert kind == 1 and head["format_version"] == [1, 2] and head["t0_mono_ns"] == header.t0_mono_ns
 
     decoded = [e for _, k, p in frames if k == 2 for e in msgpack.unpackb(p)]
     assert len(decoded) == len(events)

@@ -3,6 +3,7 @@
 import struct
 import tempfile
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import msgpack
@@ -124,6 +125,10 @@ HEADER = MAGIC + encode_frame(Kind.HEADER, encode_header(SessionHeader(0, 0)))
     _events_frame(b"\x91\xd4\x05\x00"),
     _events_frame(msgpack.packb([{1: 2}])),
     _events_frame(msgpack.packb([[1] + [0.5] * 12])),
+    # The same inside compressed events frames, and a compressed frame that inflates past the limit.
+    encode_frame(Kind.EVENTS_ZLIB, zlib.compress(b"\x91" * 100_000)),
+    encode_frame(Kind.EVENTS_ZLIB, zlib.compress(b"\xdd\xff\xff\xff\xff")),
+    encode_frame(Kind.EVENTS_ZLIB, zlib.compress(b"\x91" * (17 << 20), 9)),
     # Index and footer frames that point nowhere.
     encode_frame(Kind.INDEX, msgpack.packb({"prev": 5, "entries": b"\0" * 56})) + encode_frame(Kind.FOOTER, struct.pack("<Q", 3)),
     encode_frame(Kind.FOOTER, struct.pack("<Q", 1 << 62)),

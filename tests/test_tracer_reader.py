@@ -1,13 +1,16 @@
 """open_trace: refusing non-traces, surviving damage, and seeking through the index."""
 
 import os
+import zlib
 
 import pytest
 
 from tracer import MarkEvent, SessionHeader, TickEvent, TraceFormatError, TraceWriter, open_trace
-from tracer.codec import encode_header
+from tracer.codec import encode_event, encode_header
 from tracer.framing import FOOTER_SIZE, HEADER_SIZE, MAGIC, Kind, encode_frame
 from tracer.synth import synthetic_session
+
+EVENTS_KINDS = (Kind.EVENTS, Kind.EVENTS_ZLIB)
 
 
 def write(path, events, header=None, **kw):
@@ -60,7 +63,7 @@ def test_directory_and_missing_file(tmp_path):
 def test_torn_tail_is_reported_and_everything_before_it_read(tmp_path):
     path = write(tmp_path / "t.msgpack", marks(5))
     data = path.read_bytes()
-    last_events = [o for o in frame_offsets(data) if data[o + 4] == Kind.EVENTS][-1]
+    last_events = [o for o in frame_offsets(data) if data[o + 4] in EVENTS_KINDS][-1]
     path.write_bytes(data[: last_events + HEADER_SIZE + 5])  # killed mid-way through the last events frame
     with open_trace(path) as r:
         assert list(r.events()) == marks(4)
@@ -70,7 +73,7 @@ def test_torn_tail_is_reported_and_everything_before_it_read(tmp_path):
 def test_corrupt_middle_frame_is_skipped_with_its_offset(tmp_path):
     path = write(tmp_path / "t.msgpack", marks(5))
     data = bytearray(path.read_bytes())
-    second = [o for o in frame_offsets(data) if data[o + 4] == Kind.EVENTS][1]
+    second = [o for o in frame_offsets(data) if data[o + 4] in EVENTS_KINDS][1]
     data[second + HEADER_SIZE + 3] ^= 0x01  # one bit flipped in the payload
     path.write_bytes(bytes(data))
     with open_trace(path) as r:
@@ -82,11 +85,41 @@ def test_corrupt_middle_frame_is_skipped_with_its_offset(tmp_path):
 def test_garbage_inserted_between_frames_is_skipped(tmp_path):
     path = write(tmp_path / "t.msgpack", marks(3))
     data = path.read_bytes()
-    cut = [o for o in frame_offsets(data) if data[o + 4] == Kind.EVENTS][1]
+    cut = [o for o in frame_offsets(data) if data[o + 4] in EVENTS_KINDS][1]
     path.write_bytes(data[:cut] + b"\xf1TKS garbage that looks like a sync word" + data[cut:])
     with open_trace(path) as r:
         assert list(r.events()) == marks(3)
         assert any(f"at byte {cut}" in p for p in r.problems)
+
+
+def test_compressed_and_plain_events_frames_read_the_same(tmp_path):
+    header, events = synthetic_session(200)
+    plain = write(tmp_path / "plain.msgpack", events, header, compress=False)
+    packed = write(tmp_path / "packed.msgpack", events, header)
+    kinds = {p: {p.read_bytes()[o + 4] for o in frame_offsets(p.read_bytes())} for p in (plain, packed)}
+    assert Kind.EVENTS in kinds[plain] and Kind.EVENTS_ZLIB not in kinds[plain]
+    assert Kind.EVENTS_ZLIB in kinds[packed] and Kind.EVENTS not in kinds[packed]
+    assert packed.stat().st_size * 2 < plain.stat().st_size
+    with open_trace(plain) as a, open_trace(packed) as b:
+        assert list(map(encode_event, b.events())) == list(map(encode_event, a.events()))
+        from_tick = [list(map(encode_event, r.events_from_tick(150))) for r in (a, b)]  # seeks through the index
+        assert from_tick[0] and from_tick[0] == from_tick[1]
+        assert not a.problems and not b.problems
+
+
+@pytest.mark.parametrize("payload, why", [
+    (b"not zlib at all", "not a zlib stream"),
+    (zlib.compress(b"\x00" * (17 << 20), 9), "inflates past 16 MiB"),
+    (zlib.compress(b"\x90") + b"tail", "bytes after the stream"),
+])
+def test_compressed_frame_that_does_not_decompress_is_skipped(tmp_path, payload, why):
+    path = write(tmp_path / "t.msgpack", marks(3))
+    data = path.read_bytes()
+    cut = [o for o in frame_offsets(data) if data[o + 4] in EVENTS_KINDS][1]
+    path.write_bytes(data[:cut] + encode_frame(Kind.EVENTS_ZLIB, payload) + data[cut:])  # a good CRC
+    with open_trace(path) as r:
+        assert list(r.events()) == marks(3), why
+        assert any(f"at byte {cut}" in p and "do not decompress" in p for p in r.problems), why
 
 
 def test_seek_uses_the_footer_index(tmp_path):

@@ -14,7 +14,7 @@ from typing import Any, Union
 
 import numpy as np
 
-FORMAT_VERSION = (1, 1)  # 1.1 added the batch event
+FORMAT_VERSION = (1, 2)  # 1.1 added the batch event, 1.2 compressed events frames
 
 REQUEST_PHASES = ("arrive", "admit", "first_token", "preempt", "finish")
 REQUEST_STATUSES = ("finished", "rejected", "cancelled")

@@ -32,6 +32,7 @@ class Kind(IntEnum):
     INDEX = 3
     STATS = 4
     FOOTER = 5
+    EVENTS_ZLIB = 6  # an events payload, zlib-compressed; readers see it as EVENTS (since 1.2)
 
 
 def frame_crc(meta: bytes, payload: bytes) -> int:
@@ -56,13 +57,28 @@ def read_frame(f: BinaryIO, offset: int, end: int) -> Frame | None:
 
 @dataclass(slots=True)
 class Frame:
+    """A good frame. A compressed events frame comes out as EVENTS with its payload decompressed:
+    `size` is the payload's length in the file."""
+
     offset: int
     kind: int
     payload: bytes
+    size: int
 
     @property
     def end(self) -> int:
-        return self.offset + HEADER_SIZE + len(self.payload)
+        return self.offset + HEADER_SIZE + self.size
+
+
+def _inflate(data: bytes) -> bytes | None:
+    """A compressed payload, or None if it is not one zlib stream of at most MAX_FRAME_BYTES (a
+    small frame must not inflate into gigabytes)."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, MAX_FRAME_BYTES)
+    except zlib.error:
+        return None
+    return out if inflater.eof and not inflater.unconsumed_tail and not inflater.unused_data else None
 
 
 class FrameScanner:
@@ -125,7 +141,12 @@ class FrameScanner:
         if frame_crc(head[4:12], payload) != crc:
             # A frame ending exactly at a growing file's end may still be landing on disk.
             return "checksum mismatch", off + HEADER_SIZE + length < self.end
-        return Frame(off, kind, payload)
+        if kind == Kind.EVENTS_ZLIB:
+            inflated = _inflate(payload)
+            if inflated is None:
+                return "compressed events that do not decompress", True
+            return Frame(off, Kind.EVENTS, inflated, length)
+        return Frame(off, kind, payload, length)
 
     def _find_next(self, pos: int) -> int | None:
         """Offset of the next complete, checksummed frame at or after `pos`."""

@@ -8,6 +8,7 @@ import struct
 import threading
 import time
 import weakref
+import zlib
 from collections import deque
 
 from tracer.codec import KIND_NAMES, decode_header, encode_event, encode_header, new_packer, packb
@@ -16,6 +17,9 @@ from tracer.events import BatchEvent, Event, ExpertsEvent, MarkEvent, SessionHea
 from tracer.framing import MAGIC, Kind, encode_footer, encode_frame
 from tracer.index import INDEX_EVERY, FrameStats, encode_index
 from tracer.limits import MAX_BIN_LEN, MAX_EVENTS_PER_FRAME, TARGET_FRAME_BYTES
+
+# Past this many events in one drain (~80,000 events/s), events frames are written uncompressed.
+COMPRESS_MAX_EVENTS = 4 * MAX_EVENTS_PER_FRAME
 
 
 # Frames queued for one os.write are written once they reach this many bytes (or the drain ends).
@@ -26,9 +30,9 @@ class TraceWriter:
     """A Recorder that appends events to a trace file from a background thread.
 
     `emit` only appends to a deque (well under a microsecond); the writer thread wakes at least
-    twice per `flush_interval_s`, encodes what is queued into frames and writes each frame with one
-    `os.write`, so a process killed at any moment leaves every earlier frame intact. `close()`
-    writes the rest, the final index and the footer, and fsyncs.
+    twice per `flush_interval_s`, encodes what is queued into frames (events frames zlib-compressed,
+    unless `compress=False` or the writer is behind) and appends whole frames, so a process killed at any moment leaves every
+    earlier frame intact. `close()` writes the rest, the final index and the footer, and fsyncs.
 
     Queue-full policy. Stage and experts events (the bulkiest, least essential) are refused once
     `queue_max` events wait; tick, batch and mark events once a quarter more wait; request events are
@@ -41,7 +45,8 @@ class TraceWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], header: SessionHeader, *,
-                 flush_interval_s: float = 0.1, queue_max: int = 65536, block_s: float = 0.02):
+                 flush_interval_s: float = 0.1, queue_max: int = 65536, block_s: float = 0.02,
+                 compress: bool = True):
         if flush_interval_s <= 0 or queue_max < 1:
             raise ValueError("flush_interval_s and queue_max must be positive")
         self.path = os.fspath(path)
@@ -69,6 +74,7 @@ class TraceWriter:
         self._drop_lock = threading.Lock()
         self._drops_written = 0
         self._packer = new_packer()
+        self._compress = compress
         self._frames_since_index: list[tuple[int, ...]] = []
         self._last_index = -1
         self._offset = 0  # where the next frame will start, counting frames not yet written
@@ -191,6 +197,9 @@ class TraceWriter:
         q = self._q
         batch = [q.popleft() for _ in range(len(q))]
         self._congested = False
+        # Each compression hands the interpreter lock away, and getting it back from a busy thread
+        # can take a whole switch interval (5 ms): a writer that is behind writes plain frames.
+        compress = self._compress and len(batch) <= COMPRESS_MAX_EVENTS
         parts: list[bytes] = []
         size = 0
         stats = FrameStats()
@@ -205,13 +214,13 @@ class TraceWriter:
                 self._count_drop("oversize")
                 continue
             if parts and (len(parts) >= MAX_EVENTS_PER_FRAME or size + len(b) > TARGET_FRAME_BYTES):
-                self._write_events(parts, stats)
+                self._write_events(parts, stats, compress)
                 parts, size, stats = [], 0, FrameStats()
             parts.append(b)
             size += len(b)
             stats.add(ev)
         if parts:
-            self._write_events(parts, stats)
+            self._write_events(parts, stats, compress)
         if self.dropped != self._drops_written:
             self._drops_written = self.dropped
             stats_payload = packb({"dropped": dict(self.dropped_by_kind), "t_ns": time.monotonic_ns()})
@@ -223,12 +232,16 @@ class TraceWriter:
             self.dropped += 1
             self.dropped_by_kind[kind] = self.dropped_by_kind.get(kind, 0) + 1
 
-    def _write_events(self, parts: list[bytes], stats: FrameStats) -> None:
+    def _write_events(self, parts: list[bytes], stats: FrameStats, compress: bool) -> None:
         # A msgpack array header followed by the already-packed items is one valid array.
         n = len(parts)
         head = bytes([0x90 | n]) if n < 16 else b"\xdc" + struct.pack(">H", n)
         self._frames_since_index.append(stats.entry(self._offset))
-        self._write(encode_frame(Kind.EVENTS, head + b"".join(parts)))
+        payload = head + b"".join(parts)
+        if compress:  # level 1: 3-10x smaller (expert counts are small, mostly-zero int32s), and fast
+            self._write(encode_frame(Kind.EVENTS_ZLIB, zlib.compress(payload, 1)))
+        else:
+            self._write(encode_frame(Kind.EVENTS, payload))
         if len(self._frames_since_index) >= INDEX_EVERY:
             self._write_index()
 
