@@ -20,10 +20,10 @@ bench="python -m bench.engine --preset ds2-lite --layers 8 --batches 1,8,32,128,
 $bench --peer 2>&1 | tee "$out/engine.txt" || echo "bench with CUDA graphs failed; going on"
 $bench --decode-graphs off 2>&1 | tee "$out/engine-no-graphs.txt"
 $bench --decode-compile inductor 2>&1 | tee "$out/engine-compiled.txt" || echo "bench with compiled graphs failed"
-# 8 layers and a few seconds keep each trace to a few MB: the expert load is [layers x 64] int32 per tick
-for run in local-single-user:2 article-5ms:4 article-200ms:4; do
+# all 27 layers: compressed, a tick's [27 x 64] expert load takes about 1 KB, so a few seconds make a few MB
+for run in local-single-user:3 article-5ms:4 article-200ms:4; do
     workload=${run%:*} seconds=${run#*:}
-    python -m tui.cli record --preset ds2-lite --layers 8 --workload "$workload" --duration "$seconds" --quiet \
+    python -m tui.cli record --preset ds2-lite --workload "$workload" --duration "$seconds" --quiet \
         --out "$out/ds2-lite-$workload.msgpack"
 done
 ls -l "$out"
