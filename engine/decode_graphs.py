@@ -74,8 +74,11 @@ class _Bucket:
 class DecodeGraphs:
     """Runs decode-only ticks padded to buckets: replayed CUDA graphs on the GPU, eagerly on the CPU."""
 
-    def __init__(self, model: Transformer, kv: KVCache, max_seqs: int, compile_backend: str | None = None) -> None:
+    def __init__(self, model: Transformer, kv: KVCache, max_seqs: int, compile_backend: str | None = None,
+                 required: bool = True) -> None:
         self.model, self.kv = model, kv
+        self.required = required  # asked for by the user, so a failure to capture is an error
+        self.failed: str | None = None  # why the graphs were turned off, when they were
         self.compile_backend = compile_backend
         self._step = (self._forward if compile_backend is None
                       else torch.compile(self._forward, backend=compile_backend, fullgraph=True, dynamic=True))
@@ -101,8 +104,8 @@ class DecodeGraphs:
         return sorted(self._buckets)
 
     def takes(self, chunks: list[SeqChunk]) -> bool:
-        """Whether this tick is decode only and fits the largest bucket."""
-        if len(chunks) > self.batch_buckets[-1]:
+        """Whether this tick is decode only and fits the largest bucket (and the graphs are on)."""
+        if self.failed is not None or len(chunks) > self.batch_buckets[-1]:
             return False
         if not all(len(c.tokens) == 1 and c.sample for c in chunks):
             return False

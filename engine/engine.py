@@ -101,7 +101,7 @@ class Engine:
             if backend and self.model.layers[0].moe.matmul is grouped_mm and self.dtype != torch.bfloat16:
                 # the CPU runs float32 grouped_mm eagerly, but its compiled form takes bfloat16 only
                 raise ConfigError(f"decode_compile needs bfloat16 weights for grouped_mm; the model is {self.dtype}")
-            return DecodeGraphs(self.model, self.kv, self.sched_cfg.max_seqs, backend)
+            return DecodeGraphs(self.model, self.kv, self.sched_cfg.max_seqs, backend, required=mode == "on")
         if self.sched_cfg.decode_compile != "off":
             raise ConfigError("decode_compile needs decode graphs: on CUDA with one stage and ragged attention, "
                               "or decode_graphs 'on'")

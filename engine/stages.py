@@ -90,10 +90,23 @@ class StageExecutor:
         self.graphs = graphs
 
     def run(self, chunks: list[SeqChunk], tick: int, tick_start_ns: int) -> ForwardResult:
-        """The embedding runs in stage 0's cells, the LM head in the last's; tokens are greedy.
-        Decode-only ticks go to the decode graphs, when there are any."""
+        """Decode-only ticks go to the decode graphs, when there are any; the rest run as cells.
+        Graphs the engine chose by itself (`auto`) that fail to capture are turned off, and the
+        run goes on eagerly; asked for (`on`), their failure ends it."""
         if self.graphs is not None and self.graphs.takes(chunks):
-            return self._run_graph(chunks)
+            try:
+                return self._run_graph(chunks)
+            except RuntimeError as error:
+                if self.graphs.required:
+                    raise
+                self.graphs.failed = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                result = self._run_cells(chunks, tick, tick_start_ns)
+                result.note = f"decode graphs off from here on: capturing one failed ({self.graphs.failed})"
+                return result
+        return self._run_cells(chunks, tick, tick_start_ns)
+
+    def _run_cells(self, chunks: list[SeqChunk], tick: int, tick_start_ns: int) -> ForwardResult:
+        """The embedding runs in stage 0's cells, the LM head in the last's; tokens are greedy."""
         plan, model = self.plan, self.model
         micro = plan.micro_batches_for(len(chunks))
         parts = [make_batch(p, self.device, self.grouping) for p in split_micro_batches(chunks, micro)]

@@ -16,7 +16,7 @@ from engine.kv_cache import KVCache
 from engine.model import SeqChunk, Transformer, grouped_mm, grouped_mm_padded
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
-from tracer.events import ExpertsEvent, TickEvent
+from tracer.events import ExpertsEvent, MarkEvent, TickEvent
 from tracer.recorder import ListRecorder
 
 
@@ -86,6 +86,35 @@ def test_the_padded_forward_compiles_as_one_graph_for_every_bucket():
     assert len(traced.graphs.buckets_used) > 3
     assert traced_tokens == eager_tokens
     assert all((t == e).all() for t, e in zip(traced_load, eager_load, strict=True))
+
+
+def test_graphs_the_engine_chose_that_fail_to_capture_are_turned_off_and_the_run_goes_on():
+    """On the CPU a capture cannot succeed (no CUDA streams): that stands in for a GPU whose kernels
+    cannot be captured. Chosen by `auto`, the graphs are dropped with a mark; asked for, they fail the run."""
+    eager_tokens, eager_load, _ = _run("off")
+    rec = ListRecorder()
+    eng = Engine(get_preset("tiny"), SchedulerConfig(max_seqs=8, kv_capacity_tokens=4096, decode_graphs="on"),
+                 device="cpu", recorder=rec)
+    eng.graphs.capture, eng.graphs.required = True, False  # as `auto` on a GPU would have them
+    rng = np.random.default_rng(1)
+    sinks = [Tokens() for _ in range(11)]
+    for i, sink in enumerate(sinks):
+        eng.submit(Request(i, rng.integers(0, 512, int(rng.integers(1, 90))).tolist(), int(rng.integers(1, 40)), sink))
+    while eng.step():
+        pass
+    assert eng.graphs.failed is not None
+    assert [s.tokens for s in sinks] == eager_tokens
+    assert all((a.counts == b).all() for a, b in
+               zip((e for e in rec.events if isinstance(e, ExpertsEvent)), eager_load, strict=True))
+    marks = [e for e in rec.events if isinstance(e, MarkEvent)]
+    assert len(marks) == 1 and marks[0].text.startswith("decode graphs off from here on: capturing one failed")
+
+    required = Engine(get_preset("tiny"), SchedulerConfig(decode_graphs="on"), device="cpu")
+    required.graphs.capture = True
+    required.submit(Request(0, [1, 2, 3], 4, Tokens()))
+    required.step()  # the prefill tick runs eagerly
+    with pytest.raises(RuntimeError):
+        required.step()
 
 
 def _graphs(dtype: torch.dtype, max_seqs: int = 8) -> DecodeGraphs:

@@ -31,8 +31,9 @@ class TraceWriter:
 
     `emit` only appends to a deque (well under a microsecond); the writer thread wakes at least
     twice per `flush_interval_s`, encodes what is queued into frames (events frames zlib-compressed,
-    unless `compress=False` or the writer is behind) and appends whole frames, so a process killed at any moment leaves every
-    earlier frame intact. `close()` writes the rest, the final index and the footer, and fsyncs.
+    unless `compress=False` or the writer is behind) and appends whole frames, so a process killed
+    at any moment leaves every earlier frame intact. `close()` writes the rest, the final index and
+    the footer, and fsyncs.
 
     Queue-full policy. Stage and experts events (the bulkiest, least essential) are refused once
     `queue_max` events wait; tick, batch and mark events once a quarter more wait; request events are
