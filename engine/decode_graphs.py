@@ -157,7 +157,7 @@ class DecodeGraphs:
         key = torch.arange(bucket.context, device=self.device)
         kv_slots = bucket.block_table.index_select(1, key // bs) * bs + key % bs
         mask = (key[None, :] < bucket.context_len[:, None])[:, None, None, :]
-        group = AttnGroup(rows, rows, bucket.seqs, 1, kv_slots, mask)
+        group = AttnGroup(rows, rows, bucket.seqs, 1, kv_slots, mask, identity=True)
         batch = ForwardBatch(bucket.tokens, bucket.positions, bucket.slots, [group], rows,
                              counted=bucket.slots != self.kv.scratch_slot)
         logits, counts = self.model(batch, self.kv.k, self.kv.v)

@@ -34,6 +34,8 @@ class AttnGroup:
     q_max: int
     kv_slots: Tensor  # [seqs, kv_max] cache slots of each sequence's keys, 0 where padding
     mask: Tensor  # [seqs, 1, q_max, kv_max] True where a query may attend to a key
+    # the whole batch, one query per sequence, rows in order: the indices above are the identity
+    identity: bool = False
 
 
 @dataclass
@@ -107,8 +109,9 @@ def _attn_group(chunks: list[SeqChunk], members: np.ndarray, lengths: np.ndarray
     q_pos = start[:, None] + np.arange(q_max)[None, :]
     key = np.arange(kv_max)
     mask = (key[None, None, :] <= q_pos[:, :, None]) & (key[None, None, :] < kv_len[:, None, None])
+    identity = q_max == 1 and len(members) == len(chunks) and bool((members == np.arange(len(chunks))).all())
     return AttnGroup(_put(token_index, device), _put(query_pad_index, device), len(members), q_max,
-                     _put(kv_slots, device), _put(mask[:, None], device))
+                     _put(kv_slots, device), _put(mask[:, None], device), identity)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -159,26 +162,31 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, batch: ForwardBatch, cos: Tensor, sin: Tensor, k_cache: Tensor,
                 v_cache: Tensor) -> Tensor:
-        T, D = x.shape[0], self.head_dim
-        q, k, v = (x @ self.wqkv).split([self.heads * D, self.kv_heads * D, self.kv_heads * D], dim=-1)
-        q = apply_rope(q.view(T, self.heads, D), cos, sin)
-        k = apply_rope(k.view(T, self.kv_heads, D), cos, sin)
+        T, H, D = x.shape[0], self.heads, self.head_dim
+        qkv = (x @ self.wqkv).view(T, H + 2 * self.kv_heads, D)
+        q, k = apply_rope(qkv[:, :H + self.kv_heads], cos, sin).split([H, self.kv_heads], dim=1)
         k_cache.index_copy_(0, batch.slots, k)
-        v_cache.index_copy_(0, batch.slots, v.view(T, self.kv_heads, D))
+        v_cache.index_copy_(0, batch.slots, qkv[:, H + self.kv_heads:])
 
+        if len(batch.groups) == 1 and batch.groups[0].identity:  # a decode tick: no padding to undo
+            return self._attend(q.view(T, 1, H, D), batch.groups[0], k_cache, v_cache).view(T, -1) @ self.wo
         # index_select, not tensor[index]: advanced indexing takes a slow path on the CPU (~100x here)
-        out = x.new_empty(T, self.heads, D)
+        out = x.new_empty(T, H, D)
         for g in batch.groups:
-            qp = q.new_zeros(g.seqs * g.q_max, self.heads, D)
+            qp = q.new_zeros(g.seqs * g.q_max, H, D)
             qp.index_copy_(0, g.query_pad_index, q.index_select(0, g.token_index))
-            qp = qp.view(g.seqs, g.q_max, self.heads, D).transpose(1, 2)
-            kv_shape = (g.seqs, -1, self.kv_heads, D)
-            kg = k_cache.index_select(0, g.kv_slots.view(-1)).view(kv_shape).transpose(1, 2)
-            vg = v_cache.index_select(0, g.kv_slots.view(-1)).view(kv_shape).transpose(1, 2)
-            o = F.scaled_dot_product_attention(qp, kg, vg, attn_mask=g.mask, enable_gqa=True)
-            o = o.transpose(1, 2).reshape(-1, self.heads, D).index_select(0, g.query_pad_index)
-            out.index_copy_(0, g.token_index, o)
+            o = self._attend(qp.view(g.seqs, g.q_max, H, D), g, k_cache, v_cache)
+            out.index_copy_(0, g.token_index, o.index_select(0, g.query_pad_index))
         return out.view(T, -1) @ self.wo
+
+    def _attend(self, qp: Tensor, g: AttnGroup, k_cache: Tensor, v_cache: Tensor) -> Tensor:
+        """One SDPA call: queries [seqs, q_max, heads, D] against each sequence's keys; the output
+        flattened to [seqs * q_max, heads, D] in the same padded order."""
+        kv_shape = (g.seqs, -1, self.kv_heads, self.head_dim)
+        kg = k_cache.index_select(0, g.kv_slots.view(-1)).view(kv_shape).transpose(1, 2)
+        vg = v_cache.index_select(0, g.kv_slots.view(-1)).view(kv_shape).transpose(1, 2)
+        o = F.scaled_dot_product_attention(qp.transpose(1, 2), kg, vg, attn_mask=g.mask, enable_gqa=True)
+        return o.transpose(1, 2).reshape(-1, self.heads, self.head_dim)
 
 
 def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
