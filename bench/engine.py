@@ -218,6 +218,8 @@ def main() -> None:
     overrides = {"layers": args.layers} if args.layers else {}
     cfg = get_preset(args.preset, **overrides)
 
+    # an untimed first run: the process's first ticks are slow (allocator, kernel and library setup)
+    bench_batch(cfg, args.device, 1, args.prompt, 20, 2, args.decode_graphs, args.decode_compile)
     rows = []
     for b in (int(x) for x in args.batches.split(",")):
         r = bench_batch(cfg, args.device, b, args.prompt, args.steps, args.overhead_pairs, args.decode_graphs,
