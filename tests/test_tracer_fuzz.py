@@ -148,3 +148,15 @@ def read_everything_strict(data: bytes) -> None:
         path = Path(d) / "t.msgpack"
         path.write_bytes(data)
         open_trace(path).close()
+
+
+def test_resynchronising_past_many_false_frame_starts_gives_up_within_its_budget(monkeypatch):
+    """Each fake header claims 64 KiB behind it: checking them all would CRC ~1 GiB for this 1 MiB file."""
+    monkeypatch.setattr("tracer.framing.RESYNC_BUDGET", 1 << 20)
+    fake = b"\xf1TKS" + struct.pack("<BBHII", Kind.EVENTS, 0, 0, 64 << 10, 0)
+    good = encode_frame(Kind.EVENTS, msgpack.packb([[5, 1, 0, "first"]]))
+    path = Path(tempfile.mkdtemp()) / "hostile.msgpack"
+    path.write_bytes(HEADER + good + b"\0" + fake * (1 << 16) + good)
+    with open_trace(path) as r:
+        assert [ev.text for ev in r.events()] == ["first"]
+        assert any("gave up resynchronising" in p for p in r.problems)

@@ -24,6 +24,9 @@ HEADER_SIZE = FRAME_HEADER.size
 FOOTER_PAYLOAD = struct.Struct("<Q")  # offset of the last index frame
 FOOTER_SIZE = HEADER_SIZE + FOOTER_PAYLOAD.size
 _CHUNK = 1 << 20
+# Payload bytes a resynchronisation may check behind false frame starts before it gives up: a
+# hostile file of fake frame headers would otherwise cost a full-length CRC at every one of them.
+RESYNC_BUDGET = 256 << 20
 
 
 class Kind(IntEnum):
@@ -149,7 +152,8 @@ class FrameScanner:
         return Frame(off, kind, payload, length)
 
     def _find_next(self, pos: int) -> int | None:
-        """Offset of the next complete, checksummed frame at or after `pos`."""
+        """Offset of the next complete, checksummed frame at or after `pos` (None past the budget)."""
+        spent = 0
         while pos <= self.end - HEADER_SIZE:
             self.f.seek(pos)
             chunk = self.f.read(min(_CHUNK, self.end - pos))
@@ -158,10 +162,23 @@ class FrameScanner:
                 pos += max(len(chunk) - len(SYNC) + 1, 1)
                 continue
             cand = pos + i
+            spent += self._claimed_length(cand)
+            if spent > RESYNC_BUDGET:
+                self.problems.append(f"gave up resynchronising at byte {cand}: more than "
+                                     f"{RESYNC_BUDGET >> 20} MiB of false frame starts checked")
+                return None
             if isinstance(self.frame_at(cand), Frame):
                 return cand
             pos = cand + 1
         return None
+
+    def _claimed_length(self, off: int) -> int:
+        """The payload length the frame header at `off` claims: what checking it would read."""
+        head = self._read(off, HEADER_SIZE)
+        if len(head) < HEADER_SIZE:
+            return 0
+        length = FRAME_HEADER.unpack(head)[4]
+        return length if length <= MAX_FRAME_BYTES else 0
 
     def _read(self, off: int, n: int) -> bytes:
         # A window of the file, so walking many small frames costs one read per MiB.
