@@ -25,6 +25,7 @@ the tests check it.
 from __future__ import annotations
 
 import bisect
+from itertools import chain
 
 import numpy as np
 import torch
@@ -136,20 +137,23 @@ class DecodeGraphs:
 
     def _fill(self, bucket: _Bucket, chunks: list[SeqChunk], context: np.ndarray) -> None:
         """Write the tick's inputs into the host buffer in `bucket`'s layout; padding rows write their
-        K/V to the scratch slot and see one key."""
+        K/V to the scratch slot and see one key. Whole columns at a time: at batch 256, a Python
+        loop over the rows would cost more host time than the GPU spends on a small model's step."""
         n, b, bs = len(chunks), bucket.seqs, self.block_size
         host = self._host_np[:bucket.size]
         host[:] = 0
+        lengths = np.fromiter((len(c.blocks) for c in chunks), np.int64, n)
+        blocks = np.fromiter(chain.from_iterable(c.blocks for c in chunks), np.int64, int(lengths.sum()))
+        first = np.cumsum(lengths) - lengths  # each row's first block in `blocks`
+        position = context - 1
         host[:n] = [c.tokens[0] for c in chunks]
-        host[b:b + n] = context - 1
-        host[2 * b:2 * b + n] = [c.kv_slots[c.start] for c in chunks]
+        host[b:b + n] = position
+        host[2 * b:2 * b + n] = blocks[first + position // bs] * bs + position % bs
         host[2 * b + n:3 * b] = self.kv.scratch_slot
         host[3 * b:3 * b + n] = context
         host[3 * b + n:4 * b] = 1
-        table = host[4 * b:].reshape(b, bucket.blocks)
-        for row, c in enumerate(chunks):
-            blocks = c.kv_slots[::bs] // bs  # a block's slots are consecutive: its first names it
-            table[row, :len(blocks)] = blocks
+        rows = np.repeat(np.arange(n), lengths)
+        host[4 * b:].reshape(b, bucket.blocks)[rows, np.arange(len(blocks)) - np.repeat(first, lengths)] = blocks
 
     def _forward(self, bucket: _Bucket) -> Tensor:
         """The captured region: fixed shapes, no host synchronisation."""

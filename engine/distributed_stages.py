@@ -91,7 +91,7 @@ class DistributedExecutor:
         plan, group, cfg = self.plan, self.group, self.model.cfg
         stages, micro = plan.stages, plan.micro_batches_for(len(chunks))
         split = split_micro_batches(chunks, micro)
-        wire = torch.from_numpy(encode_tick(split, self.kv.allocator.block_size))
+        wire = torch.from_numpy(encode_tick(split))
         dist.broadcast(torch.tensor([OP_TICK, tick, len(wire)]), 0, group=group.control)
         dist.broadcast(wire, 0, group=group.control)
         counts = torch.zeros(cfg.layers, cfg.routed_experts, device=group.device, dtype=torch.int32)

@@ -287,8 +287,9 @@ class Engine:
         """One forward pass and greedy sampling: next tokens, expert load [layers, experts], the
         forward's device time in ns, and the tick's pipeline cells when there is a pipeline."""
         alloc = self.kv.allocator
+        bs = alloc.block_size
         chunks = [SeqChunk(e.seq.tokens[e.start:e.start + e.count], e.start,
-                           alloc.slots(e.seq.id, e.start + e.count), e.samples) for e in plan.entries]
+                           alloc.blocks(e.seq.id, e.start + e.count), bs, e.samples) for e in plan.entries]
         return self.executor.run(chunks, tick, tick_start)
 
     def _batch_event(self, tick: int, plan: TickPlan) -> BatchEvent:

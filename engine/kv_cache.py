@@ -7,7 +7,6 @@ a list of blocks (its block table); admitting it takes free blocks, finishing it
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from engine.config import ModelConfig
@@ -44,6 +43,16 @@ class BlockAllocator:
         held = len(self.tables.get(seq_id, ()))
         return self.blocks_for(tokens) - held <= len(self._free)
 
+    def try_grow(self, seq_id: int, tokens: int) -> bool:
+        """`grow` if it fits (once per sequence per tick: one lookup, not two); whether it did."""
+        table = self.tables.setdefault(seq_id, [])
+        need = -(-tokens // self.block_size) - len(table)
+        if need > len(self._free):
+            return False
+        for _ in range(need):
+            table.append(self._free.pop())
+        return True
+
     def grow(self, seq_id: int, tokens: int) -> None:
         """Make `seq_id` hold at least `tokens` tokens. Check `can_grow` first."""
         table = self.tables.setdefault(seq_id, [])
@@ -56,11 +65,9 @@ class BlockAllocator:
     def free(self, seq_id: int) -> None:
         self._free.extend(reversed(self.tables.pop(seq_id, [])))
 
-    def slots(self, seq_id: int, length: int) -> np.ndarray:
-        """Cache slots of positions 0..length-1 of `seq_id`."""
-        table = np.asarray(self.tables[seq_id], dtype=np.int64)
-        slots = (table[:, None] * self.block_size + np.arange(self.block_size)).reshape(-1)
-        return slots[:length]
+    def blocks(self, seq_id: int, length: int) -> list[int]:
+        """The blocks holding positions 0..length-1 of `seq_id`, in order."""
+        return self.tables[seq_id][:self.blocks_for(length)]
 
 
 class KVCache:

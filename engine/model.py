@@ -11,6 +11,7 @@ memory traffic and the expert dispatch of a real MoE, not what it says.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import torch
@@ -55,7 +56,10 @@ class SeqChunk:
 
     tokens: list[int]
     start: int
-    kv_slots: np.ndarray  # cache slots of positions 0 .. start + len(tokens) - 1
+    # the sequence's KV blocks, through this chunk: position p's K/V lives in slot
+    # blocks[p // block_size] * block_size + p % block_size (kv_cache.py)
+    blocks: list[int]
+    block_size: int
     sample: bool  # the chunk ends the known tokens, so its last row predicts the next token
 
 
@@ -64,19 +68,42 @@ def make_batch(chunks: list[SeqChunk], device: torch.device, grouping: str = "ra
 
     `ragged` puts every sequence into one attention call, padded to the longest; `same-length` makes
     one call per distinct length, so no keys are padded (the article's grouping of sequences).
+    Built a column at a time, not a sequence at a time: a tick may hold hundreds of sequences.
     """
-    lengths = np.array([len(c.tokens) for c in chunks])
-    row_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    tokens = np.concatenate([np.asarray(c.tokens, dtype=np.int64) for c in chunks])
-    positions = np.concatenate([np.arange(c.start, c.start + len(c.tokens)) for c in chunks])
-    slots = np.concatenate([c.kv_slots[c.start:] for c in chunks])
-    sample = np.array([row_start[i] + lengths[i] - 1 for i, c in enumerate(chunks) if c.sample], dtype=np.int64)
+    n = len(chunks)
+    lengths = np.fromiter((len(c.tokens) for c in chunks), np.int64, n)
+    starts = np.fromiter((c.start for c in chunks), np.int64, n)
+    row_start = np.cumsum(lengths) - lengths
+    tokens = np.fromiter(chain.from_iterable(c.tokens for c in chunks), np.int64, int(lengths.sum()))
+    positions = _ranges(starts, lengths)
+    slot_of = _Slots(chunks)
+    slots = slot_of(np.repeat(np.arange(n), lengths), positions)
+    sample = (row_start + lengths - 1)[np.fromiter((c.sample for c in chunks), bool, n)]
 
-    group = attention_groups(np.array([c.start + len(c.tokens) for c in chunks]), grouping)
+    group = attention_groups(starts + lengths, grouping)
     members = [np.flatnonzero(group == g) for g in range(group.max() + 1)]
-    groups = [_attn_group(chunks, m, lengths, row_start, device) for m in members]
+    groups = [_attn_group(m, starts, lengths, row_start, slot_of, device) for m in members]
     return ForwardBatch(_put(tokens, device), _put(positions, device), _put(slots, device), groups,
                         _put(sample, device))
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """starts[i], starts[i] + 1, ..., starts[i] + lengths[i] - 1, for every i, concatenated."""
+    return np.arange(int(lengths.sum())) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+
+
+class _Slots:
+    """The cache slot of any position of any of a tick's sequences, from their block tables."""
+
+    def __init__(self, chunks: list[SeqChunk]) -> None:
+        self.block_size = chunks[0].block_size
+        n_blocks = np.fromiter((len(c.blocks) for c in chunks), np.int64, len(chunks))
+        self.blocks = np.fromiter(chain.from_iterable(c.blocks for c in chunks), np.int64, int(n_blocks.sum()))
+        self.first = np.cumsum(n_blocks) - n_blocks  # each sequence's first block in `blocks`
+
+    def __call__(self, seq: np.ndarray, position: np.ndarray) -> np.ndarray:
+        bs = self.block_size
+        return self.blocks[self.first[seq] + position // bs] * bs + position % bs
 
 
 def attention_groups(kv_len: np.ndarray, grouping: str) -> np.ndarray:
@@ -92,24 +119,23 @@ def _put(a: np.ndarray, device: torch.device) -> Tensor:
     return torch.from_numpy(a).to(device, non_blocking=True)
 
 
-def _attn_group(chunks: list[SeqChunk], members: np.ndarray, lengths: np.ndarray, row_start: np.ndarray,
-                device: torch.device) -> AttnGroup:
-    q_len = lengths[members]
-    start = np.array([chunks[i].start for i in members])
+def _attn_group(members: np.ndarray, starts: np.ndarray, lengths: np.ndarray, row_start: np.ndarray,
+                slot_of: _Slots, device: torch.device) -> AttnGroup:
+    q_len, start = lengths[members], starts[members]
     kv_len = start + q_len
     q_max, kv_max = int(q_len.max()), int(kv_len.max())
 
-    token_index = np.concatenate([np.arange(row_start[i], row_start[i] + lengths[i]) for i in members])
-    query_pad_index = np.concatenate([np.arange(q) + b * q_max for b, q in enumerate(q_len)])
-    kv_slots = np.zeros((len(members), kv_max), dtype=np.int64)
-    for b, i in enumerate(members):
-        kv_slots[b, : kv_len[b]] = chunks[i].kv_slots[: kv_len[b]]
+    token_index = _ranges(row_start[members], q_len)
+    query_pad_index = _ranges(np.arange(len(members)) * q_max, q_len)
+    key = np.arange(kv_max)
+    # slot 0 where a sequence has no key: those are masked out below
+    in_range = key[None, :] < kv_len[:, None]
+    kv_slots = np.where(in_range, slot_of(members[:, None], np.minimum(key[None, :], kv_len[:, None] - 1)), 0)
     # causal within the sequence, nothing past its end; padded query rows see the real keys, so no
     # row is all-masked (that would make SDPA return NaN) and their output is simply dropped
     q_pos = start[:, None] + np.arange(q_max)[None, :]
-    key = np.arange(kv_max)
-    mask = (key[None, None, :] <= q_pos[:, :, None]) & (key[None, None, :] < kv_len[:, None, None])
-    identity = q_max == 1 and len(members) == len(chunks) and bool((members == np.arange(len(chunks))).all())
+    mask = (key[None, None, :] <= q_pos[:, :, None]) & in_range[:, None, :]
+    identity = q_max == 1 and len(members) == len(starts) and bool((members == np.arange(len(starts))).all())
     return AttnGroup(_put(token_index, device), _put(query_pad_index, device), len(members), q_max,
                      _put(kv_slots, device), _put(mask[:, None], device), identity)
 

@@ -190,13 +190,12 @@ class Scheduler:
     def _reserve(self, seq: Sequence, n: int, plan: TickPlan, scheduled: set[int]) -> bool:
         """Make room for `n` more tokens of `seq`, preempting the most recently admitted sequences
         not yet in this tick until it fits (possibly `seq` itself: then False)."""
-        while not self.kv.can_grow(seq.id, seq.computed + n):
+        while not self.kv.try_grow(seq.id, seq.computed + n):
             victim = next(s for s in reversed(self.running) if s.id not in scheduled)
             self.preempt(victim)
             plan.preempted.append(victim)
             if victim is seq:
                 return False
-        self.kv.grow(seq.id, seq.computed + n)
         return True
 
     def preempt(self, seq: Sequence) -> None:

@@ -1,8 +1,7 @@
 """A tick's micro-batches as one int64 array, for rank 0 to broadcast to the other stages.
 
 Layout: [M, chunks in micro-batch 0 .. M-1, then per chunk: start, n_tokens, sample, n_blocks,
-tokens..., blocks...]. KV slots travel as the sequence's block numbers (slot = block * block_size +
-offset, as BlockAllocator.slots hands them out): a block_size-th of the bytes of the slots.
+tokens..., blocks...]. KV slots travel as the sequence's block numbers, as SeqChunk holds them.
 """
 
 from __future__ import annotations
@@ -12,15 +11,14 @@ import numpy as np
 from engine.model import SeqChunk
 
 
-def encode_tick(parts: list[list[SeqChunk]], block_size: int) -> np.ndarray:
+def encode_tick(parts: list[list[SeqChunk]]) -> np.ndarray:
     head = [len(parts)] + [len(p) for p in parts]
     body: list[np.ndarray] = []
     for part in parts:
         for c in part:
-            blocks = np.asarray(c.kv_slots[::block_size], dtype=np.int64) // block_size
-            body.append(np.array([c.start, len(c.tokens), int(c.sample), len(blocks)], dtype=np.int64))
+            body.append(np.array([c.start, len(c.tokens), int(c.sample), len(c.blocks)], dtype=np.int64))
             body.append(np.asarray(c.tokens, dtype=np.int64))
-            body.append(blocks)
+            body.append(np.asarray(c.blocks, dtype=np.int64))
     return np.concatenate([np.asarray(head, dtype=np.int64)] + body)
 
 
@@ -28,7 +26,6 @@ def decode_tick(data: np.ndarray, block_size: int) -> list[list[SeqChunk]]:
     micro = int(data[0])
     sizes = data[1:1 + micro].tolist()
     at = 1 + micro
-    offsets = np.arange(block_size, dtype=np.int64)
     parts: list[list[SeqChunk]] = []
     for size in sizes:
         part = []
@@ -37,9 +34,8 @@ def decode_tick(data: np.ndarray, block_size: int) -> list[list[SeqChunk]]:
             at += 4
             tokens = data[at:at + n_tokens].tolist()
             at += n_tokens
-            blocks = data[at:at + n_blocks]
+            blocks = data[at:at + n_blocks].tolist()
             at += n_blocks
-            slots = (blocks[:, None] * block_size + offsets).reshape(-1)[:start + n_tokens]
-            part.append(SeqChunk(tokens, start, slots, bool(sample)))
+            part.append(SeqChunk(tokens, start, blocks, block_size, bool(sample)))
         parts.append(part)
     return parts

@@ -87,7 +87,7 @@ def test_a_replayed_tick_does_not_synchronise_before_its_tokens_are_read():
     chunks = []
     for i, n in enumerate([5, 70, 100]):
         alloc.grow(1000 + i, n)
-        chunks.append(SeqChunk([i], n - 1, alloc.slots(1000 + i, n), True))
+        chunks.append(SeqChunk([i], n - 1, alloc.blocks(1000 + i, n), alloc.block_size, True))
     with torch.inference_mode():
         graphs.run(chunks)  # the first run of this bucket captures it
         torch.cuda.synchronize()

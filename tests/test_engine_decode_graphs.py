@@ -128,7 +128,7 @@ def _decode_chunks(graphs: DecodeGraphs, contexts: list[int]) -> list[SeqChunk]:
     chunks = []
     for i, n in enumerate(contexts):
         alloc.grow(i, n)
-        chunks.append(SeqChunk([i], n - 1, alloc.slots(i, n), True))
+        chunks.append(SeqChunk([i], n - 1, alloc.blocks(i, n), alloc.block_size, True))
     return chunks
 
 
@@ -137,9 +137,9 @@ def test_takes_decode_only_ticks_that_fit_the_largest_bucket():
     alloc = graphs.kv.allocator
     assert graphs.takes(_decode_chunks(graphs, [5, 70, 200, 1]))
     alloc.grow(9, 20)
-    prefill = SeqChunk(list(range(20)), 0, alloc.slots(9, 20), True)
+    prefill = SeqChunk(list(range(20)), 0, alloc.blocks(9, 20), alloc.block_size, True)
     assert not graphs.takes([prefill])
-    assert not graphs.takes([SeqChunk([1], 19, alloc.slots(9, 20), False)])  # a chunk that does not sample
+    assert not graphs.takes([SeqChunk([1], 19, alloc.blocks(9, 20), alloc.block_size, False)])  # a chunk that does not sample
     assert not graphs.takes(_decode_chunks(graphs, [3, 3, 3, 3, 3]))  # more than max_seqs
     graphs.context_buckets = [64]
     assert not graphs.takes(_decode_chunks(graphs, [65]))

@@ -35,7 +35,7 @@ def _prefill(model: Transformer, kv: KVCache, prompts: list[list[int]], grouping
     chunks = []
     for i, p in enumerate(prompts):
         kv.allocator.grow(i, len(p))
-        chunks.append(SeqChunk(p, 0, kv.allocator.slots(i, len(p)), True))
+        chunks.append(SeqChunk(p, 0, kv.allocator.blocks(i, len(p)), kv.allocator.block_size, True))
     with torch.inference_mode():
         return model(make_batch(chunks, CPU, grouping), kv.k, kv.v)
 
@@ -164,3 +164,43 @@ def test_decode_survives_preemption_with_the_same_tokens():
                     kv_block_size=8)
     assert any(isinstance(e, RequestEvent) and e.phase == "preempt" for e in recorder.events)
     assert tight == roomy
+
+
+@pytest.mark.parametrize("grouping", ["ragged", "same-length"])
+def test_make_batch_matches_a_sequence_at_a_time_reference(grouping):
+    """The batch is built a column at a time; here it is rebuilt one sequence at a time, plainly."""
+    from engine.kv_cache import BlockAllocator
+
+    alloc = BlockAllocator(4096, block_size=4)
+    rng = np.random.default_rng(5)
+    spec = [(0, 7), (9, 1), (3, 5), (21, 1), (9, 3), (0, 1), (40, 1)]  # (cached tokens, this tick's tokens)
+    chunks = []
+    for i, (start, n) in enumerate(spec):
+        alloc.grow(100 + i, start + n + int(rng.integers(0, 9)))  # tables may run past this chunk
+        alloc.grow(999, 4 * (i + 1))  # interleave another sequence's blocks
+        blocks = alloc.blocks(100 + i, start + n)
+        chunks.append(SeqChunk(rng.integers(0, 512, n).tolist(), start, blocks, 4, bool(i % 3)))
+    batch = make_batch(chunks, CPU, grouping)
+
+    def slot(c, p):
+        return c.blocks[p // 4] * 4 + p % 4
+
+    assert batch.tokens.tolist() == [t for c in chunks for t in c.tokens]
+    assert batch.positions.tolist() == [p for c in chunks for p in range(c.start, c.start + len(c.tokens))]
+    assert batch.slots.tolist() == [slot(c, p) for c in chunks for p in range(c.start, c.start + len(c.tokens))]
+    ends = np.cumsum([len(c.tokens) for c in chunks]) - 1
+    assert batch.sample_index.tolist() == [int(e) for e, c in zip(ends, chunks) if c.sample]
+    seen = []
+    for g in batch.groups:
+        rows = g.token_index.tolist()
+        members = sorted({i for i, c in enumerate(chunks) for r in rows
+                          if sum(len(x.tokens) for x in chunks[:i]) <= r < sum(len(x.tokens) for x in chunks[:i + 1])})
+        seen += members
+        for b, i in enumerate(members):
+            c = chunks[i]
+            kv_len = c.start + len(c.tokens)
+            assert g.kv_slots[b, :kv_len].tolist() == [slot(c, p) for p in range(kv_len)]
+            for q in range(len(c.tokens)):
+                assert g.mask[b, 0, q].tolist() == [k <= c.start + q for k in range(g.kv_slots.shape[1])]
+        assert g.identity == (g.q_max == 1 and len(members) == len(chunks))
+    assert sorted(seen) == list(range(len(chunks)))

@@ -81,7 +81,7 @@ def test_prefill_logits_of_a_ragged_batch_match_transformers_run_alone():
     chunks = []
     for i, p in enumerate(prompts):
         kv.allocator.grow(i, len(p))
-        chunks.append(SeqChunk(p, 0, kv.allocator.slots(i, len(p)), True))
+        chunks.append(SeqChunk(p, 0, kv.allocator.blocks(i, len(p)), kv.allocator.block_size, True))
     with torch.inference_mode():
         logits, _ = ours(make_batch(chunks, CPU), kv.k, kv.v)
         for i, p in enumerate(prompts):

@@ -33,16 +33,15 @@ def run_tick(s: Scheduler):
     return plan, finished
 
 
-def test_allocator_accounting_and_slots():
+def test_allocator_accounting_and_blocks():
     a = BlockAllocator(64, 16)
     assert (a.capacity_tokens, a.free_blocks, a.used_tokens) == (64, 4, 0)
     a.grow(1, 17)  # two blocks
     a.grow(2, 16)
     assert a.free_blocks == 1 and a.used_tokens == 48
     assert not a.can_grow(2, 33) and a.can_grow(2, 32) and a.can_grow(1, 32)
-    slots = a.slots(1, 17)
-    assert len(set(slots.tolist())) == 17
-    assert not set(slots.tolist()) & set(a.slots(2, 16).tolist())
+    assert len(a.blocks(1, 17)) == 2 and len(a.blocks(1, 16)) == 1 and len(a.blocks(2, 16)) == 1
+    assert not set(a.blocks(1, 17)) & set(a.blocks(2, 16))
     a.free(1)
     assert a.free_blocks == 3 and a.used_tokens == 16
     a.free(1)  # freeing twice is harmless
