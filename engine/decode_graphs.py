@@ -3,19 +3,20 @@
 A tick in which every sequence decodes one token is fixed by two numbers: how many sequences run (B)
 and the longest context among them (L). Padded up to a bucket (B', L'), its forward pass has fixed
 shapes and reads nothing back to the host, so it is captured once as a CUDA graph and replayed: one
-launch for the whole step instead of a few thousand kernel launches, which at small batches cost more
+launch for the whole step instead of ~75 kernel launches per layer, which at small batches cost more
 host time than the GPU spends on the step.
 
 Inputs travel in one pinned host buffer and one copy: tokens, positions, the slot each new K/V goes
 to, context lengths and block tables; the attention's key slots and mask are computed from them on the
 device. Padding rows write their K/V to the cache's scratch slot, attend to one key, and are left out
 of the expert load (they still pass through the experts: the price of a fixed shape). The first tick
-of a bucket pays for its capture (a warm-up run, then the capture); later ticks replay it.
+of a bucket pays for its capture (a warm-up run, then the capture), and the trace marks it; later
+ticks replay it.
 
 With a compile backend, the padded forward pass goes through torch.compile first (fullgraph, dynamic
 shapes: one compile serves every bucket but batch 1, which is specialised), and the graph captures the
-fused kernels: a decode step of ~90 small kernels per layer is bound by their launches and gaps at
-small batches, fused it reads weights at the memory's pace.
+fused kernels: even replayed, ~75 small kernels per layer leave gaps between them that bind a small
+batch's step; fused, it can read weights at the memory's pace.
 
 Ticks with prefill, pipelines and same-length attention groups run eagerly (engine/stages.py). On the
 CPU there are no graphs: with `decode_graphs = "on"` the same padded path runs eagerly, which is how

@@ -47,8 +47,8 @@ class SchedulerConfig:
     # decode-only ticks padded to buckets and replayed as CUDA graphs (engine/decode_graphs.py). auto:
     # on CUDA with one stage and ragged attention; on: also on the CPU, run eagerly (for testing)
     decode_graphs: str = "auto"
-    # torch.compile the decode graphs' forward pass before capture: "inductor" fuses its ~90 kernels
-    # per layer (compiled once for dynamic shapes, ~3 compiles); "aot_eager" traces without fusing
+    # torch.compile the decode graphs' forward pass before capture: "inductor" fuses its ~75 kernels
+    # per layer (compiled for dynamic shapes: ~3 compiles in all); "aot_eager" traces without fusing
     decode_compile: str = "off"
 
     def validate(self) -> None:
