@@ -20,8 +20,6 @@ from tracer.limits import MAX_BIN_LEN, MAX_EVENTS_PER_FRAME, TARGET_FRAME_BYTES
 
 # Past this many events in one drain (~80,000 events/s), events frames are written uncompressed.
 COMPRESS_MAX_EVENTS = 4 * MAX_EVENTS_PER_FRAME
-
-
 # Frames queued for one os.write are written once they reach this many bytes (or the drain ends).
 _WRITE_CHUNK = 4 << 20
 
