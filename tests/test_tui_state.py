@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tui_synth
-from tracer.events import RequestEvent, StageEvent
+from tracer.events import RequestEvent, SessionHeader, StageEvent
 from tui.state import (
     DashboardState,
     config_summary,
@@ -98,6 +98,13 @@ def test_stage_stats_finds_warmup_drain_and_bubbles():
     assert stats.drain_ns == 2 * ms  # stage 0 idles after its last
     assert stats.bubble_ns == 1 * ms  # stage 1 waits between micro-batches
     assert stats.idle_share == pytest.approx(0.5)
+
+
+def test_config_summary_names_cuda_graphs_beside_the_device():
+    cfg = {"device_name": "NVIDIA H100", "decode_graphs": "cuda graphs", "scheduler": {"decode_compile": "inductor"}}
+    assert config_summary(SessionHeader(0, 0, cfg))["device"] == "NVIDIA H100, CUDA graphs (compiled)"
+    cfg |= {"decode_graphs": "off"}
+    assert config_summary(SessionHeader(0, 0, cfg))["device"] == "NVIDIA H100"
 
 
 def test_config_summary_tolerates_missing_keys():

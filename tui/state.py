@@ -830,6 +830,9 @@ def config_summary(header: SessionHeader | None) -> dict[str, str]:
     device = cfg.get("device_name") or cfg.get("device") or "?"
     if isinstance(device, dict):
         device = device.get("name", device.get("type", "?"))
+    if cfg.get("decode_graphs") == "cuda graphs":  # how the decode ticks ran shapes their times
+        compiled = sched.get("decode_compile", "off") != "off"
+        device = f"{device}, CUDA graphs{' (compiled)' if compiled else ''}"
     policy = str(sched.get("policy", "?"))
     window = sched.get("window_ms")
     if window is not None and policy != "continuous":  # continuous batching has no window
