@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 
+from decode_runs import Tokens, mixed_run
 from engine.config import get_preset
 from engine.decode_graphs import DecodeGraphs, _bucket_for, buckets
 from engine.engine import Engine
@@ -16,18 +17,6 @@ from engine.kv_cache import KVCache
 from engine.model import SeqChunk, Transformer, grouped_mm, grouped_mm_padded
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
-from tracer.events import ExpertsEvent, MarkEvent, TickEvent
-from tracer.recorder import ListRecorder
-
-
-class Tokens:
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-
-    def on_token(self, token: int, t_ns: int) -> None:
-        self.tokens.append(token)
-
-    def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
 
 
 @pytest.mark.parametrize("limit, step, smallest", [(1, 1, 1), (8, 1, 1), (256, 1, 1), (100, 1, 1), (4096, 16, 64)])
@@ -41,37 +30,17 @@ def test_buckets_cover_every_size_with_at_most_a_third_of_padding(limit, step, s
     assert _bucket_for(sizes, limit + 1) is None
 
 
-def _run(decode_graphs: str, decode_compile: str = "off",
-         dtype: str = "auto") -> tuple[list[list[int]], list[np.ndarray], Engine]:
-    """Eleven requests of mixed lengths through an engine of 8 slots: admissions, prefills and
-    finishes interleave with decode-only ticks, and contexts cross several context buckets."""
-    rec = ListRecorder()
-    sched = SchedulerConfig(max_seqs=8, kv_capacity_tokens=4096, decode_graphs=decode_graphs,
-                            decode_compile=decode_compile)
-    eng = Engine(get_preset("tiny", dtype=dtype), sched, device="cpu", recorder=rec)
-    rng = np.random.default_rng(1)
-    sinks = [Tokens() for _ in range(11)]
-    for i, sink in enumerate(sinks):
-        prompt = rng.integers(0, 512, int(rng.integers(1, 90))).tolist()
-        eng.submit(Request(i, prompt, int(rng.integers(1, 40)), sink))
-    while eng.step():
-        pass
-    load = [e.counts for e in rec.events if isinstance(e, ExpertsEvent)]
-    assert len(load) == len([e for e in rec.events if isinstance(e, TickEvent)])
-    return [s.tokens for s in sinks], load, eng
-
-
 def test_padded_decode_gives_the_eager_tokens_load_and_cache():
-    eager_tokens, eager_load, eager = _run("off")
-    padded_tokens, padded_load, padded = _run("on")
+    eager_run, padded_run = mixed_run("cpu", "off"), mixed_run("cpu", "on")
+    eager, padded = eager_run.engine, padded_run.engine
 
     assert eager.graphs is None and padded.describe()["decode_graphs"] == "eager"
     used = padded.graphs.buckets_used
     assert len({b for b, _ in used}) > 2 and len({c for _, c in used}) > 1  # shrinking batches, growing contexts
     assert any(b > n for b, n in zip((b for b, _ in used), [1, 2, 3, 4, 6, 8]))  # some ticks were padded
-    assert padded_tokens == eager_tokens
-    assert len(padded_load) == len(eager_load)
-    assert all((p == e).all() for p, e in zip(padded_load, eager_load))  # padding rows are not counted
+    assert padded_run.tokens == eager_run.tokens
+    # padding rows are not counted
+    assert all((p == e).all() for p, e in zip(padded_run.load, eager_run.load, strict=True))
     real = slice(0, padded.kv.scratch_slot)  # padding rows wrote only to the scratch slot
     torch.testing.assert_close(padded.kv.k[:, real], eager.kv.k[:, real], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(padded.kv.v[:, real], eager.kv.v[:, real], rtol=1e-5, atol=1e-5)
@@ -81,33 +50,25 @@ def test_the_padded_forward_compiles_as_one_graph_for_every_bucket():
     """fullgraph: a graph break would raise. aot_eager traces without fusing, so it must give exactly what
     the uncompiled padded path gives; inductor, which fuses, is for the GPU (tests/test_engine_cuda.py).
     bfloat16, as on CUDA: compiled grouped_mm takes nothing else."""
-    eager_tokens, eager_load, _ = _run("on", dtype="bfloat16")
-    traced_tokens, traced_load, traced = _run("on", decode_compile="aot_eager", dtype="bfloat16")
-    assert len(traced.graphs.buckets_used) > 3
-    assert traced_tokens == eager_tokens
-    assert all((t == e).all() for t, e in zip(traced_load, eager_load, strict=True))
+    eager = mixed_run("cpu", "on", dtype="bfloat16")
+    traced = mixed_run("cpu", "on", decode_compile="aot_eager", dtype="bfloat16")
+    assert len(traced.engine.graphs.buckets_used) > 3
+    assert traced.tokens == eager.tokens
+    assert all((t == e).all() for t, e in zip(traced.load, eager.load, strict=True))
 
 
 def test_graphs_the_engine_chose_that_fail_to_capture_are_turned_off_and_the_run_goes_on():
     """On the CPU a capture cannot succeed (no CUDA streams): that stands in for a GPU whose kernels
     cannot be captured. Chosen by `auto`, the graphs are dropped with a mark; asked for, they fail the run."""
-    eager_tokens, eager_load, _ = _run("off")
-    rec = ListRecorder()
-    eng = Engine(get_preset("tiny"), SchedulerConfig(max_seqs=8, kv_capacity_tokens=4096, decode_graphs="on"),
-                 device="cpu", recorder=rec)
-    eng.graphs.capture, eng.graphs.required = True, False  # as `auto` on a GPU would have them
-    rng = np.random.default_rng(1)
-    sinks = [Tokens() for _ in range(11)]
-    for i, sink in enumerate(sinks):
-        eng.submit(Request(i, rng.integers(0, 512, int(rng.integers(1, 90))).tolist(), int(rng.integers(1, 40)), sink))
-    while eng.step():
-        pass
-    assert eng.graphs.failed is not None
-    assert [s.tokens for s in sinks] == eager_tokens
-    assert all((a.counts == b).all() for a, b in
-               zip((e for e in rec.events if isinstance(e, ExpertsEvent)), eager_load, strict=True))
-    marks = [e for e in rec.events if isinstance(e, MarkEvent)]
-    assert len(marks) == 1 and marks[0].text.startswith("decode graphs off from here on: capturing one failed")
+    def as_auto_on_a_gpu(graphs):
+        graphs.capture, graphs.required = True, False
+
+    eager, fallen_back = mixed_run("cpu", "off"), mixed_run("cpu", "on", setup=as_auto_on_a_gpu)
+    assert fallen_back.engine.graphs.failed is not None
+    assert fallen_back.tokens == eager.tokens
+    assert all((a == b).all() for a, b in zip(fallen_back.load, eager.load, strict=True))
+    assert len(fallen_back.marks) == 1
+    assert fallen_back.marks[0].text.startswith("decode graphs off from here on: capturing one failed")
 
     required = Engine(get_preset("tiny"), SchedulerConfig(decode_graphs="on"), device="cpu")
     required.graphs.capture = True
@@ -139,7 +100,8 @@ def test_takes_decode_only_ticks_that_fit_the_largest_bucket():
     alloc.grow(9, 20)
     prefill = SeqChunk(list(range(20)), 0, alloc.blocks(9, 20), alloc.block_size, True)
     assert not graphs.takes([prefill])
-    assert not graphs.takes([SeqChunk([1], 19, alloc.blocks(9, 20), alloc.block_size, False)])  # a chunk that does not sample
+    not_sampling = SeqChunk([1], 19, alloc.blocks(9, 20), alloc.block_size, False)
+    assert not graphs.takes([not_sampling])
     assert not graphs.takes(_decode_chunks(graphs, [3, 3, 3, 3, 3]))  # more than max_seqs
     graphs.context_buckets = [64]
     assert not graphs.takes(_decode_chunks(graphs, [65]))

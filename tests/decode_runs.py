@@ -1,0 +1,60 @@
+"""One mixed workload through the engine, for the decode-graph tests on the CPU and on CUDA."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.config import get_preset
+from engine.decode_graphs import DecodeGraphs
+from engine.engine import Engine
+from engine.request import Request
+from engine.scheduler import SchedulerConfig
+from tracer.events import ExpertsEvent, MarkEvent, TickEvent
+from tracer.recorder import ListRecorder
+
+
+class Tokens:
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+
+    def on_token(self, token: int, t_ns: int) -> None:
+        self.tokens.append(token)
+
+    def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
+
+
+@dataclass
+class MixedRun:
+    tokens: list[list[int]]  # every request's tokens
+    load: list[np.ndarray]  # every tick's expert load
+    ticks: list[TickEvent]
+    marks: list[MarkEvent]
+    engine: Engine
+
+
+def mixed_run(device: str, decode_graphs: str, *, decode_compile: str = "off", dtype: str = "auto",
+              setup: Callable[[DecodeGraphs], None] | None = None) -> MixedRun:
+    """Eleven requests of mixed lengths through an engine of 8 slots, run to the end: admissions,
+    prefills and finishes interleave with decode-only ticks, and contexts cross several context
+    buckets. `setup` may adjust the engine's decode graphs before the first tick."""
+    rec = ListRecorder()
+    sched = SchedulerConfig(max_seqs=8, kv_capacity_tokens=4096, decode_graphs=decode_graphs,
+                            decode_compile=decode_compile)
+    eng = Engine(get_preset("tiny", dtype=dtype), sched, device=device, recorder=rec)
+    if setup is not None:
+        setup(eng.graphs)
+    rng = np.random.default_rng(1)
+    sinks = [Tokens() for _ in range(11)]
+    for i, sink in enumerate(sinks):
+        prompt = rng.integers(0, 512, int(rng.integers(1, 90))).tolist()
+        eng.submit(Request(i, prompt, int(rng.integers(1, 40)), sink))
+    while eng.step():
+        pass
+    ticks = [e for e in rec.events if isinstance(e, TickEvent)]
+    load = [e.counts for e in rec.events if isinstance(e, ExpertsEvent)]
+    assert len(load) == len(ticks)
+    marks = [e for e in rec.events if isinstance(e, MarkEvent)]
+    return MixedRun([s.tokens for s in sinks], load, ticks, marks, eng)
