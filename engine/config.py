@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import asdict, dataclass, replace
 
@@ -112,8 +113,13 @@ def get_preset(name: str, **overrides) -> ModelConfig:
 
 
 def available_bytes(device: torch.device) -> int:
-    """Memory that an allocation on `device` could use now."""
+    """Memory that an allocation on `device` could use now. An engine no longer referenced still
+    holds its weights until the cycle collector runs (its thread and bound methods refer back to
+    it), and PyTorch keeps freed CUDA blocks cached: both are released first, so that a process
+    making one engine after another (a sweep, a benchmark) is not refused memory it has."""
+    gc.collect()
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         free, _total = torch.cuda.mem_get_info(device)
         return free
     try:

@@ -207,3 +207,26 @@ def test_an_error_in_the_tick_loop_ends_every_request_and_surfaces():
     with pytest.raises(RuntimeError, match="boom"):
         eng.stop()
     assert all(len(s.finishes) == 1 and s.finishes[0][0] in ("cancelled", "rejected") for s in sinks)
+
+
+def test_an_engine_no_longer_referenced_is_freed_before_memory_is_measured():
+    """Its thread and bound methods make reference cycles, so only the cycle collector frees it: a
+    sweep's next engine must not be refused memory that the previous one still holds."""
+    import gc
+    import weakref
+
+    from engine.config import available_bytes
+
+    eng = engine(decode_graphs="on")
+    eng.submit(Request(0, prompt(0, 5), 3, Collect()))
+    eng.start()
+    eng.stop(drain=True)
+    weights = weakref.ref(eng.model.layers[0].moe.w13)
+    gc.disable()  # as if the collector had not happened to run yet
+    try:
+        del eng
+        assert weights() is not None  # held by the cycles
+        available_bytes(torch.device("cpu"))
+        assert weights() is None
+    finally:
+        gc.enable()
