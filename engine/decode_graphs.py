@@ -26,14 +26,13 @@ the tests check it.
 from __future__ import annotations
 
 import bisect
-from itertools import chain
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from engine.kv_cache import KVCache
-from engine.model import AttnGroup, ForwardBatch, SeqChunk, Transformer
+from engine.model import AttnGroup, ForwardBatch, KVSlots, SeqChunk, Transformer, concat_ranges
 
 # Shortest context bucket: below it, a graph per size would buy nothing measurable.
 _MIN_CONTEXT = 64
@@ -140,21 +139,19 @@ class DecodeGraphs:
         """Write the tick's inputs into the host buffer in `bucket`'s layout; padding rows write their
         K/V to the scratch slot and see one key. Whole columns at a time: at batch 256, a Python
         loop over the rows would cost more host time than the GPU spends on a small model's step."""
-        n, b, bs = len(chunks), bucket.seqs, self.block_size
+        n, b = len(chunks), bucket.seqs
         host = self._host_np[:bucket.size]
         host[:] = 0
-        lengths = np.fromiter((len(c.blocks) for c in chunks), np.int64, n)
-        blocks = np.fromiter(chain.from_iterable(c.blocks for c in chunks), np.int64, int(lengths.sum()))
-        first = np.cumsum(lengths) - lengths  # each row's first block in `blocks`
-        position = context - 1
+        slots = KVSlots(chunks)
+        rows = np.arange(n)
         host[:n] = [c.tokens[0] for c in chunks]
-        host[b:b + n] = position
-        host[2 * b:2 * b + n] = blocks[first + position // bs] * bs + position % bs
+        host[b:b + n] = context - 1
+        host[2 * b:2 * b + n] = slots(rows, context - 1)
         host[2 * b + n:3 * b] = self.kv.scratch_slot
         host[3 * b:3 * b + n] = context
         host[3 * b + n:4 * b] = 1
-        rows = np.repeat(np.arange(n), lengths)
-        host[4 * b:].reshape(b, bucket.blocks)[rows, np.arange(len(blocks)) - np.repeat(first, lengths)] = blocks
+        table = host[4 * b:].reshape(b, bucket.blocks)
+        table[np.repeat(rows, slots.n_blocks), concat_ranges(np.zeros(n, np.int64), slots.n_blocks)] = slots.blocks
 
     def _forward(self, bucket: _Bucket) -> Tensor:
         """The captured region: fixed shapes, no host synchronisation."""

@@ -75,8 +75,8 @@ def make_batch(chunks: list[SeqChunk], device: torch.device, grouping: str = "ra
     starts = np.fromiter((c.start for c in chunks), np.int64, n)
     row_start = np.cumsum(lengths) - lengths
     tokens = np.fromiter(chain.from_iterable(c.tokens for c in chunks), np.int64, int(lengths.sum()))
-    positions = _ranges(starts, lengths)
-    slot_of = _Slots(chunks)
+    positions = concat_ranges(starts, lengths)
+    slot_of = KVSlots(chunks)
     slots = slot_of(np.repeat(np.arange(n), lengths), positions)
     sample = (row_start + lengths - 1)[np.fromiter((c.sample for c in chunks), bool, n)]
 
@@ -87,19 +87,19 @@ def make_batch(chunks: list[SeqChunk], device: torch.device, grouping: str = "ra
                         _put(sample, device))
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """starts[i], starts[i] + 1, ..., starts[i] + lengths[i] - 1, for every i, concatenated."""
     return np.arange(int(lengths.sum())) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
 
 
-class _Slots:
+class KVSlots:
     """The cache slot of any position of any of a tick's sequences, from their block tables."""
 
     def __init__(self, chunks: list[SeqChunk]) -> None:
         self.block_size = chunks[0].block_size
-        n_blocks = np.fromiter((len(c.blocks) for c in chunks), np.int64, len(chunks))
-        self.blocks = np.fromiter(chain.from_iterable(c.blocks for c in chunks), np.int64, int(n_blocks.sum()))
-        self.first = np.cumsum(n_blocks) - n_blocks  # each sequence's first block in `blocks`
+        self.n_blocks = np.fromiter((len(c.blocks) for c in chunks), np.int64, len(chunks))
+        self.blocks = np.fromiter(chain.from_iterable(c.blocks for c in chunks), np.int64, int(self.n_blocks.sum()))
+        self.first = np.cumsum(self.n_blocks) - self.n_blocks  # each sequence's first block in `blocks`
 
     def __call__(self, seq: np.ndarray, position: np.ndarray) -> np.ndarray:
         bs = self.block_size
@@ -120,13 +120,13 @@ def _put(a: np.ndarray, device: torch.device) -> Tensor:
 
 
 def _attn_group(members: np.ndarray, starts: np.ndarray, lengths: np.ndarray, row_start: np.ndarray,
-                slot_of: _Slots, device: torch.device) -> AttnGroup:
+                slot_of: KVSlots, device: torch.device) -> AttnGroup:
     q_len, start = lengths[members], starts[members]
     kv_len = start + q_len
     q_max, kv_max = int(q_len.max()), int(kv_len.max())
 
-    token_index = _ranges(row_start[members], q_len)
-    query_pad_index = _ranges(np.arange(len(members)) * q_max, q_len)
+    token_index = concat_ranges(row_start[members], q_len)
+    query_pad_index = concat_ranges(np.arange(len(members)) * q_max, q_len)
     key = np.arange(kv_max)
     # slot 0 where a sequence has no key: those are masked out below
     in_range = key[None, :] < kv_len[:, None]
