@@ -189,11 +189,15 @@ class PipelinePlan:
 
     @property
     def pipelined(self) -> bool:
-        """Whether there is a pipeline to show (more than one stage or micro-batch)."""
-        return self.stages > 1 or self.micro_batches > 1 or self.micro_batch_size > 0
+        return is_pipelined(self.stages, self.micro_batches, self.micro_batch_size)
 
     def micro_batches_for(self, seqs: int) -> int:
         return micro_batch_count(seqs, self.micro_batches, self.micro_batch_size)
+
+
+def is_pipelined(stages: int, micro_batches: int, micro_batch_size: int) -> bool:
+    """Whether there is a pipeline to show (more than one stage or micro-batch)."""
+    return stages > 1 or micro_batches > 1 or micro_batch_size > 0
 
 
 def plan_pipeline(cfg: ModelConfig, stages: int, stage_layers: tuple[int, ...], micro_batches: int,

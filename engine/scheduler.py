@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from engine.errors import ConfigError
 from engine.kv_cache import BlockAllocator
-from engine.pipeline import get_schedule
+from engine.pipeline import get_schedule, is_pipelined
 from engine.request import Request
 
 POLICIES = ("continuous", "window", "static")
@@ -63,7 +63,7 @@ class SchedulerConfig:
                               f"(choose from: {', '.join(DECODE_COMPILE)})")
         if self.decode_compile != "off" and self.decode_graphs == "off":
             raise ConfigError("decode_compile compiles the decode graphs; it cannot be used with decode_graphs 'off'")
-        pipelined = self.stages > 1 or self.micro_batches > 1 or self.micro_batch_size > 0
+        pipelined = is_pipelined(self.stages, self.micro_batches, self.micro_batch_size)
         if self.decode_graphs == "on" and (pipelined or self.attention != "ragged"):
             raise ConfigError("decode_graphs 'on' needs one pipeline stage, one micro-batch and ragged attention")
         if self.window_ms < 0:
