@@ -46,7 +46,7 @@ class BlockAllocator:
     def try_grow(self, seq_id: int, tokens: int) -> bool:
         """`grow` if it fits (once per sequence per tick: one lookup, not two); whether it did."""
         table = self.tables.setdefault(seq_id, [])
-        need = -(-tokens // self.block_size) - len(table)
+        need = self.blocks_for(tokens) - len(table)
         if need > len(self._free):
             return False
         for _ in range(need):
@@ -55,12 +55,9 @@ class BlockAllocator:
 
     def grow(self, seq_id: int, tokens: int) -> None:
         """Make `seq_id` hold at least `tokens` tokens. Check `can_grow` first."""
-        table = self.tables.setdefault(seq_id, [])
-        need = self.blocks_for(tokens) - len(table)
-        if need > len(self._free):
+        if not self.try_grow(seq_id, tokens):
+            need = self.blocks_for(tokens) - len(self.tables[seq_id])
             raise RuntimeError(f"KV cache out of blocks: sequence {seq_id} needs {need}, {len(self._free)} free")
-        for _ in range(need):
-            table.append(self._free.pop())
 
     def free(self, seq_id: int) -> None:
         self._free.extend(reversed(self.tables.pop(seq_id, [])))
