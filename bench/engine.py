@@ -45,6 +45,16 @@ class _Discard:
     def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
 
 
+def start_decoding(engine: Engine, batch: int, prompt: int, new_tokens: int) -> None:
+    """Submit `batch` random prompts of `prompt` tokens and step until every sequence decodes."""
+    vocab = engine.model_cfg.vocab_size
+    rng = np.random.default_rng(0)
+    for r in range(batch):
+        engine.submit(Request(r, rng.integers(0, vocab, prompt).tolist(), new_tokens, _Discard()))
+    while engine.scheduler.waiting or any(s.pending > 1 for s in engine.scheduler.running):
+        engine.step()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -105,11 +115,7 @@ def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: i
                             kv_capacity_tokens=batch * (prompt + decode + 32), queue_limit=batch,
                             decode_graphs=decode_graphs, decode_compile=decode_compile)
     engine = Engine(cfg, sched, device=device, recorder=rec)
-    rng = np.random.default_rng(0)
-    for r in range(batch):
-        engine.submit(Request(r, rng.integers(0, cfg.vocab_size, prompt).tolist(), decode, _Discard()))
-    while engine.scheduler.waiting or any(s.pending > 1 for s in engine.scheduler.running):
-        engine.step()
+    start_decoding(engine, batch, prompt, decode)
     for _ in range(3):  # warm up the decode shapes (and capture their graph)
         engine.step()
     rec.events.clear()

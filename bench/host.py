@@ -21,9 +21,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bench.engine import start_decoding
 from engine.config import get_preset
 from engine.engine import Engine
-from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer.events import TickEvent
 from tracer.recorder import ListRecorder
@@ -33,23 +33,13 @@ MICRO = dict(layers=1, hidden=32, heads=1, kv_heads=1, head_dim=32, routed_exper
 PROMPT = 256
 
 
-class _Discard:
-    def on_token(self, token: int, t_ns: int) -> None: ...
-
-    def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
-
-
 def host_time(batch: int, decode_graphs: str, ticks: int) -> tuple[float, float, float]:
     """ms per decode tick: wall time, outside the forward pass, and the graphs' input fill."""
     rec = ListRecorder()
     sched = SchedulerConfig(max_seqs=batch, max_tokens=4096, kv_capacity_tokens=batch * (PROMPT + ticks + 64),
                             decode_graphs=decode_graphs)
     engine = Engine(get_preset("tiny", **MICRO), sched, device="cpu", recorder=rec)
-    rng = np.random.default_rng(0)
-    for r in range(batch):
-        engine.submit(Request(r, rng.integers(0, 64, PROMPT).tolist(), ticks + 32, _Discard()))
-    while engine.scheduler.waiting or any(s.pending > 1 for s in engine.scheduler.running):
-        engine.step()
+    start_decoding(engine, batch, PROMPT, ticks + 32)
     for _ in range(10):
         engine.step()
     fill_s = 0.0
