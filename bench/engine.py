@@ -32,6 +32,7 @@ import torch
 from engine.config import ModelConfig, get_preset
 from engine.engine import Engine
 from engine.hf_config import glm4_moe_config
+from engine.probe import copy_bandwidth, matmul_rate
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer.events import ExpertsEvent, MarkEvent, SessionHeader, TickEvent
@@ -58,35 +59,6 @@ def start_decoding(engine: Engine, batch: int, prompt: int, new_tokens: int) -> 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """Bytes per second of a large device-to-device copy (read + write counted); 256 MiB, past any cache."""
-    src = torch.ones(256 * 2**20, dtype=torch.uint8, device=device)  # ones: pages really mapped on the CPU
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    _sync(device)
-    reps = 20
-    t = time.perf_counter()
-    for _ in range(reps):
-        dst.copy_(src)
-    _sync(device)
-    return 2 * src.numel() * reps / (time.perf_counter() - t)
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
-    """FLOP/s of a large square matmul in the model's dtype."""
-    n = 8192 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    _sync(device)
-    reps = 10
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 def step_floor(cfg: ModelConfig, dtype: torch.dtype, batch: int, kv_tokens: int, distinct_experts: int,

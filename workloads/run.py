@@ -26,6 +26,7 @@ import torch
 from engine.config import ModelConfig, check_fits, get_preset
 from engine.engine import Engine, resolve_device
 from engine.launch import launch_stages
+from engine.probe import probe
 from engine.scheduler import SchedulerConfig
 from tracer.events import SessionHeader
 from tracer.writer import TraceWriter
@@ -176,9 +177,11 @@ def leave_a_core_free() -> None:
 
 def session_config(engine: Engine, preset: str, seed: int | None, **more: Any) -> dict[str, Any]:
     """The trace header's configuration: the engine's own description, what it was built from,
-    the software it ran on, and what the caller adds (the workload, the serving address)."""
+    the software it ran on, the device's measured roofline (engine/probe.py, for costing the recording
+    on its own device) and what the caller adds (the workload, the serving address)."""
     config = engine.describe()
-    config.update(preset=preset, seed=seed or 0, versions=software_versions(), **more)
+    config.update(preset=preset, seed=seed or 0, versions=software_versions(),
+                  device_probe=probe(engine.device, engine.dtype), **more)
     return config
 
 
