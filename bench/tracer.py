@@ -27,7 +27,7 @@ def tiny_tick(i: int, rng: np.random.Generator) -> list:
     return [
         RequestEvent(3 * i, "arrive", t, prompt_tokens=32),
         RequestEvent(3 * i + 1, "admit", t, tick=i),
-        TickEvent(i, t, t + 2_000_000, 100_000, 8, 32, 7, 2, 8, 900, 4096, 1_900_000),
+        TickEvent(i, t, t + 2_000_000, 100_000, 8, 32, 7, 2, 8, 900, 4096, 1_900_000, 8),
         ExpertsEvent(i, rng.integers(0, 20, size=(4, 16), dtype=np.int32)),
         RequestEvent(3 * i + 2, "finish", t, output_tokens=16, status="finished",
                      token_us=np.arange(16, dtype=np.uint32) * 2000),

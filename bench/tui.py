@@ -107,7 +107,7 @@ def write_trace(path: str, ticks: int, seed: int = 0) -> int:
                         emit(RequestEvent(rid, "finish", end, output_tokens=len(r[2]), tick=tick,
                                           status="finished", token_us=np.array(r[2], np.uint32)))
                 emit(TickEvent(tick, start, end, 100_000, seqs, admitted * 128, seqs - admitted,
-                               len(waiting), len(running), 150 * seqs, 4096, int(durations[i]) - 50_000))
+                               len(waiting), len(running), 150 * seqs, 4096, int(durations[i]) - 50_000, seqs))
                 emit(ExpertsEvent(tick, load[i]))
                 emit(StageEvent(tick, *shapes[tick % len(shapes)]))
                 t = end

@@ -273,7 +273,7 @@ class Engine:
             tick=tick, start_ns=start, end_ns=end, wait_ns=wait_ns, seqs=len(plan.entries),
             prefill_tokens=plan.prefill_tokens, decode_tokens=plan.decode_tokens, queue_depth=queue_depth,
             running=len(self.scheduler.running), kv_used=alloc.used_tokens, kv_capacity=alloc.capacity_tokens,
-            forward_ns=result.forward_ns,
+            forward_ns=result.forward_ns, sampled_tokens=len(next_tokens),
         ))
         self.recorder.emit(self._batch_event(tick, plan))
         self.recorder.emit(ExpertsEvent(tick, result.counts))

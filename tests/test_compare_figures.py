@@ -58,7 +58,7 @@ def test_bubble_share_of_a_two_stage_pipeline():
     end = start + 10 * ms
     header = SessionHeader(t0_mono_ns=0, t0_wall_ns=0, config={})
     events = [
-        TickEvent(0, 0, 30 * ms, 0, 2, 0, 2, 0, 2, 0, 100, 30 * ms),
+        TickEvent(0, 0, 30 * ms, 0, 2, 0, 2, 0, 2, 0, 100, 30 * ms, 2),
         StageEvent(0, start, end, start, end),
     ]
     assert bubble_share(from_events(header, events)) == pytest.approx(1 / 3)

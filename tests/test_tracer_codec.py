@@ -26,10 +26,15 @@ def assert_same(a, b):
             assert x == y, name
 
 
-@given(st.lists(i64, min_size=12, max_size=12))
+@given(st.lists(i64, min_size=13, max_size=13))
 def test_tick_roundtrip(fields):
     ev = TickEvent(*fields)
     assert_same(roundtrip(ev), ev)
+
+
+def test_a_1_2_tick_event_counts_its_decode_tokens_as_sampled():
+    old = encode_event(TickEvent(*range(13)))[:-1]  # 1.2 wrote no sampled_tokens
+    assert decode_event(old) == TickEvent(*range(12), 6)
 
 
 @given(st.integers(0, 6), st.integers(0, 70), i64)
@@ -66,8 +71,8 @@ def test_mark_roundtrip(t, tick, note):
 
 
 def test_numpy_scalars_in_fields_are_stored_as_ints():
-    ev = TickEvent(*[np.int64(i) for i in range(12)])
-    assert roundtrip(ev) == TickEvent(*range(12))
+    ev = TickEvent(*[np.int64(i) for i in range(13)])
+    assert roundtrip(ev) == TickEvent(*range(13))
 
 
 def test_header_roundtrip_with_nested_config():
@@ -78,7 +83,7 @@ def test_header_roundtrip_with_nested_config():
 
 def test_newer_major_version_is_refused_naming_both():
     h = SessionHeader(0, 0, {}, format_version=(9, 1))
-    with pytest.raises(TraceFormatError, match=r"9\.1.*newer.*1\.2"):
+    with pytest.raises(TraceFormatError, match=r"9\.1.*newer.*1\.3"):
         decode_header(encode_header(h))
 
 

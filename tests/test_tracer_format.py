@@ -3,8 +3,13 @@
 import struct
 import zlib
 
+from pathlib import Path
+
 import msgpack
 import numpy as np
+
+import tracer
+from tracer.events import TICK_FIELDS
 
 from tracer import MarkEvent, TraceWriter
 from tracer.synth import synthetic_session
@@ -36,12 +41,12 @@ def test_a_reader_written_from_format_md(tmp_path):
 
     kind, payload = frames[0][1], frames[0][2]
     head = msgpack.unpackb(payload)
-    assert kind == 1 and head["format_version"] == [1, 2] and head["t0_mono_ns"] == header.t0_mono_ns
+    assert kind == 1 and head["format_version"] == [1, 3] and head["t0_mono_ns"] == header.t0_mono_ns
 
     decoded = [e for _, k, p in frames if k == 2 for e in msgpack.unpackb(p)]
     assert len(decoded) == len(events)
     tick = next(e for e in decoded if e[0] == 1)
-    assert len(tick) == 13
+    assert len(tick) == 14
     experts = next(e for e in decoded if e[0] == 2)
     counts = np.frombuffer(experts[3], "<i4").reshape(experts[2])
     assert counts.shape == (4, 16)
@@ -72,3 +77,10 @@ def test_the_example_in_format_md(tmp_path):
         w.emit(MarkEvent(1, 0, "note"))
     events_frame = next(p for _, k, p in read_per_format_md(path.read_bytes()) if k == 2)
     assert events_frame.hex(" ").upper() == "91 94 05 01 00 A4 6E 6F 74 65"
+
+
+def test_format_md_lists_the_tick_fields_in_their_order():
+    row = next(line for line in (Path(tracer.__file__).parent / "FORMAT.md").read_text().splitlines()
+               if line.startswith("| 1 | tick"))
+    written = row.split("`")[1].split(", ")
+    assert tuple(written) == TICK_FIELDS

@@ -23,7 +23,7 @@ def sample():
     events = [
         req(1, "arrive", 0, prompt_tokens=10),
         req(1, "admit", 2, tick=0),
-        TickEvent(0, T0 + 2 * MS, T0 + 6 * MS, 2 * MS, 1, 10, 0, 0, 1, 10, 100, 4 * MS),
+        TickEvent(0, T0 + 2 * MS, T0 + 6 * MS, 2 * MS, 1, 10, 0, 0, 1, 10, 100, 4 * MS, 1),
         ExpertsEvent(0, counts),
         StageEvent(0, st, st + MS, st, st + 2 * MS),
         req(1, "first_token", 6, tick=0),

@@ -21,7 +21,7 @@ counts = np.arange(64, dtype=np.int32).reshape(4, 16)
 tick = 0
 while True:
     w.emit(RequestEvent(tick, "arrive", tick))
-    w.emit(TickEvent(tick, tick, tick + 1, 0, 1, 0, 1, 0, 1, 1, 10, 1))
+    w.emit(TickEvent(tick, tick, tick + 1, 0, 1, 0, 1, 0, 1, 1, 10, 1, 1))
     w.emit(ExpertsEvent(tick, counts))
     if tick % 50 == 49:
         w.flush()

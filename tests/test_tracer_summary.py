@@ -26,7 +26,7 @@ def trace_with(slo=None):
     header = SessionHeader(0, 0, {"workload": {"slo": slo or {}}})
     events = (finished(1, 0, 10, 100, 10) + finished(2, 0, 50, 500, 10) + finished(3, 0, 10, 1000, 1)
               + [RequestEvent(4, "arrive", 0), RequestEvent(4, "finish", 10 * MS, status="rejected")])
-    events += [TickEvent(i, i * 100 * MS, (i + 1) * 100 * MS, 0, 2 + i, 0, 1, 0, 1, 1, 10, 1) for i in range(10)]
+    events += [TickEvent(i, i * 100 * MS, (i + 1) * 100 * MS, 0, 2 + i, 0, 1, 0, 1, 1, 10, 1, 1) for i in range(10)]
     counts = [np.array([[4, 4, 0, 0], [1, 1, 1, 1]], np.int32), np.array([[8, 0, 0, 0], [0, 0, 0, 0]], np.int32)]
     events += [ExpertsEvent(i, c) for i, c in enumerate(counts)]
     return from_events(header, events)

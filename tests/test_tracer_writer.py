@@ -114,10 +114,10 @@ def test_full_queue_drops_low_priority_events_never_requests(tmp_path, monkeypat
     for i in range(12):  # 7 fit beside the mark; the rest meet the stage limit (queue_max)
         w.emit(StageEvent(i, stage, stage, stage, stage))
     for i in range(2):  # ticks still fit: their limit is a quarter higher
-        w.emit(TickEvent(i, *[0] * 11))
+        w.emit(TickEvent(i, *[0] * 12))
     for i in range(30):  # requests always fit
         w.emit(RequestEvent(i, "arrive", i))
-    w.emit(TickEvent(2, *[0] * 11))  # now past the tick limit too
+    w.emit(TickEvent(2, *[0] * 12))  # now past the tick limit too
     gate.set()
     w.close()
     assert w.dropped_by_kind == {"stage": 5, "tick": 1}

@@ -61,7 +61,7 @@ def ticks(start: int, count: int, *, seed: int = 7, stages: bool = True) -> list
             tick=tick, start_ns=t + 5_000_000, end_ns=t + 18_000_000, wait_ns=5_000_000,
             seqs=seqs, prefill_tokens=32 if tick % 3 == 0 else 0, decode_tokens=seqs,
             queue_depth=int(abs(4 * np.cos(tick / 7))), running=seqs, kv_used=40 * seqs + tick % 50,
-            kv_capacity=1024, forward_ns=12_000_000,
+            kv_capacity=1024, forward_ns=12_000_000, sampled_tokens=seqs + (tick >= 1),  # + one first token
         ))  # fmt: skip
         counts = rng.poisson(popularity * seqs * TOP_K / popularity.sum(), (LAYERS, EXPERTS))
         events.append(ExpertsEvent(tick, counts.astype(np.int32)))

@@ -25,6 +25,7 @@ from tracer.events import (
     SessionHeader,
     StageEvent,
     TickEvent,
+    TICK_FIELDS,
 )
 from tracer.limits import MAX_ARRAY_DIM, MAX_BIN_LEN, MAX_CONTAINER_LEN, MAX_STR_LEN, MAX_TEXT_CHARS
 
@@ -36,7 +37,7 @@ _COUNTS = np.dtype("<i4")
 _STAGE_NS = np.dtype("<i8")
 _TOKEN_US = np.dtype("<u4")
 _BATCH_COLUMNS = (np.dtype("<i8"), np.dtype("<i4"), np.dtype("<i4"), np.dtype("<i2"))  # requests, prefill, decode, groups
-_TICK_FIELDS = 12  # TickEvent's fields after the code
+_DECODE_TOKENS = 1 + TICK_FIELDS.index("decode_tokens")  # its place in a tick event, after the code
 
 _UNPACK_OPTIONS: dict[str, Any] = dict(
     raw=False,
@@ -90,8 +91,7 @@ def _text(s: str) -> str:
 def encode_event(ev: Event) -> list[Any]:
     t = type(ev)
     if t is TickEvent:
-        return [TICK, ev.tick, ev.start_ns, ev.end_ns, ev.wait_ns, ev.seqs, ev.prefill_tokens,
-                ev.decode_tokens, ev.queue_depth, ev.running, ev.kv_used, ev.kv_capacity, ev.forward_ns]
+        return [TICK, *map(ev.__getattribute__, TICK_FIELDS)]
     if t is ExpertsEvent:
         return [EXPERTS, ev.tick, list(ev.counts.shape), _raw(ev.counts, _COUNTS)]
     if t is RequestEvent:
@@ -148,9 +148,7 @@ def decode_event(item: Any) -> Event | None:
     code = item[0]
     n = len(item)
     if code == TICK:
-        if n < 1 + _TICK_FIELDS:
-            raise _bad("tick event too short")
-        fields = item[1 : 1 + _TICK_FIELDS]
+        fields = [column[0] for column in tick_columns([item])]
         _ints(fields, "tick event")
         return TickEvent(*fields)
     if code == EXPERTS:
@@ -198,6 +196,19 @@ def decode_event(item: Any) -> Event | None:
         columns = [_array(seqs, data, dtype, 1, "batch event") for data, dtype in zip(item[2:6], _BATCH_COLUMNS)]
         return BatchEvent(item[1], *columns)
     return None
+
+
+def tick_columns(items: list[list[Any]]) -> list[tuple[Any, ...]]:
+    """Tick events' fields after their code, one tuple per TICK_FIELDS name (fields of later minor
+    versions dropped). 1.2 events lack `sampled_tokens`: they get their decode tokens there, the
+    tokens 1.2 counted as generated."""
+    n = len(TICK_FIELDS)
+    if not items or min(map(len, items)) < n:
+        raise _bad("tick event too short")
+    columns = list(zip(*items))[1 : 1 + n]  # zip stops at the shortest item
+    if len(columns) < n:
+        columns.append(columns[_DECODE_TOKENS - 1])
+    return columns
 
 
 def decode_events(payload: bytes) -> list[Event]:

@@ -19,13 +19,15 @@ from typing import Any, Iterable, NoReturn
 
 import numpy as np
 
-from tracer.codec import BATCH, EXPERTS, MARK, REQUEST, STAGE, TICK, decode_events, unpackb
+from tracer.codec import BATCH, EXPERTS, MARK, REQUEST, STAGE, TICK, decode_events, tick_columns, unpackb
 from tracer.errors import TraceFormatError
-from tracer.events import MarkEvent
+from tracer.events import TICK_FIELDS, MarkEvent
 from tracer.limits import MAX_ARRAY_DIM, MAX_BIN_LEN
 
-TICK_FIELDS = 12
 REQUEST_FIELDS = 9
+_INSTANTS = ("start_ns", "end_ns")  # tick fields on the recording's clock; the other _ns are durations
+# The tick fields as readers show them: times in seconds (instants since the header's t0).
+TICK_COLUMNS = tuple(name.removesuffix("_ns") + "_s" if name.endswith("_ns") else name for name in TICK_FIELDS)
 _INT = {int}  # bools and floats compare equal to ints, so columns are checked by exact type
 _STR = {str}
 _BYTES = {bytes}
@@ -33,6 +35,17 @@ _LIST = {list}
 _TOKEN_TYPES = {bytes, type(None)}
 _COUNTS_SIZE, _STAGE_SIZE, _TOKEN_SIZE = 4, 8, 4  # int32 counts, int64 stage times, uint32 token_us
 BATCH_SIZES = (8, 4, 4, 2)  # requests int64, prefill int32, decode int32, groups int16
+
+
+def tick_seconds(raw: np.ndarray, t0_ns: int) -> np.ndarray:
+    """Tick events' fields as an int64 [n, TICK_FIELDS] array -> float64 TICK_COLUMNS rows."""
+    rows = raw.astype(np.float64)
+    for i, name in enumerate(TICK_FIELDS):
+        if name in _INSTANTS:  # subtract in integers: ns since boot overflow a float's 53 bits
+            rows[:, i] = (raw[:, i] - t0_ns) / 1e9
+        elif name.endswith("_ns"):
+            rows[:, i] /= 1e9
+    return rows
 
 
 class _Rejected(Exception):
@@ -128,7 +141,7 @@ class _Frame:
         for code, item in zip(codes, items):
             by_code[code].append(item)  # unknown codes too: ignored below, as later minor versions may add them
         if TICK in by_code:
-            cols = _columns(by_code[TICK], TICK_FIELDS)
+            cols = tick_columns(by_code[TICK])
             _require(all(_types_within(c, _INT) for c in cols))
             self.ticks = list(zip(*cols))
         if EXPERTS in by_code:

@@ -9,12 +9,12 @@ Per-tick arrays are numpy arrays so the trace can store them as packed little-en
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Union
 
 import numpy as np
 
-FORMAT_VERSION = (1, 2)  # 1.1 added the batch event, 1.2 compressed events frames
+FORMAT_VERSION = (1, 3)  # 1.1 added the batch event, 1.2 compressed events frames, 1.3 the tick's sampled tokens
 
 REQUEST_PHASES = ("arrive", "admit", "first_token", "preempt", "finish")
 REQUEST_STATUSES = ("finished", "rejected", "cancelled")
@@ -46,6 +46,13 @@ class TickEvent:
     kv_used: int  # tokens held in the KV cache after this tick
     kv_capacity: int
     forward_ns: int  # device-measured time of the forward pass
+    # Tokens sampled (output tokens): one per decoding sequence, and one for each prefill that
+    # reached the end of its known tokens, so a request's first token counts in the tick it came.
+    # A 1.2 trace has no such field; readers give it the tick's decode tokens, all 1.2 recorded.
+    sampled_tokens: int
+
+
+TICK_FIELDS = tuple(f.name for f in fields(TickEvent))  # the order a tick event is written in
 
 
 @dataclass(slots=True)

@@ -15,17 +15,13 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import polars as pl
 
-from tracer.columns import BATCH_SIZES, TICK_FIELDS, EventColumns
-from tracer.events import (REQUEST_PHASES, BatchEvent, Event, ExpertsEvent, MarkEvent, RequestEvent, SessionHeader,
+from tracer.columns import BATCH_SIZES, TICK_COLUMNS, EventColumns, tick_seconds
+from tracer.events import (REQUEST_PHASES, TICK_FIELDS, BatchEvent, Event, ExpertsEvent, MarkEvent, RequestEvent, SessionHeader,
                            StageEvent, TickEvent)
 from tracer.marks import read_marks
 from tracer.reader import TraceReader, open_trace
 
-TICK_SCHEMA = {
-    "tick": pl.Int64, "start_s": pl.Float64, "end_s": pl.Float64, "wait_s": pl.Float64,
-    "forward_s": pl.Float64, "seqs": pl.Int64, "prefill_tokens": pl.Int64, "decode_tokens": pl.Int64,
-    "queue_depth": pl.Int64, "running": pl.Int64, "kv_used": pl.Int64, "kv_capacity": pl.Int64,
-}
+TICK_SCHEMA = {name: pl.Float64 if name.endswith("_s") else pl.Int64 for name in TICK_COLUMNS}
 REQUEST_SCHEMA = {
     "request": pl.Int64, "arrival_s": pl.Float64, "admit_s": pl.Float64, "first_token_s": pl.Float64,
     "finish_s": pl.Float64, "prompt_tokens": pl.Int64, "output_tokens": pl.Int64, "status": pl.String,
@@ -144,16 +140,7 @@ def from_events(header: SessionHeader, events: Iterable[Event]) -> Trace:
 
 
 def _ticks_frame(ticks: list[TickEvent], t0: int) -> pl.DataFrame:
-    cols = {
-        "tick": [e.tick for e in ticks],
-        "start_s": _ns_to_s([e.start_ns for e in ticks], t0),
-        "end_s": _ns_to_s([e.end_ns for e in ticks], t0),
-        "wait_s": np.asarray([e.wait_ns for e in ticks], dtype=np.int64) / 1e9,
-        "forward_s": np.asarray([e.forward_ns for e in ticks], dtype=np.int64) / 1e9,
-    }
-    for name in ("seqs", "prefill_tokens", "decode_tokens", "queue_depth", "running", "kv_used", "kv_capacity"):
-        cols[name] = [getattr(e, name) for e in ticks]
-    return pl.DataFrame(cols, schema=TICK_SCHEMA)
+    return _tick_rows([[getattr(e, name) for name in TICK_FIELDS] for e in ticks], t0)
 
 
 def _experts_frame(events: list[ExpertsEvent]) -> tuple[pl.DataFrame, np.ndarray, np.ndarray | None]:
@@ -333,15 +320,10 @@ def _from_columns(header: SessionHeader, c: EventColumns) -> Trace:
     )
 
 
-def _tick_rows(rows: list[tuple[int, ...]], t0: int) -> pl.DataFrame:
-    fields = np.array(rows, dtype=np.int64).reshape(-1, TICK_FIELDS).T  # TickEvent's field order
-    cols = {
-        "tick": fields[0], "start_s": (fields[1] - t0) / 1e9, "end_s": (fields[2] - t0) / 1e9,
-        "wait_s": fields[3] / 1e9, "forward_s": fields[11] / 1e9,
-    }
-    names = ("seqs", "prefill_tokens", "decode_tokens", "queue_depth", "running", "kv_used", "kv_capacity")
-    cols.update(zip(names, fields[4:11]))
-    return pl.DataFrame(cols, schema=TICK_SCHEMA)
+def _tick_rows(rows: list[Any], t0: int) -> pl.DataFrame:
+    """Tick events' fields, TICK_FIELDS ints per row, as the ticks frame."""
+    seconds = tick_seconds(np.array(rows, dtype=np.int64).reshape(-1, len(TICK_FIELDS)), t0)
+    return pl.DataFrame(dict(zip(TICK_COLUMNS, seconds.T)), schema=TICK_SCHEMA, strict=False)
 
 
 def _request_rows(fields: tuple[list[Any], ...], t0: int) -> tuple[pl.DataFrame, np.ndarray]:

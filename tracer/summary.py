@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 from rich.table import Table
 
+from tracer.experts import LoadFigures, load_figures
 from tracer.frames import Trace
 from tracer.pipeline import bubble_share, timeline_kind
 
@@ -44,24 +45,17 @@ def _span(trace: Trace) -> tuple[float, float] | None:
     return float(allt.min()), float(allt.max())
 
 
-def expert_stats(trace: Trace) -> tuple[float | None, float | None, list[float | None]]:
-    """Share of experts active, mean max/mean imbalance, and that imbalance per layer.
-
-    Averages run over (tick, layer) cells; a cell with no tokens has no imbalance and is skipped.
-    """
-    if trace.experts.height == 0:
-        return None, None, []
-    per_cell = trace.experts.group_by("tick", "layer").agg(
-        (pl.col("tokens") > 0).mean().alias("active"),
-        pl.col("tokens").max().alias("max"),
-        pl.col("tokens").mean().alias("mean"),
-    ).with_columns(
-        pl.when(pl.col("mean") > 0).then(pl.col("max") / pl.col("mean")).otherwise(None).alias("imbalance")
-    )
-    active = per_cell.get_column("active").mean()
-    imbalance = per_cell.get_column("imbalance").mean()
-    per_layer = per_cell.group_by("layer").agg(pl.col("imbalance").mean()).sort("layer")
-    return active, imbalance, per_layer.get_column("imbalance").to_list()
+def expert_stats(trace: Trace) -> LoadFigures:
+    """Expert load figures over every (tick, layer) cell of the recording (see tracer/experts.py)."""
+    if trace.expert_load is not None:
+        return load_figures(trace.expert_load)
+    stacks = []  # the shape changed midway: one [1, layers, experts] stack per tick
+    for _, cells in trace.experts.group_by("tick", maintain_order=True):
+        layer, expert = cells.get_column("layer").to_numpy(), cells.get_column("expert").to_numpy()
+        load = np.zeros((1, layer.max() + 1, expert.max() + 1))
+        load[0, layer, expert] = cells.get_column("tokens").to_numpy()
+        stacks.append(load)
+    return load_figures(stacks)
 
 
 def summarize(trace: Trace) -> dict[str, Any]:
@@ -73,7 +67,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
     tokens = int(req.get_column("output_tokens").sum() or 0)
     ttft, tpot, e2e = (_col(finished, c) for c in ("ttft_s", "tpot_s", "e2e_s"))
     queue_wait = _col(req, "queue_wait_s")
-    active, imbalance, per_layer = expert_stats(trace)
+    experts = expert_stats(trace)
 
     slo = trace.header.config.get("workload", {}).get("slo", {}) if isinstance(trace.header.config, dict) else {}
     good = finished
@@ -104,9 +98,9 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "e2e_p50_s": _pct(e2e, 50), "e2e_p99_s": _pct(e2e, 99),
         "queue_wait_p50_s": _pct(queue_wait, 50), "queue_wait_p99_s": _pct(queue_wait, 99),
         "mean_batch_seqs": float(seqs.mean()) if len(seqs) else None,
-        "experts_active_frac": active,
-        "expert_imbalance": imbalance,
-        "expert_imbalance_per_layer": per_layer,
+        "experts_active_frac": experts.active_share,
+        "expert_imbalance": experts.imbalance,
+        "expert_imbalance_per_layer": experts.imbalance_per_layer,
         "slo": {k: slo[k] for k in ("ttft_s", "tpot_s", "e2e_s") if isinstance(slo, dict) and k in slo},
         "goodput_req_s": good.height / duration if duration > 0 else None,
         # idle stage-time (warmup + drain + bubbles) over stage-time; see tracer/pipeline.py

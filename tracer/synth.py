@@ -46,6 +46,7 @@ def synthetic_session(ticks: int = 50, *, layers: int = 4, experts: int = 16, to
         end = start + tick_ns
         prefill = len(admitted) * 16
         decode = len(running) - len(admitted)
+        sampled = len(running)  # every sequence samples: admitted prompts are prefilled whole
         for rid in list(running):
             r = running[rid]
             r["tokens"].append((end - arrived[rid]) // 1000)
@@ -58,7 +59,7 @@ def synthetic_session(ticks: int = 50, *, layers: int = 4, experts: int = 16, to
                                            status="finished", token_us=np.array(r["tokens"], dtype=np.uint32)))
         seqs = len(running) + len(admitted)
         events.append(TickEvent(tick, start, end, 200_000, seqs, prefill, decode, len(waiting),
-                                len(running), 100 * len(running), 4096, tick_ns - 100_000))
+                                len(running), 100 * len(running), 4096, tick_ns - 100_000, sampled))
         tokens = max(prefill + decode, 1) * top_k
         counts = np.stack([rng.multinomial(tokens, popularity[layer]) for layer in range(layers)]).astype(np.int32)
         events.append(ExpertsEvent(tick, counts))

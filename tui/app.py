@@ -24,7 +24,7 @@ from tui.screens.goto import GotoScreen
 from tui.screens.help import HelpScreen
 from tui.screens.mark import MarkScreen
 from tui.screens.request import RequestScreen
-from tui.source import POLL_BUDGET_S, Source, open_source
+from tui.source import POLL_BUDGET_S, Source, fetch_missing, open_source
 from tui.state import DashboardState
 from tui.widgets.requests import RequestTable
 
@@ -380,38 +380,21 @@ class TickscopeApp(App[None]):
                 self.notify(error, title="paused", severity="error", timeout=10)
 
     def _detail(self, index: int) -> tuple[object, object]:
-        """Expert counts (or their mean over the heat span) and stage cells for tick `index`."""
+        """Expert counts (over the heat span: the [ticks, layers, experts] stack of those held) and
+        stage cells for tick `index`."""
         if not self.state.n_ticks:
             return None, None
         lo = max(index - self.heat_span + 1, 0)
-        self._fetch_missing(lo, index)
+        self.state.pin(lo, index)
+        fetch_missing(self.state, self.source, lo, index)
         self.source.focus(self.state.tick_number(index))
         detail = self.state.detail(index)
         stages = detail.stages if detail is not None else None
         if self.heat_span > 1:
-            experts, _ = self.state.mean_experts(lo, index)
+            experts = self.state.span_experts(lo, index)
         else:
             experts = detail.experts if detail is not None else None
         return experts, stages
-
-    def _fetch_missing(self, lo: int, hi: int) -> None:
-        """Read the frames holding tick indices lo..hi whose detail (or, in a replay, whose rows)
-        the state lacks: one read brings a whole frame, so each frame is read once."""
-        state = self.state
-        tried: set[int] = set()
-        for index in state.lacking(lo, hi):
-            rows = state.laid_out and not state.frame_loaded(state.frame_of(index))
-            missing = rows or state.detail(index) is None  # a frame read for a later tick may bring it
-            tick = state.tick_number(index)
-            if missing and tick not in tried:
-                tried.add(tick)
-                fetched = self.source.fetch(tick, rows=rows)
-                if fetched is not None:
-                    # The wanted tick goes in last: a frame bigger than the cache must not evict it.
-                    wanted = fetched.details.pop(tick, None)
-                    if wanted is not None:
-                        fetched.details[tick] = wanted
-                    state.ingest_frame(fetched)
 
 
 def run_dashboard(path: str, mode: str, *, on_quit: Callable[[], None] | None = None) -> None:

@@ -19,18 +19,19 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 import tracer
-from tracer.codec import BATCH, EXPERTS, STAGE, TICK, decode_event, unpackb
+from tracer.codec import BATCH, EXPERTS, STAGE, TICK, decode_event, tick_columns, unpackb
 from tracer.errors import TraceFormatError
 from tracer.events import SessionHeader, StageEvent
 from tracer.framing import read_frame
 from tracer.index import TraceIndex
 from tracer.limits import MAX_BIN_LEN
-from tui.state import LATENCY_WINDOW_S, TICK_COLUMNS, Detail, FrameData, frame_from_events, tick_rows
+from tracer.columns import TICK_COLUMNS, tick_seconds
+from tui.state import LATENCY_WINDOW_S, DashboardState, Detail, FrameData, frame_from_events
 
 # A poll of the background loader stops after this long, so the UI gets the rows in small steps
 # (and stays responsive while a million-tick file loads).
@@ -92,15 +93,14 @@ def decode_frame(
     items = unpackb(payload, "events frame")
     if type(items) is not list:
         raise TraceFormatError("events frame is not an array")
-    rows: list[list[Any]] = []
+    ticks: list[list[Any]] = []
     experts: list[Any] = []
     stages: list[Any] = []
     others: list[Any] = []
-    n_fields = len(TICK_COLUMNS)
     for item in items:
         code = item[0] if type(item) is list and item else None
-        if code == TICK and len(item) > n_fields:
-            rows.append(item[1 : 1 + n_fields])
+        if code == TICK and len(item) >= len(TICK_COLUMNS):
+            ticks.append(item)
         elif code == EXPERTS:
             experts.append(item)
         elif code == STAGE:
@@ -110,7 +110,7 @@ def decode_frame(
         elif requests or code is None:
             others.append(item)  # requests, marks, and anything malformed (decode_event says why)
     try:
-        raw = np.array(rows) if rows else np.zeros((0, n_fields), np.int64)
+        raw = np.array(tick_columns(ticks)).T if ticks else np.zeros((0, len(TICK_COLUMNS)), np.int64)
     except (TypeError, ValueError, OverflowError):  # ragged rows
         raise TraceFormatError("tick event: malformed fields") from None
     if raw.dtype.kind != "i" or raw.ndim != 2:  # strings, floats, or integers past int64
@@ -122,7 +122,8 @@ def decode_frame(
     events = [ev for ev in map(decode_event, others) if ev is not None]
     data = frame_from_events(events, t0_ns, frame)
     data.details.update(bulk)
-    data.ticks = tick_rows(raw, t0_ns)
+    data.ticks = tick_seconds(raw, t0_ns)
+    data.find_partial()
     data.has_stages = data.has_stages or bool(stages)
     if detail:
         # Every tick of the frame gets an entry, so a tick recorded without detail is not
@@ -130,6 +131,32 @@ def decode_frame(
         for tick in raw[:, 0].tolist():
             data.details.setdefault(tick, Detail())
     return data
+
+
+def add_spilled_detail(
+    data: FrameData, entries: np.ndarray, frame: int, payload_at: Callable[[int], bytes | None], t0_ns: int
+) -> None:
+    """Complete the detail of `frame`'s last tick from the frames after it.
+
+    A tick's experts and stage events follow its tick event, and a frame may end between them: then
+    the next frames' `min_tick` (the index counts those events too) is at most this frame's
+    `max_tick`, and they hold the rest. Without this read the tick would keep the empty detail
+    `decode_frame` gives it, for good.
+    """
+    last = int(entries[frame, 2])
+    following = frame + 1
+    while last >= 0 and following < len(entries) and 0 <= entries[following, 1] <= last:
+        payload = payload_at(int(entries[following, 0]))
+        if payload is None:
+            return
+        for tick, part in decode_frame(payload, t0_ns, detail=True, requests=False).details.items():
+            if tick > last:  # that frame's own ticks: their detail may spill further still
+                continue
+            held = data.details.setdefault(tick, Detail())
+            held.experts = part.experts if part.experts is not None else held.experts
+            held.stages = part.stages if part.stages is not None else held.stages
+            data.has_stages = data.has_stages or part.stages is not None
+        following += 1
 
 
 def tick_detail(data: FrameData | None, tick: int) -> tuple[np.ndarray | None, StageEvent | None] | None:
@@ -304,7 +331,10 @@ class ReplaySource:
         if payload is None:
             return None
         try:
-            return decode_frame(payload, self.header.t0_mono_ns, frame, detail=detail, requests=requests)
+            data = decode_frame(payload, self.header.t0_mono_ns, frame, detail=detail, requests=requests)
+            if detail:
+                add_spilled_detail(data, self._entries, frame, reader.frame_payload, self.header.t0_mono_ns)
+            return data
         except TraceFormatError as exc:
             reader.problems.append(f"undecodable events frame at byte {offset} ({exc.what}): skipped")
             return None
@@ -351,19 +381,26 @@ class LiveSource:
 
         Only the detail is returned: the tick rows and requests were appended when first read.
         """
-        offset = self._tail.index().frame_for_tick(tick)
+        index = self._tail.index()
+        offset = index.frame_for_tick(tick)
         if offset is None or self.header is None:
             return None
         try:
             if self._file is None:
                 self._file = open(self.path, "rb")
-            frame = read_frame(self._file, offset, os.fstat(self._file.fileno()).st_size)
-            if frame is None:
+            payload = self._payload_at(offset)
+            if payload is None:
                 return None
-            data = decode_frame(frame.payload, self.header.t0_mono_ns, detail=True, requests=False)
+            data = decode_frame(payload, self.header.t0_mono_ns, detail=True, requests=False)
+            frame = int(np.searchsorted(index.entries[:, 0], offset))
+            add_spilled_detail(data, index.entries, frame, self._payload_at, self.header.t0_mono_ns)
         except (OSError, TraceFormatError):
             return None  # truncated or replaced under us: the tail reports that
         return data.detail_only()
+
+    def _payload_at(self, offset: int) -> bytes | None:
+        frame = read_frame(self._file, offset, os.fstat(self._file.fileno()).st_size)
+        return frame.payload if frame is not None else None
 
     def detail(self, tick: int) -> tuple[np.ndarray | None, StageEvent | None] | None:
         return tick_detail(self.fetch(tick), tick)
@@ -381,6 +418,25 @@ class LiveSource:
         self._tail.close()
         if self._file is not None:
             self._file.close()
+
+
+def fetch_missing(state: DashboardState, source: Source, lo: int, hi: int) -> None:
+    """Read the frames holding tick indices lo..hi whose detail (or, in a replay, whose rows) the
+    state lacks: one read brings a whole frame, so each frame is read once."""
+    tried: set[int] = set()
+    for index in state.lacking(lo, hi):
+        rows = state.laid_out and not state.frame_loaded(state.frame_of(index))
+        missing = rows or state.detail(index) is None  # a frame read for a later tick may bring it
+        tick = state.tick_number(index)
+        if missing and tick not in tried:
+            tried.add(tick)
+            fetched = source.fetch(tick, rows=rows)
+            if fetched is not None:
+                # The wanted tick goes in last: a frame bigger than the cache must not evict it.
+                wanted = fetched.details.pop(tick, None)
+                if wanted is not None:
+                    fetched.details[tick] = wanted
+                state.ingest_frame(fetched)
 
 
 def open_source(path: str | os.PathLike[str], mode: str) -> Source:

@@ -15,13 +15,17 @@ background. Rows not read yet hold NaN, which the charts draw as "not loaded".
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 
+from tracer.columns import TICK_COLUMNS, tick_seconds
+from tracer.experts import load_figures
 from tracer.events import (
+    TICK_FIELDS,
     ExpertsEvent,
     MarkEvent,
     RequestEvent,
@@ -96,11 +100,6 @@ class Columns:
         self.size = size
 
 
-TICK_COLUMNS = (
-    "tick", "start_s", "end_s", "wait_s", "seqs", "prefill_tokens", "decode_tokens",
-    "queue_depth", "running", "kv_used", "kv_capacity", "forward_s",
-)  # fmt: skip
-
 REQUEST_COLUMNS = (
     "request", "arrive_s", "admit_s", "first_token_s", "finish_s", "prompt_tokens",
     "output_tokens", "status", "preempts",
@@ -144,16 +143,6 @@ def request_block(events: Iterable[RequestEvent], t0_ns: int) -> RequestBlock:
     )
 
 
-def tick_rows(raw: np.ndarray, t0_ns: int) -> np.ndarray:
-    """TickEvent fields as an int64 [n, 12] array -> TICK_COLUMNS rows (times in seconds)."""
-    rows = raw.astype(np.float64)
-    rows[:, 1] = (raw[:, 1] - t0_ns) / NS  # subtract in integers: ns since boot overflow float's 53 bits
-    rows[:, 2] = (raw[:, 2] - t0_ns) / NS
-    rows[:, 3] /= NS
-    rows[:, 11] /= NS
-    return rows
-
-
 @dataclass(slots=True)
 class Detail:
     """The bulky part of one tick, kept only for a bounded set of ticks."""
@@ -172,10 +161,17 @@ class FrameData:
     details: dict[int, Detail] = field(default_factory=dict)  # by tick number
     has_stages: bool = False
     frame: int = -1  # the index entry it came from; -1 appends (live)
+    # Ticks whose tick event came in an earlier block: what `details` holds of them is only the
+    # rest of their detail (a frame, or a poll, may end between a tick's events).
+    partial: set[int] = field(default_factory=set)
 
     def detail_only(self) -> FrameData:
         """The same block with only its detail: for ticks whose rows the state already has."""
-        return FrameData(self.ticks[:0], request_block((), 0), details=self.details, has_stages=self.has_stages)
+        return FrameData(self.ticks[:0], request_block((), 0), details=self.details, has_stages=self.has_stages,
+                         partial=self.partial)
+
+    def find_partial(self) -> None:
+        self.partial = set(self.details).difference(self.ticks[:, 0].tolist())
 
 
 def frame_from_events(events: Iterable[Any], t0_ns: int, frame: int = -1) -> FrameData:
@@ -187,10 +183,7 @@ def frame_from_events(events: Iterable[Any], t0_ns: int, frame: int = -1) -> Fra
     has_stages = False
     for ev in events:
         if isinstance(ev, TickEvent):
-            ticks.append((
-                ev.tick, ev.start_ns, ev.end_ns, ev.wait_ns, ev.seqs, ev.prefill_tokens,
-                ev.decode_tokens, ev.queue_depth, ev.running, ev.kv_used, ev.kv_capacity, ev.forward_ns,
-            ))  # fmt: skip
+            ticks.append([getattr(ev, name) for name in TICK_FIELDS])
         elif isinstance(ev, RequestEvent):
             requests.append(ev)
         elif isinstance(ev, ExpertsEvent):
@@ -201,8 +194,10 @@ def frame_from_events(events: Iterable[Any], t0_ns: int, frame: int = -1) -> Fra
             details.setdefault(ev.tick, Detail()).stages = ev
         elif isinstance(ev, MarkEvent):
             marks.append(ev)
-    raw = np.array(ticks, dtype=np.int64).reshape(-1, len(TICK_COLUMNS))
-    return FrameData(tick_rows(raw, t0_ns), request_block(requests, t0_ns), marks, details, has_stages, frame)
+    raw = np.array(ticks, dtype=np.int64).reshape(-1, len(TICK_FIELDS))
+    data = FrameData(tick_seconds(raw, t0_ns), request_block(requests, t0_ns), marks, details, has_stages, frame)
+    data.find_partial()
+    return data
 
 
 @dataclass(slots=True)
@@ -299,9 +294,9 @@ class RequestLife:
 
 @dataclass(slots=True)
 class ExpertStats:
-    active_share: float  # experts that got at least one token, over all layer x expert cells
-    imbalance: float  # max / mean tokens per expert, averaged over layers
-    balancedness: float  # mean / max, averaged over layers (as vLLM logs it)
+    active_share: float  # experts that got at least one token, averaged over (tick, layer) cells
+    imbalance: float  # max / mean tokens per expert, averaged over (tick, layer) cells with a token
+    balancedness: float  # mean / max, averaged likewise (as vLLM logs it)
     idle_experts: int  # cells with no token: in a span's mean, dead across the whole span
     hottest: list[tuple[int, int, float]]  # (layer, expert, tokens), hottest first
     hottest_per_layer: list[tuple[int, float]] = field(default_factory=list)  # (expert, tokens) by layer
@@ -352,29 +347,31 @@ def peak_of(hi: np.ndarray) -> float:
 
 
 def expert_stats(counts: np.ndarray, top: int = 3) -> ExpertStats:
-    """Load figures for one [layers, experts] count matrix."""
-    counts = np.asarray(counts, dtype=np.float64)  # float: a span's mean load is fractional
-    if counts.size == 0:
+    """Load figures for one [layers, experts] count matrix, or a span's [ticks, layers, experts]
+    stack: active, max/mean and balance as tracer/experts.py defines them (means over (tick,
+    layer) cells, as summary and compare give them); idle cells and the hottest experts from the
+    span's mean matrix (idle there: dead in every tick of the span)."""
+    stack = np.asarray(counts, dtype=np.float64)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.size == 0:
         return ExpertStats(0.0, 0.0, 0.0, 0, [])
-    per_layer_max = counts.max(axis=1)
-    per_layer_mean = counts.mean(axis=1)
-    used = per_layer_mean > 0  # layers that saw no token say nothing about balance
-    imbalance = float((per_layer_max[used] / per_layer_mean[used]).mean()) if used.any() else 0.0
-    balancedness = float((per_layer_mean[used] / per_layer_max[used]).mean()) if used.any() else 0.0
-    flat = np.argsort(-counts, axis=None, kind="stable")[:top]  # ties: lowest layer/expert first
+    figures = load_figures(stack)
+    mean = stack.mean(axis=0)
+    flat = np.argsort(-mean, axis=None, kind="stable")[:top]  # ties: lowest layer/expert first
     hottest = [
-        (int(i // counts.shape[1]), int(i % counts.shape[1]), float(counts.flat[i]))
+        (int(i // mean.shape[1]), int(i % mean.shape[1]), float(mean.flat[i]))
         for i in flat
-        if counts.flat[i] > 0
+        if mean.flat[i] > 0
     ]
-    per_layer = counts.argmax(axis=1)
+    per_layer = mean.argmax(axis=1)
     return ExpertStats(
-        active_share=float((counts > 0).mean()),
-        imbalance=imbalance,
-        balancedness=balancedness,
-        idle_experts=int((counts == 0).sum()),
+        active_share=figures.active_share or 0.0,
+        imbalance=figures.imbalance or 0.0,
+        balancedness=figures.balancedness or 0.0,
+        idle_experts=int((mean == 0).sum()),
         hottest=hottest,
-        hottest_per_layer=[(int(e), float(counts[layer, e])) for layer, e in enumerate(per_layer)],
+        hottest_per_layer=[(int(e), float(mean[layer, e])) for layer, e in enumerate(per_layer)],
     )
 
 
@@ -407,11 +404,12 @@ class DashboardState:
         self.requests = Columns(REQUEST_COLUMNS, np.float64)
         self._request_row: dict[int, int] = {}
         self._token_us: dict[int, np.ndarray] = {}  # request -> µs since arrival, as recorded
-        self._history: dict[int, list[tuple[str, float]]] = {}  # preemptions and re-admissions
+        self._history: dict[int, list[tuple[float, str]]] = {}  # preemptions and re-admissions, by time
         self._preempt_s = Columns(("t_s",), np.float64)
         self.marks: list[MarkEvent] = []
         self._detail: OrderedDict[int, Detail] = OrderedDict()
         self._detail_capacity = detail_capacity
+        self._pinned = (0, -1)  # tick numbers whose detail is in view: not evicted to make room
         self.has_stages = False
         # A replay's layout: each index entry's first row and row count, and whether it is read.
         self._frame_row0 = np.zeros(0, dtype=np.int64)
@@ -440,7 +438,8 @@ class DashboardState:
         rows = entries[:, 3].astype(np.int64)
         self._frame_rows = rows
         self._frame_row0 = np.concatenate(([0], np.cumsum(rows)[:-1])).astype(np.int64)
-        self._frame_loaded = rows == 0  # nothing to wait for in a frame without ticks
+        # Frames without ticks are read too: they hold request events (arrivals while idle, say).
+        self._frame_loaded = np.zeros(len(rows), dtype=bool)
         total = int(rows.sum())
         self.ticks.fill(total, np.nan)
         self._derived.fill(total, np.nan)
@@ -475,7 +474,10 @@ class DashboardState:
     def ingest_frame(self, data: FrameData) -> None:
         """Take one block. A replay frame already read (a seek raced the loader) only adds detail."""
         for tick, detail in data.details.items():
-            self._put_detail(tick, detail)
+            if tick not in data.partial:
+                self._put_detail(tick, detail)
+            elif tick in self._detail:  # the rest of a tick held already; alone it would pass for all
+                self._put_detail(tick, detail)
         self.has_stages = self.has_stages or data.has_stages
         if data.frame >= 0 and self.laid_out:
             if data.frame >= len(self._frame_loaded) or self._frame_loaded[data.frame]:
@@ -496,7 +498,7 @@ class DashboardState:
     def _derive(self, lo: int, hi: int) -> None:
         """Recompute the derived series for tick rows lo..hi-1, and log them as changed.
 
-        Throughput is generated tokens over the time since the previous tick ended (not since
+        Throughput is sampled tokens over the time since the previous tick ended (not since
         this tick started), so the policy's collection wait counts as time spent, which is what
         a user sees as throughput.
         """
@@ -512,9 +514,8 @@ class DashboardState:
         else:
             prev[:] = end[lo - 1 : hi - 1]
         span = np.maximum(end[lo:hi] - prev, 1e-9)
-        decode = col("decode_tokens")[lo:hi]
-        self._derived.col("throughput")[lo:hi] = decode / span
-        self._derived.col("batch_tokens")[lo:hi] = col("prefill_tokens")[lo:hi] + decode
+        self._derived.col("throughput")[lo:hi] = col("sampled_tokens")[lo:hi] / span
+        self._derived.col("batch_tokens")[lo:hi] = col("prefill_tokens")[lo:hi] + col("decode_tokens")[lo:hi]
         self._changed(lo, hi)
 
     def _changed(self, lo: int, hi: int) -> None:
@@ -526,8 +527,13 @@ class DashboardState:
         held = self._detail.get(tick)
         if held is None:
             self._detail[tick] = detail
-            while len(self._detail) > self._detail_capacity:
-                self._detail.popitem(last=False)
+            lo, hi = self._pinned
+            kept = 0  # a pinned span wider than the cache stays whole: the cache grows past its size
+            while len(self._detail) > self._detail_capacity and kept < len(self._detail):
+                old, held = self._detail.popitem(last=False)
+                if lo <= old <= hi:
+                    self._detail[old] = held
+                    kept += 1
             return
         self._detail.move_to_end(tick)
         held.experts = detail.experts if detail.experts is not None else held.experts
@@ -564,7 +570,9 @@ class DashboardState:
             col(name)[rows[m]] = t[m]
         finish = phase == FINISH
         col("finish_s")[rows[finish]] = t[finish]
-        col("output_tokens")[rows[finish]] = block.output[finish]
+        # Admissions and preemptions carry the tokens generated so far, which only grow: the
+        # largest seen is the latest, whatever order frames are read in.
+        np.maximum.at(col("output_tokens"), rows, block.output)
         col("status")[rows[finish]] = block.status[finish]
         # Admissions: the first is what queue wait and "prefill" go by; later ones (after a
         # preemption) and the preemptions themselves are rare, and kept per request.
@@ -578,7 +586,8 @@ class DashboardState:
                 if when < admit_s[row]:  # frames read out of order: the earlier one is the first
                     admit_s[row], when = when, float(admit_s[row])
             what = "admit" if phase[i] == ADMIT else "preempt"
-            self._history.setdefault(int(block.ids[i]), []).append((what, when))
+            history = self._history.setdefault(int(block.ids[i]), [])
+            bisect.insort(history, (when, what))  # in time order, whatever order frames came in
             if what == "preempt":
                 col("preempts")[row] += 1
                 self._preempt_s.append((when,))
@@ -681,7 +690,7 @@ class DashboardState:
         end = self.ticks.col("end_s")
         t = end[upto]
         lo = int(np.searchsorted(end, t - window_s, side="right"))
-        tokens = np.nansum(self.ticks.col("decode_tokens")[lo : upto + 1])
+        tokens = np.nansum(self.ticks.col("sampled_tokens")[lo : upto + 1])
         start = end[lo - 1] if lo > 0 else self.ticks.col("start_s")[0] - self.ticks.col("wait_s")[0]
         if not np.isfinite(start):  # the first tick's wait is not read yet
             start = self.ticks.col("start_s")[0]
@@ -729,7 +738,7 @@ class DashboardState:
 
     def recent_requests(self, upto: int, limit: int) -> list[RequestRow]:
         """The `limit` most recently arrived requests, each as it stood at tick `upto` (latest
-        first; of two that arrived together, the one seen later first).
+        first; of two that arrived together, the higher id first).
 
         Only the requests of the last latency window are sorted (all of them when that window
         holds too few): a sort of every request would be redone after every frame read.
@@ -741,7 +750,7 @@ class DashboardState:
             rows = np.flatnonzero(arrived & (arrive > t - LATENCY_WINDOW_S))
             if len(rows) < limit:
                 rows = np.flatnonzero(arrived)
-        latest = rows[np.argsort(arrive[rows], kind="stable")][::-1][:limit]
+        latest = rows[np.lexsort((self.requests.col("request")[rows], arrive[rows]))][::-1][:limit]
         return [self._request_as_of(int(r), t) for r in latest]
 
     def _request_as_of(self, row: int, t: float) -> RequestRow:
@@ -765,9 +774,12 @@ class DashboardState:
             token_us = self._token_us.get(request)
             if token_us is not None:  # a replay knows every token's time; count those so far
                 out = int((c["arrive_s"] + token_us / 1e6 <= t).sum())
-        if state in ("decode", "prefill", "queued") and c["preempts"] > 0:
-            state += "*"  # preempted at least once (a later re-admission is not told apart)
+        if state in ("decode", "prefill", "queued") and self._preempted_by(request, t):
+            state += "*"  # preempted at least once by then (a later re-admission is not told apart)
         return RequestRow(request, state, int(c["prompt_tokens"]), out, ttft, tpot)
+
+    def _preempted_by(self, request: int, t: float) -> bool:
+        return any(what == "preempt" and when <= t for when, what in self._history.get(request, ()))
 
     def request_life(self, request: int) -> RequestLife | None:
         """Everything known of one request's life, for its timeline; None if never seen."""
@@ -790,7 +802,7 @@ class DashboardState:
             first_token_s=known(c["first_token_s"]),
             finish_s=known(c["finish_s"]),
             token_s=(c["arrive_s"] + token_us / 1e6) if token_us is not None else np.zeros(0),
-            history=list(self._history.get(request, [])),
+            history=[(what, t) for t, what in self._history.get(request, [])],
         )
 
     def detail(self, index: int) -> Detail | None:
@@ -812,15 +824,21 @@ class DashboardState:
                     out.add(min(max(int(self._frame_row0[frame]), lo), hi))
         return sorted(out, reverse=True)
 
-    def mean_experts(self, lo: int, hi: int) -> tuple[np.ndarray | None, int]:
-        """Mean expert counts over ticks lo..hi that are held in memory, and how many were."""
+    def pin(self, lo: int, hi: int) -> None:
+        """Keep the detail of tick indices lo..hi (a heatmap span) while frames are read for it:
+        the frames fetched for one end of the span must not evict the other end."""
+        if self.n_ticks:
+            lo = min(max(lo, 0), self.n_ticks - 1)
+            self._pinned = (self.tick_number(lo), self.tick_number(min(hi, self.n_ticks - 1)))
+
+    def span_experts(self, lo: int, hi: int) -> np.ndarray | None:
+        """Expert counts of the ticks lo..hi held in memory, as a [held, layers, experts] stack
+        (those of the shape of the newest held tick), or None when none is held."""
         ticks = self.ticks.col("tick")[max(lo, 0) : hi + 1].tolist()
         counts = [d.experts for d in map(self._detail.get, ticks) if d is not None and d.experts is not None]
         if not counts:
-            return None, 0
-        return np.sum(counts, axis=0, dtype=np.float64) / len(counts), len(counts)
-
-
+            return None
+        return np.stack([c for c in counts if c.shape == counts[-1].shape])
 def config_summary(header: SessionHeader | None) -> dict[str, str]:
     """Model, device and policy named from a header's config, tolerant of missing keys."""
     cfg = header.config if header is not None else {}

@@ -79,8 +79,7 @@ class DashboardScreen(Screen):
         )  # fmt: skip
         for chart in self.query(SeriesChart):
             chart.show(state, index)
-        what = "current tick" if info.heat_span == 1 else f"mean of last {info.heat_span} ticks"
-        self.query_one(ExpertHeatmap).show(experts, what)
+        self.query_one(ExpertHeatmap).show(experts, heat_label(info.heat_span, index, experts))
         self.query_one(StageGantt).show(stages)  # type: ignore[arg-type]
         self.query_one(LatencyPanel).show(state, index)
         self.query_one(QueuePanel).show(state, index)
@@ -94,3 +93,13 @@ class DashboardScreen(Screen):
             label = "no ticks yet"
         marks = [(state.index_of_tick(m.tick), MARK_STYLE) for m in state.marks]
         self.query_one(Scrubber).show(index, state.n_ticks, marks, label)
+
+
+def heat_label(span: int, index: int, experts: np.ndarray | None) -> str:
+    """What the heatmap shows: the current tick, or the mean of the span's ticks held in memory
+    (saying how many, when fewer than the span's ticks)."""
+    if span == 1:
+        return "current tick"
+    wanted = min(span, index + 1)
+    held = len(experts) if experts is not None and np.ndim(experts) == 3 else 0
+    return f"mean of last {wanted} ticks" if held >= wanted else f"mean of {held} of last {wanted} ticks"

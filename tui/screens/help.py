@@ -11,8 +11,9 @@ from textual.widgets import Markdown
 HELP = """\
 # tickscope
 
-**throughput & batch** — generated tokens per second of each tick (tokens over the time since
-the previous tick ended, so the collection window counts), sequences and tokens (prefill + decode)
+**throughput & batch** — sampled tokens per second of each tick, a request's first token (sampled
+at the end of its prefill) included, over the time since the previous tick ended, so the
+collection window counts, sequences and tokens (prefill + decode)
 in each batch, the queue and KV-cache use (the last two on taller screens). One column is a bucket of ticks: the solid part reaches the bucket's
 minimum, the dim part its maximum, so no spike is hidden. The yellow column is the current tick.
 
@@ -21,9 +22,11 @@ current tick; each character holds two layers (upper half = upper layer), expert
 columns. Dark grey is an expert that got nothing; the scale under a roomy map runs from one token
 to the busiest cell. *active* is the share of (layer, expert) cells that got a token; *max/mean* the
 load imbalance (1.0 = perfect), *balance* its inverse mean/max as vLLM logs it; *hot* names the
-busiest experts overall, *hot by layer* each layer's busiest. Averaged over a span (`a`), *dead*
-counts experts that got no token in any tick of it. Small batches leave most experts idle: that is
-where MoE efficiency goes.
+busiest experts overall, *hot by layer* each layer's busiest. Over a span (`a`) the map is the
+span's mean load, while *active*, *max/mean* and *balance* are means over the span's (tick, layer)
+cells, the same figures `tickscope summary` and compare give under those names; *dead* counts
+experts that got no token in any tick of it, and the subtitle says how many of the span's ticks
+were held. Small batches leave most experts idle: that is where MoE efficiency goes.
 
 **latency · queue · KV** — TTFT (arrival to first token) and TPOT (time per output token after the
 first) p50/p99 (and p90 where there is room) over the last seconds of recording; with room, their
@@ -37,7 +40,7 @@ subtitle says which, and the line under the rows the time scale. ╌ blue is war
 ░ bubbles inside the pipeline. Shown when the trace has stages.
 
 **recent requests** — the latest arrivals as they stood at the current tick: queued, prefill,
-decode (`*` = was preempted), finished, rejected, cancelled. Press `r` (or click a row) and pick
+decode (`*` = preempted by then), finished, rejected, cancelled. Press `r` (or click a row) and pick
 one with ↑ ↓ and enter to see its life as a timeline: arrival, admission, first token, every token,
 preemptions and the end. In a long replay, columns drawn as dots are ticks not read yet.
 

@@ -133,11 +133,14 @@ class ExpertHeatmap(LinesWidget):
     """Tokens routed to each expert (columns) of each layer (rows) in the current tick or span."""
 
     def show(self, counts: np.ndarray | None, what: str) -> None:
+        """`counts`: one tick's [layers, experts], or a span's [ticks, layers, experts] stack (its
+        mean is drawn; its figures are means over (tick, layer) cells, as summary gives them)."""
         self.border_subtitle = what
         if counts is None:
             self.set_text(Text("no expert load for this tick", style="dim italic"))
             return
-        counts = np.asarray(counts, dtype=np.float64)
+        stack = np.asarray(counts, dtype=np.float64)
+        counts = stack.mean(axis=0) if stack.ndim == 3 else stack
         if counts.ndim != 2 or counts.size == 0:
             self.set_text(Text(f"expert load of unexpected shape {counts.shape}", style="red"))
             return
@@ -145,7 +148,7 @@ class ExpertHeatmap(LinesWidget):
         # The per-layer line, expert numbers and the colour scale only where there is room for
         # them beside a readable map.
         roomy = height >= 12
-        stats = stats_text(expert_stats(counts), span=what != "current tick", per_layer=roomy)
+        stats = stats_text(expert_stats(stack), span=what != "current tick", per_layer=roomy)
         footer = text_lines(self.app.console, stats, width)
         if roomy:
             footer.insert(0, legend(float(counts.max()), width))
