@@ -10,12 +10,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 from matplotlib.image import imread
 
 import tracer
-from tracer.compare import FIGURES, format_value
+from compare_costs import independent_costs, other_figures
+from tracer.compare import FIGURES, NOT_JUDGED, Costing, format_value
 from tracer.events import MarkEvent
 from tracer.report import IMAGES, write_report
 from tui.cli import main
@@ -23,36 +23,12 @@ from tui.cli import main
 TRACES = Path(__file__).resolve().parent.parent / "traces"
 SHIPPED = (TRACES / "tiny-article-5ms.msgpack", TRACES / "tiny-article-200ms.msgpack")
 FIG = {f.key: f for f in FIGURES}
-LABEL_TO_KEY = {f.label: f.key for f in FIGURES}
+SHOWN = {f.label: f.key for f in FIGURES if Costing().shows(f)}  # no --price, no --accelerator, no stages
 
 
 def independent_figures(trace: tracer.Trace) -> dict[str, float | None]:
     """The compared figures recomputed here straight from the frames, not through summarize()."""
-    req, ticks = trace.requests, trace.ticks
-    done = req.filter(pl.col("status") == "finished")
-    times = np.concatenate([
-        ticks["start_s"].to_numpy(), ticks["end_s"].to_numpy(),
-        req["arrival_s"].drop_nulls().to_numpy(), req["finish_s"].drop_nulls().to_numpy(),
-    ])
-    duration = times.max() - times.min()
-    ttft, tpot = done["ttft_s"].drop_nulls().to_numpy(), done["tpot_s"].drop_nulls().to_numpy()
-    slo = trace.header.config["workload"]["slo"]
-    good = done.filter((pl.col("ttft_s") <= slo["ttft_s"])
-                       & (pl.col("tpot_s").is_null() | (pl.col("tpot_s") <= slo["tpot_s"])))
-    load = trace.expert_load.astype(float)  # [ticks, layers, experts]
-    means = load.mean(axis=2)
-    used = means > 0
-    return {
-        "throughput_tok_s": req["output_tokens"].sum() / duration,
-        "ttft_p50_s": np.percentile(ttft, 50), "ttft_p99_s": np.percentile(ttft, 99),
-        "tpot_p50_s": np.percentile(tpot, 50), "tpot_p99_s": np.percentile(tpot, 99),
-        "goodput_req_s": good.height / duration,
-        "mean_batch_seqs": ticks["seqs"].mean(),
-        "experts_active_frac": (load > 0).mean(),
-        "expert_imbalance": (load.max(axis=2)[used] / means[used]).mean(),
-        "bubble_share": None,  # tiny records one stage: no pipeline
-        "requests_rejected": float((req["status"] == "rejected").sum()),
-    }
+    return {**independent_costs(trace), **other_figures(trace)}
 
 
 def delta_table_rows(markdown: str) -> dict[str, list[str]]:
@@ -75,12 +51,14 @@ def report(pair, tmp_path_factory) -> Path:
 
 def test_report_delta_table_matches_figures_computed_from_the_frames(pair, report):
     rows = delta_table_rows((report / "report.md").read_text())
-    assert set(rows) == set(LABEL_TO_KEY)
+    assert set(rows) == set(SHOWN)
     expected = [independent_figures(tracer.load(p)) for p in pair]
     for label, (a_cell, b_cell, _change, _better) in rows.items():
-        key = LABEL_TO_KEY[label]
-        assert a_cell == format_value(FIG[key], expected[0][key]), label
-        assert b_cell == format_value(FIG[key], expected[1][key]), label
+        key = SHOWN[label]
+        for cell, e in zip((a_cell, b_cell), expected):
+            beside = FIG[key].beside
+            reference = f" ({format_value(FIG[key], e[beside])})" if beside else ""
+            assert cell == format_value(FIG[key], e[key]) + reference
 
 
 def test_report_says_which_is_better_on_each_figure_and_by_how_much(pair, report):
@@ -89,7 +67,10 @@ def test_report_says_which_is_better_on_each_figure_and_by_how_much(pair, report
     # The longer window spaces every token a window apart and fills the batch: the article's trade-off.
     assert rows["TPOT p50"][3].startswith("A, ") and rows["TPOT p50"][3].endswith("× lower")
     assert rows["mean batch"][3].startswith("B, ")
-    assert rows["experts active"][3].startswith("B, ")
+    # ... and its tokens cheap: less device time and fewer bytes read per token, at a higher capacity
+    for label in ("device time/processed tok", "device time/output tok", "capacity", "modelled B/processed tok"):
+        assert rows[label][3].startswith("B, "), label
+    assert rows["served rate"][3] == NOT_JUDGED
     window = tracer.open_trace(pair[1]).header.config["scheduler"]["window_ms"]
     assert f"| `scheduler.window_ms` | 5 | {window:g} |" in text
     # every figure gets a sentence with the table's verdict: the winner by name, even, or no data
@@ -102,6 +83,9 @@ def test_report_says_which_is_better_on_each_figure_and_by_how_much(pair, report
             assert line == f"- {label}: **{winner}** ({name}) is better, {better.split(', ', 1)[1]}.", line
         elif better == "no data":
             assert "not compared" in line, line
+        elif better == NOT_JUDGED:
+            assert line.startswith(f"- {label}: {NOT_JUDGED} (B "), line
+            assert f"- **{label}**: {FIG[SHOWN[label]].note}; {NOT_JUDGED}." in text
         else:
             assert line == f"- {label}: neither is better ({better}).", line
 

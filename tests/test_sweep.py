@@ -1,8 +1,10 @@
-"""The sweep: grid and file names, the knee rule, and a real two-point sweep with its resume."""
+"""The sweep: grid and file names, the knee rule, and a real two-point sweep with its resume and its
+cost columns (checked against tests/compare_costs.py, which recomputes them from the frames)."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +12,16 @@ import pytest
 from matplotlib.image import imread
 
 import tracer
+from compare_costs import independent_costs, profile
+from tracer.compare import Costing
 from tracer.plots import CurvePoint
 from tui.cli import main
-from workloads.sweep import GridPoint, SweepPlan, frontier, knee, recorded_cleanly, run_sweep
+from workloads.sweep import KNEE_RULE, GridPoint, SweepPlan, cost_measure, knee, recorded_cleanly, run_sweep
 
 
 def curve(*rows: tuple[float, float, float]) -> list[CurvePoint]:
-    """Points from (window ms, throughput, p99 s)."""
-    return [CurvePoint(f"w{w:g}", w, None, tput, p99 / 2, p99, 0.5) for w, tput, p99 in rows]
+    """Points from (window ms, cost, p99 TTFT s)."""
+    return [CurvePoint(f"w{w:g}", w, None, cost, 1 / cost, p99 / 2, p99, 4.0, 4.2) for w, cost, p99 in rows]
 
 
 def test_grid_points_name_their_traces_predictably(tmp_path):
@@ -30,26 +34,36 @@ def test_grid_points_name_their_traces_predictably(tmp_path):
     assert GridPoint(50, None).scheduler_overrides() == {"policy": "window", "window_ms": 50.0}
 
 
-def test_knee_is_where_latency_stops_buying_throughput():
+def test_knee_is_the_cheapest_point_within_twice_the_lowest_p99():
     points = curve(
-        (0, 100.0, 0.010),
-        (5, 200.0, 0.020),  # 2x latency, 2x throughput: slope 1
-        (20, 300.0, 0.040),  # 2x latency, 1.5x throughput: slope 0.58
-        (50, 310.0, 0.100),  # 2.5x latency, 3% more: slope 0.04, so 20 ms is the knee
-        (200, 315.0, 0.400),
+        (0, 1.00, 0.010),
+        (5, 0.60, 0.015),
+        (20, 0.45, 0.020),  # 2x the lowest p99: still within
+        (50, 0.30, 0.021),  # just past it, however cheap
+        (200, 0.20, 0.400),
     )
     assert knee(points) == 2
+    assert KNEE_RULE == "knee: the cheapest point whose p99 TTFT is within 2× of the sweep's lowest p99 TTFT"
 
 
-def test_knee_ignores_points_off_the_frontier():
-    points = curve((0, 100.0, 0.010), (5, 90.0, 0.050), (20, 400.0, 0.020), (50, 405.0, 0.500))
-    assert frontier(points) == [0, 2, 3]
-    assert knee(points) == 2
+def test_knee_prefers_the_quicker_of_equal_costs_and_skips_points_without_figures():
+    points = curve((0, 0.5, 0.010), (5, 0.5, 0.008), (20, 0.9, 0.005))
+    assert knee(points) == 1
+    points.append(CurvePoint("w50", 50, None, None, None, None, 0.001, None, None))  # no cost: not a candidate
+    assert knee(points) == 1
+    assert knee([CurvePoint("w0", 0, None, None, None, None, None, None, None)]) is None
 
 
-def test_knee_is_the_last_point_when_every_step_pays_and_none_without_data():
-    assert knee(curve((0, 100.0, 0.01), (5, 200.0, 0.02), (20, 400.0, 0.04))) == 2
-    assert knee([CurvePoint("w0", 0, None, None, None, None, None)]) is None
+def test_the_curves_cost_is_modelled_dollars_then_measured_dollars_then_device_time():
+    modelled = {"accelerator": {"name": "H200", "usd_per_mtok_modelled": 0.5}, "usd_per_mtok_measured": 2.0,
+                "device_s_per_output_token": 0.001}
+    measured = {**modelled, "accelerator": None}
+    assert cost_measure([modelled], Costing("H200", 3.0)).of(modelled) == 0.5
+    assert cost_measure([measured], Costing(price=3.0)).name == "$/M output tok at $3.00/h, measured"
+    device = cost_measure([measured], Costing())
+    assert device.of(measured) == pytest.approx(1.0) and device.name == "device ms/output tok, measured"
+    unpriced = {**modelled, "accelerator": {"name": "this-device", "usd_per_mtok_modelled": None}}
+    assert cost_measure([unpriced], Costing("this-device")).key == "device_s_per_output_token"
 
 
 @pytest.fixture(scope="module")
@@ -75,19 +89,57 @@ def test_sweep_records_each_point_to_a_clean_trace(sweep_dir):
     assert not list(sweep_dir.glob("*.partial"))
 
 
+def close(cell: str, value: float) -> bool:
+    """A table cell shows `value` to the precision it is printed with."""
+    number = float(cell.replace(",", ""))
+    if "e" in cell:
+        return number == pytest.approx(value, rel=0.05)
+    decimals = len(cell.split(".")[1]) if "." in cell else 0
+    return abs(number - value) <= 0.5 * 10 ** -decimals + 1e-12
+
+
 def test_sweep_command_resumes_prints_the_table_and_plots(sweep_dir, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in sweep_dir.glob("*.msgpack")}
     code = main(["sweep", "--workload", "smoke", "--window", "0,20", "--duration", "1",
-                 "--device", "cpu", "--out", str(sweep_dir), "--quiet"])
+                 "--device", "cpu", "--out", str(sweep_dir), "--quiet", "--price", "2", "--accelerator", "H100-SXM"])
     assert code == 0
     out = capsys.readouterr().out
-    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith(" w")}
-    assert set(lines) == {"w0", "w20"} and all("kept" in line for line in lines.values())
-    assert "◀ knee" in out and "knee: on the throughput-vs-p99 frontier" in out
+    header = next(line for line in out.splitlines() if line.lstrip().startswith("point"))
+    assert header.split() == ["point", "served", "capacity", "dev", "ms", "$", "meas", "$", "model", "p50", "p99",
+                              "batch", "rej", "run"]
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if re.match(r"^ ?w\d", line)}
+    assert set(lines) == {"w0", "w20"} and all(cells[-1] == "kept" for cells in lines.values())
+    # every cost figure against the frames; the knee by its rule from those figures
+    p99 = {}
+    cheapest = {}
+    for name, cells in lines.items():
+        trace = tracer.load(sweep_dir / f"{name}.msgpack")
+        e = independent_costs(trace, profile("H100-SXM"), 2.0)
+        served, capacity, dev_ms, usd_measured, usd_modelled = cells[1:6]
+        assert close(served, e["served_rate_tok_s"]) and close(capacity, e["capacity_output_tok_s"])
+        assert close(dev_ms, e["device_s_per_output_token"] * 1000)
+        assert close(usd_measured, e["usd_per_mtok_measured"])
+        assert close(usd_modelled, e["accelerator.usd_per_mtok_modelled"])
+        ttft = trace.requests["ttft_s"].drop_nulls().to_numpy()
+        assert close(cells[6], np.percentile(ttft, 50) * 1000) and close(cells[7], np.percentile(ttft, 99) * 1000)
+        p99[name], cheapest[name] = np.percentile(ttft, 99), e["accelerator.usd_per_mtok_modelled"]
+    within = [n for n in p99 if p99[n] <= 2 * min(p99.values())]
+    knee_at = min(within, key=lambda n: (cheapest[n], p99[n]))
+    assert "◀" in lines[knee_at] and all("◀" not in lines[n] for n in lines if n != knee_at)
+    assert "curve: $/M output tok on H100-SXM, modelled, and capacity, against TTFT p50 and p99" in out
+    assert KNEE_RULE in out
     assert {p.name: p.stat().st_mtime_ns for p in sweep_dir.glob("*.msgpack")} == before
     image = imread(sweep_dir / "sweep.png")
-    assert image.shape[0] > 300 and image.shape[1] > 800
+    assert image.shape[0] > 600 and image.shape[1] > 800
     assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20
+
+
+def test_sweep_refuses_an_unknown_accelerator_before_recording(tmp_path, capsys):
+    code = main(["sweep", "--workload", "smoke", "--window", "0,5", "--duration", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "out"), "--accelerator", "TPU-v9"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "unknown accelerator 'TPU-v9'" in err and "H200" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_torn_point_is_recorded_again(sweep_dir, tmp_path):

@@ -7,13 +7,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracer.compare import Comparison, Delta, compare, delta_rows, format_config_value
+from tracer.compare import (
+    NOT_JUDGED,
+    Comparison,
+    Costing,
+    compare,
+    delta_rows,
+    figure_label,
+    format_config_value,
+    headline,
+)
 from tracer.frames import Trace
 from tracer.plots import plot_delta_table, plot_expert_heatmaps, plot_latency_cdfs, plot_timeline
 
 # Image files of a report, in the order the Markdown shows them, with their captions.
 IMAGES = (
-    ("timeline.png", "Throughput and batch size over time since each recording's start (dotted: marks)"),
+    ("timeline.png", "Served rate and batch size over time since each recording's start (dotted: marks)"),
     ("latency_cdf.png", "TTFT and TPOT of finished requests, cumulative"),
     ("experts.png", "Expert load: mean tokens per tick on each expert of each layer"),
     ("delta_table.png", "The delta table"),
@@ -51,13 +60,6 @@ def setup_line(config: Any) -> str:
     return " · ".join(parts)
 
 
-def _missing(delta: Delta) -> str:
-    """Which recording lacks a figure, in words."""
-    if delta.a is None and delta.b is None:
-        return "either"
-    return "A" if delta.a is None else "B"
-
-
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -69,28 +71,37 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def markdown(a: Trace, b: Trace, comparison: Comparison, images: tuple[str, ...]) -> str:
-    """The report's text: who is better on what, the delta table, config differences, figures, marks."""
-    tally = comparison.tally()
+    """The report's text: the trade-off in one sentence, each figure's verdict, the delta table, what
+    the figures mean, config differences, figures, marks."""
     lines = [
         f"# tickscope compare: {comparison.a_name} vs {comparison.b_name}",
         "",
         f"- **A** `{comparison.a_name}`: {setup_line(a.header.config)}",
         f"- **B** `{comparison.b_name}`: {setup_line(b.header.config)}",
         "",
-        f"**B is better on {tally['B']} of {len(comparison.deltas)} figures, A on {tally['A']}**; "
-        f"{tally['even']} even (within 1%), {tally['no data']} without data in one of them.",
+        f"**{headline(comparison)}**",
         "",
     ]
+    lines += [f"- {note}" for note in comparison.notes]
+    lines += ["", "## Figure by figure", ""] if comparison.notes else ["## Figure by figure", ""]
     for d in comparison.deltas:
+        label = figure_label(comparison, d.figure)
         if d.winner in ("A", "B"):
             name = comparison.a_name if d.winner == "A" else comparison.b_name
-            lines.append(f"- {d.figure.label}: **{d.winner}** ({name}) is better, {d.by}.")
+            lines.append(f"- {label}: **{d.winner}** ({name}) is better, {d.by}.")
         elif d.winner == "even":
-            lines.append(f"- {d.figure.label}: neither is better ({d.by}).")
+            lines.append(f"- {label}: neither is better ({d.by}).")
+        elif d.winner == NOT_JUDGED:
+            lines.append(f"- {label}: {NOT_JUDGED} ({d.by}; why: below).")
         else:
-            lines.append(f"- {d.figure.label}: not compared (no data in {_missing(d)}).")
+            lines.append(f"- {label}: not compared ({comparison.missing(d)}).")
     lines += ["", "## Delta table", ""]
     lines += _table(("figure", "A", "B", "B vs A", "better"), delta_rows(comparison))
+    lines += ["", "## What the figures are", ""]
+    for d in comparison.deltas:
+        if d.figure.note:
+            judged = f"; {NOT_JUDGED}" if d.figure.higher_is_better is None else ""
+            lines.append(f"- **{figure_label(comparison, d.figure)}**: {d.figure.note}{judged}.")
     lines += ["", "## What differs in their configurations", ""]
     if comparison.config:
         lines += _table(("setting", "A", "B"), [
@@ -113,13 +124,15 @@ def markdown(a: Trace, b: Trace, comparison: Comparison, images: tuple[str, ...]
     return "\n".join(lines) + "\n"
 
 
-def write_report(a: Trace, b: Trace, out_dir: str | os.PathLike[str], *, names: tuple[str, str] | None = None) -> Report:
-    """Compare two loaded recordings and write `out_dir/report.md` with its PNGs; returns the paths."""
+def write_report(a: Trace, b: Trace, out_dir: str | os.PathLike[str], *, names: tuple[str, str] | None = None,
+                 costing: Costing | None = None) -> Report:
+    """Compare two loaded recordings (costed as `costing` asks) and write `out_dir/report.md` with its
+    PNGs; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if names is None:
         names = trace_names(a.path or "A", b.path or "B")
-    comparison = compare(a, b, a_name=names[0], b_name=names[1])
+    comparison = compare(a, b, a_name=names[0], b_name=names[1], costing=costing)
     plot_timeline(a, b, names, out / "timeline.png")
     plot_latency_cdfs(a, b, names, out / "latency_cdf.png")
     plot_expert_heatmaps(a, b, names, out / "experts.png")

@@ -23,7 +23,7 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 import tracer
-from tracer.compare import Comparison, compare, config_diff
+from tracer.compare import Comparison, Costing, compare, config_diff
 from tracer.events import MarkEvent, StageEvent
 from tracer.report import trace_names
 from tui.app import DEFAULT_SPEED, FRAME_S, POLL_S, SPEEDS, speed_label
@@ -76,9 +76,11 @@ class CompareApp(App[None]):
     speed_index: reactive[int] = reactive(DEFAULT_SPEED)
     status: reactive[str] = reactive("loading")
 
-    def __init__(self, a: TraceSide, b: TraceSide, *, autoplay: bool = True, align: str = "time") -> None:
+    def __init__(self, a: TraceSide, b: TraceSide, *, autoplay: bool = True, align: str = "time",
+                 costing: Costing | None = None) -> None:
         super().__init__()
         self.sources = (a, b)
+        self.costing = costing  # what the delta table's cost rows are costed on
         self.states = (DashboardState(), DashboardState())
         for state, source in zip(self.states, self.sources):
             state.set_header(source.header)
@@ -166,7 +168,8 @@ class CompareApp(App[None]):
             return
         try:
             a, b = (tracer.load(p) for p in paths)
-            self.post_message(ComparisonReady(compare(a, b, a_name=self.names[0], b_name=self.names[1])))
+            comparison = compare(a, b, a_name=self.names[0], b_name=self.names[1], costing=self.costing)
+            self.post_message(ComparisonReady(comparison))
         except Exception as exc:  # shown in the panel; the side-by-side view still works
             self.post_message(ComparisonReady(None, f"cannot compare: {type(exc).__name__}: {exc}"))
 
@@ -423,13 +426,14 @@ class CompareApp(App[None]):
         return round(ls.position * scale), SCRUB_STEPS, [(round(p * scale), SIDE_STYLES[side]) for p, side, _ in marks], label
 
 
-def run_compare(a: str, b: str, *, align: str = "time") -> None:
-    """Open two recordings side by side. Both are opened first, so a missing or malformed file
-    raises (`TraceFormatError`, `OSError`) before the terminal is taken over."""
+def run_compare(a: str, b: str, *, align: str = "time", costing: Costing | None = None) -> None:
+    """Open two recordings side by side, the delta table costed as `costing` asks. Both are opened
+    first, so a missing or malformed file raises (`TraceFormatError`, `OSError`) before the terminal
+    is taken over."""
     sides = [TraceSide(a)]
     try:
         sides.append(TraceSide(b))
-        CompareApp(sides[0], sides[1], align=align).run()
+        CompareApp(sides[0], sides[1], align=align, costing=costing).run()
     finally:
         for side in sides:
             side.close()

@@ -8,43 +8,42 @@ sweep resumes where it stopped; a torn leftover is recorded again. A point is re
 `NAME.msgpack.partial` and renamed when it completes. A window of 0 runs the
 `continuous` policy (continuous batching), any other the `window` policy with that window.
 
-Latency here is end-to-end request latency (arrival to last token): the window is paid before the
-first token and again on every decode tick, and E2E is where both land.
+The curve is what a token costs against the latency each user pays: cost per million output tokens
+(or device time per output token, without a price) and capacity, against p50 and p99 time to first
+token. TTFT is where a collection window is paid: a request waits for the tick that admits it, and
+that wait buys the batch that makes its tokens cheap. The cost on the curve is, in this order of
+preference, the modelled $ on `--accelerator` (its price, or `--price`), the measured $ at `--price`,
+else the measured device time per output token (`cost_measure`).
 
-The knee (`knee`) is chosen by this rule, the one printed under the table and on the plot:
+The knee (`knee`) is the operating point this rule picks, printed under the table and on the plot:
 
-    Walk the throughput-latency frontier in order of rising p99 latency (a point is on it when it
-    has more throughput than every point with lower p99). The knee is the first frontier point
-    from which the next one gains less than KNEE_ELASTICITY (0.25) % of throughput for each 1 %
-    of added p99 latency, measured as the log-log slope ln(tput2/tput1) / ln(p992/p991). When
-    every step keeps paying, the knee is the frontier's last point.
+    the cheapest point whose p99 TTFT is within KNEE_LATENCY_FACTOR (2x) of the lowest p99 TTFT
+    of the sweep.
 
-A log-log slope makes the rule independent of units and of how fast the hardware is: 0.25 means
-"doubling p99 latency now buys less than 19 % more throughput".
+So it is what the cheapest tokens cost when users may wait at most twice as long for their first
+token as the quickest setting makes them wait: a latency budget relative to the sweep itself, so the
+rule needs no milliseconds that would suit one machine and not another.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracer.compare import Costing, summary_value
 from tracer.errors import TraceFormatError
 from tracer.frames import load
 from tracer.plots import CurvePoint
 from tracer.reader import open_trace
-from tracer.summary import summarize
 from workloads.loadgen import Progress
 from workloads.run import Recording, RecordingPlan
 
-KNEE_ELASTICITY = 0.25
-KNEE_RULE = (
-    f"knee: on the throughput-vs-p99 frontier, the first point after which each 1% of added p99 "
-    f"latency buys less than {KNEE_ELASTICITY:g}% more throughput (log-log slope < {KNEE_ELASTICITY:g})"
-)
-LATENCY_NAME = "E2E latency"
+KNEE_LATENCY_FACTOR = 2.0
+LATENCY_NAME = "TTFT"
+KNEE_RULE = (f"knee: the cheapest point whose p99 {LATENCY_NAME} is within {KNEE_LATENCY_FACTOR:g}× of the "
+             f"sweep's lowest p99 {LATENCY_NAME}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,22 +101,50 @@ class SweepPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class CostMeasure:
+    """The cost on a sweep's curve: a figure of `summarize`'s result, and how it is shown."""
+
+    key: str  # in `summarize`'s result; "accelerator.KEY" for the modelled accelerator's
+    name: str  # the axis's and the column's
+    scale: float = 1.0  # from the summary's unit to the shown one
+
+    def of(self, summary: dict[str, Any]) -> float | None:
+        value = summary_value(summary, self.key)
+        return None if value is None else value * self.scale
+
+
+def cost_measure(summaries: Sequence[dict[str, Any]], costing: Costing) -> CostMeasure:
+    """The cost the curve shows: modelled $ on the accelerator, else measured $ at the price, else
+    measured device time per output token; the first that some point has."""
+    modelled = [s["accelerator"]["name"] for s in summaries
+                if summary_value(s, "accelerator.usd_per_mtok_modelled") is not None]
+    if modelled:
+        return CostMeasure("accelerator.usd_per_mtok_modelled", f"$/M output tok on {modelled[0]}, modelled")
+    if costing.price is not None:
+        return CostMeasure("usd_per_mtok_measured", f"$/M output tok at ${costing.price:,.2f}/h, measured")
+    return CostMeasure("device_s_per_output_token", "device ms/output tok, measured", 1000.0)
+
+
+@dataclass(frozen=True, slots=True)
 class SweepRow:
     point: GridPoint
     path: Path
     skipped: bool  # already recorded by an earlier run
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # `summarize`, costed as the sweep asks
+    not_modelled: str | None = None  # why the accelerator asked for could not be modelled
 
-    def curve_point(self) -> CurvePoint:
+    def curve_point(self, measure: CostMeasure) -> CurvePoint:
         s = self.summary
         return CurvePoint(
             label=self.point.name,
             window_ms=self.point.window_ms,
             max_seqs=self.point.max_seqs,
-            throughput=s.get("throughput_tok_s"),
-            latency_p50=s.get("e2e_p50_s"),
-            latency_p99=s.get("e2e_p99_s"),
-            active_share=s.get("experts_active_frac"),
+            cost=measure.of(s),
+            capacity=s.get("capacity_output_tok_s"),
+            latency_p50=s.get("ttft_p50_s"),
+            latency_p99=s.get("ttft_p99_s"),
+            experts_touched=s.get("experts_touched_per_layer"),
+            experts_uniform=s.get("experts_expected_uniform"),
         )
 
 
@@ -137,10 +164,12 @@ def recorded_cleanly(path: Path) -> bool:
 def run_sweep(
     plan: SweepPlan,
     *,
+    costing: Costing | None = None,
     on_point: Callable[[int, GridPoint, bool], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> list[SweepRow]:
-    """Record every grid point not already recorded, then summarise all of them, in grid order.
+    """Record every grid point not already recorded, then summarise all of them (costed as `costing`
+    asks), in grid order.
 
     `on_point(i, point, skipped)` is called as each point starts (or is skipped); `on_progress`
     receives the running recording's progress. Every plan is checked (`Recording` builds and
@@ -155,8 +184,8 @@ def run_sweep(
             on_point(i, point, skipped)
         if not skipped:
             _record(plan, point, on_progress)
-        trace = load(path)
-        rows.append(SweepRow(point, path, skipped, summarize(trace)))
+        summary, not_modelled = (costing or Costing()).summarize(load(path))
+        rows.append(SweepRow(point, path, skipped, summary, not_modelled))
     return rows
 
 
@@ -176,33 +205,12 @@ def _record(plan: SweepPlan, point: GridPoint, on_progress: Callable[[Progress],
     partial.replace(final)
 
 
-def frontier(points: Sequence[CurvePoint]) -> list[int]:
-    """Indices of the throughput-latency frontier, in order of rising p99 latency."""
-    usable = [i for i, p in enumerate(points)
-              if p.throughput is not None and p.latency_p99 is not None and p.latency_p99 > 0]
-    usable.sort(key=lambda i: (points[i].latency_p99, -(points[i].throughput or 0.0)))
-    best = -math.inf
-    chosen = []
-    for i in usable:
-        tput = points[i].throughput
-        assert tput is not None
-        if tput > best:
-            chosen.append(i)
-            best = tput
-    return chosen
-
-
-def knee(points: Sequence[CurvePoint], elasticity: float = KNEE_ELASTICITY) -> int | None:
-    """Index of the knee by the rule in this module's docstring; None when no point has both figures."""
-    front = frontier(points)
-    if not front:
+def knee(points: Sequence[CurvePoint], factor: float = KNEE_LATENCY_FACTOR) -> int | None:
+    """Index of the knee by KNEE_RULE (the cheaper of equal costs: the quicker); None when no point has
+    both a cost and a p99 latency."""
+    usable = [i for i, p in enumerate(points) if p.cost is not None and p.latency_p99 is not None]
+    if not usable:
         return None
-    for here, after in zip(front, front[1:]):
-        p, q = points[here], points[after]
-        assert p.throughput and q.throughput and p.latency_p99 and q.latency_p99
-        if p.throughput <= 0:
-            continue  # nothing to be elastic about yet: any throughput is a gain
-        slope = math.log(q.throughput / p.throughput) / math.log(q.latency_p99 / p.latency_p99)
-        if slope < elasticity:
-            return here
-    return front[-1]
+    quickest = min(points[i].latency_p99 for i in usable)  # type: ignore[type-var]
+    within = [i for i in usable if points[i].latency_p99 <= factor * quickest]  # type: ignore[operator]
+    return min(within, key=lambda i: (points[i].cost, points[i].latency_p99))

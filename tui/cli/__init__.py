@@ -15,6 +15,7 @@ from tui.cli.options import (
     DISTRIBUTED_HELP,
     CommandError,
     Parser,
+    add_cost_options,
     add_recording_options,
     non_negative_ms,
     number_list,
@@ -70,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", help="trace B")
     p.add_argument("--report", metavar="DIR", help="write DIR/report.md and PNG figures instead of opening the dashboard")
     p.add_argument("--align", choices=["time", "tick"], default="time", help="dashboard: align by time since start or by tick (default: time; `t` toggles)")
+    add_cost_options(p)
 
-    p = verb("sweep", cmd_sweep, "record a grid of collection windows (x max sequences), then a table and a throughput-latency plot")
+    p = verb("sweep", cmd_sweep, "record a grid of collection windows (x max sequences), then a table and a plot of "
+                                 "what a token costs against time to first token")
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     p.add_argument("--workload", required=True, help="workload preset name or TOML file")
     p.add_argument("--window", type=number_list(non_negative_ms), required=True, help="collection windows in ms, e.g. 0,5,20,50,200 (0 = continuous batching)")
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the engine runs (default: the best present)")
     p.add_argument("--seed", type=int, help="seed for the weights and the load (default: as record)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_cost_options(p)
 
     p = verb("summary", cmd_summary, "print a recording's figures")
     p.add_argument("file")

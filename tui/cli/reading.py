@@ -61,12 +61,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     import tracer
+    from tui.cli.sweep import checked_costing
 
     a, b = existing_trace(args.a), existing_trace(args.b)
+    costing = checked_costing(args)
     if args.report is None:
         from tui.compare_app import run_compare
 
-        run_compare(str(a), str(b), align=args.align)
+        run_compare(str(a), str(b), align=args.align, costing=costing)
         return 0
     from rich.console import Console
 
@@ -77,7 +79,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise CommandError(f"{out} is a file; --report takes a directory")
     traces = tracer.load(a), tracer.load(b)
-    report = write_report(*traces, out)
+    report = write_report(*traces, out, costing=costing)
     Console().print(delta_table(report.comparison, title=f"A {report.comparison.a_name} vs B {report.comparison.b_name}"))
     for path, trace in zip((a, b), traces):
         for problem in trace.problems:

@@ -1,11 +1,25 @@
-"""The sweep verb: a grid of recordings, a table and the throughput-latency plot."""
+"""The sweep verb: a grid of recordings, a table of what a token costs against TTFT, and its plot."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from tui.cli.options import CommandError
+from tui.cli.options import CommandError, cost_options
+
+
+def checked_costing(args: argparse.Namespace):
+    """The `Costing` that --accelerator and --price ask for; an unknown accelerator is a CommandError
+    naming the known ones (one line, exit 2) before anything is read or recorded."""
+    from tracer.compare import Costing
+    from tracer.cost import CostUnavailable
+
+    try:
+        cost_options(args, {})
+    except CostUnavailable:
+        pass  # this-device: each recording's own device probe decides, and its figures say why not
+    return Costing(args.accelerator, args.price)
+
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
@@ -13,11 +27,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from tracer.plots import plot_sweep
     from workloads.run import prepare
-    from workloads.sweep import KNEE_RULE, LATENCY_NAME, SweepPlan, knee, run_sweep
+    from workloads.sweep import KNEE_RULE, LATENCY_NAME, SweepPlan, cost_measure, knee, run_sweep
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CommandError(f"{out} is a file; --out takes a directory")
+    costing = checked_costing(args)
     plan = SweepPlan(
         preset=args.preset,
         workload=args.workload,
@@ -52,21 +67,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         def on_progress(stats) -> None:
             share = min(stats.elapsed_s / args.duration, 1.0) if args.duration else 0.0
             progress.update(task, completed=current + share,
-                            note=f"{stats.finished} requests done, {stats.tokens_per_s:,.0f} tok/s")
+                            note=f"{stats.finished} requests done, {stats.tokens_per_s:,.0f} tok/s served")
 
-        rows = run_sweep(plan, on_point=on_point, on_progress=on_progress)
+        rows = run_sweep(plan, costing=costing, on_point=on_point, on_progress=on_progress)
         progress.update(task, completed=len(grid), point="done", note="")
-    points = [row.curve_point() for row in rows]
+    measure = cost_measure([row.summary for row in rows], costing)
+    points = [row.curve_point(measure) for row in rows]
     knee_at = knee(points)
-    Console().print(_sweep_table(rows, knee_at, LATENCY_NAME))
+    Console().print(_sweep_table(rows, knee_at, costing))
+    print(f"curve: {measure.name}, and capacity, against {LATENCY_NAME} p50 and p99")
     print(KNEE_RULE)
+    for row in rows:
+        for why in (row.summary.get("unavailable"), row.not_modelled):
+            if why:
+                print(f"{row.point.name}: {why}")
     plot = out / "sweep.png"
-    plot_sweep(points, knee_at, plot, latency_name=LATENCY_NAME, rule=KNEE_RULE)
+    plot_sweep(points, knee_at, plot, cost_name=measure.name, latency_name=LATENCY_NAME, rule=KNEE_RULE)
     print(f"wrote {plot}; compare any two with: tickscope compare {rows[0].path} {rows[-1].path}")
     return 0
 
 
-def _sweep_table(rows, knee_at: int | None, latency_name: str):
+def _sweep_table(rows, knee_at: int | None, costing):
     """One row per grid point, narrow enough for 80 columns (the point's name says its knobs)."""
     from rich import box
     from rich.table import Table
@@ -79,16 +100,35 @@ def _sweep_table(rows, knee_at: int | None, latency_name: str):
     def num(value: float | None, fmt: str) -> str:
         return "—" if value is None else format(value, fmt)
 
-    table = Table(title=f"sweep ({latency_name} and TTFT in ms)", header_style="bold", box=box.SIMPLE_HEAD,
-                  pad_edge=False, collapse_padding=True)
-    for name in ("point", "tok/s", "p50", "p99", "TTFT p99", "batch", "active", "rejected", "", "run"):
+    def usd(value: float | None) -> str:
+        return "—" if value is None else f"{value:,.2f}" if value >= 0.01 else f"{value:.1e}"
+
+    # (column, its value in a row's summary)
+    cells = [
+        ("served", lambda s: num(s.get("served_rate_tok_s"), ",.0f")),
+        ("capacity", lambda s: num(s.get("capacity_output_tok_s"), ",.0f")),
+        ("dev ms", lambda s: ms(s.get("device_s_per_output_token"))),
+    ]
+    if costing.price is not None:
+        cells.append(("$ meas", lambda s: usd(s.get("usd_per_mtok_measured"))))
+    if costing.accelerator is not None:
+        cells.append(("$ model", lambda s: usd((s.get("accelerator") or {}).get("usd_per_mtok_modelled"))))
+    cells += [
+        ("p50", lambda s: ms(s.get("ttft_p50_s"))),
+        ("p99", lambda s: ms(s.get("ttft_p99_s"))),
+        ("batch", lambda s: num(s.get("mean_batch_seqs"), ".1f")),
+        ("rej", lambda s: str(s.get("requests_rejected", "—"))),
+    ]
+    dollars = " · $ per M output tok" if costing.price is not None or costing.accelerator is not None else ""
+    # no padding: the box's own column divider is the one space between columns, so that every column
+    # fits in 80 with both $ columns
+    title = f"sweep: output tok/s · dev ms per output tok · TTFT p50 and p99 in ms{dollars}"
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, padding=0)
+    for name in ("point", *(name for name, _ in cells), "", "run"):
         table.add_column(name, justify="left" if name in ("point", "", "run") else "right", no_wrap=True)
     for i, row in enumerate(rows):
-        s = row.summary
         table.add_row(
-            row.point.name, num(s.get("throughput_tok_s"), ".0f"), ms(s.get("e2e_p50_s")),
-            ms(s.get("e2e_p99_s")), ms(s.get("ttft_p99_s")), num(s.get("mean_batch_seqs"), ".1f"),
-            num(s.get("experts_active_frac"), ".0%"), str(s.get("requests_rejected", "—")),
+            row.point.name, *(cell(row.summary) for _, cell in cells),
             "[bold yellow]◀ knee[/]" if i == knee_at else "", "kept" if row.skipped else "new",
         )
     return table
