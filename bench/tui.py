@@ -42,7 +42,10 @@ def write_trace(path: str, ticks: int, seed: int = 0) -> int:
     """A `ticks`-long recording of a toy continuous-batching scheduler; returns requests made."""
     rng = np.random.default_rng(seed)
     config = {
-        "model": {"name": "tiny", "layers": LAYERS, "experts": EXPERTS, "top_k": TOP_K},
+        # The tiny preset's whole shape, so the cost panel draws its modelled figures too.
+        "model": {"name": "tiny", "vocab_size": 512, "hidden": 128, "layers": LAYERS, "heads": 4, "kv_heads": 2,
+                  "head_dim": 32, "routed_experts": EXPERTS, "experts": EXPERTS, "moe_intermediate": 64,
+                  "top_k": TOP_K, "shared_experts": 1, "dtype": "float32"},
         "device": {"name": "cpu"},
         "scheduler": {"policy": "continuous", "window_ms": 0, "max_seqs": 16},
         "workload": {"name": "bench-1M"},

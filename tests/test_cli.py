@@ -16,8 +16,9 @@ import tracer
 from tui.cli import main
 
 SUMMARY_KEYS = {
-    "ticks", "requests_submitted", "requests_finished", "tokens_generated", "duration_s",
-    "throughput_tok_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s",
+    "ticks", "requests_submitted", "requests_finished", "tokens_generated", "span_s",
+    "served_rate_tok_s", "device_s_per_token", "device_s_per_output_token", "capacity_tok_s",
+    "bytes_per_token", "experts_touched_per_layer", "experts_expected_uniform", "accelerator", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s",
     "mean_batch_seqs", "experts_active_frac",
 }
 
@@ -50,13 +51,15 @@ def test_summary_json_has_the_promised_figures(recorded: Path, capsys) -> None:
     assert summary["ticks"] == trace.ticks.height
     assert summary["requests_submitted"] == trace.requests.height
     assert summary["tokens_generated"] == trace.requests["output_tokens"].sum()
-    assert summary["requests_finished"] > 0 and summary["throughput_tok_s"] > 0
+    assert summary["requests_finished"] > 0 and summary["served_rate_tok_s"] > 0
+    # every token the requests got was sampled in some tick
+    assert summary["output_tokens"] == summary["tokens_generated"] == trace.ticks["sampled_tokens"].sum()
 
 
 def test_summary_table_names_the_figures(recorded: Path, capsys) -> None:
     assert main(["summary", str(recorded)]) == 0
     out = capsys.readouterr().out
-    for key in ("ticks", "throughput_tok_s", "ttft_p99_s", "experts_active_frac"):
+    for key in ("ticks", "served_rate_tok_s", "device_s_per_token", "ttft_p99_s", "experts_active_frac"):
         assert key in out
 
 

@@ -102,7 +102,7 @@ async def test_panels_show_both_recordings_and_what_differs(app, compare_pair):
         assert "scheduler.window_ms 5 → 100" in header
         delta = app.screen.query_one(DeltaPanel)
         assert delta.display  # tall enough: shown under the sides
-        assert "TPOT p50" in text_of(delta) and "B better on" in str(delta.border_subtitle)
+        assert "TPOT p50" in text_of(delta) and "cheaper per token" in text_of(delta)
 
 
 async def test_delta_table_takes_the_sides_place_on_a_small_terminal(app):

@@ -21,6 +21,7 @@ import pytest
 import tracer
 import tracer.writer
 from tracer.columns import TICK_COLUMNS
+from tracer.cost import CostUnavailable, ModelShape, measured_ticks, span_summary, tick_costs
 from tracer.pipeline import stage_ticks
 from tracer.synth import synthetic_session
 from tui.source import LiveSource, ReplaySource, decode_frame, fetch_missing
@@ -250,6 +251,11 @@ def assert_panels_agree(state: DashboardState, source: object, ref: Reference, i
     since = end[lo - 1] if lo else first_start
     want = sampled[lo : index + 1].sum() / (t - since) if t > since else 0.0
     assert state.mean_throughput(index) == pytest.approx(want), where
+    assert state.window(index) == (lo, pytest.approx(since)), where
+
+    # -- what a token costs: the tick alone, and the window ---------------------------------------
+    for first, began in ((index, prev), (lo, since)):
+        assert_cost_agrees(state.cost(first, index, began), ref, first, index, t - began, (where, first))
 
     # -- latency over the window -----------------------------------------------------------------
     arrive, first, finish = (req.get_column(c).fill_null(np.nan).to_numpy() for c in ("arrival_s", "first_token_s", "finish_s"))
@@ -319,6 +325,33 @@ def assert_panels_agree(state: DashboardState, source: object, ref: Reference, i
             assert getattr(got, f"{name}_ns") / 1e9 == pytest.approx(row[f"{name}_s"], abs=1e-9), (where, name)
     else:
         assert detail is None or detail.stages is None, where
+
+
+def assert_cost_agrees(got: dict, ref: Reference, lo: int, hi: int, span_s: float, where) -> None:
+    """The state's cost figures over tick indices lo..hi equal tracer.cost's over the same ticks of
+    `tracer.load()`; the measured ones are also recomputed here by hand."""
+    try:
+        shape = ModelShape.from_config(ref.trace.header.config)
+        costs, reason = tick_costs(ref.trace), None
+    except CostUnavailable as exc:
+        shape, costs, reason = None, measured_ticks(ref.trace), exc.reason
+    want = span_summary(costs.slice(lo, hi - lo + 1), span_s, shape, None, None, reason)
+    assert got.keys() == want.keys(), where
+    for key, value in want.items():
+        assert got[key] == (pytest.approx(value, rel=1e-9) if isinstance(value, float) else value), (where, key)
+    ticks = ref.trace.ticks.slice(lo, hi - lo + 1)
+    busy = ticks["forward_s"].to_numpy().copy()
+    devices = np.ones(len(busy))
+    for i, tick in enumerate(ticks["tick"].to_list()):
+        cells = ref.trace.stages.filter(pl.col("tick") == tick)
+        if cells.height:  # pipelined: the modelled makespan, on one device per stage
+            busy[i] = cells["modelled_end_s"].max() - cells["modelled_start_s"].min()
+            devices[i] = cells["stage"].n_unique()
+    processed = (ticks["prefill_tokens"] + ticks["decode_tokens"]).sum()
+    if processed:
+        assert got["device_s_per_token"] == pytest.approx((busy * devices).sum() / processed), where
+        assert got["capacity_tok_s"] == pytest.approx(processed / busy.sum()), where
+    assert got["served_rate_tok_s"] == pytest.approx(ticks["sampled_tokens"].sum() / span_s), where
 
 
 def assert_expert_figures(stats, stack: np.ndarray, where) -> None:

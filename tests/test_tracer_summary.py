@@ -36,8 +36,8 @@ def test_headline_figures():
     s = summarize(trace_with())
     assert s["ticks"] == 10 and s["mean_batch_seqs"] == pytest.approx(6.5)
     assert (s["requests_submitted"], s["requests_finished"], s["requests_rejected"], s["requests_cancelled"]) == (4, 3, 1, 0)
-    assert s["tokens_generated"] == 21 and s["duration_s"] == pytest.approx(1.0)
-    assert s["throughput_tok_s"] == pytest.approx(21.0)
+    assert s["tokens_generated"] == 21 and s["span_s"] == pytest.approx(1.0)
+    assert s["served_rate_tok_s"] == pytest.approx(10.0)  # the ticks' sampled tokens over the span
     assert s["ttft_p50_s"] == pytest.approx(0.010)
     # TPOT exists only for the two multi-token requests: 0.01 and 0.05 s per token.
     assert s["tpot_p50_s"] == pytest.approx(0.03) and s["tpot_p99_s"] == pytest.approx(0.0496)
@@ -65,7 +65,7 @@ def test_goodput_counts_requests_meeting_every_slo(slo, good):
 def test_empty_trace_summary_is_json_safe():
     s = summarize(from_events(SessionHeader(0, 0), []))
     json.dumps(s, allow_nan=False)
-    assert s["ticks"] == 0 and s["throughput_tok_s"] is None and s["ttft_p50_s"] is None
+    assert s["ticks"] == 0 and s["served_rate_tok_s"] is None and s["ttft_p50_s"] is None
 
 
 def test_summary_table_renders_every_figure():
@@ -74,6 +74,6 @@ def test_summary_table_renders_every_figure():
     console = Console(width=100, record=True)
     console.print(summary_table(s))
     text = console.export_text()
-    for key in ("throughput_tok_s", "goodput_req_s", "expert_imbalance_per_layer"):
+    for key in ("served_rate_tok_s", "goodput_req_s", "expert_imbalance_per_layer"):
         assert key in text
     assert "ms" in text and "tok/s" in text

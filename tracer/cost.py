@@ -43,6 +43,7 @@ always present and a figure without data is None:
     capacity_tok_s               processed tokens per busy second
     capacity_output_tok_s        output tokens per busy second
     served_rate_tok_s            output tokens per second of span: the offered load when open-loop
+                                 (a trace without ticks: the requests' output tokens)
     price_usd_per_hour           $ per device-hour the measured cost uses (the caller's `price`)
     usd_per_mtok_measured        $ per million output tokens: device_s x price / 3600 / output x 1e6
     bytes_per_token              bytes read per processed token (weights + KV)
@@ -386,10 +387,16 @@ def tick_costs(trace: Trace, accelerator: Accelerator | None = None) -> pl.DataF
     Expert and byte columns are null for a tick without an expert-load event.
     Raises CostUnavailable when the header has no model shape."""
     shape = ModelShape.from_config(trace.header.config)
-    costs = measured_ticks(trace)
+    return modelled_columns(measured_ticks(trace), trace.ticks.get_column("kv_used").to_numpy(),
+                            _distinct_per_tick(trace), shape, accelerator)
+
+
+def modelled_columns(costs: pl.DataFrame, kv_used: np.ndarray, distinct: np.ndarray, shape: ModelShape,
+                     accelerator: Accelerator | None = None) -> pl.DataFrame:
+    """`measured_ticks`' columns (or the same built from a dashboard's own), with the modelled ones
+    of `tick_costs` added from each tick's KV use and distinct experts summed over layers (NaN: not
+    known)."""
     processed = costs.get_column("processed_tokens").to_numpy()
-    kv_used = trace.ticks.get_column("kv_used").to_numpy()
-    distinct = _distinct_per_tick(trace)
     weights, kv = shape.weight_bytes(processed, distinct), shape.kv_bytes(kv_used)
     nbytes = weights + kv
     flops = shape.flops(processed, costs.get_column("output_tokens").to_numpy(), kv_used)
@@ -515,4 +522,8 @@ def cost_summary(trace: Trace, accelerator: Accelerator | None = None, price: fl
         reason = None
     except CostUnavailable as exc:
         shape, costs, reason = None, measured_ticks(trace), exc.reason
-    return span_summary(costs, span_s, shape, accelerator, price, NO_TICKS if trace.ticks.height == 0 else reason)
+    if trace.ticks.height == 0:  # a client-side trace: the requests still tell what was served
+        summary = span_summary(costs, span_s, shape, accelerator, price, NO_TICKS)
+        summary["served_rate_tok_s"] = _ratio(trace.requests.get_column("output_tokens").sum(), span_s)
+        return summary
+    return span_summary(costs, span_s, shape, accelerator, price, reason)

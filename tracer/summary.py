@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 from rich.table import Table
 
+from tracer.cost import Accelerator, cost_summary
 from tracer.experts import LoadFigures, load_figures
 from tracer.frames import Trace
 from tracer.pipeline import bubble_share, timeline_kind
@@ -33,18 +34,6 @@ def _safe(v: Any) -> Any:
     return v
 
 
-def _span(trace: Trace) -> tuple[float, float] | None:
-    """First and last moments anything happened (ticks, arrivals, finishes), in seconds."""
-    times = [c for c in (
-        _col(trace.ticks, "start_s"), _col(trace.ticks, "end_s"),
-        _col(trace.requests, "arrival_s"), _col(trace.requests, "finish_s"),
-    ) if len(c)]
-    if not times:
-        return None
-    allt = np.concatenate(times)
-    return float(allt.min()), float(allt.max())
-
-
 def expert_stats(trace: Trace) -> LoadFigures:
     """Expert load figures over every (tick, layer) cell of the recording (see tracer/experts.py)."""
     if trace.expert_load is not None:
@@ -58,13 +47,17 @@ def expert_stats(trace: Trace) -> LoadFigures:
     return load_figures(stacks)
 
 
-def summarize(trace: Trace) -> dict[str, Any]:
-    """The session's headline figures as one JSON-safe dict (None where a figure has no data)."""
+def summarize(trace: Trace, accelerator: Accelerator | None = None, price: float | None = None) -> dict[str, Any]:
+    """The session's headline figures as one JSON-safe dict (None where a figure has no data).
+
+    What a token costs comes first (tracer/cost.py's keys: measured on the recording's device, and
+    modelled on `accelerator` when one is given; `price` in $ per device-hour), then latency,
+    requests, expert load and the pipeline. Rates are over the recording's span (`span_s`).
+    """
+    cost = cost_summary(trace, accelerator, price)
+    span = cost["span_s"] or 0.0
     req = trace.requests
     finished = req.filter(pl.col("status") == "finished")
-    span = _span(trace)
-    duration = span[1] - span[0] if span else 0.0
-    tokens = int(req.get_column("output_tokens").sum() or 0)
     ttft, tpot, e2e = (_col(finished, c) for c in ("ttft_s", "tpot_s", "e2e_s"))
     queue_wait = _col(req, "queue_wait_s")
     experts = expert_stats(trace)
@@ -82,27 +75,25 @@ def summarize(trace: Trace) -> dict[str, Any]:
 
     seqs = trace.ticks.get_column("seqs")
     summary = {
-        "ticks": trace.ticks.height,
+        **cost,
+        "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
+        "tpot_p50_s": _pct(tpot, 50), "tpot_p99_s": _pct(tpot, 99),
+        "itl_p50_s": _pct(trace.itl_s, 50), "itl_p99_s": _pct(trace.itl_s, 99),
+        "e2e_p50_s": _pct(e2e, 50), "e2e_p99_s": _pct(e2e, 99),
+        "queue_wait_p50_s": _pct(queue_wait, 50), "queue_wait_p99_s": _pct(queue_wait, 99),
+        "slo": {k: slo[k] for k in ("ttft_s", "tpot_s", "e2e_s") if isinstance(slo, dict) and k in slo},
+        "goodput_req_s": good.height / span if span > 0 else None,
         "requests_submitted": req.height,
         "requests_finished": finished.height,
         "requests_rejected": status("rejected"),
         "requests_cancelled": status("cancelled"),
         "requests_unfinished": int(req.get_column("status").is_null().sum()),
         "preemptions": int(req.get_column("preemptions").sum() or 0),
-        "tokens_generated": tokens,
-        "duration_s": duration,
-        "throughput_tok_s": tokens / duration if duration > 0 else None,
-        "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
-        "tpot_p50_s": _pct(tpot, 50), "tpot_p99_s": _pct(tpot, 99),
-        "itl_p50_s": _pct(trace.itl_s, 50), "itl_p99_s": _pct(trace.itl_s, 99),
-        "e2e_p50_s": _pct(e2e, 50), "e2e_p99_s": _pct(e2e, 99),
-        "queue_wait_p50_s": _pct(queue_wait, 50), "queue_wait_p99_s": _pct(queue_wait, 99),
+        "tokens_generated": int(req.get_column("output_tokens").sum() or 0),  # as the requests tell it
         "mean_batch_seqs": float(seqs.mean()) if len(seqs) else None,
         "experts_active_frac": experts.active_share,
         "expert_imbalance": experts.imbalance,
         "expert_imbalance_per_layer": experts.imbalance_per_layer,
-        "slo": {k: slo[k] for k in ("ttft_s", "tpot_s", "e2e_s") if isinstance(slo, dict) and k in slo},
-        "goodput_req_s": good.height / duration if duration > 0 else None,
         # idle stage-time (warmup + drain + bubbles) over stage-time; see tracer/pipeline.py
         "bubble_share": bubble_share(trace.stages),
         "stage_timeline": timeline_kind(trace.stages),  # "modelled" on one device, "measured" across ranks
@@ -112,7 +103,31 @@ def summarize(trace: Trace) -> dict[str, Any]:
     return _safe(summary)
 
 
-_UNITS = (("_tok_s", "tok/s"), ("_req_s", "req/s"), ("_s", "s"))
+# The table's sections, each opened by the first of its keys (the JSON stays flat).
+_SECTIONS = {
+    "ticks": "what a token costs (measured on the recording's device)",
+    "bytes_per_token": "what a token costs (modelled from the trace: machine-independent)",
+    "accelerator": "what a token costs on another accelerator (modelled)",
+    "ttft_p50_s": "latency each user pays",
+    "requests_submitted": "requests",
+    "experts_active_frac": "expert load",
+    "bubble_share": "pipeline",
+    "events_dropped": "trace",
+}
+_UNITS = (
+    ("_bytes_s", "B/s"), ("_flop_s", "FLOP/s"), ("bytes_per_token", "B/tok"), ("flops_per_token", "FLOP/tok"),
+    ("arithmetic_intensity", "FLOP/B"), ("_tok_s", "tok/s"), ("_req_s", "req/s"),
+)
+_SHARES = ("utilization", "_frac", "_share")
+_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"))
+
+
+def _si(value: float, unit: str) -> str:
+    """`value` with an SI prefix and 3 significant digits: 1.72e5 B/tok -> "172 kB/tok"."""
+    scale, prefix = next(((s, p) for s, p in _PREFIXES if abs(value) >= s), _PREFIXES[-1])
+    if unit in ("tok/s", "req/s", "") and scale < 1:  # rates and counts read better as plain decimals
+        scale, prefix = 1.0, ""
+    return f"{value / scale:.3g} {prefix}{unit}".strip()
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -123,18 +138,36 @@ def _fmt(key: str, value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items()) or "—"
     if isinstance(value, float):
-        if key.endswith("_s") and not key.endswith(("_tok_s", "_req_s")) and abs(value) < 1:
-            return f"{value * 1000:.2f} ms"
-        unit = next((u for suffix, u in _UNITS if key.endswith(suffix)), "")
-        return f"{value:,.3g} {unit}".strip() if abs(value) < 1000 else f"{value:,.0f} {unit}".strip()
+        if key.endswith(_SHARES):
+            return f"{value:.1%}"
+        if "usd_" in key:
+            return f"${value:,.2f}" + ("/Mtok" if "mtok" in key else "/h") if value >= 0.01 else f"${value:.2g}/Mtok"
+        unit = next((u for suffix, u in _UNITS if suffix in key), "")
+        if not unit and ("_s_per_" in key or key.endswith("_s")):  # seconds, or seconds per token
+            unit = "s/tok" if "_per_" in key else "s"
+        return _si(value, unit) if abs(value) < 1000 or unit != "tok/s" else f"{value:,.0f} tok/s"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def summary_table(summary: dict[str, Any], title: str | None = "session summary") -> Table:
-    """The summary as a two-column rich table, units spelled out."""
+    """The summary as a two-column rich table in sections, units spelled out. A modelled
+    accelerator's figures get rows of their own, labelled with its name."""
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in summary.items():
+        if key in _SECTIONS:
+            table.add_section()
+            table.add_row(f"[bold]{_SECTIONS[key]}[/]", "")
+        if key == "accelerator":
+            if value is None:
+                table.add_row("accelerator", "— (--accelerator NAME)")
+                continue
+            for sub, v in value.items():
+                if sub not in ("name", "label"):
+                    table.add_row(f"{value['name']} {sub}", _fmt(sub, v))
+            continue
+        if key == "unavailable" and value is None:
+            continue
         table.add_row(key, _fmt(key, value))
     return table

@@ -15,6 +15,7 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 import tracer
+from tracer.cost import Accelerator
 from tracer.events import MarkEvent
 
 from tui.gc_tuning import GcTuning
@@ -78,11 +79,13 @@ class TickscopeApp(App[None]):
     heat_span: var[int] = var(1)
     status: var[str] = var("loading")
 
-    def __init__(self, source: Source, mode: str, *, autoplay: bool = True) -> None:
+    def __init__(self, source: Source, mode: str, *, autoplay: bool = True,
+                 accelerator: Accelerator | None = None, price: float | None = None) -> None:
         super().__init__()
         self.source = source
         self.mode = mode
         self.state = DashboardState()
+        self.state.accelerator, self.state.price = accelerator, price  # what-if costing (cost panel)
         self.autoplay = autoplay
         self.dashboard = DashboardScreen()
         self._chunk_slots = threading.Semaphore(CHUNKS_IN_FLIGHT)
@@ -397,17 +400,20 @@ class TickscopeApp(App[None]):
         return experts, stages
 
 
-def run_dashboard(path: str, mode: str, *, on_quit: Callable[[], None] | None = None) -> None:
+def run_dashboard(path: str, mode: str, *, on_quit: Callable[[], None] | None = None,
+                  costing: Callable[[dict], tuple[Accelerator | None, float | None]] | None = None) -> None:
     """Open `path` ("live": follow it as it grows; "replay": play it back) in the dashboard.
 
     The source is opened before the terminal is taken over, so a missing or malformed file
     raises `TraceFormatError` / `OSError` (or `ValueError` for an unknown mode) for the command
     line to print as one line. `on_quit` runs after the app has exited and the terminal is back,
-    however it exited (the demo uses it to stop its recording).
+    however it exited (the demo uses it to stop its recording). `costing` turns the header's
+    configuration into the accelerator and price the cost panel models (and may refuse them).
     """
     source = open_source(path, mode)
     try:
-        TickscopeApp(source, mode).run()
+        accelerator, price = costing(source.header.config) if costing and source.header else (None, None)
+        TickscopeApp(source, mode, accelerator=accelerator, price=price).run()
     finally:
         source.close()
         if on_quit is not None:

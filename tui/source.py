@@ -31,7 +31,8 @@ from tracer.framing import read_frame
 from tracer.index import TraceIndex
 from tracer.limits import MAX_BIN_LEN
 from tracer.columns import TICK_COLUMNS, tick_seconds
-from tui.state import LATENCY_WINDOW_S, DashboardState, Detail, FrameData, frame_from_events
+from tracer.cost import distinct_experts
+from tui.state import LATENCY_WINDOW_S, DashboardState, Detail, FrameData, frame_from_events, request_block
 
 # A poll of the background loader stops after this long, so the UI gets the rows in small steps
 # (and stays responsive while a million-tick file loads).
@@ -82,8 +83,9 @@ class Source(Protocol):
 def decode_frame(
     payload: bytes, t0_ns: int, frame: int = -1, *, detail: bool, requests: bool = True
 ) -> FrameData:
-    """One events frame as FrameData, the fast way: tick rows straight into an array, and expert
-    and stage events (the bulk of a frame) decoded only when `detail` is asked for. Without
+    """One events frame as FrameData, the fast way: tick rows straight into an array, expert and
+    stage events (the bulk of a frame) as whole-frame arrays, from which each tick's distinct experts
+    and busy time are taken, kept as per-tick detail only when `detail` is asked for. Without
     `requests`, request and mark events are skipped too (a seek into a frame whose rows the
     state already has needs only its detail). Batch events are never decoded: the dashboard
     does not show them.
@@ -115,13 +117,16 @@ def decode_frame(
         raise TraceFormatError("tick event: malformed fields") from None
     if raw.dtype.kind != "i" or raw.ndim != 2:  # strings, floats, or integers past int64
         raise TraceFormatError("tick event: expected integers")
-    bulk: dict[int, Detail] = {}
-    if detail:
-        # What the fast path cannot take (an irregular frame) goes through decode_event.
-        others += _bulk_detail(experts, EXPERTS, bulk) + _bulk_detail(stages, STAGE, bulk)
+    bulk = FrameData(raw[:0].astype(np.float64), request_block((), 0))
+    # What the fast path cannot take (an irregular frame) goes through decode_event.
+    others += _bulk_detail(experts, EXPERTS, bulk, detail) + _bulk_detail(stages, STAGE, bulk, detail)
     events = [ev for ev in map(decode_event, others) if ev is not None]
     data = frame_from_events(events, t0_ns, frame)
-    data.details.update(bulk)
+    if not detail:
+        data.details.clear()
+    data.details.update(bulk.details)
+    data.distinct.update(bulk.distinct)
+    data.busy.update(bulk.busy)
     data.ticks = tick_seconds(raw, t0_ns)
     data.find_partial()
     data.has_stages = data.has_stages or bool(stages)
@@ -164,12 +169,12 @@ def tick_detail(data: FrameData | None, tick: int) -> tuple[np.ndarray | None, S
     return (detail.experts, detail.stages) if detail is not None else None
 
 
-def _bulk_detail(group: list[Any], code: int, details: dict[int, Detail]) -> list[Any]:
-    """Expert (or stage) events of one frame decoded as one array instead of one by one, into
-    `details`. Only the regular case (every event with one shape, well-formed) takes this path;
-    otherwise the events are returned for `decode_event` to decode, or to say what is wrong.
-    The checks run as builtins over whole columns: per-event Python here costs more than the
-    decoding it saves.
+def _bulk_detail(group: list[Any], code: int, into: FrameData, keep: bool) -> list[Any]:
+    """Expert (or stage) events of one frame decoded as one array instead of one by one: each
+    tick's distinct experts (or busy time) into `into`, and with `keep` its arrays as detail.
+    Only the regular case (every event with one shape, well-formed) takes this path; otherwise the
+    events are returned for `decode_event` to decode, or to say what is wrong. The checks run as
+    builtins over whole columns: per-event Python here costs more than the decoding it saves.
     """
     if not group:
         return []
@@ -194,12 +199,18 @@ def _bulk_detail(group: list[Any], code: int, details: dict[int, Detail]) -> lis
         return group
     # One copy for the whole frame: the per-tick arrays are views of it, not of the payload.
     arrays = np.frombuffer(b"".join(blobs), dtype).reshape(len(group), n_arrays, *shape)
-    for i, (tick, it) in enumerate(zip(ticks, group)):
-        d = details.setdefault(tick, Detail())
-        if code == EXPERTS:
-            d.experts = arrays[i, 0]
-        else:
-            d.stages = StageEvent(tick, *arrays[i], modelled=it[7])
+    if code == EXPERTS:
+        into.distinct.update(zip(ticks, distinct_experts(arrays[:, 0]).sum(axis=1).tolist()))
+    elif arrays.size:
+        makespan = (arrays[:, 3].max(axis=(1, 2)) - arrays[:, 2].min(axis=(1, 2))) / 1e9
+        into.busy.update(zip(ticks, zip(makespan.tolist(), [shape[0]] * len(ticks))))
+    if keep:
+        for i, (tick, it) in enumerate(zip(ticks, group)):
+            d = into.details.setdefault(tick, Detail())
+            if code == EXPERTS:
+                d.experts = arrays[i, 0]
+            else:
+                d.stages = StageEvent(tick, *arrays[i], modelled=it[7])
     return []
 
 

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
+import polars as pl
 
 from tracer.columns import TICK_COLUMNS, tick_seconds
+from tracer.cost import Accelerator, CostUnavailable, ModelShape, distinct_experts, modelled_columns, span_summary
 from tracer.experts import load_figures
 from tracer.events import (
     TICK_FIELDS,
@@ -46,6 +48,10 @@ DIRTY_LOG = 256
 # Per-tick series derived from the tick columns, kept as columns of their own and updated for the
 # rows each ingest touches (a pass over a million ticks per frame is what made loading stutter).
 DERIVED_COLUMNS = ("throughput", "batch_tokens")
+# Per-tick figures what a token costs needs, from a tick's expert and stage events (which may come
+# in a later block than its tick event): busy seconds (the forward time, or a pipelined tick's
+# modelled makespan), devices kept busy (1, or one per stage), distinct experts over all layers.
+COST_COLUMNS = ("busy_s", "devices", "distinct_experts")
 
 
 class Columns:
@@ -102,7 +108,7 @@ class Columns:
 
 REQUEST_COLUMNS = (
     "request", "arrive_s", "admit_s", "first_token_s", "finish_s", "prompt_tokens",
-    "output_tokens", "status", "preempts",
+    "output_tokens", "status", "preempts", "arrive_read",
 )  # fmt: skip
 
 # Request status codes in the numeric request table (NaN times mean "not yet").
@@ -164,11 +170,16 @@ class FrameData:
     # Ticks whose tick event came in an earlier block: what `details` holds of them is only the
     # rest of their detail (a frame, or a poll, may end between a tick's events).
     partial: set[int] = field(default_factory=set)
+    # What a token costs needs of every tick, not only those whose detail is held: its distinct
+    # active experts (summed over layers) and, for a pipelined tick, its busy time (the modelled
+    # makespan) and devices (one per stage), by tick number.
+    distinct: dict[int, int] = field(default_factory=dict)
+    busy: dict[int, tuple[float, int]] = field(default_factory=dict)
 
     def detail_only(self) -> FrameData:
         """The same block with only its detail: for ticks whose rows the state already has."""
         return FrameData(self.ticks[:0], request_block((), 0), details=self.details, has_stages=self.has_stages,
-                         partial=self.partial)
+                         partial=self.partial, distinct=self.distinct, busy=self.busy)
 
     def find_partial(self) -> None:
         self.partial = set(self.details).difference(self.ticks[:, 0].tolist())
@@ -180,6 +191,8 @@ def frame_from_events(events: Iterable[Any], t0_ns: int, frame: int = -1) -> Fra
     requests: list[RequestEvent] = []
     marks: list[MarkEvent] = []
     details: dict[int, Detail] = {}
+    distinct: dict[int, int] = {}
+    busy: dict[int, tuple[float, int]] = {}
     has_stages = False
     for ev in events:
         if isinstance(ev, TickEvent):
@@ -189,13 +202,18 @@ def frame_from_events(events: Iterable[Any], t0_ns: int, frame: int = -1) -> Fra
         elif isinstance(ev, ExpertsEvent):
             # A copy: a view of the decoded frame would keep its whole payload in memory.
             details.setdefault(ev.tick, Detail()).experts = np.array(ev.counts)
+            distinct[ev.tick] = int(distinct_experts(ev.counts).sum())
         elif isinstance(ev, StageEvent):
             has_stages = True
             details.setdefault(ev.tick, Detail()).stages = ev
+            if ev.modelled_start_ns.size:
+                makespan = int(ev.modelled_end_ns.max()) - int(ev.modelled_start_ns.min())
+                busy[ev.tick] = (makespan / NS, ev.modelled_start_ns.shape[0])
         elif isinstance(ev, MarkEvent):
             marks.append(ev)
     raw = np.array(ticks, dtype=np.int64).reshape(-1, len(TICK_FIELDS))
-    data = FrameData(tick_seconds(raw, t0_ns), request_block(requests, t0_ns), marks, details, has_stages, frame)
+    data = FrameData(tick_seconds(raw, t0_ns), request_block(requests, t0_ns), marks, details, has_stages, frame,
+                     distinct=distinct, busy=busy)
     data.find_partial()
     return data
 
@@ -401,6 +419,14 @@ class DashboardState:
         self.header: SessionHeader | None = None
         self.ticks = Columns(TICK_COLUMNS, np.float64)
         self._derived = Columns(DERIVED_COLUMNS, np.float64)
+        self._cost = Columns(COST_COLUMNS, np.float64)
+        self._model: tuple[ModelShape | None, str | None] | None = None  # from the header, on first use
+        # What-if costing on another accelerator (modelled), and $ per device-hour: the user's choice.
+        self.accelerator: Accelerator | None = None
+        self.price: float | None = None
+        # Figures of ticks whose rows are not in place yet, by tick number.
+        self._pending_distinct: dict[int, int] = {}
+        self._pending_busy: dict[int, tuple[float, int]] = {}
         self.requests = Columns(REQUEST_COLUMNS, np.float64)
         self._request_row: dict[int, int] = {}
         self._token_us: dict[int, np.ndarray] = {}  # request -> µs since arrival, as recorded
@@ -424,6 +450,7 @@ class DashboardState:
 
     def set_header(self, header: SessionHeader) -> None:
         self.header = header
+        self._model = None
 
     @property
     def t0_ns(self) -> int:
@@ -443,6 +470,7 @@ class DashboardState:
         total = int(rows.sum())
         self.ticks.fill(total, np.nan)
         self._derived.fill(total, np.nan)
+        self._cost.fill(total, np.nan)
         if total == 0:
             self._changed(0, 0)
             return
@@ -479,19 +507,26 @@ class DashboardState:
             elif tick in self._detail:  # the rest of a tick held already; alone it would pass for all
                 self._put_detail(tick, detail)
         self.has_stages = self.has_stages or data.has_stages
+        self._pending_distinct.update(data.distinct)
+        self._pending_busy.update(data.busy)
         if data.frame >= 0 and self.laid_out:
             if data.frame >= len(self._frame_loaded) or self._frame_loaded[data.frame]:
+                self._place_cost_figures()
                 return
             self._frame_loaded[data.frame] = True
             row0, n = int(self._frame_row0[data.frame]), int(self._frame_rows[data.frame])
             ticks = data.ticks[:n]
             self.ticks.put(slice(row0, row0 + len(ticks)), ticks)
+            self._start_cost(row0, row0 + len(ticks))
             # The next row's throughput counts from this frame's last tick: it changes too.
             self._derive(row0, row0 + len(ticks) + 1)
         elif len(data.ticks):
             rows = self.ticks.extend(data.ticks)
             self._derived.resize(self.ticks.size)
+            self._cost.resize(self.ticks.size)
+            self._start_cost(rows.start, rows.stop)
             self._derive(rows.start, rows.stop)
+        self._place_cost_figures()
         self.marks.extend(data.marks)
         self._apply_requests(data.requests)
 
@@ -517,6 +552,30 @@ class DashboardState:
         self._derived.col("throughput")[lo:hi] = col("sampled_tokens")[lo:hi] / span
         self._derived.col("batch_tokens")[lo:hi] = col("prefill_tokens")[lo:hi] + col("decode_tokens")[lo:hi]
         self._changed(lo, hi)
+
+    def _start_cost(self, lo: int, hi: int) -> None:
+        """Rows lo..hi-1 just placed: busy for their forward time on one device, until a stage
+        event says otherwise; distinct experts unknown until their expert event is read."""
+        self._cost.col("busy_s")[lo:hi] = self.ticks.col("forward_s")[lo:hi]
+        self._cost.col("devices")[lo:hi] = 1
+        self._cost.col("distinct_experts")[lo:hi] = np.nan
+
+    def _place_cost_figures(self) -> None:
+        """Write the pending figures of ticks whose rows are in place; keep the rest for later."""
+        for pending, names in ((self._pending_distinct, ("distinct_experts",)), (self._pending_busy, ("busy_s", "devices"))):
+            if not pending or self.n_ticks == 0:
+                continue
+            ticks = np.fromiter(pending, np.float64, len(pending))
+            column = self.ticks.col("tick")
+            rows = np.searchsorted(column, ticks).clip(max=self.n_ticks - 1)
+            placed = column[rows] == ticks
+            if self.laid_out:
+                placed &= self._frame_loaded[np.searchsorted(self._frame_row0, rows, side="right") - 1]
+            values = np.array(list(pending.values()), dtype=np.float64).reshape(len(ticks), -1)
+            for i, name in enumerate(names):
+                self._cost.col(name)[rows[placed]] = values[placed, i]
+            for tick in ticks[placed].tolist():
+                del pending[int(tick)]
 
     def _changed(self, lo: int, hi: int) -> None:
         self._version += 1
@@ -559,7 +618,7 @@ class DashboardState:
         if new:
             fresh = np.full((len(new), len(REQUEST_COLUMNS)), np.nan)
             fresh[:, 0] = new
-            fresh[:, 5:] = 0  # prompt, output, status, preempts
+            fresh[:, 5:] = 0  # prompt, output, status, preempts, arrive_read
             self.requests.extend(fresh)
         col = self.requests.col
         phase, t = block.phase, block.t_s
@@ -568,6 +627,7 @@ class DashboardState:
         for code, name in ((ARRIVE, "arrive_s"), (FIRST_TOKEN, "first_token_s")):
             m = phase == code
             col(name)[rows[m]] = t[m]
+        col("arrive_read")[rows[phase == ARRIVE]] = 1
         finish = phase == FINISH
         col("finish_s")[rows[finish]] = t[finish]
         # Admissions and preemptions carry the tokens generated so far, which only grow: the
@@ -683,18 +743,55 @@ class DashboardState:
             held.version = self._version
         return Series(held.lo, held.hi, cursor_bucket(held.edges, upto, self.n_ticks), held.peak)
 
-    def mean_throughput(self, upto: int, window_s: float = LATENCY_WINDOW_S) -> float:
-        """Generated tokens per second over the window ending at tick `upto` (ticks read so far)."""
-        if self.n_ticks == 0:
-            return 0.0
+    def window(self, upto: int, window_s: float = LATENCY_WINDOW_S) -> tuple[int, float]:
+        """The first tick index of the `window_s` of recording ending with tick `upto`, and when that
+        window began: the end of the tick before it (the first tick's start less its wait)."""
         end = self.ticks.col("end_s")
-        t = end[upto]
-        lo = int(np.searchsorted(end, t - window_s, side="right"))
-        tokens = np.nansum(self.ticks.col("sampled_tokens")[lo : upto + 1])
+        lo = int(np.searchsorted(end, end[upto] - window_s, side="right"))
         start = end[lo - 1] if lo > 0 else self.ticks.col("start_s")[0] - self.ticks.col("wait_s")[0]
         if not np.isfinite(start):  # the first tick's wait is not read yet
             start = self.ticks.col("start_s")[0]
+        return lo, float(start)
+
+    def mean_throughput(self, upto: int, window_s: float = LATENCY_WINDOW_S) -> float:
+        """Sampled tokens per second over the window ending at tick `upto` (ticks read so far)."""
+        if self.n_ticks == 0:
+            return 0.0
+        lo, start = self.window(upto, window_s)
+        t = self.time_at(upto)
+        tokens = np.nansum(self.ticks.col("sampled_tokens")[lo : upto + 1])
         return float(tokens / (t - start)) if t > start else 0.0
+
+    def cost(self, lo: int, upto: int, start_s: float) -> dict[str, Any]:
+        """What a token cost over tick indices lo..upto (those read so far), from `start_s` to the end
+        of `upto`: tracer.cost's span figures, modelled on `self.accelerator` when one is set."""
+        model, reason = self.cost_model()
+        rows = slice(lo, upto + 1)
+        tick = self.ticks.col
+        read = np.isfinite(tick("sampled_tokens")[rows])
+        measured = pl.DataFrame({
+            "tick": tick("tick")[rows][read].astype(np.int64),
+            "start_s": tick("start_s")[rows][read],
+            "end_s": tick("end_s")[rows][read],
+            "busy_s": self._cost.col("busy_s")[rows][read],
+            "devices": self._cost.col("devices")[rows][read].astype(np.int64),
+            "processed_tokens": (tick("prefill_tokens")[rows] + tick("decode_tokens")[rows])[read].astype(np.int64),
+            "output_tokens": tick("sampled_tokens")[rows][read].astype(np.int64),
+        })
+        if model is not None:
+            distinct = self._cost.col("distinct_experts")[rows][read]
+            measured = modelled_columns(measured, tick("kv_used")[rows][read], distinct, model, self.accelerator)
+        span = self.time_at(upto) - start_s
+        return span_summary(measured, span if span > 0 else None, model, self.accelerator, self.price, reason)
+
+    def cost_model(self) -> tuple[ModelShape | None, str | None]:
+        """The recording's model shape for the modelled figures, or why there is none."""
+        if self._model is None:
+            try:
+                self._model = (ModelShape.from_config(self.header.config if self.header else {}), None)
+            except CostUnavailable as exc:
+                self._model = (None, exc.reason)
+        return self._model
 
     def latency(self, upto: int, window_s: float = LATENCY_WINDOW_S) -> LatencyStats:
         """TTFT and TPOT percentiles of requests whose first token / finish fell in the window."""
@@ -704,10 +801,11 @@ class DashboardState:
         finish = self.requests.col("finish_s")
         out = self.requests.col("output_tokens")
         with np.errstate(invalid="ignore"):
-            seen_first = first <= t
+            # A request whose arrival is not read yet (a replay still loading) has no TTFT yet.
+            seen_first = (first <= t) & (self.requests.col("arrive_read") > 0)
             in_window = seen_first & (first > t - window_s)
             ttft = first[in_window] - arrive[in_window]
-            finished = (finish <= t) & (out > 1) & seen_first
+            finished = (finish <= t) & (out > 1) & (first <= t)
             done = finished & (finish > t - window_s)
             tpot = (finish[done] - first[done]) / (out[done] - 1)
             ttft_all = first[seen_first] - arrive[seen_first]
@@ -756,13 +854,13 @@ class DashboardState:
     def _request_as_of(self, row: int, t: float) -> RequestRow:
         c = {name: float(self.requests.col(name)[row]) for name in REQUEST_COLUMNS}
         request = int(c["request"])
-        ttft = c["first_token_s"] - c["arrive_s"] if c["first_token_s"] <= t else None
+        ttft = c["first_token_s"] - c["arrive_s"] if c["first_token_s"] <= t and c["arrive_read"] else None
         tpot = None
         out: int | None = None
         if c["finish_s"] <= t:
             state = STATUS_NAMES.get(int(c["status"]), "finished") or "finished"
             out = int(c["output_tokens"])
-            if out > 1 and ttft is not None:
+            if out > 1 and c["first_token_s"] <= t:
                 tpot = (c["finish_s"] - c["first_token_s"]) / (out - 1)
         else:
             if c["first_token_s"] <= t:

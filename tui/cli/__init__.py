@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("replay", cmd_replay, "replay a recorded trace in the dashboard")
     p.add_argument("file")
+    add_cost_options(p)
 
     p = verb("compare", cmd_compare, "two recordings side by side, or a report of how they differ")
     p.add_argument("a", help="trace A (the baseline)")
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     p.add_argument("--compact", action="store_true", help="with --json: on one line")
+    add_cost_options(p)
 
     p = verb("export", cmd_export, "export a trace for other tools")
     p.add_argument("file")

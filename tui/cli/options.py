@@ -111,6 +111,50 @@ def add_recording_options(p: argparse.ArgumentParser, *, workload: str | None) -
     batching.add_argument("--micro-batch-size", type=positive_int, metavar="N", help="sequences per micro-batch: the count follows the batch")
 
 
+positive_price = _checked(float, "a price in dollars per hour", lambda v: v > 0, "a positive price in dollars per hour")
+
+
+def add_cost_options(p: argparse.ArgumentParser) -> None:
+    """What-if costing of a recording's ticks (summary, compare, sweep, replay)."""
+    p.add_argument("--accelerator", metavar="NAME",
+                   help="also cost the recording's very ticks (same batches, same expert activations) on this "
+                        "accelerator, labelled modelled: H100-SXM, H200, A100-80GB, L40S, MI300X, this-device, or "
+                        "one from the TOML file in $TICKSCOPE_ACCELERATORS")
+    p.add_argument("--price", type=positive_price, metavar="USD_PER_HOUR",
+                   help="dollars per device-hour: prices the measured device time, and replaces the accelerator's "
+                        "default price")
+
+
+def cost_options(args: argparse.Namespace, config: dict) -> tuple[object | None, float | None]:
+    """The accelerator (None without --accelerator) and the price the options ask for, for the one
+    recording whose header `config` is given; an unknown or malformed profile, or `this-device` on a
+    recording without a device probe, is a CommandError (one line: the known names, or why)."""
+    from tracer.cost import AcceleratorError, CostUnavailable, accelerator
+
+    price = getattr(args, "price", None)
+    name = getattr(args, "accelerator", None)
+    if name is None:
+        return None, price
+    try:
+        return accelerator(name, config, usd_per_hour=price), price
+    except AcceleratorError as error:
+        raise CommandError(str(error)) from None
+    except CostUnavailable as error:
+        raise CommandError(f"--accelerator {name}: {error.reason}") from None
+
+
+def costing_options(args: argparse.Namespace):
+    """The `Costing` --accelerator and --price ask for, for verbs over several recordings (compare,
+    sweep): the name is checked now, before anything is read or recorded; `this-device` is each
+    recording's own probe, and a recording without one says so in its figures."""
+    from tracer.compare import Costing
+    from tracer.cost import THIS_DEVICE
+
+    if getattr(args, "accelerator", None) and args.accelerator.lower() != THIS_DEVICE:
+        cost_options(args, {})
+    return Costing(args.accelerator, args.price)
+
+
 def stage_layers(text: str) -> tuple[int, ...]:
     from engine.pipeline import parse_stage_layers
     from workloads.errors import ConfigError

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tui.cli.options import CommandError, check_followable, existing_trace
+from tui.cli.options import CommandError, check_followable, cost_options, costing_options, existing_trace
 
 def cmd_live(args: argparse.Namespace) -> int:
     from tui.app import run_dashboard
@@ -21,8 +21,9 @@ def cmd_live(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from tui.app import run_dashboard
 
-    # run_dashboard opens the trace before it takes the terminal, so a non-trace is refused in one line
-    run_dashboard(str(existing_trace(args.file)), "replay")
+    # run_dashboard opens the trace before it takes the terminal, so a non-trace (or an unknown
+    # accelerator) is refused in one line
+    run_dashboard(str(existing_trace(args.file)), "replay", costing=lambda config: cost_options(args, config))
     return 0
 
 
@@ -31,7 +32,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     path = existing_trace(args.file)
     trace = tracer.load(path)
-    summary = tracer.summarize(trace)
+    summary = tracer.summarize(trace, *cost_options(args, trace.header.config))
     if args.json:
         print(json.dumps(summary, indent=None if args.compact else 2))
     else:
@@ -61,10 +62,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     import tracer
-    from tui.cli.sweep import checked_costing
 
     a, b = existing_trace(args.a), existing_trace(args.b)
-    costing = checked_costing(args)
+    costing = costing_options(args)
     if args.report is None:
         from tui.compare_app import run_compare
 

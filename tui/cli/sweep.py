@@ -5,20 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tui.cli.options import CommandError, cost_options
-
-
-def checked_costing(args: argparse.Namespace):
-    """The `Costing` that --accelerator and --price ask for; an unknown accelerator is a CommandError
-    naming the known ones (one line, exit 2) before anything is read or recorded."""
-    from tracer.compare import Costing
-    from tracer.cost import CostUnavailable
-
-    try:
-        cost_options(args, {})
-    except CostUnavailable:
-        pass  # this-device: each recording's own device probe decides, and its figures say why not
-    return Costing(args.accelerator, args.price)
+from tui.cli.options import CommandError, costing_options
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -32,7 +19,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CommandError(f"{out} is a file; --out takes a directory")
-    costing = checked_costing(args)
+    costing = costing_options(args)
     plan = SweepPlan(
         preset=args.preset,
         workload=args.workload,

@@ -17,7 +17,7 @@ from tui.widgets.header import TraceHeader
 from tui.widgets.heatmap import ExpertHeatmap
 from tui.widgets.requests import RequestTable
 from tui.widgets.stages import StageGantt
-from tui.widgets.stats import LatencyPanel, QueuePanel
+from tui.widgets.stats import CostPanel, LatencyPanel, QueuePanel
 
 
 @dataclass(slots=True)
@@ -42,7 +42,8 @@ class DashboardScreen(Screen):
         yield TraceHeader(id="header")
         with Grid(id="panels"):
             with Vertical(id="timeline", classes="panel") as timeline:
-                timeline.border_title = "throughput & batch"
+                timeline.border_title = "what a token costs · throughput & batch"
+                yield CostPanel(id="cost")
                 yield SeriesChart("tokens/s", "throughput", "cyan", id="chart-throughput")
                 yield SeriesChart("batch seqs", "seqs", "green", id="chart-seqs")
                 yield SeriesChart("batch tokens", "batch_tokens", "magenta", id="chart-tokens")
@@ -81,6 +82,7 @@ class DashboardScreen(Screen):
             chart.show(state, index)
         self.query_one(ExpertHeatmap).show(experts, heat_label(info.heat_span, index, experts))
         self.query_one(StageGantt).show(stages)  # type: ignore[arg-type]
+        self.query_one(CostPanel).show(state, index)
         self.query_one(LatencyPanel).show(state, index)
         self.query_one(QueuePanel).show(state, index)
         self.query_one(RequestTable).show(state, index)

@@ -11,6 +11,18 @@ from textual.widgets import Markdown
 HELP = """\
 # tickscope
 
+**what a token costs** — the article's claim as numbers, for the current tick and the last 10 s:
+*device* is busy device time per token (prefill + decode), the measured cost (a pipelined tick
+counts its modelled makespan once per stage device); *bytes* what a tick reads per token, modelled
+from the trace alone (every dense weight once a tick, each layer's distinct active experts, the
+KV cache), the same on any machine; *experts* the distinct experts a layer touched against what
+uniform routing would touch for those tokens, E·(1−(1−k/E)^T), so a gap is what the router's skew
+saves; *capacity* tokens per busy second, what the device would serve at this batch mix were it
+never idle (not the served rate: under open-loop load that is the arrivals); *device/out* the cost
+per output token. With `--price` a measured $ per million output tokens; with `--accelerator NAME`
+the same ticks costed on that accelerator (roofline: max(bytes/bandwidth, FLOPs/peak)), labelled
+modelled. Small batches read the same weights for fewer tokens: that is the cost of running alone.
+
 **throughput & batch** — sampled tokens per second of each tick, a request's first token (sampled
 at the end of its prefill) included, over the time since the previous tick ended, so the
 collection window counts, sequences and tokens (prefill + decode)
@@ -67,7 +79,11 @@ The mouse works too: the buttons and the scrubber under the panels.
 
 Both recordings side by side on one clock, each with every panel above; the delta table states
 the differences over the whole recordings (so far, for one still being written: it is followed
-as live mode follows a file).
+as live mode follows a file). It leads with what a token costs (device time per token, capacity,
+modelled bytes per token, experts touched against uniform routing, and $ with `--price` /
+`--accelerator`), then the latency each user pays; each figure is judged in its own direction,
+and the sentence under the table states the trade-off. The served rate is shown but not judged:
+under open-loop arrivals it is the offered load, not efficiency.
 
 | key | does |
 |---|---|

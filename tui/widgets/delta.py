@@ -56,8 +56,7 @@ class DeltaPanel(Panel, Static):
         if comparison is None:
             self.update(Text(message or "computing the comparison…", style="dim italic"))
             return
-        tally = comparison.tally()
-        self.border_subtitle = f"B better on {tally['B']}, A on {tally['A']}, even {tally['even']}"
+        self.border_subtitle = "whole recordings · the trade-off under the table"
         table = delta_table(comparison)
         table.show_edge = False  # the panel's border frames it: two more rows for the sides
         self.update(table)

@@ -15,9 +15,11 @@ from tui.widgets.panel import Panel
 
 
 def fmt_s(seconds: float | None) -> str:
-    """Latency in the unit that keeps three digits: 850µs, 12.3ms, 1.52s."""
+    """Latency in the unit that keeps three digits: 51ns, 850µs, 12.3ms, 1.52s."""
     if seconds is None:
         return "—"
+    if seconds < 1e-6:
+        return f"{seconds * 1e9:.0f}ns"
     if seconds < 1e-3:
         return f"{seconds * 1e6:.0f}µs"
     if seconds < 1:
@@ -134,3 +136,73 @@ class QueuePanel(Panel, Static):
         text.append(f"{counts['preempted']}", style="bold yellow" if counts["preempted"] else "bold")
         self.update(text, layout=not self._shown)  # always three lines once shown
         self._shown = True
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}B"
+
+
+def fmt_usd(usd: float | None) -> str:
+    return "—" if usd is None else f"${usd:,.2f}" if usd >= 0.01 else f"${usd:.2g}"
+
+
+class CostPanel(Panel, Static):
+    """What a token costs at the current tick and over the last seconds: measured device time per
+    token and capacity (tokens per busy second), modelled bytes per token and the experts each layer
+    touched against uniform routing's expectation, and $ per million output tokens when a price or
+    an accelerator is given. Rows come most telling first, so a short panel keeps those."""
+
+    def show(self, state: DashboardState, index: int) -> None:
+        if state.n_ticks == 0:
+            self.update(Text("what a token costs: waiting for the first tick", style="dim italic"))
+            return
+        lo, began = state.window(index)
+        tick = state.cost(index, index, state.time_at(index - 1) if index else began)
+        window = state.cost(lo, index, began)
+        rows = [("per token", "tick", f"{LATENCY_WINDOW_S:g}s", "")]
+        rows += [(label, fmt(tick[key], tick), fmt(window[key], window), note) for label, key, fmt, note in COST_ROWS]
+        if state.price is not None:
+            rows.append(("$/Mtok", fmt_usd(tick["usd_per_mtok_measured"]), fmt_usd(window["usd_per_mtok_measured"]),
+                         f"measured, at ${state.price:g} per device-hour"))
+        if window["accelerator"] is not None:
+            pair = (tick["accelerator"], window["accelerator"])
+            name = pair[1]["name"]
+            rows.append((name, *(fmt_s(c["roofline_s_per_token"]) for c in pair), "modelled: roofline time per token"))
+            rows.append((f"{name} $/Mtok", *(fmt_usd(c["usd_per_mtok_modelled"]) for c in pair), "modelled"))
+        if window["unavailable"]:
+            rows.append(("", "", "", window["unavailable"]))
+        table = Table.grid(padding=(0, 1))
+        table.add_column(style="dim", no_wrap=True)
+        table.add_column(justify="right", style="bold", no_wrap=True)
+        table.add_column(justify="right", style="bold", no_wrap=True)
+        notes = self.size.width >= 90  # what each figure is, where there is room beside the figures
+        if notes:
+            table.add_column(style="dim", no_wrap=True, overflow="ellipsis")
+        for row in rows:
+            table.add_row(*row[: 4 if notes else 3])
+        self.update(table)
+
+
+def experts_touched(touched: float | None, cost: dict) -> str:
+    """Distinct experts a layer touched, against what uniform routing would touch for those tokens."""
+    expected = cost["experts_expected_uniform"]
+    return "—" if touched is None or expected is None else f"{touched:.1f}/{expected:.1f}"
+
+
+def fmt_rate(tokens_s: float | None) -> str:
+    return "—" if tokens_s is None else f"{tokens_s:,.0f}"
+
+
+# (label, cost key, format, note): the figures of tracer/cost.py the panel shows, most telling first.
+COST_ROWS = (
+    ("device", "device_s_per_token", lambda v, c: fmt_s(v), "busy device time per token (prefill + decode)"),
+    ("bytes", "bytes_per_token", lambda v, c: fmt_bytes(v), "read per token, modelled: weights once a tick, KV"),
+    ("experts", "experts_touched_per_layer", experts_touched, "touched per layer / uniform routing's expectation"),
+    ("capacity", "capacity_tok_s", lambda v, c: fmt_rate(v), "tok/s were the device never idle"),
+    ("device/out", "device_s_per_output_token", lambda v, c: fmt_s(v), "busy device time per output token"),
+)
