@@ -192,3 +192,29 @@ def test_record_needs_neither_polars_nor_textual(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert tracer.load(out).ticks.height > 0
+
+
+def test_summary_costs_on_an_accelerator_and_refuses_an_unknown_one(recorded: Path, capsys) -> None:
+    assert main(["summary", str(recorded), "--json", "--accelerator", "H100-SXM", "--price", "2.5"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["accelerator"]["name"] == "H100-SXM" and summary["accelerator"]["label"] == "modelled"
+    assert summary["accelerator"]["usd_per_hour"] == 2.5 and summary["price_usd_per_hour"] == 2.5
+    assert main(["summary", str(recorded), "--accelerator", "this-device"]) == 0  # the header's probe
+    capsys.readouterr()
+    for verb in ("summary", "replay"):
+        assert main([verb, str(recorded), "--accelerator", "TPU-v9"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "unknown accelerator 'TPU-v9'" in err and "H100-SXM" in err
+
+
+def test_this_device_without_a_probe_is_one_line(tmp_path: Path, capsys) -> None:
+    from tracer.synth import synthetic_session
+
+    path = tmp_path / "noprobe.msgpack"
+    header, events = synthetic_session(5)
+    with tracer.TraceWriter(path, header) as w:
+        for ev in events:
+            w.emit(ev)
+    assert main(["summary", str(path), "--accelerator", "this-device"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "this-device" in err

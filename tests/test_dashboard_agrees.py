@@ -370,3 +370,33 @@ def assert_expert_figures(stats, stack: np.ndarray, where) -> None:
     assert stats.idle_experts == int((mean == 0).sum()), where
     if stats.hottest:
         assert stats.hottest[0][2] == pytest.approx(mean.max()), where
+
+
+@pytest.fixture(scope="module")
+def format_1_2_trace(tmp_path_factory) -> Path:
+    """A trace as format 1.2 wrote it: tick events without `sampled_tokens`."""
+    from tracer import codec
+
+    path = tmp_path_factory.mktemp("v12") / "v12.msgpack"
+    header, events = synthetic_session(120, seed=4)
+    header.format_version = (1, 2)
+
+    def encode_1_2(ev):
+        item = codec.encode_event(ev)
+        return item[:-1] if isinstance(ev, tracer.TickEvent) else item
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tracer.writer, "encode_event", encode_1_2)
+        with tracer.TraceWriter(path, header) as w:
+            for ev in events:
+                w.emit(ev)
+    return path
+
+
+def test_a_format_1_2_trace_reads_as_before(format_1_2_trace: Path):
+    trace = tracer.load(format_1_2_trace)
+    assert trace.header.format_version == (1, 2)
+    assert trace.ticks["sampled_tokens"].to_list() == trace.ticks["decode_tokens"].to_list()
+    assert tracer.summarize(trace)["output_tokens"] == trace.ticks["decode_tokens"].sum()
+    for how in LOADERS:
+        check(format_1_2_trace, how)
