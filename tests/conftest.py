@@ -5,6 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# torch's intra-op thread count is process-wide, and a recording or a server on the CPU lowers it
+# (workloads/run.py `leave_a_core_free`, engine/launch.py for pipeline ranks): without this, one
+# test's count would be every later test's. Each test, and each fixture of any scope, gets back
+# the count it started with when it ends.
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        # restored when the fixture is torn down (a module's server keeps its core free until then)
+        fixturedef.addfinalizer(lambda: torch.set_num_threads(threads))
+
 
 # The same load twice, short: 10 requests/s of 10-token answers for 1.5 s. Only the collection
 # window differs (5 ms vs 100 ms), the article's comparison in miniature; the tight TPOT SLO
