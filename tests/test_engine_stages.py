@@ -1,4 +1,5 @@
-"""Pipeline stages on one device: the split, the modelled timeline, and the cells the engine records."""
+"""Pipeline stages on one device: the split, the modelled timeline, and the cells the engine records.
+(The timeline's bubbles, warmup and drain are tested in test_stages_timeline.py.)"""
 
 from __future__ import annotations
 
@@ -29,12 +30,6 @@ def test_modelled_timeline_by_hand():
     # stage 1: after stage 0 and itself  1-4, 4-5, 5-7
     assert start.tolist() == [[0, 1, 3], [1, 4, 5]]
     assert end.tolist() == [[1, 3, 4], [4, 5, 7]]
-
-
-def test_modelled_timeline_with_fewer_micro_batches_than_stages_has_bubbles():
-    cost = np.full((4, 1), 10)
-    start, end = modelled_timeline(cost)
-    assert start[:, 0].tolist() == [0, 10, 20, 30] and end[-1, 0] == 40  # each stage idle 30 of 40
 
 
 def _decode(stages: int, micro_batches: int, recorder: ListRecorder) -> list[list[int]]:
