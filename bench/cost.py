@@ -27,7 +27,7 @@ from rich.table import Table
 from engine.config import get_preset
 from tracer.cost import accelerator, cost_summary, tick_costs
 from tracer.events import SessionHeader
-from tracer.frames import Trace
+from tracer.frames import STAGE_SCHEMA, Trace
 
 _TICK_S = 0.002
 
@@ -59,16 +59,16 @@ def synthetic_trace(ticks: int, pipelined: bool, seed: int = 0) -> Trace:
 def _stages(ticks: int, pipelined: bool) -> pl.DataFrame:
     """2 stages x 2 micro-batches per tick on the modelled one-device-per-stage timeline, or none."""
     if not pipelined:
-        return pl.DataFrame(schema={"tick": pl.Int64, "stage": pl.Int64, "modelled_start_s": pl.Float64,
-                                    "modelled_end_s": pl.Float64})
+        return pl.DataFrame(schema=STAGE_SCHEMA)
     cell = 0.8 * _TICK_S / 4
     stage, micro = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
+    start, end = np.tile((stage + micro) * cell, ticks), np.tile((stage + micro + 1) * cell, ticks)
     return pl.DataFrame({
         "tick": np.repeat(np.arange(ticks), 4), "stage": np.tile(stage, ticks),
-        "micro_batch": np.tile(micro, ticks),
-        "modelled_start_s": np.tile((stage + micro) * cell, ticks),
-        "modelled_end_s": np.tile((stage + micro + 1) * cell, ticks),
-    })
+        "micro_batch": np.tile(micro, ticks), "tick_start_s": np.repeat(np.arange(ticks) * _TICK_S, 4),
+        "measured_start_s": start, "measured_end_s": end, "modelled_start_s": start, "modelled_end_s": end,
+        "modelled": np.ones(4 * ticks, dtype=bool),
+    }, schema=STAGE_SCHEMA)
 
 
 def best_of(repeat: int, fn: Callable[[], object]) -> float:

@@ -85,6 +85,7 @@ import numpy as np
 import polars as pl
 
 from tracer.frames import Trace
+from tracer.pipeline import stage_ticks
 
 THIS_DEVICE = "this-device"
 ACCELERATORS_ENV = "TICKSCOPE_ACCELERATORS"
@@ -328,10 +329,7 @@ def busy_seconds(ticks: pl.DataFrame, stages: pl.DataFrame) -> tuple[np.ndarray,
     devices = np.ones(ticks.height, dtype=np.int64)
     if stages.height == 0:
         return busy, devices
-    cells = stages.group_by("tick").agg(
-        (pl.col("modelled_end_s").max() - pl.col("modelled_start_s").min()).alias("makespan"),
-        (pl.col("stage").max() + 1).alias("devices"),
-    )
+    cells = stage_ticks(stages).select("tick", pl.col("makespan_s").alias("makespan"), pl.col("stages").alias("devices"))
     tick = ticks.get_column("tick").to_numpy()
     at, hit = _lookup(cells.get_column("tick").to_numpy(), tick)
     busy[hit] = cells.get_column("makespan").to_numpy()[at[hit]]

@@ -13,6 +13,7 @@ tick, every stage is available from the tick's first cell start to its last cell
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 STAGE_TICK_SCHEMA = {
@@ -22,35 +23,58 @@ STAGE_TICK_SCHEMA = {
 }
 
 
+def split_timeline(start: np.ndarray, end: np.ndarray) -> dict[str, np.ndarray]:
+    """Makespan, compute, warmup, drain and bubbles of ticks' stage timelines, each per tick and
+    summed over its stages. `start` and `end` are [ticks, stages, micro_batches] cell times in any
+    one unit. Cells of one stage never overlap, so a stage's busy span less its compute is the
+    gaps between its cells."""
+    t0, t1 = start.min(axis=(1, 2)), end.max(axis=(1, 2))
+    first, last = start.min(axis=2), end.max(axis=2)
+    compute = (end - start).sum(axis=2)
+    return {
+        "makespan": t1 - t0,
+        "compute": compute.sum(axis=1),
+        "warmup": (first - t0[:, None]).sum(axis=1),
+        "drain": (t1[:, None] - last).sum(axis=1),
+        "bubble": np.clip(last - first - compute, 0, None).sum(axis=1),
+    }
+
+
 def stage_ticks(stages: pl.DataFrame) -> pl.DataFrame:
     """One row per tick with stage cells: its stage-time split into compute, warmup, drain and
     bubbles (summed over stages, in seconds), and its bubble share."""
     if stages.height == 0:
         return pl.DataFrame(schema=STAGE_TICK_SCHEMA)
-    start, end = pl.col("modelled_start_s"), pl.col("modelled_end_s")
-    per_stage = stages.group_by("tick", "stage").agg(
-        start.min().alias("first"), end.max().alias("last"), (end - start).sum().alias("compute"),
-        pl.len().alias("micro_batches"), pl.col("modelled").first(),
-    ).with_columns(
-        pl.col("first").min().over("tick").alias("t0"), pl.col("last").max().over("tick").alias("t1"),
-    )
-    per_tick = per_stage.group_by("tick").agg(
-        pl.len().alias("stages"),
-        pl.col("micro_batches").max(),
-        pl.col("modelled").first(),
-        (pl.col("t1") - pl.col("t0")).first().alias("makespan_s"),
-        pl.col("compute").sum().alias("compute_s"),
-        (pl.col("first") - pl.col("t0")).sum().alias("warmup_s"),
-        (pl.col("t1") - pl.col("last")).sum().alias("drain_s"),
-        # cells of one stage never overlap, so its busy span less its compute is the gaps between them
-        (pl.col("last") - pl.col("first") - pl.col("compute")).clip(lower_bound=0).sum().alias("bubble_s"),
-    ).with_columns(
+    tick = stages.get_column("tick").to_numpy()
+    if (np.diff(tick) < 0).any():  # a trace writes a tick's cells together, stage by stage: rarely needed
+        stages = stages.sort("tick", "stage", "micro_batch", maintain_order=True)
+        tick = stages.get_column("tick").to_numpy()
+    first = np.flatnonzero(np.r_[True, tick[1:] != tick[:-1]])  # each tick's first cell
+    n_stages = np.maximum.reduceat(stages.get_column("stage").to_numpy(), first) + 1
+    n_micro = np.maximum.reduceat(stages.get_column("micro_batch").to_numpy(), first) + 1
+    start, end = (stages.get_column(c).to_numpy() for c in ("modelled_start_s", "modelled_end_s"))
+    split = {k: np.zeros(len(first)) for k in ("makespan", "compute", "warmup", "drain", "bubble")}
+    shapes = np.stack([n_stages, n_micro], axis=1)
+    for shape in np.unique(shapes, axis=0):  # one grid shape in a whole recording, as a rule
+        ticks = np.flatnonzero((shapes == shape).all(axis=1))
+        if len(ticks) * shape.prod() == len(tick):  # every tick has this grid: the cells as they are
+            part = split_timeline(start.reshape(-1, *shape), end.reshape(-1, *shape))
+        else:
+            cells = (first[ticks, None] + np.arange(shape.prod())).ravel()
+            part = split_timeline(start[cells].reshape(-1, *shape), end[cells].reshape(-1, *shape))
+        for k, v in part.items():
+            split[k][ticks] = v
+    per_tick = pl.DataFrame({
+        "tick": tick[first], "stages": n_stages, "micro_batches": n_micro,
+        "modelled": stages.get_column("modelled").to_numpy()[first],
+        **{f"{k}_s": v for k, v in split.items()},
+    }).with_columns(
         pl.when(pl.col("makespan_s") > 0)
         .then(1 - pl.col("compute_s") / (pl.col("stages") * pl.col("makespan_s")))
         .otherwise(0.0)
         .alias("bubble_share"),
     )
-    return per_tick.sort("tick").select([pl.col(k).cast(v) for k, v in STAGE_TICK_SCHEMA.items()])
+    return per_tick.select([pl.col(k).cast(v) for k, v in STAGE_TICK_SCHEMA.items()])
 
 
 def bubble_share(stages: pl.DataFrame) -> float | None:
