@@ -22,7 +22,7 @@ from engine.kv_cache import KVCache
 from engine.model import SeqChunk, Transformer, attention_groups, grouped_mm
 from engine.pipeline import check_stage_fits, plan_pipeline, split_micro_batches
 from engine.request import Request
-from engine.scheduler import Scheduler, SchedulerConfig, Sequence, TickPlan, window_deadline
+from engine.scheduler import Scheduler, SchedulerConfig, Sequence, TickPlan
 from engine.stages import ForwardResult, StageExecutor
 from tracer.events import BatchEvent, ExpertsEvent, MarkEvent, RequestEvent, TickEvent
 from tracer.recorder import NullRecorder, Recorder
@@ -163,7 +163,8 @@ class Engine:
         distributed = {} if self.stage_group is None else {"distributed": self.stage_group.describe()}
         return {
             "model": cfg,
-            "scheduler": self.sched_cfg.as_dict(),
+            # has_window: whether to show window_ms, for readers that cannot import the policies
+            "scheduler": {**self.sched_cfg.as_dict(), "has_window": self.scheduler.policy.has_window},
             "device": str(self.device),
             "device_name": name,
             "param_bytes": self.model_cfg.param_bytes(self.dtype),
@@ -220,11 +221,8 @@ class Engine:
                         return False
                     self._cond.wait(_IDLE_WAIT_S)
                     continue
-                if self.sched_cfg.policy != "window":
-                    return True
-                oldest = waiting[0].arrival_ns if waiting else 0
-                deadline = window_deadline(self.sched_cfg.window_ms, self._prev_tick_start, oldest, bool(running))
-                left = deadline - time.monotonic_ns()
+                oldest = waiting[0].arrival_ns if waiting else None
+                left = self.scheduler.policy.wait_ns(time.monotonic_ns(), self._prev_tick_start, oldest, len(running))
                 if left <= 0:
                     return True
                 self._cond.wait(left / 1e9)  # a submit wakes us early; the loop re-checks

@@ -15,29 +15,24 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import asdict, dataclass, field
 
+from engine.choices import DECODE_COMPILE, DECODE_GRAPHS, GROUPINGS, DecodeCompile, DecodeGraphs, Grouping, check_choice
 from engine.errors import ConfigError
 from engine.kv_cache import BlockAllocator
 from engine.pipeline import get_schedule, is_pipelined
+from engine.policies import make_policy
 from engine.request import Request
-
-POLICIES = ("continuous", "window", "static")
-GROUPINGS = ("ragged", "same-length")
-DECODE_GRAPHS = ("auto", "on", "off")
-DECODE_COMPILE = ("off", "inductor", "aot_eager")
 
 
 @dataclass
 class SchedulerConfig:
-    # continuous: tick whenever there is work; window: tick when the collection window closes;
-    # static: admit a batch only when nothing is running, then run it to completion
-    policy: str = "continuous"
-    window_ms: float = 0.0  # the collection window (policy "window")
+    policy: str = "continuous"  # a module of engine/policies: when ticks start, when they admit
+    window_ms: float = 0.0  # the collection window, for policies that have one ("window")
     max_seqs: int = 64  # sequences in one tick
     max_tokens: int = 2048  # tokens in one tick: prefill chunks + one per decoding sequence
     prefill_chunk: int = 512  # most prompt tokens of one sequence in one tick
     kv_capacity_tokens: int = 65536
     queue_limit: int = 1024  # requests waiting for admission; past it, submissions are rejected
-    attention: str = "ragged"  # one attention call for the batch, or one per same-length group
+    attention: Grouping = "ragged"  # one attention call for the batch, or one per same-length group
     kv_block_size: int = 16
     stages: int = 1  # pipeline stages the layers are split into (timed and modelled on one device)
     micro_batches: int = 1  # slices of each tick's batch that flow through the stages in turn
@@ -46,21 +41,16 @@ class SchedulerConfig:
     schedule: str = "gpipe"  # the order stages run their micro-batches in (engine/pipeline.py)
     # decode-only ticks padded to buckets and replayed as CUDA graphs (engine/decode_graphs.py). auto:
     # on CUDA with one stage and ragged attention; on: also on the CPU, run eagerly (for testing)
-    decode_graphs: str = "auto"
+    decode_graphs: DecodeGraphs = "auto"
     # torch.compile the decode graphs' forward pass before capture: "inductor" fuses its ~75 kernels
     # per layer (compiled for dynamic shapes: ~3 compiles in all); "aot_eager" traces without fusing
-    decode_compile: str = "off"
+    decode_compile: DecodeCompile = "off"
 
     def validate(self) -> None:
-        if self.policy not in POLICIES:
-            raise ConfigError(f"unknown scheduler policy '{self.policy}' (choose from: {', '.join(POLICIES)})")
-        if self.attention not in GROUPINGS:
-            raise ConfigError(f"unknown attention grouping '{self.attention}' (choose from: {', '.join(GROUPINGS)})")
-        if self.decode_graphs not in DECODE_GRAPHS:
-            raise ConfigError(f"unknown decode_graphs '{self.decode_graphs}' (choose from: {', '.join(DECODE_GRAPHS)})")
-        if self.decode_compile not in DECODE_COMPILE:
-            raise ConfigError(f"unknown decode_compile '{self.decode_compile}' "
-                              f"(choose from: {', '.join(DECODE_COMPILE)})")
+        make_policy(self)  # an unknown policy fails here, naming the known ones, not at the first tick
+        check_choice("attention grouping", self.attention, GROUPINGS)
+        check_choice("decode_graphs", self.decode_graphs, DECODE_GRAPHS)
+        check_choice("decode_compile", self.decode_compile, DECODE_COMPILE)
         if self.decode_compile != "off" and self.decode_graphs == "off":
             raise ConfigError("decode_compile compiles the decode graphs; it cannot be used with decode_graphs 'off'")
         pipelined = is_pipelined(self.stages, self.micro_batches, self.micro_batch_size)
@@ -87,17 +77,6 @@ class SchedulerConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def window_deadline(window_ms: float, prev_tick_start_ns: int, oldest_arrival_ns: int, running: bool) -> int:
-    """When a collection window closes (monotonic ns).
-
-    The window opens when the previous tick starts; if nothing is running, not before the oldest
-    waiting request arrived, so a request reaching an idle engine waits one whole window, as in the
-    article, rather than riding on a window that opened while nobody was there.
-    """
-    opens = prev_tick_start_ns if running else max(prev_tick_start_ns, oldest_arrival_ns)
-    return opens + int(window_ms * 1e6)
 
 
 @dataclass(eq=False)
@@ -147,6 +126,7 @@ class TickPlan:
 class Scheduler:
     def __init__(self, cfg: SchedulerConfig, allocator: BlockAllocator) -> None:
         self.cfg = cfg
+        self.policy = make_policy(cfg)
         self.kv = allocator
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order: the last is the first preempted
@@ -171,7 +151,7 @@ class Scheduler:
             scheduled.add(seq.id)
             budget -= n
 
-        if self.cfg.policy == "static" and self.running:
+        if not self.policy.admits(len(self.running)):
             return plan
         # first come, first served: the head of the queue is never overtaken, so it cannot starve
         while self.waiting and len(self.running) < self.cfg.max_seqs and budget > 0:

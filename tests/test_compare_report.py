@@ -17,7 +17,7 @@ import tracer
 from compare_costs import independent_costs, other_figures
 from tracer.compare import FIGURES, NOT_JUDGED, Costing, format_value
 from tracer.events import MarkEvent
-from tracer.report import IMAGES, write_report
+from tracer.report import IMAGES, setup_line, write_report
 from tui.cli import main
 
 TRACES = Path(__file__).resolve().parent.parent / "traces"
@@ -113,3 +113,12 @@ def test_report_lists_marks_from_the_sidecar(compare_pair, tmp_path):
 def test_compare_report_refuses_a_missing_trace(compare_pair, tmp_path, capsys):
     assert main(["compare", str(compare_pair[0]), str(tmp_path / "nope.msgpack"), "--report", str(tmp_path)]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_setup_line_shows_the_window_of_policies_that_have_one():
+    sched = {"max_seqs": 8, "window_ms": 5.0}
+    assert "window 5 ms" in setup_line({"scheduler": {**sched, "policy": "burst", "has_window": True}})
+    assert "window" not in setup_line({"scheduler": {**sched, "policy": "static", "has_window": False}})
+    # traces recorded before the header carried has_window: only the "window" policy had one
+    assert "window 5 ms" in setup_line({"scheduler": {**sched, "policy": "window"}})
+    assert "window" not in setup_line({"scheduler": {**sched, "policy": "continuous"}})

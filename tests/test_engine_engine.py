@@ -164,7 +164,7 @@ def test_idle_engine_stops_promptly_and_describes_itself():
     eng.stop()
     d = eng.describe()
     assert d["model"]["name"] == "tiny" and d["model"]["dtype"] == "float32"
-    assert d["device"] == "cpu" and d["scheduler"]["window_ms"] == 50
+    assert d["device"] == "cpu" and d["scheduler"]["window_ms"] == 50 and d["scheduler"]["has_window"] is True
     assert d["param_bytes"] == eng.model_cfg.param_count() * 4
     assert d["param_bytes"] == sum(p.numel() * 4 for p in eng.model.parameters())
 

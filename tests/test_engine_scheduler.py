@@ -8,7 +8,8 @@ import pytest
 from engine.errors import ConfigError
 from engine.kv_cache import BlockAllocator
 from engine.request import Request
-from engine.scheduler import Scheduler, SchedulerConfig, Sequence, window_deadline
+from engine.policies.window import Window
+from engine.scheduler import Scheduler, SchedulerConfig, Sequence
 
 
 class NoSink:
@@ -121,11 +122,13 @@ def test_commit_finishes_at_max_new_tokens_and_frees_kv():
 def test_window_deadline():
     ms = 1_000_000
     # busy: the window runs from the previous tick's start
-    assert window_deadline(5.0, 100 * ms, 103 * ms, running=True) == 105 * ms
+    assert Window(5.0).deadline_ns(100 * ms, 103 * ms, running=1) == 105 * ms
     # idle: it opens when the first request arrives, if that is later
-    assert window_deadline(5.0, 100 * ms, 300 * ms, running=False) == 305 * ms
-    assert window_deadline(5.0, 100 * ms, 90 * ms, running=False) == 105 * ms
-    assert window_deadline(0.0, 100 * ms, 0, running=True) == 100 * ms
+    assert Window(5.0).deadline_ns(100 * ms, 300 * ms, running=0) == 305 * ms
+    assert Window(5.0).deadline_ns(100 * ms, 90 * ms, running=0) == 105 * ms
+    assert Window(0.0).deadline_ns(100 * ms, None, running=1) == 100 * ms
+    # what the engine asks: the time left until then, from now
+    assert Window(5.0).wait_ns(102 * ms, 100 * ms, None, running=1) == 3 * ms
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -10,14 +10,16 @@ Per-tick arrays are numpy arrays so the trace can store them as packed little-en
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Union
+from typing import Any, Literal, Union, get_args
 
 import numpy as np
 
 FORMAT_VERSION = (1, 3)  # 1.1 added the batch event, 1.2 compressed events frames, 1.3 the tick's sampled tokens
 
-REQUEST_PHASES = ("arrive", "admit", "first_token", "preempt", "finish")
-REQUEST_STATUSES = ("finished", "rejected", "cancelled")
+RequestPhase = Literal["arrive", "admit", "first_token", "preempt", "finish"]
+REQUEST_PHASES: tuple[RequestPhase, ...] = get_args(RequestPhase)
+RequestStatus = Literal["finished", "rejected", "cancelled"]
+REQUEST_STATUSES: tuple[RequestStatus, ...] = get_args(RequestStatus)
 
 
 @dataclass(slots=True)
@@ -90,12 +92,12 @@ class RequestEvent:
     """
 
     request: int
-    phase: str  # one of REQUEST_PHASES
+    phase: RequestPhase
     t_ns: int
     prompt_tokens: int = 0
     output_tokens: int = 0
     tick: int = -1  # the tick it happened in, when the scheduler knows it
-    status: str = ""  # on finish: one of REQUEST_STATUSES
+    status: RequestStatus | Literal[""] = ""  # set on finish only
     reason: str = ""  # why it was rejected, cancelled or preempted
     token_us: np.ndarray | None = None  # uint32 [output_tokens], on finish
 

@@ -54,7 +54,8 @@ def setup_line(config: Any) -> str:
         f"device {cfg.get('device_name') or cfg.get('device') or '?'}",
         f"policy {sched.get('policy', '?')}",
     ]
-    if sched.get("policy") == "window":
+    # traces recorded before the header said whether the policy has a window: only "window" had one
+    if sched.get("has_window", sched.get("policy") == "window"):
         parts.append(f"window {format_config_value(sched.get('window_ms'))} ms")
     parts += [f"max seqs {sched.get('max_seqs', '?')}", f"workload {workload.get('name', '?')}"]
     return " · ".join(parts)

@@ -27,15 +27,18 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
+from engine.choices import GROUPINGS, Grouping
 from engine.errors import ConfigError
-from engine.scheduler import GROUPINGS, POLICIES
+from engine.policies import policy_names
 from workloads.datafiles import read_column
 
 ARRIVAL_KINDS = ("poisson", "gamma", "constant", "replay", "closed")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal", "file")
 MAX_LENGTH = 1 << 20  # tokens: far past any model we run, small enough to catch unit mistakes
+
+Choice = TypeVar("Choice", bound=str)  # a Literal alias of engine/choices.py, or plain str
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ class SchedulerKnobs:
     prefill_chunk: int | None = None
     kv_capacity_tokens: int | None = None
     queue_limit: int | None = None
-    attention: str | None = None
+    attention: Grouping | None = None
     kv_block_size: int | None = None
 
     def overrides(self) -> dict[str, Any]:
@@ -193,7 +196,7 @@ def parse_workload(
     sched_t = top.table("scheduler")
     # Choices are checked here as well as by SchedulerConfig so that a typo names its file.
     sched = SchedulerKnobs(
-        policy=sched_t.choice("policy", POLICIES, None),
+        policy=sched_t.choice("policy", policy_names(), None),
         window_ms=sched_t.number("window_ms", None, at_least=0),
         max_seqs=sched_t.integer("max_seqs", None, at_least=1),
         max_tokens=sched_t.integer("max_tokens", None, at_least=1),
@@ -351,7 +354,7 @@ class _Table:
             self.fail(f"'{self.where}{key}' must be a string")
         return value
 
-    def choice(self, key: str, options: tuple[str, ...], default: str | None) -> str | None:
+    def choice(self, key: str, options: tuple[Choice, ...], default: Choice | None) -> Choice | None:
         value = self.get(key, default)
         if value is not None and value not in options:
             self.fail(f"'{self.where}{key}' is {value!r} (choose from: {', '.join(options)})")

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.policies.continuous import Continuous
+from engine.policies.window import Window
 from tracer.compare import Costing, summary_value
 from tracer.errors import TraceFormatError
 from tracer.frames import load
@@ -59,8 +61,8 @@ class GridPoint:
 
     def scheduler_overrides(self) -> dict[str, Any]:
         overrides: dict[str, Any] = (
-            {"policy": "continuous", "window_ms": 0.0} if self.window_ms == 0
-            else {"policy": "window", "window_ms": self.window_ms}
+            {"policy": Continuous.name, "window_ms": 0.0} if self.window_ms == 0
+            else {"policy": Window.name, "window_ms": self.window_ms}
         )
         if self.max_seqs is not None:
             overrides["max_seqs"] = self.max_seqs

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from engine.choices import DEVICES
 from tui.cli.options import (
     DISTRIBUTED_HELP,
     CommandError,
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=positive_seconds, help="seconds per grid point (default: the workload's)")
     p.add_argument("--out", required=True, help="directory for the traces (w5_s32.msgpack, ...) and sweep.png")
     p.add_argument("--layers", type=positive_int, help="decoder layers (default: the preset's)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the engine runs (default: the best present)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where the engine runs (default: the best present)")
     p.add_argument("--seed", type=int, help="seed for the weights and the load (default: as record)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_cost_options(p)

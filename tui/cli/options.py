@@ -7,6 +7,10 @@ import math
 from pathlib import Path
 from typing import Callable, NoReturn
 
+from engine.choices import DECODE_COMPILE, DECODE_GRAPHS, DEVICES
+from engine.policies import policy_names
+
+
 class CommandError(Exception):
     """A mistake in how the command was called."""
 
@@ -92,18 +96,18 @@ def add_recording_options(p: argparse.ArgumentParser, *, workload: str | None) -
     default = f"default: {workload}" if workload else "only its [scheduler] knobs are used; default: the engine's"
     p.add_argument("--workload", default=workload, help=f"workload preset name or TOML file ({default})")
     p.add_argument("--layers", type=positive_int, help="decoder layers (default: the preset's)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the engine runs (default: the best present)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where the engine runs (default: the best present)")
     p.add_argument("--seed", type=int, help="seed for the weights and the load (default: weights from 0, load from the workload)")
-    p.add_argument("--policy", choices=["continuous", "window", "static"], help="scheduler policy (overrides the workload's)")
+    p.add_argument("--policy", choices=policy_names(), help="scheduler policy (overrides the workload's)")
     p.add_argument("--window-ms", type=non_negative_ms, help="collection window in ms (overrides the workload's)")
     p.add_argument("--max-seqs", type=positive_int, help="max sequences per tick (overrides the workload's)")
     p.add_argument("--max-tokens", type=positive_int, help="max tokens per tick (overrides the workload's)")
     p.add_argument("--stages", type=positive_int, help="pipeline stages the layers are split into, balanced by weight bytes (default: 1)")
     p.add_argument("--stage-layers", type=stage_layers, metavar="N,N,...", help="layers of each stage, first to last, e.g. 3,3,2 (sets --stages)")
-    p.add_argument("--decode-graphs", choices=["auto", "on", "off"],
+    p.add_argument("--decode-graphs", choices=DECODE_GRAPHS,
                    help="replay decode-only ticks as CUDA graphs, padded to batch and context buckets (auto: on "
                         "CUDA with one stage and ragged attention; on: also on the CPU, eagerly)")
-    p.add_argument("--decode-compile", choices=["off", "inductor", "aot_eager"],
+    p.add_argument("--decode-compile", choices=DECODE_COMPILE,
                    help="torch.compile the decode graphs' forward pass (inductor: fused kernels; the first ticks "
                         "wait for the compiles; default: off)")
     batching = p.add_mutually_exclusive_group()
