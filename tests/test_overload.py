@@ -62,5 +62,14 @@ def test_overload_stays_bounded_rejects_and_closes_the_trace(tmp_path):
     rejected = reqs.filter(status="rejected")
     assert rejected.height > reqs.height / 2
     assert set(rejected["reason"].to_list()) == {"queue full"}
-    assert tracer.summarize(trace)["requests_rejected"] == rejected.height
+    summary = tracer.summarize(trace)
+    assert summary["requests_rejected"] == rejected.height
     assert reqs.filter(status="finished").height == result.requests_finished > 0
+
+    # and nothing else was lost on the way to the disk: the writer dropped no event (its count, the
+    # trace's stats frame and the summary say so alike), and every tick the engine ran is in the
+    # file with its expert load and its batch
+    assert result.dropped_events == 0 and trace.dropped == {} and summary["events_dropped"] == 0
+    assert trace.ticks["tick"].to_list() == list(range(result.ticks))
+    assert trace.experts["tick"].unique().sort().to_list() == list(range(result.ticks))
+    assert trace.batches.height == trace.ticks["seqs"].sum()
