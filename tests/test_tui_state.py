@@ -158,3 +158,13 @@ def test_expert_stats_name_the_hottest_expert_of_each_layer():
     stats = expert_stats(counts)
     assert stats.hottest_per_layer == [(0, 4.0), (3, 3.0)]
     assert stats.idle_experts == 4  # over a span's mean: dead in every tick of it
+
+
+def test_config_summary_names_a_window_only_for_a_policy_that_has_one():
+    def policy(**sched):
+        return config_summary(SessionHeader(0, 0, {"scheduler": sched}))["policy"]
+
+    assert policy(policy="window", window_ms=5, has_window=True) == "window 5ms"
+    assert policy(policy="static", window_ms=5, has_window=False) == "static"
+    assert policy(policy="continuous", window_ms=0) == "continuous"  # an older trace: no has_window
+    assert policy(policy="window", window_ms=200) == "window 200ms"

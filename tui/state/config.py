@@ -19,7 +19,8 @@ def config_summary(header: SessionHeader | None) -> dict[str, str]:
         device = f"{device}, CUDA graphs{' (compiled)' if compiled else ''}"
     policy = str(sched.get("policy", "?"))
     window = sched.get("window_ms")
-    if window is not None and policy != "continuous":  # continuous batching has no window
+    # has_window is in the header since format 1.3's recordings; before, only "window" waited on one
+    if window is not None and sched.get("has_window", policy == "window"):
         policy += f" {window:g}ms"
     if sched.get("max_seqs") is not None:
         policy += f" max{sched['max_seqs']}"
