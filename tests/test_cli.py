@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import tracer
+from export_checks import check_perfetto, check_tables
 from tui.cli import main
 
 SUMMARY_KEYS = {
@@ -64,14 +65,15 @@ def test_summary_table_names_the_figures(recorded: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize("to", ["perfetto", "parquet", "csv"])
-def test_export(recorded: Path, tmp_path: Path, to: str) -> None:
+def test_export_holds_what_the_trace_loads_as(recorded: Path, tmp_path: Path, to: str) -> None:
     out = tmp_path / ("trace.json" if to == "perfetto" else "frames")
     assert main(["export", str(recorded), "--to", to, str(out)]) == 0
-    assert out.exists()
+    trace = tracer.load(recorded)
+    assert trace.ticks.height and trace.requests.height and trace.experts.height and trace.batches.height
     if to == "perfetto":
-        assert json.loads(out.read_text())["traceEvents"]
+        check_perfetto(trace, json.loads(out.read_text()))
     else:
-        assert any(out.iterdir())
+        check_tables(trace, out, to)
 
 
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
