@@ -1,4 +1,11 @@
-"""The load generator against a fake engine that answers from its own thread, as the real one."""
+"""The load generator, against a fake engine that answers from its own thread and against the real one.
+
+The fake (a tick every `tick_s`, a token per running request) isolates timing: send schedules, lag,
+the concurrency cap, closed-loop think time, replay times, metrics windows. What the generator
+claims about the engine it drives (every request it sends ends exactly once, with the tokens it
+asked for; the engine's rejections and cancellations reach the trace as such; a stopped or
+cancelled run leaves nothing in the engine) is checked on the real `tiny` engine on the CPU too.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +19,11 @@ import time
 import numpy as np
 import pytest
 
+from engine.config import get_preset
+from engine.engine import Engine
 from engine.errors import ConfigError
 from engine.request import Request
+from engine.scheduler import SchedulerConfig
 from tracer.events import RequestEvent
 from tracer.recorder import ListRecorder
 from workloads.loadgen import Progress, run_load
@@ -85,6 +95,68 @@ class FakeEngine:
             time.sleep(self.tick_s)
         for req in [*waiting, *(e[0] for e in running.values())]:
             self._finish(req, "cancelled", "engine stopped")
+
+
+class _CountedSink:
+    """Passes a request's answers on, counting the engine's finishes."""
+
+    def __init__(self, engine: RealEngine, req: Request) -> None:
+        self.engine, self.req = engine, req
+
+    def on_token(self, token: int, t_ns: int) -> None:
+        self.req.sink.on_token(token, t_ns)
+
+    def on_finish(self, status: str, reason: str, t_ns: int) -> None:
+        self.engine.finishes[self.req.id] += 1
+        self.engine.ends[self.req.id] = (status, reason)
+        self.req.sink.on_finish(status, reason, t_ns)
+
+
+class RealEngine:
+    """The `tiny` engine on the CPU (its own thread), keeping what was submitted and how each ended."""
+
+    def __init__(self, **sched) -> None:
+        self.engine = Engine(get_preset("tiny"), SchedulerConfig(**sched), device="cpu", seed=0)
+        self.submitted: list[Request] = []
+        self.finishes: collections.Counter[int] = collections.Counter()
+        self.ends: dict[int, tuple[str, str]] = {}
+
+    def start(self) -> RealEngine:
+        self.engine.start()
+        return self
+
+    def stop(self) -> None:
+        self.engine.stop()
+
+    def submit(self, req: Request) -> None:
+        self.submitted.append(req)
+        self.engine.submit(Request(req.id, req.prompt, req.max_new_tokens, _CountedSink(self, req)))
+
+    def cancel(self, request_id: int) -> None:
+        self.engine.cancel(request_id)
+
+    def check_empty(self) -> None:
+        """Every request ended in the engine exactly once, and it holds nothing of them."""
+        assert sorted(self.finishes) == [r.id for r in self.submitted]
+        assert set(self.finishes.values()) == {1}
+        scheduler = self.engine.scheduler
+        assert not scheduler.running and not scheduler.waiting
+        assert self.engine.kv.allocator.used_tokens == 0
+
+
+@pytest.fixture
+def real_engine():
+    eng = None
+
+    def make(**sched) -> RealEngine:
+        nonlocal eng
+        eng = RealEngine(**sched).start()
+        return eng
+
+    yield make
+    if eng is not None:
+        eng.stop()
+        assert eng.engine.error is None
 
 
 def workload(extra: str = "", arrivals: str = 'kind = "poisson"\nrate = 200.0') -> object:
@@ -327,3 +399,67 @@ async def test_stop_during_the_drain_still_stops(engine):
     assert time.monotonic() - started < 3
     assert result.stopped and {r.status for r in result.records} == {"cancelled"}
     check_lives(result, recorder, engine)
+
+
+# --- the same claims on the real engine ---------------------------------------------------------------
+
+async def test_open_loop_on_the_real_engine_every_request_gets_what_it_asked(real_engine):
+    eng = real_engine()
+    recorder = ListRecorder()
+    result = await run_load(eng, workload(), recorder, vocab_size=50)
+    assert 50 < len(result.records) < 200
+    check_lives(result, recorder, eng)
+    assert all(r.status == "finished" for r in result.records)
+    # each request got exactly the tokens it asked for, streamed back as the engine made them
+    asked = {r.id: r.max_new_tokens for r in eng.submitted}
+    assert all(r.output_tokens == asked[r.id] == len(r.token_ns) for r in result.records)
+    for req in eng.submitted:
+        assert 2 <= len(req.prompt) <= 9 and all(0 <= t < 50 for t in req.prompt)
+    eng.check_empty()
+
+
+async def test_real_engine_rejections_end_requests(real_engine):
+    eng = real_engine(queue_limit=2, max_seqs=1)
+    spec = workload()
+    spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, min=20, max=20))
+    recorder = ListRecorder()
+    result = await run_load(eng, spec, recorder, vocab_size=50)
+    statuses = collections.Counter(r.status for r in result.records)
+    assert statuses["rejected"] > 0 and statuses["finished"] > 0 and statuses["cancelled"] == 0
+    check_lives(result, recorder, eng)
+    rejected = [e for e in recorder.events if e.phase == "finish" and e.status == "rejected"]
+    assert len(rejected) == statuses["rejected"]
+    assert all(e.reason == "queue full" and e.output_tokens == 0 for e in rejected)
+    assert all(r.output_tokens == 20 for r in result.records if r.status == "finished")
+    eng.check_empty()
+
+
+@pytest.mark.parametrize("how", ["stop event", "task cancelled", "stop while draining"])
+async def test_real_engine_confirms_every_cancellation(real_engine, how):
+    eng = real_engine()
+    recorder = ListRecorder()
+    spec = workload()
+    spec = dataclasses.replace(spec, duration_s=0.1 if how == "stop while draining" else 0.0,  # 0: until stopped
+                               output=dataclasses.replace(spec.output, min=500, max=500))
+    stop = asyncio.Event()
+    started = time.monotonic()
+    task = asyncio.create_task(run_load(eng, spec, recorder, vocab_size=50, stop=stop))
+    await asyncio.sleep(0.3)
+    if how == "task cancelled":
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    else:
+        stop.set()
+        result = await task
+        assert result.stopped
+        check_lives(result, recorder, eng)
+    assert time.monotonic() - started < 3
+    finishes = [e for e in recorder.events if e.phase == "finish"]
+    assert len(finishes) == len(eng.submitted) > 5
+    assert {e.status for e in finishes} == {"cancelled"}
+    # the engine ended each one itself, in time: none was left for the client to end on its own
+    assert {e.reason for e in finishes} == {"cancelled by client"}
+    assert set(eng.ends.values()) == {("cancelled", "cancelled by client")}
+    assert all(e.output_tokens < 500 for e in finishes)
+    eng.check_empty()
