@@ -73,6 +73,7 @@ def add_mark(trace_path: str | os.PathLike[str], mark: MarkEvent) -> Path:
 
     Written to a temporary file and renamed over the old one, so a crash never leaves half a
     sidecar. A sidecar that cannot be read is not overwritten: that would lose someone's notes.
+    Nor is one grown past MAX_SIDECAR_BYTES, which readers would ignore whole (ValueError).
     """
     path = sidecar_path(trace_path)
     marks, problems = read_marks(trace_path)
@@ -83,10 +84,13 @@ def add_mark(trace_path: str | os.PathLike[str], mark: MarkEvent) -> Path:
         "version": SIDECAR_VERSION,
         "marks": [{"t_ns": m.t_ns, "tick": m.tick, "text": m.text} for m in marks],
     }
+    data = json.dumps(body, ensure_ascii=False, indent=1).encode("utf-8")
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise ValueError(f"{path} would grow past {MAX_SIDECAR_BYTES} bytes, more than readers accept; mark not saved")
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(body, f, ensure_ascii=False, indent=1)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
