@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+
 # torch's intra-op thread count is process-wide, and a recording or a server on the CPU lowers it
 # (workloads/run.py `leave_a_core_free`, engine/launch.py for pipeline ranks): without this, one
 # test's count would be every later test's. Each test, and each fixture of any scope, gets back

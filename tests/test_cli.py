@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from export_checks import check_perfetto, check_tables
 
 import tracer
-from export_checks import check_perfetto, check_tables
 from tui.cli import main
 
 SUMMARY_KEYS = {

@@ -9,9 +9,9 @@ import pytest
 from engine.config import get_preset
 from engine.engine import Engine
 from engine.errors import ConfigError
+from engine.pipeline import modelled_timeline, split_micro_batches
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
-from engine.pipeline import modelled_timeline, split_micro_batches
 from tracer.events import StageEvent, TickEvent
 from tracer.recorder import ListRecorder
 

@@ -12,7 +12,13 @@ import pytest
 import tracer
 import tracer.marks as marks_module
 from tracer.events import MarkEvent
-from tracer.marks import MAX_MARK_TEXT, MAX_SIDECAR_BYTES, add_mark, read_marks, sidecar_path
+from tracer.marks import (
+    MAX_MARK_TEXT,
+    MAX_SIDECAR_BYTES,
+    add_mark,
+    read_marks,
+    sidecar_path,
+)
 from tracer.synth import synthetic_session
 
 

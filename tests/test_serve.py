@@ -21,7 +21,7 @@ import tracer
 from engine.errors import ConfigError
 from tui.cli import main as cli_main
 from workloads.distributions import RandomStreams, RequestMaker
-from workloads.serve import Server, ServePlan
+from workloads.serve import ServePlan, Server
 from workloads.spec import load_workload
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -260,9 +260,9 @@ async def test_serve_cli_traces_requests_and_sigint_closes_the_trace(tmp_path):
     trace = tmp_path / "served.msgpack"
     child, url = await start_serve_cli(trace)
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3}) as r:
-                assert r.status == 200 and (await r.json())["usage"]["completion_tokens"] == 3
+        async with aiohttp.ClientSession() as http, http.post(
+                url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3}) as r:
+            assert r.status == 200 and (await r.json())["usage"]["completion_tokens"] == 3
         child.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(child.wait(), 30) == 0
     finally:
@@ -283,14 +283,13 @@ async def test_sigterm_mid_stream_ends_serve_cleanly_and_closes_the_trace(tmp_pa
     trace = tmp_path / "terminated.msgpack"
     child, url = await start_serve_cli(trace)
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(url + "/v1/completions",
-                                 json={"prompt": [1, 2, 3], "max_tokens": 1000, "stream": True}) as r:
-                assert r.status == 200
-                await r.content.readuntil(b"\n\n")
-                await r.content.readuntil(b"\n\n")
-                child.send_signal(signal.SIGTERM)  # with the stream most of its 1000 tokens short
-                rest = await asyncio.wait_for(r.content.read(), 30)
+        async with aiohttp.ClientSession() as http, http.post(
+                url + "/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 1000, "stream": True}) as r:
+            assert r.status == 200
+            await r.content.readuntil(b"\n\n")
+            await r.content.readuntil(b"\n\n")
+            child.send_signal(signal.SIGTERM)  # with the stream most of its 1000 tokens short
+            rest = await asyncio.wait_for(r.content.read(), 30)
         assert await asyncio.wait_for(child.wait(), 30) == 0
         stderr = (await child.stderr.read()).decode()
     finally:

@@ -5,9 +5,18 @@ from collections import defaultdict
 
 import numpy as np
 import polars as pl
-
 from export_checks import check_perfetto, check_tables
-from tracer import BatchEvent, TickEvent, TraceWriter, export_csv, export_parquet, export_perfetto, from_events, load
+
+from tracer import (
+    BatchEvent,
+    TickEvent,
+    TraceWriter,
+    export_csv,
+    export_parquet,
+    export_perfetto,
+    from_events,
+    load,
+)
 from tracer.synth import synthetic_session
 
 

@@ -17,7 +17,7 @@ from engine.request import Request
 from tracer.recorder import ListRecorder
 from workloads.http_target import HttpTarget
 from workloads.loadgen import run_load
-from workloads.serve import Server, ServePlan
+from workloads.serve import ServePlan, Server
 from workloads.spec import parse_workload
 from workloads.stream import StreamingSink
 
