@@ -8,7 +8,6 @@ import time
 
 import tracer
 import tui_synth
-from tracer import TraceWriter
 from tracer.events import MarkEvent
 from tracer.marks import sidecar_path
 from tui.compare_app import CompareApp
@@ -18,7 +17,8 @@ from tui.widgets.controls import Scrubber
 from tui.widgets.requests import RequestTable
 from tui.widgets.stages import StageGantt
 
-from test_compare_screen import text_of, until
+from test_compare_screen import text_of
+from test_tui_app import live, until, write_ticks  # noqa: F401  # `live` is a fixture
 
 
 def synthetic_pair(tmp_path, n: int = 120) -> tuple[str, str]:
@@ -110,37 +110,27 @@ async def test_marks_of_both_sides_show_jump_and_m_marks_the_focused_side(tmp_pa
     assert [(m["tick"], m["text"]) for m in marks_b] == [(80, "b's note"), (41, "on b")]
 
 
-def write_ticks(writer: TraceWriter, start: int, count: int) -> None:
-    for event in tui_synth.ticks(start, count):
-        writer.emit(event)
-    assert writer.flush(timeout=5)
-
-
-async def test_a_recording_still_being_written_is_followed(tmp_path):
+async def test_a_recording_still_being_written_is_followed(tmp_path, live):
     finished = str(tmp_path / "done.msgpack")
     tui_synth.write_trace(finished, 60)
-    growing = str(tmp_path / "growing.msgpack")
-    writer = TraceWriter(growing, tui_synth.header())
-    try:
-        write_ticks(writer, 0, 30)
-        side = TraceSide(growing)
-        assert side.following and not TraceSide(finished).following
-        app = CompareApp(TraceSide(finished), side, autoplay=False)
-        async with app.run_test(size=(160, 48)) as pilot:
-            await until(pilot, lambda: app.states[1].n_ticks == 30 and app.comparison is not None)
-            assert app.status == "following"
-            assert "still recording" in str(app.screen.query_one("#delta").border_title)
-            write_ticks(writer, 30, 50)
-            await until(pilot, lambda: app.states[1].n_ticks == 80)
-            await pilot.press("end")  # B is now the longer recording: the clock reaches its new end
-            assert app.lockstep.indices(*app.states) == (59, 79)
-            writer.close()
-            await until(pilot, lambda: app.status == "loaded" and not app._comparing)
-            assert "whole recordings" in str(app.screen.query_one("#delta").border_title)
-            batch = app.comparison.delta("mean_batch_seqs")
-            assert batch.b == tracer.summarize(tracer.load(growing))["mean_batch_seqs"]  # final figures
-    finally:
+    growing, writer = live
+    write_ticks(writer, 0, 30)
+    side = TraceSide(growing)
+    assert side.following and not TraceSide(finished).following
+    app = CompareApp(TraceSide(finished), side, autoplay=False)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await until(pilot, lambda: app.states[1].n_ticks == 30 and app.comparison is not None)
+        assert app.status == "following"
+        assert "still recording" in str(app.screen.query_one("#delta").border_title)
+        write_ticks(writer, 30, 50)
+        await until(pilot, lambda: app.states[1].n_ticks == 80)
+        await pilot.press("end")  # B is now the longer recording: the clock reaches its new end
+        assert app.lockstep.indices(*app.states) == (59, 79)
         writer.close()
+        await until(pilot, lambda: app.status == "loaded" and not app._comparing)
+        assert "whole recordings" in str(app.screen.query_one("#delta").border_title)
+        batch = app.comparison.delta("mean_batch_seqs")
+        assert batch.b == tracer.summarize(tracer.load(growing))["mean_batch_seqs"]  # final figures
 
 
 async def test_the_requests_table_keeps_tpot_on_an_80_column_terminal(tmp_path):
@@ -161,25 +151,21 @@ async def test_the_requests_table_keeps_tpot_on_an_80_column_terminal(tmp_path):
         assert table._lines[0].text.split() == ["id", "state", "prompt", "out", "TTFT", "TPOT"]
 
 
-async def test_a_recording_whose_writer_died_ends_without_its_footer(tmp_path):
+async def test_a_recording_whose_writer_died_ends_without_its_footer(tmp_path, live):
     finished = str(tmp_path / "done.msgpack")
     tui_synth.write_trace(finished, 60)
-    crashed = str(tmp_path / "crashed.msgpack")
-    writer = TraceWriter(crashed, tui_synth.header())
-    try:
-        write_ticks(writer, 0, 40)  # flushed, then abandoned: no index, no footer
-        os.utime(crashed, (time.time() - 60, time.time() - 60))  # as if it died a minute ago
-        side = TraceSide(crashed, stopped_after_s=5)
-        assert side.following
-        app = CompareApp(TraceSide(finished), side, autoplay=False)
-        async with app.run_test(size=(160, 48)) as pilot:
-            await until(pilot, lambda: app.status == "loaded" and app.comparison is not None and not app._comparing)
-            assert app._side_status[1] == STOPPED and app.states[1].n_ticks == 40
-            assert "whole recordings" in str(app.screen.query_one("#delta").border_title)
-            batch = app.comparison.delta("mean_batch_seqs")
-            assert batch.b == tracer.summarize(tracer.load(crashed))["mean_batch_seqs"]  # final figures
-            write_ticks(writer, 40, 10)  # it was only a pause: followed again
-            await until(pilot, lambda: app.states[1].n_ticks == 50 and app.status == "following")
-            assert app._side_status[1] in ("live", "idle")
-    finally:
-        writer.close()
+    crashed, writer = live
+    write_ticks(writer, 0, 40)  # flushed, then abandoned: no index, no footer
+    os.utime(crashed, (time.time() - 60, time.time() - 60))  # as if it died a minute ago
+    side = TraceSide(crashed, stopped_after_s=5)
+    assert side.following
+    app = CompareApp(TraceSide(finished), side, autoplay=False)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await until(pilot, lambda: app.status == "loaded" and app.comparison is not None and not app._comparing)
+        assert app.feeds[1].status == STOPPED and app.states[1].n_ticks == 40
+        assert "whole recordings" in str(app.screen.query_one("#delta").border_title)
+        batch = app.comparison.delta("mean_batch_seqs")
+        assert batch.b == tracer.summarize(tracer.load(crashed))["mean_batch_seqs"]  # final figures
+        write_ticks(writer, 40, 10)  # it was only a pause: followed again
+        await until(pilot, lambda: app.states[1].n_ticks == 50 and app.status == "following")
+        assert app.feeds[1].status in ("live", "idle")

@@ -21,16 +21,9 @@ from tui.state import DashboardState
 from tui.widgets.delta import CompareHeader, DeltaPanel
 from tui.widgets.header import TraceHeader
 
+from test_tui_app import until
+
 SIZE = (160, 48)
-
-
-async def until(pilot, condition, tries: int = 400) -> None:
-    """Let the app run until `condition()` holds (bounded, so a broken app fails, not hangs)."""
-    for _ in range(tries):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    assert condition()
 
 
 def text_of(widget) -> str:

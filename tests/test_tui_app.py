@@ -21,7 +21,7 @@ from tui.widgets.requests import RequestTable
 SIZE = (100, 30)
 
 
-async def until(pilot, condition, tries: int = 300) -> None:
+async def until(pilot, condition, tries: int = 400) -> None:
     """Let the app run until `condition()` holds (bounded, so a broken app fails, not hangs)."""
     for _ in range(tries):
         if condition():
@@ -154,29 +154,34 @@ def write_ticks(writer: TraceWriter, start: int, count: int) -> None:
     assert writer.flush(timeout=5)
 
 
-async def test_live_follows_a_growing_file(tmp_path):
+@pytest.fixture
+def live(tmp_path):
+    """A trace being written: its path and its writer (closed at the end if the test did not)."""
     path = str(tmp_path / "live.msgpack")
     writer = TraceWriter(path, tui_synth.header())
-    try:
-        write_ticks(writer, 0, 30)
-        app = TickscopeApp(LiveSource(path), "live")
-        async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.state.n_ticks == 30)
-            assert app.playing and app.cursor == 29 and app.status == "live"
-            write_ticks(writer, 30, 30)
-            await until(pilot, lambda: app.state.n_ticks == 60)
-            assert app.cursor == 59  # following the end
-            await pilot.press("left")  # stepping back stops following...
-            assert not app.playing and app.cursor == 58
-            write_ticks(writer, 60, 10)
-            await until(pilot, lambda: app.state.n_ticks == 70)
-            assert app.cursor == 58  # ...so new ticks do not move the view
-            await pilot.press("end")
-            assert app.playing and app.cursor == 69
-            await pilot.press("space")
-            assert not app.playing
-    finally:
-        writer.close()
+    yield path, writer
+    writer.close()
+
+
+async def test_live_follows_a_growing_file(live):
+    path, writer = live
+    write_ticks(writer, 0, 30)
+    app = TickscopeApp(LiveSource(path), "live")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.state.n_ticks == 30)
+        assert app.playing and app.cursor == 29 and app.status == "live"
+        write_ticks(writer, 30, 30)
+        await until(pilot, lambda: app.state.n_ticks == 60)
+        assert app.cursor == 59  # following the end
+        await pilot.press("left")  # stepping back stops following...
+        assert not app.playing and app.cursor == 58
+        write_ticks(writer, 60, 10)
+        await until(pilot, lambda: app.state.n_ticks == 70)
+        assert app.cursor == 58  # ...so new ticks do not move the view
+        await pilot.press("end")
+        assert app.playing and app.cursor == 69
+        await pilot.press("space")
+        assert not app.playing
 
 
 def test_live_source_states(tmp_path, monkeypatch):
@@ -194,67 +199,55 @@ def test_live_source_states(tmp_path, monkeypatch):
     source.close()
 
 
-async def test_live_shows_ended_when_the_writer_closes(tmp_path):
-    path = str(tmp_path / "live.msgpack")
-    writer = TraceWriter(path, tui_synth.header())
-    try:
-        write_ticks(writer, 0, 10)
-        app = TickscopeApp(LiveSource(path), "live")
-        async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.state.n_ticks == 10 and app.status == "live")
-            write_ticks(writer, 10, 5)
-            writer.close()
-            await until(pilot, lambda: app.status == "ended")
-            assert app.state.n_ticks == 15 and app.cursor == 14
-            await pilot.pause()
-            assert " ended " in str(app.query_one("#header").render())
-    finally:
+async def test_live_shows_ended_when_the_writer_closes(live):
+    path, writer = live
+    write_ticks(writer, 0, 10)
+    app = TickscopeApp(LiveSource(path), "live")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.state.n_ticks == 10 and app.status == "live")
+        write_ticks(writer, 10, 5)
         writer.close()
+        await until(pilot, lambda: app.status == "ended")
+        assert app.state.n_ticks == 15 and app.cursor == 14
+        await pilot.pause()
+        assert " ended " in str(app.query_one("#header").render())
 
 
-async def test_live_reads_older_detail_back_through_the_growing_index(tmp_path):
-    path = str(tmp_path / "live.msgpack")
-    writer = TraceWriter(path, tui_synth.header())
-    try:
-        for start in range(0, 60, 20):  # three flushes: three events frames
-            write_ticks(writer, start, 20)
-        recorded = {e.tick: e.counts for e in tui_synth.ticks(0, 20) if isinstance(e, ExpertsEvent)}
-        app = TickscopeApp(LiveSource(path), "live")
-        app.state = DashboardState(detail_capacity=8)  # only the last few ticks stay in memory
-        async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.state.n_ticks == 60)
-            assert app.state.detail(app.state.index_of_tick(5)) is None
-            await pilot.press("g", *"5", "enter")
-            await pilot.pause()
-            detail = app.state.detail(app.cursor)
-            assert app.state.tick_number(app.cursor) == 5
-            assert detail is not None and np.array_equal(detail.experts, recorded[5])
-    finally:
-        writer.close()
+async def test_live_reads_older_detail_back_through_the_growing_index(live):
+    path, writer = live
+    for start in range(0, 60, 20):  # three flushes: three events frames
+        write_ticks(writer, start, 20)
+    recorded = {e.tick: e.counts for e in tui_synth.ticks(0, 20) if isinstance(e, ExpertsEvent)}
+    app = TickscopeApp(LiveSource(path), "live")
+    app.state = DashboardState(detail_capacity=8)  # only the last few ticks stay in memory
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.state.n_ticks == 60)
+        assert app.state.detail(app.state.index_of_tick(5)) is None
+        await pilot.press("g", *"5", "enter")
+        await pilot.pause()
+        detail = app.state.detail(app.cursor)
+        assert app.state.tick_number(app.cursor) == 5
+        assert detail is not None and np.array_equal(detail.experts, recorded[5])
 
 
 @pytest.mark.parametrize("damage", ["truncated", "replaced"])
-async def test_live_survives_a_truncated_or_replaced_file(tmp_path, damage):
-    path = str(tmp_path / "live.msgpack")
-    writer = TraceWriter(path, tui_synth.header())
-    try:
-        write_ticks(writer, 0, 20)
-        app = TickscopeApp(LiveSource(path), "live")
-        async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.state.n_ticks == 20)
-            if damage == "truncated":
-                os.truncate(path, 64)
-            else:
-                other = str(tmp_path / "other.msgpack")
-                tui_synth.write_trace(other, 5)
-                os.replace(other, path)
-            await until(pilot, lambda: app.status == damage)
-            assert any(damage in n.message for n in app._notifications)
-            assert app.is_running and app.state.n_ticks == 20  # what was read stays on screen
-            await pilot.press("left")
-            assert app.cursor == 18
-    finally:
-        writer.close()
+async def test_live_survives_a_truncated_or_replaced_file(live, tmp_path, damage):
+    path, writer = live
+    write_ticks(writer, 0, 20)
+    app = TickscopeApp(LiveSource(path), "live")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.state.n_ticks == 20)
+        if damage == "truncated":
+            os.truncate(path, 64)
+        else:
+            other = str(tmp_path / "other.msgpack")
+            tui_synth.write_trace(other, 5)
+            os.replace(other, path)
+        await until(pilot, lambda: app.status == damage)
+        assert any(damage in n.message for n in app._notifications)
+        assert app.is_running and app.state.n_ticks == 20  # what was read stays on screen
+        await pilot.press("left")
+        assert app.cursor == 18
 
 
 async def test_live_waits_for_a_file_that_does_not_exist_yet(tmp_path):

@@ -8,54 +8,10 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
-HELP = """\
-# tickscope
+from tui.panels import PANELS
 
-**what a token costs** — the article's claim as numbers, for the current tick and the last 10 s:
-*device* is busy device time per token (prefill + decode), the measured cost (a pipelined tick
-counts its modelled makespan once per stage device); *bytes* what a tick reads per token, modelled
-from the trace alone (every dense weight once a tick, each layer's distinct active experts, the
-KV cache), the same on any machine; *experts* the distinct experts a layer touched against what
-uniform routing would touch for those tokens, E·(1−(1−k/E)^T), so a gap is what the router's skew
-saves; *capacity* tokens per busy second, what the device would serve at this batch mix were it
-never idle (not the served rate: under open-loop load that is the arrivals); *device/out* the cost
-per output token. With `--price` a measured $ per million output tokens; with `--accelerator NAME`
-the same ticks costed on that accelerator (roofline: max(bytes/bandwidth, FLOPs/peak)), labelled
-modelled. Small batches read the same weights for fewer tokens: that is the cost of running alone.
-
-**throughput & batch** — sampled tokens per second of each tick, a request's first token (sampled
-at the end of its prefill) included, over the time since the previous tick ended, so the
-collection window counts, sequences and tokens (prefill + decode)
-in each batch, the queue and KV-cache use (the last two on taller screens). One column is a bucket of ticks: the solid part reaches the bucket's
-minimum, the dim part its maximum, so no spike is hidden. The yellow column is the current tick.
-
-**experts × layers** — tokens routed to each expert (columns) of each MoE layer (rows) in the
-current tick; each character holds two layers (upper half = upper layer), expert numbers above the
-columns. Dark grey is an expert that got nothing; the scale under a roomy map runs from one token
-to the busiest cell. *active* is the share of (layer, expert) cells that got a token; *max/mean* the
-load imbalance (1.0 = perfect), *balance* its inverse mean/max as vLLM logs it; *hot* names the
-busiest experts overall, *hot by layer* each layer's busiest. Over a span (`a`) the map is the
-span's mean load, while *active*, *max/mean* and *balance* are means over the span's (tick, layer)
-cells, the same figures `tickscope summary` and compare give under those names; *dead* counts
-experts that got no token in any tick of it, and the subtitle says how many of the span's ticks
-were held. Small batches leave most experts idle: that is where MoE efficiency goes.
-
-**latency · queue · KV** — TTFT (arrival to first token) and TPOT (time per output token after the
-first) p50/p99 (and p90 where there is room) over the last seconds of recording; with room, their
-distributions over the recording so far (log scale: fastest left, slowest right); the queue, running
-sequences, KV-cache use, and requests finished, rejected and preempted.
-
-**pipeline stages** — the current tick's layers split into stages (rows) and its batch into
-micro-batches (coloured cells): *modelled* on one device per stage from cells that ran in turn on
-one device, or *measured* as they ran in one process per stage (`record --distributed`); the
-subtitle says which, and the line under the rows the time scale. ╌ blue is warmup, ╌ red drain,
-░ bubbles inside the pipeline. Shown when the trace has stages.
-
-**recent requests** — the latest arrivals as they stood at the current tick: queued, prefill,
-decode (`*` = preempted by then), finished, rejected, cancelled. Press `r` (or click a row) and pick
-one with ↑ ↓ and enter to see its life as a timeline: arrival, admission, first token, every token,
-preemptions and the end. In a long replay, columns drawn as dots are ticks not read yet.
-
+# The panels' paragraphs come from the registry, in layout order, and so do the panels `p` cycles.
+KEYS = """\
 ## Keys
 
 | key | does |
@@ -89,11 +45,14 @@ under open-loop arrivals it is the offered load, not efficiency.
 |---|---|
 | t | align by time since start, or by tick |
 | d | show / hide the delta table |
-| p | which panels a side shows when not all fit: heatmap, latency, requests, stages |
+| p | which panels a side shows when not all fit: {cycled} |
 | Tab | focus side A or B (or click it) |
 | m | add a mark at the focused side's current tick (side A when neither has focus) |
 | [ ] | previous / next mark of either recording (◆ on the scrubber: A cyan, B magenta) |
 """
+
+CYCLED = ", ".join(panel.title for panel in PANELS if panel.cycles)
+HELP = "\n\n".join(("# tickscope", *(panel.help for panel in PANELS), KEYS.format(cycled=CYCLED)))
 
 
 class HelpScreen(ModalScreen[None]):

@@ -9,8 +9,9 @@ from rich.style import Style
 from rich.text import Text
 from textual.strip import Strip
 
-from tui.state import DashboardState, Series
+from tui.state import Series
 from tui.widgets.lines import LinesWidget, runs, text_lines
+from tui.widgets.panel import Frame
 
 EIGHTHS = " ▁▂▃▄▅▆▇█"
 CURSOR = Style.parse("bold yellow on grey23")
@@ -73,7 +74,8 @@ class SeriesChart(LinesWidget):
         self.color = color
         self.unit = unit
 
-    def show(self, state: DashboardState, index: int) -> None:
+    def show(self, frame: Frame) -> None:
+        state, index = frame.state, frame.index
         width, height = self.size.width, self.size.height
         series = state.series(self.series_name, index, max(width, 1))
         now = float(state.values(self.series_name)[index]) if state.n_ticks else 0.0

@@ -12,6 +12,7 @@ from textual.strip import Strip
 
 from tui.state import ExpertStats, expert_stats
 from tui.widgets.lines import LinesWidget, runs, text_lines
+from tui.widgets.panel import Frame
 
 # Cold to hot; zero gets its own colour so an idle expert never reads as "a little load".
 SCALE = Gradient((0.0, "#1f3b73"), (0.45, "#2aa198"), (0.75, "#e8c547"), (1.0, "#ff4d3d"))
@@ -129,12 +130,25 @@ def stats_text(stats: ExpertStats, span: bool, per_layer: bool) -> Text:
     return text
 
 
+def heat_label(span: int, index: int, experts: np.ndarray | None) -> str:
+    """What the heatmap shows: the current tick, or the mean of the span's ticks held in memory
+    (saying how many, when fewer than the span's ticks)."""
+    if span == 1:
+        return "current tick"
+    wanted = min(span, index + 1)
+    held = len(experts) if experts is not None and np.ndim(experts) == 3 else 0
+    return f"mean of last {wanted} ticks" if held >= wanted else f"mean of {held} of last {wanted} ticks"
+
+
 class ExpertHeatmap(LinesWidget):
     """Tokens routed to each expert (columns) of each layer (rows) in the current tick or span."""
 
-    def show(self, counts: np.ndarray | None, what: str) -> None:
-        """`counts`: one tick's [layers, experts], or a span's [ticks, layers, experts] stack (its
-        mean is drawn; its figures are means over (tick, layer) cells, as summary gives them)."""
+    def show(self, frame: Frame) -> None:
+        """The frame's experts: one tick's [layers, experts], or a span's [ticks, layers, experts]
+        stack (its mean is drawn; its figures are means over (tick, layer) cells, as summary gives
+        them)."""
+        counts = frame.experts
+        what = heat_label(frame.heat_span, frame.index, counts)
         self.border_subtitle = what
         if counts is None:
             self.set_text(Text("no expert load for this tick", style="dim italic"))
@@ -148,7 +162,7 @@ class ExpertHeatmap(LinesWidget):
         # The per-layer line, expert numbers and the colour scale only where there is room for
         # them beside a readable map.
         roomy = height >= 12
-        stats = stats_text(expert_stats(stack), span=what != "current tick", per_layer=roomy)
+        stats = stats_text(expert_stats(stack), span=frame.heat_span > 1, per_layer=roomy)
         footer = text_lines(self.app.console, stats, width)
         if roomy:
             footer.insert(0, legend(float(counts.max()), width))

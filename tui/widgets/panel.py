@@ -1,14 +1,40 @@
-"""What every panel shares: asking for a new frame when its size changes."""
+"""What every panel shares: the frame it draws (`show(frame)`), and asking for a new frame when its
+size changes."""
 
 from __future__ import annotations
 
-from textual import events
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol, cast
 
+import numpy as np
+from textual import events
+from textual.containers import Vertical
+from textual.widget import Widget
+
+from tracer.events import StageEvent
 from tui.messages import PanelResized
+from tui.state import DashboardState
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One recording at one tick: all that a panel draws from."""
+
+    state: DashboardState
+    index: int  # the tick in view, as an index into the state
+    experts: np.ndarray | None = None  # its [layers, experts] counts, or a heat span's [ticks, ...] stack
+    stages: StageEvent | None = None  # its stage cells
+    heat_span: int = 1  # ticks the heatmap averages over (1 = the current tick)
+
+
+class ShowsFrames(Protocol):
+    def show(self, frame: Frame) -> None: ...
 
 
 class Panel:
     """Mixin for widgets that draw to their size: a resize (or appearing) needs a fresh frame.
+    Every panel's widget, or each of its parts, is one (a hidden one is drawn when it appears).
 
     A plain mixin, not a Widget subclass, so it does not disturb the widget's own CSS and
     component classes (DataTable's, for one).
@@ -16,3 +42,18 @@ class Panel:
 
     def on_resize(self, event: events.Resize) -> None:
         self.post_message(PanelResized())  # type: ignore[attr-defined]  # the widget's
+
+
+class PanelGroup(Vertical):
+    """A panel made of several widgets, each drawing the same frame."""
+
+    def show(self, frame: Frame) -> None:
+        show_panels(self.children, frame)
+
+
+def show_panels(panels: Iterable[Widget], frame: Frame) -> None:
+    """Draw those of `panels` on screen (each a panel of the registry, or a part of one: all show
+    frames). A hidden one is drawn when it appears: its resize asks for a frame."""
+    for panel in panels:
+        if panel.display:
+            cast(ShowsFrames, panel).show(frame)

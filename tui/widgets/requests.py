@@ -1,7 +1,7 @@
 """The recent-requests table: a window of the latest arrivals, never every row of the recording.
 
 Focus it (`r`, Tab or a click) to pick a request with the arrow keys; enter or a click opens its
-timeline. Left/right, home/end and space stay the app's playback keys even while it has focus.
+timeline as of the tick the table shows. Left/right, home/end and space stay the app's playback keys even while it has focus.
 Drawn as lines (not a DataTable): it is redrawn on every frame of a replay.
 """
 
@@ -12,11 +12,12 @@ from functools import lru_cache
 from rich.style import Style
 from textual import events
 from textual.binding import Binding
-from textual.message import Message
 from textual.strip import Strip
 
-from tui.state import DashboardState, RequestRow
+from tui.screens.request import RequestScreen
+from tui.state import RequestRow
 from tui.widgets.lines import LinesWidget, runs
+from tui.widgets.panel import Frame
 from tui.widgets.stats import fmt_s
 
 STATE_STYLES = {
@@ -82,24 +83,20 @@ class RequestTable(LinesWidget):
         Binding("escape", "leave", "Leave table"),
     ]
 
-    class Chosen(Message):
-        """The user asked for one request's timeline."""
-
-        def __init__(self, request: int) -> None:
-            super().__init__()
-            self.request = request
-
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._rows: list[RequestRow] = []
         self._cursor = 0
         self._picked: int | None = None  # the request under the cursor, kept across frames
+        self._frame: Frame | None = None  # the frame shown: whose requests, and as of when
 
     @property
     def picked(self) -> int | None:
         return self._picked if self.has_focus else None
 
-    def show(self, state: DashboardState, index: int) -> None:
+    def show(self, frame: Frame) -> None:
+        state, index = frame.state, frame.index
+        self._frame = frame
         # Only as many rows as fit: a long recording has far too many to list.
         limit = max(self.size.height - 1, 1)
         self._rows = state.recent_requests(index, limit) if state.n_ticks else []
@@ -138,8 +135,12 @@ class RequestTable(LinesWidget):
         self._pick(self._cursor + delta)
 
     def action_choose(self) -> None:
-        if self._rows:
-            self.post_message(self.Chosen(self._rows[self._cursor].request))
+        if not self._rows or self._frame is None:
+            return
+        state, index = self._frame.state, self._frame.index
+        life = state.request_life(self._rows[self._cursor].request)
+        if life is not None:
+            self.app.push_screen(RequestScreen(life, state.time_at(index)))
 
     def action_leave(self) -> None:
         self.screen.set_focus(None)

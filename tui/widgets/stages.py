@@ -16,6 +16,7 @@ from textual.strip import Strip
 from tracer.events import StageEvent
 from tui.state import stage_stats
 from tui.widgets.lines import LinesWidget, runs
+from tui.widgets.panel import Frame
 
 # Micro-batches alternate colours so neighbouring cells stay apart.
 CELL_COLORS = ("#4e9fd1", "#7fc97f", "#beaed4", "#fdc086", "#f0027f", "#bf5b17")
@@ -86,7 +87,8 @@ def _cell(glyph: tuple[str, str]) -> tuple[str, Style]:
 class StageGantt(LinesWidget):
     """The modelled one-device-per-stage timeline of the current tick."""
 
-    def show(self, stages: StageEvent | None) -> None:
+    def show(self, frame: Frame) -> None:
+        stages = frame.stages
         if stages is None:
             self.border_subtitle = ""
             self.set_text(Text("no stage timings in this trace / tick", style="dim italic"))

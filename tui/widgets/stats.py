@@ -8,10 +8,10 @@ from rich.text import Text
 from textual.strip import Strip
 from textual.widgets import Static
 
-from tui.state import LATENCY_WINDOW_S, DashboardState, Series
+from tui.state import LATENCY_WINDOW_S, Series
 from tui.widgets.charts import bar_chart
 from tui.widgets.lines import LinesWidget, text_lines
-from tui.widgets.panel import Panel
+from tui.widgets.panel import Frame, Panel
 
 
 def fmt_s(seconds: float | None) -> str:
@@ -44,7 +44,8 @@ class LatencyPanel(LinesWidget):
     """TTFT and TPOT percentiles over the last seconds of recording and, where there is room,
     their distributions over the recording so far (side by side on a wide panel)."""
 
-    def show(self, state: DashboardState, index: int) -> None:
+    def show(self, frame: Frame) -> None:
+        state, index = frame.state, frame.index
         stats = state.latency(index)
         width, height = self.size.width, self.size.height
         wide = width >= 60  # room for a p90 column
@@ -111,7 +112,8 @@ class QueuePanel(Panel, Static):
 
     _shown = False
 
-    def show(self, state: DashboardState, index: int) -> None:
+    def show(self, frame: Frame) -> None:
+        state, index = frame.state, frame.index
         if state.n_ticks == 0:
             self.update(Text("waiting for the first tick", style="dim italic"))
             return
@@ -157,7 +159,8 @@ class CostPanel(Panel, Static):
     touched against uniform routing's expectation, and $ per million output tokens when a price or
     an accelerator is given. Rows come most telling first, so a short panel keeps those."""
 
-    def show(self, state: DashboardState, index: int) -> None:
+    def show(self, frame: Frame) -> None:
+        state, index = frame.state, frame.index
         if state.n_ticks == 0:
             self.update(Text("what a token costs: waiting for the first tick", style="dim italic"))
             return
