@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import tracer
-from tracer.events import SessionHeader, StageEvent
+from tracer.events import SessionHeader
 from tui.source import POLL_BUDGET_S, LiveSource, ReplaySource
 from tui.state import FrameData
 
@@ -55,9 +55,6 @@ class TraceSide:
 
     def fetch(self, tick: int, *, rows: bool = True) -> FrameData | None:
         return self._source.fetch(tick, rows=rows)
-
-    def detail(self, tick: int) -> tuple[np.ndarray | None, StageEvent | None] | None:
-        return self._source.detail(tick)
 
     def status(self) -> str:
         """The source's state ("loaded", with any damage skipped; a followed trace's live, idle,

@@ -23,7 +23,7 @@ import polars as pl
 
 from tracer.columns import TICK_COLUMNS
 from tracer.cost import Accelerator, CostUnavailable, ModelShape, modelled_columns, span_summary
-from tracer.events import MarkEvent, SessionHeader, StageEvent
+from tracer.events import MarkEvent, SessionHeader
 from tui.state.blocks import NS, Detail, FrameData, frame_from_events
 from tui.state.columns import Columns
 from tui.state.requests import LATENCY_WINDOW_S, LatencyStats, RequestLife, RequestRow, RequestTable
@@ -223,10 +223,6 @@ class DashboardState:
         self._detail.move_to_end(tick)
         held.experts = detail.experts if detail.experts is not None else held.experts
         held.stages = detail.stages if detail.stages is not None else held.stages
-
-    def put_detail(self, tick: int, experts: np.ndarray | None, stages: StageEvent | None) -> None:
-        """Cache detail fetched from the trace for a tick no longer (or never) held."""
-        self._put_detail(tick, Detail(experts, stages))
 
     # -- layout ---------------------------------------------------------------------------------
 
