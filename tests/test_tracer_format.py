@@ -1,5 +1,6 @@
 """FORMAT.md is enough to read a trace: a reader written from it alone, with struct, zlib and msgpack."""
 
+import re
 import struct
 import zlib
 
@@ -9,7 +10,8 @@ import msgpack
 import numpy as np
 
 import tracer
-from tracer.events import TICK_FIELDS
+from tracer.events import KINDS, TICK_FIELDS
+from tracer.index import ENTRY_FIELDS
 
 from tracer import MarkEvent, TraceWriter
 from tracer.synth import synthetic_session
@@ -84,3 +86,46 @@ def test_format_md_lists_the_tick_fields_in_their_order():
                if line.startswith("| 1 | tick"))
     written = row.split("`")[1].split(", ")
     assert tuple(written) == TICK_FIELDS
+
+
+def format_md_section(heading: str) -> str:
+    """The text of FORMAT.md under `## heading`, up to the next heading of that level."""
+    text = (Path(tracer.__file__).parent / "FORMAT.md").read_text()
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else None]
+
+
+def test_format_md_event_table_is_the_kinds_table():
+    rows = {}
+    for line in format_md_section("Events frame (kind 2)").splitlines():
+        m = re.match(r"\| (\d+) \| (\w+) *\| (.*) \|$", line)
+        if m:
+            rows[int(m[1])] = (m[2], m[3])
+    assert sorted(rows) == sorted(kind.code for kind in KINDS)
+    for kind in KINDS:
+        name, elements = rows[kind.code]
+        assert name == kind.name
+        written = re.split(r", (?![^\[]*\])", elements.split("`")[1])  # commas outside a [shape]
+        assert written == [f.wire_name for f in kind.wire], kind.name
+        for f in kind.wire:
+            if f.type == "packed":  # its element type is named (int32, uint32, ...)
+                assert np.dtype(f.dtype).name in elements, (kind.name, f.name)
+            if f.optional:
+                assert "nil" in elements, (kind.name, f.name)
+
+
+def test_format_md_names_the_kinds_the_writer_drops():
+    stats = format_md_section("Stats frame (kind 4)")
+    counted = set(re.findall(r'`"(\w+)"`', stats)) - {"invalid", "oversize"}
+    assert counted == {kind.name for kind in KINDS if kind.priority != "kept"}
+    for kind in KINDS:
+        if kind.priority == "kept":
+            assert f"{kind.name.capitalize()} events are never dropped" in stats
+
+
+def test_format_md_lists_the_index_columns_in_their_order():
+    index = format_md_section("Index frame (kind 3)")
+    assert f"int64 `[n, {len(ENTRY_FIELDS)}]`" in index
+    columns = [m[1] for m in re.finditer(r"^\| (\w+) +\| ", index, re.M)][1:]  # after the table's heading row
+    assert tuple(columns) == ENTRY_FIELDS

@@ -19,6 +19,7 @@ from tracer.events import (
     StageEvent,
     TickEvent,
 )
+from tracer.exports import EXPORTS, export, export_csv, export_parquet, export_perfetto  # polars on first use
 from tracer.marks import add_mark, read_marks, sidecar_path
 from tracer.reader import TraceReader, open_trace
 from tracer.recorder import ListRecorder, NullRecorder, Recorder
@@ -26,7 +27,6 @@ from tracer.tail import TraceTail, follow
 from tracer.writer import TraceWriter
 
 _ON_POLARS = {
-    "export_csv": "tracer.exports", "export_parquet": "tracer.exports", "export_perfetto": "tracer.exports",
     "Trace": "tracer.frames", "from_events": "tracer.frames", "load": "tracer.frames",
     "summarize": "tracer.summary", "summary_table": "tracer.summary",
 }
@@ -38,9 +38,9 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'tracer' has no attribute '{name}'")
 
 __all__ = [
-    "BatchEvent", "Event", "ExpertsEvent", "FORMAT_VERSION", "ListRecorder", "MarkEvent",
+    "BatchEvent", "EXPORTS", "Event", "ExpertsEvent", "FORMAT_VERSION", "ListRecorder", "MarkEvent",
     "NullRecorder", "Recorder", "RequestEvent", "SessionHeader", "StageEvent", "TickEvent",
     "Trace", "TraceFormatError", "TraceReader", "TraceTail", "TraceWriter", "add_mark",
-    "export_csv", "export_parquet", "export_perfetto", "follow", "from_events", "load",
+    "export", "export_csv", "export_parquet", "export_perfetto", "follow", "from_events", "load",
     "open_trace", "read_marks", "sidecar_path", "summarize", "summary_table",
 ]

@@ -1,43 +1,28 @@
 """Events and the session header <-> msgpack payloads.
 
-Each event is a msgpack array `[code, field, ...]` in the dataclass's field order, so payloads stay
-small and positional; per-tick arrays travel as `[shape, raw little-endian bytes]`. Decoding checks
-every type and length, because the bytes may come from anyone: anything unexpected is a
-`TraceFormatError`, never an exception from deeper down.
+Each event is a msgpack array `[code, field, ...]` in the order of its kind's row in
+`tracer.events.KINDS` (the dataclass's field order), so payloads stay small and positional;
+per-tick arrays travel as `[shape, raw little-endian bytes]`. The encoder and decoder of each kind
+are built from that row. Decoding checks every type and length, because the bytes may come from
+anyone: anything unexpected is a `TraceFormatError`, never an exception from deeper down.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import numpy as np
 
 from tracer.errors import TraceFormatError
-from tracer.events import (
-    FORMAT_VERSION,
-    BatchEvent,
-    Event,
-    ExpertsEvent,
-    MarkEvent,
-    RequestEvent,
-    SessionHeader,
-    StageEvent,
-    TickEvent,
-    TICK_FIELDS,
-)
+from tracer.events import FORMAT_VERSION, KIND_NAMED, KINDS, Event, EventKind, SessionHeader
 from tracer.limits import MAX_ARRAY_DIM, MAX_BIN_LEN, MAX_CONTAINER_LEN, MAX_STR_LEN, MAX_TEXT_CHARS
 
-TICK, EXPERTS, STAGE, REQUEST, MARK, BATCH = 1, 2, 3, 4, 5, 6
-KIND_NAMES = {TickEvent: "tick", ExpertsEvent: "experts", StageEvent: "stage", RequestEvent: "request", MarkEvent: "mark",
-              BatchEvent: "batch"}
-
-_COUNTS = np.dtype("<i4")
-_STAGE_NS = np.dtype("<i8")
-_TOKEN_US = np.dtype("<u4")
-_BATCH_COLUMNS = (np.dtype("<i8"), np.dtype("<i4"), np.dtype("<i4"), np.dtype("<i2"))  # requests, prefill, decode, groups
-_DECODE_TOKENS = 1 + TICK_FIELDS.index("decode_tokens")  # its place in a tick event, after the code
+# The codes by name, for readers that sort a frame's events by kind.
+TICK, EXPERTS, STAGE, REQUEST, MARK, BATCH = (KIND_NAMED[name].code for name in
+                                              ("tick", "experts", "stage", "request", "mark", "batch"))
+KIND_NAMES = {kind.cls: kind.name for kind in KINDS}
 
 _UNPACK_OPTIONS: dict[str, Any] = dict(
     raw=False,
@@ -88,27 +73,39 @@ def _text(s: str) -> str:
     return s if len(s) <= MAX_TEXT_CHARS else s[:MAX_TEXT_CHARS]
 
 
+def _encoder(kind: EventKind) -> Callable[[Any], list[Any]]:
+    """`encode_event` for one kind, compiled from its row into one list display, as it would be
+    written by hand: the writer thread encodes every event, and a loop over the fields cost a
+    fifth of its rate."""
+    env: dict[str, Any] = {"_raw": _raw, "_text": _text}
+    parts = [str(kind.code)]
+    for f in kind.wire:
+        value = f"ev.{f.name}"  # field names are identifiers: the dataclass's
+        if f.type == "shape":  # the shape of the first array it shapes
+            parts.append(f"list(ev.{next(g.name for g in kind.wire if g.shape == 'shape')}.shape)")
+        elif f.type == "text":
+            parts.append(f"_text({value})")
+        elif f.type == "bool":
+            parts.append(f"bool({value})")
+        elif f.type == "packed":
+            env[f"_{f.name}_dtype"] = np.dtype(f.dtype)
+            raw = f"_raw({value}, _{f.name}_dtype)"
+            parts.append(f"(None if {value} is None else {raw})" if f.optional else raw)
+        else:
+            parts.append(value)
+    exec(f"def encode(ev):\n    return [{', '.join(parts)}]\n", env)
+    encode: Callable[[Any], list[Any]] = env["encode"]
+    return encode
+
+
+_ENCODERS = {kind.cls: _encoder(kind) for kind in KINDS}
+
+
 def encode_event(ev: Event) -> list[Any]:
-    t = type(ev)
-    if t is TickEvent:
-        return [TICK, *map(ev.__getattribute__, TICK_FIELDS)]
-    if t is ExpertsEvent:
-        return [EXPERTS, ev.tick, list(ev.counts.shape), _raw(ev.counts, _COUNTS)]
-    if t is RequestEvent:
-        tok = None if ev.token_us is None else _raw(ev.token_us, _TOKEN_US)
-        return [REQUEST, ev.request, ev.phase, ev.t_ns, ev.prompt_tokens, ev.output_tokens,
-                ev.tick, ev.status, _text(ev.reason), tok]
-    if t is StageEvent:
-        return [STAGE, ev.tick, list(ev.measured_start_ns.shape),
-                _raw(ev.measured_start_ns, _STAGE_NS), _raw(ev.measured_end_ns, _STAGE_NS),
-                _raw(ev.modelled_start_ns, _STAGE_NS), _raw(ev.modelled_end_ns, _STAGE_NS),
-                bool(ev.modelled)]
-    if t is MarkEvent:
-        return [MARK, ev.t_ns, ev.tick, _text(ev.text)]
-    if t is BatchEvent:
-        columns = (ev.requests, ev.prefill_tokens, ev.decode_tokens, ev.groups)
-        return [BATCH, ev.tick, *(_raw(c, d) for c, d in zip(columns, _BATCH_COLUMNS))]
-    raise TypeError(f"not a trace event: {t.__name__}")
+    encode = _ENCODERS.get(type(ev))
+    if encode is None:
+        raise TypeError(f"not a trace event: {type(ev).__name__}")
+    return encode(ev)
 
 
 def _bad(what: str) -> TraceFormatError:
@@ -141,73 +138,81 @@ def _array(shape: Any, data: Any, dtype: np.dtype, ndim: int, what: str) -> np.n
     return np.frombuffer(data, dtype).reshape(shape)
 
 
+def _decoder(kind: EventKind) -> Callable[[list[Any]], Event]:
+    """`decode_event` for one kind: every field's type checked, packed arrays read, as the table says."""
+    cls, name, n, required = kind.cls, kind.name, len(kind.wire), kind.required
+    what = f"{name} event"
+    # Places in the list of fields after the code (so one less than in the event).
+    fallbacks = [(i, kind.at[f.fallback] - 1) for i, f in enumerate(kind.wire) if f.fallback]
+    ints = [i for i, f in enumerate(kind.wire) if f.type == "int"]
+    strs = [(i, f"{name} {f.name}") for i, f in enumerate(kind.wire) if f.type in ("str", "text")]
+    bools = [(i, f"{what}: {f.name} is not a boolean") for i, f in enumerate(kind.wire) if f.type == "bool"]
+    shape_at = next((i for i, f in enumerate(kind.wire) if f.type == "shape"), -1)
+    ndim = len(kind.wire[shape_at].dims) if shape_at >= 0 else 0
+    # (place, dtype, where its shape comes from: -1 its own bytes, -2 the shape field, else the
+    # place of the 1-D array whose length it shares; nil allowed; what a bad one is called)
+    arrays = [(i, np.dtype(f.dtype), -2 if f.shape == "shape" else kind.at[f.shape] - 1 if f.shape else -1,
+               f.optional, f"{what}: {f.name} is not packed bytes")
+              for i, f in enumerate(kind.wire) if f.type == "packed"]
+
+    def decode(item: list[Any]) -> Event:
+        if len(item) <= required:
+            raise _bad(f"{what} too short")
+        values = item[1 : n + 1]
+        for i, source in fallbacks:
+            if len(values) <= i:
+                values.append(values[source])
+        for i in ints:
+            if type(values[i]) is not int:
+                raise _bad(f"{what}: expected an integer, got {type(values[i]).__name__}")
+        for i, label in strs:
+            _str(values[i], label)
+        for i, message in bools:
+            if type(values[i]) is not bool:
+                raise _bad(message)
+        for i, dtype, source, optional, message in arrays:
+            data = values[i]
+            if data is None and optional:
+                continue
+            if source == -2:
+                values[i] = _array(values[shape_at], data, dtype, ndim, what)
+                continue
+            if source == -1:
+                if type(data) is not bytes:
+                    raise _bad(message)
+                length = len(data) // dtype.itemsize
+            else:
+                length = len(values[source])  # an array by now: it comes earlier
+            values[i] = _array([length], data, dtype, 1, what)
+        if shape_at >= 0:
+            del values[shape_at]
+        return cls(*values)
+
+    return decode
+
+
+_DECODERS = {kind.code: _decoder(kind) for kind in KINDS}
+
+
 def decode_event(item: Any) -> Event | None:
     """One event from its msgpack form; None for an event code this version does not know."""
     if type(item) is not list or not item or type(item[0]) is not int:
         raise _bad("event is not an array with a code")
-    code = item[0]
-    n = len(item)
-    if code == TICK:
-        fields = [column[0] for column in tick_columns([item])]
-        _ints(fields, "tick event")
-        return TickEvent(*fields)
-    if code == EXPERTS:
-        if n < 4:
-            raise _bad("experts event too short")
-        _ints(item[1:2], "experts event")
-        return ExpertsEvent(item[1], _array(item[2], item[3], _COUNTS, 2, "experts event"))
-    if code == REQUEST:
-        if n < 10:
-            raise _bad("request event too short")
-        _ints([item[1], item[3], item[4], item[5], item[6]], "request event")
-        tok = item[9]
-        if tok is None:
-            token_us = None
-        elif type(tok) is bytes:
-            token_us = _array([len(tok) // _TOKEN_US.itemsize], tok, _TOKEN_US, 1, "request token_us")
-        else:
-            raise _bad("request event: token_us is not packed bytes")
-        return RequestEvent(
-            request=item[1], phase=_str(item[2], "request phase"), t_ns=item[3],
-            prompt_tokens=item[4], output_tokens=item[5], tick=item[6],
-            status=_str(item[7], "request status"), reason=_str(item[8], "request reason"),
-            token_us=token_us,
-        )
-    if code == STAGE:
-        if n < 8:
-            raise _bad("stage event too short")
-        _ints(item[1:2], "stage event")
-        if type(item[7]) is not bool:
-            raise _bad("stage event: modelled is not a boolean")
-        arrays = [_array(item[2], item[i], _STAGE_NS, 2, "stage event") for i in range(3, 7)]
-        return StageEvent(item[1], *arrays, modelled=item[7])
-    if code == MARK:
-        if n < 4:
-            raise _bad("mark event too short")
-        _ints(item[1:3], "mark event")
-        return MarkEvent(item[1], item[2], _str(item[3], "mark text"))
-    if code == BATCH:
-        if n < 6:
-            raise _bad("batch event too short")
-        _ints(item[1:2], "batch event")
-        if type(item[2]) is not bytes:
-            raise _bad("batch event: requests is not packed bytes")
-        seqs = [len(item[2]) // _BATCH_COLUMNS[0].itemsize]  # every column has one value per sequence
-        columns = [_array(seqs, data, dtype, 1, "batch event") for data, dtype in zip(item[2:6], _BATCH_COLUMNS)]
-        return BatchEvent(item[1], *columns)
-    return None
+    decode = _DECODERS.get(item[0])
+    return None if decode is None else decode(item)
 
 
-def tick_columns(items: list[list[Any]]) -> list[tuple[Any, ...]]:
-    """Tick events' fields after their code, one tuple per TICK_FIELDS name (fields of later minor
-    versions dropped). 1.2 events lack `sampled_tokens`: they get their decode tokens there, the
-    tokens 1.2 counted as generated."""
-    n = len(TICK_FIELDS)
-    if not items or min(map(len, items)) < n:
-        raise _bad("tick event too short")
+def wire_columns(kind: EventKind, items: list[list[Any]]) -> list[tuple[Any, ...]]:
+    """Events of one kind (each starting with its code) as columns: one tuple per field of
+    `kind.wire`. Fields of later minor versions are dropped; a field an older version lacks gets
+    its fallback's values (1.2 tick events lack `sampled_tokens`: they get their decode tokens
+    there, the tokens 1.2 counted as generated). TraceFormatError when an event is too short."""
+    n = len(kind.wire)
+    if not items or min(map(len, items)) <= kind.required:
+        raise _bad(f"{kind.name} event too short")
     columns = list(zip(*items))[1 : 1 + n]  # zip stops at the shortest item
-    if len(columns) < n:
-        columns.append(columns[_DECODE_TOKENS - 1])
+    for f in kind.wire[len(columns):]:
+        columns.append(columns[kind.at[f.fallback] - 1])
     return columns
 
 

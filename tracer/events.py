@@ -131,3 +131,130 @@ class MarkEvent:
 
 
 Event = Union[TickEvent, ExpertsEvent, StageEvent, RequestEvent, BatchEvent, MarkEvent]
+
+
+# -- the table of event kinds ----------------------------------------------------------------------
+# Everything that writes or reads events derives from KINDS: the codec (encode_event, decode_event),
+# the columnar loader (tracer.columns) and tracer.frames, the index's tick ranges, the writer's
+# queue limits and drop counts, the exports' files and the dashboard's decoder. A new kind is a
+# dataclass above, a row in KINDS, a row in FORMAT.md's event table (a test holds the two
+# together), and its DataFrame in tracer.frames.
+
+FieldType = Literal["int", "str", "text", "bool", "shape", "packed"]
+Priority = Literal["bulk", "core", "kept"]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One element of an event on the wire, after its code.
+
+    `int`, `str` and `bool` are msgpack values of exactly that type; `text` is a `str` the writer
+    cuts to MAX_TEXT_CHARS. `shape` is an array of `len(dims)` ints: the shape of the kind's packed
+    arrays whose `shape` is "shape". `packed` is a `bin` of `dtype` elements (little-endian, C
+    order) shaped by the kind's shape field (`shape="shape"`), or one-dimensional: as long as its
+    bytes make it (`shape=""`), or as long as the packed field `shape` names.
+    """
+
+    name: str
+    type: FieldType = "int"
+    dtype: str = ""  # packed: numpy's little-endian spelling, e.g. "<i4"
+    shape: str = ""  # packed: see above
+    dims: tuple[str, ...] = ()  # shape: what each dimension counts, as FORMAT.md names them
+    optional: bool = False  # packed: nil stands for None
+    fallback: str = ""  # added by a later minor version: an older event has this other field's value here
+
+    @property
+    def wire_name(self) -> str:
+        """As FORMAT.md writes it: a shape field as its dimensions in brackets."""
+        return f"[{', '.join(self.dims)}]" if self.type == "shape" else self.name
+
+
+def _ints(*names: str) -> tuple[Field, ...]:
+    return tuple(Field(name) for name in names)
+
+
+def _shape(*dims: str) -> Field:
+    return Field("shape", "shape", dims=dims)
+
+
+def _packed(name: str, dtype: str, shape: str = "", *, optional: bool = False) -> Field:
+    return Field(name, "packed", dtype=dtype, shape=shape, optional=optional)
+
+
+@dataclass(frozen=True)
+class EventKind:
+    """One kind of event: its code and class, its fields in wire order, how the tracer treats it.
+
+    `priority`: which events the writer refuses first when it falls behind (TraceWriter): `bulk`
+    past `queue_max` queued events, `core` past a quarter more, `kept` never. `ticked`: its `tick`
+    counts in an index entry's min_tick / max_tick, so a seek to a tick finds it. `frame`: the
+    tracer.Trace DataFrame it loads into, and the name of its file in an export.
+    """
+
+    code: int
+    name: str  # as the stats frame counts drops, and error messages say
+    cls: type
+    wire: tuple[Field, ...]
+    priority: Priority
+    ticked: bool
+    frame: str
+    names: tuple[str, ...] = field(init=False)  # the class's fields, in wire order (the shape field left out)
+    required: int = field(init=False)  # fields every event has (those without a fallback come first)
+    at: dict[str, int] = field(init=False, repr=False)  # each field's place in the event array, after the code
+
+    def __post_init__(self) -> None:
+        names = tuple(f.name for f in self.wire if f.type != "shape")
+        if names != tuple(f.name for f in fields(self.cls)):
+            raise TypeError(f"{self.name} event: wire fields {names} are not {self.cls.__name__}'s fields")
+        at = {f.name: i + 1 for i, f in enumerate(self.wire)}
+        required = sum(not f.fallback for f in self.wire)
+        for i, f in enumerate(self.wire):
+            if f.fallback and (i < required or at.get(f.fallback, i + 1) > i):
+                raise TypeError(f"{self.name}.{f.name}: a fallback field comes last and names an earlier field")
+            if f.type == "shape" and not f.dims:
+                raise TypeError(f"{self.name}: a shape field names its dimensions")
+            if f.type == "packed":
+                source = next((g for g in self.wire if g.name == f.shape), None) if f.shape else None
+                if f.shape and (source is None or at[f.shape] > at[f.name]
+                                or not (source.type == "shape" or (source.type == "packed" and not source.shape
+                                                                   and not source.optional))):
+                    raise TypeError(f"{self.name}.{f.name}: shape {f.shape!r} is not an earlier shape or 1-D array")
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "required", required)
+        object.__setattr__(self, "at", at)
+
+    def wire_field(self, name: str) -> Field:
+        return self.wire[self.at[name] - 1]
+
+
+# Codes are never reused; a kind added in a minor version is skipped by older readers.
+KINDS: tuple[EventKind, ...] = (
+    EventKind(1, "tick", TickEvent, (
+        *_ints("tick", "start_ns", "end_ns", "wait_ns", "seqs", "prefill_tokens", "decode_tokens",
+               "queue_depth", "running", "kv_used", "kv_capacity", "forward_ns"),
+        Field("sampled_tokens", fallback="decode_tokens"),  # since 1.3: 1.2 counted decode tokens as sampled
+    ), priority="core", ticked=True, frame="ticks"),
+    EventKind(2, "experts", ExpertsEvent, (
+        Field("tick"), _shape("layers", "experts"), _packed("counts", "<i4", "shape"),
+    ), priority="bulk", ticked=True, frame="experts"),
+    EventKind(3, "stage", StageEvent, (
+        Field("tick"), _shape("stages", "micro_batches"),
+        *(_packed(name, "<i8", "shape")
+          for name in ("measured_start_ns", "measured_end_ns", "modelled_start_ns", "modelled_end_ns")),
+        Field("modelled", "bool"),
+    ), priority="bulk", ticked=True, frame="stages"),
+    EventKind(4, "request", RequestEvent, (
+        Field("request"), Field("phase", "str"), *_ints("t_ns", "prompt_tokens", "output_tokens", "tick"),
+        Field("status", "str"), Field("reason", "text"), _packed("token_us", "<u4", optional=True),
+    ), priority="kept", ticked=False, frame="requests"),
+    EventKind(5, "mark", MarkEvent, (
+        *_ints("t_ns", "tick"), Field("text", "text"),
+    ), priority="core", ticked=False, frame="marks"),
+    EventKind(6, "batch", BatchEvent, (  # since 1.1
+        Field("tick"), _packed("requests", "<i8"), _packed("prefill_tokens", "<i4", "requests"),
+        _packed("decode_tokens", "<i4", "requests"), _packed("groups", "<i2", "requests"),
+    ), priority="core", ticked=True, frame="batches"),
+)
+KIND_OF: dict[type, EventKind] = {kind.cls: kind for kind in KINDS}
+KIND_BY_CODE: dict[int, EventKind] = {kind.code: kind for kind in KINDS}
+KIND_NAMED: dict[str, EventKind] = {kind.name: kind for kind in KINDS}

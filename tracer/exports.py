@@ -1,21 +1,33 @@
-"""Writing a trace out for other tools: Perfetto / chrome://tracing JSON, Parquet, CSV."""
+"""Writing a trace out for other tools: Perfetto / chrome://tracing JSON, Parquet, CSV.
+
+EXPORTS lists the formats; `tickscope export --to` offers, describes and dispatches exactly those.
+Importing this module does not import polars (the command line builds its options from EXPORTS):
+the trace is loaded when an export runs.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Literal, Union
 
-import polars as pl
+from tracer.events import KINDS
 
-from tracer.frames import Trace, load
+if TYPE_CHECKING:
+    import polars as pl
 
-_FRAMES = ("ticks", "requests", "experts", "stages", "marks", "batches")
+    from tracer.frames import Trace
+
+_FRAMES = tuple(kind.frame for kind in KINDS)  # the Trace's DataFrame of each event kind
 _SCHED, _STAGES_MEASURED, _STAGES_MODELLED, _REQUESTS = 1, 2, 3, 4
+PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _as_trace(trace_or_path: Trace | str | os.PathLike[str]) -> Trace:
+def _as_trace(trace_or_path: Trace | PathLike) -> Trace:
+    from tracer.frames import Trace, load
+
     return trace_or_path if isinstance(trace_or_path, Trace) else load(trace_or_path)
 
 
@@ -127,3 +139,27 @@ def export_parquet(trace: Trace | str | os.PathLike[str], out_dir: str | os.Path
 def export_csv(trace: Trace | str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> list[Path]:
     """One CSV file per frame kind plus session.json."""
     return _write_frames(_as_trace(trace), out_dir, "csv")
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One format `tickscope export --to NAME` writes."""
+
+    name: str
+    write: Callable[[Trace | PathLike, PathLike], Path | list[Path]]  # (trace or its path, where to write)
+    output: Literal["file", "directory"]  # what `write` makes at the path it is given
+    description: str  # one line, for --help
+
+
+EXPORTS: dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat("perfetto", export_perfetto, "file", "one JSON file, for Perfetto UI and chrome://tracing"),
+    ExportFormat("parquet", export_parquet, "directory", "a directory of Parquet files, one per frame"),
+    ExportFormat("csv", export_csv, "directory", "a directory of CSV files, one per frame"),
+)}
+
+
+def export(trace_or_path: Trace | PathLike, to: str, out: PathLike) -> Path | list[Path]:
+    """Write a trace (or the trace file at a path) as the format EXPORTS names `to`, at `out`."""
+    if to not in EXPORTS:
+        raise ValueError(f"unknown export format {to!r} ({', '.join(EXPORTS)})")
+    return EXPORTS[to].write(trace_or_path, out)

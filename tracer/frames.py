@@ -15,9 +15,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import polars as pl
 
-from tracer.columns import BATCH_SIZES, TICK_COLUMNS, EventColumns, tick_seconds
-from tracer.events import (REQUEST_PHASES, TICK_FIELDS, BatchEvent, Event, ExpertsEvent, MarkEvent, RequestEvent, SessionHeader,
-                           StageEvent, TickEvent)
+from tracer.columns import TICK_COLUMNS, EventColumns, tick_seconds
+from tracer.events import (KIND_OF, KINDS, REQUEST_PHASES, TICK_FIELDS, BatchEvent, Event, ExpertsEvent, MarkEvent,
+                           RequestEvent, SessionHeader, StageEvent, TickEvent)
 from tracer.marks import read_marks
 from tracer.reader import TraceReader, open_trace
 
@@ -38,6 +38,9 @@ MARK_SCHEMA = {"t_s": pl.Float64, "tick": pl.Int64, "text": pl.String}
 BATCH_SCHEMA = {"tick": pl.Int64, "request": pl.Int64, "prefill_tokens": pl.Int64, "decode_tokens": pl.Int64,
                 "group": pl.Int64}
 _PHASES = {phase: i for i, phase in enumerate(REQUEST_PHASES)}  # request phases as small ints, for numpy
+_STAGE_ARRAYS = ("measured_start_ns", "measured_end_ns", "modelled_start_ns", "modelled_end_ns")
+_BATCH_ARRAYS = ("requests", "prefill_tokens", "decode_tokens", "groups")  # BATCH_SCHEMA's columns after its tick
+_TOKEN_US = np.dtype(KIND_OF[RequestEvent].wire_field("token_us").dtype)
 
 
 @dataclass
@@ -80,7 +83,7 @@ def load(source: str | os.PathLike[str] | TraceReader, *, progress: bool | None 
                 pass
         # Notes added while watching live beside the trace (it stays append-only): merge them in.
         side_marks, side_problems = read_marks(source.path)
-        columns.marks += side_marks
+        columns.add_events(side_marks)
         trace = _from_columns(source.header, columns)
         trace.dropped, trace.path = dict(source.dropped), source.path
         trace.problems = list(source.problems) + side_problems
@@ -109,38 +112,32 @@ def _ns_to_s(values: list[int], t0: int) -> np.ndarray:
 def from_events(header: SessionHeader, events: Iterable[Event]) -> Trace:
     """Build a Trace from events in memory (a ListRecorder's, say) or streamed from a reader."""
     t0 = header.t0_mono_ns
-    ticks: list[TickEvent] = []
-    experts: list[ExpertsEvent] = []
-    stages: list[StageEvent] = []
-    marks: list[MarkEvent] = []
-    batches: list[BatchEvent] = []
+    of_kind: dict[type, list[Any]] = {kind.cls: [] for kind in KINDS}
     requests: dict[int, dict[str, Any]] = {}
     for ev in events:
         t = type(ev)
         if t is RequestEvent:
             _request_step(requests, ev)
-        elif t is TickEvent:
-            ticks.append(ev)
-        elif t is ExpertsEvent:
-            experts.append(ev)
-        elif t is StageEvent:
-            stages.append(ev)
-        elif t is MarkEvent:
-            marks.append(ev)
-        elif t is BatchEvent:
-            batches.append(ev)
+        elif t in of_kind:
+            of_kind[t].append(ev)
+    ticks: list[TickEvent] = of_kind[TickEvent]
+    experts: list[ExpertsEvent] = of_kind[ExpertsEvent]
+    stages: list[StageEvent] = of_kind[StageEvent]
+    marks: list[MarkEvent] = of_kind[MarkEvent]
+    batches: list[BatchEvent] = of_kind[BatchEvent]
     tick_df = _ticks_frame(ticks, t0)
     expert_df, expert_ticks, expert_load = _experts_frame(experts)
     request_df, itl = _requests_frame(requests, t0)
     return Trace(
         header=header, ticks=tick_df, requests=request_df, experts=expert_df,
-        stages=_stages_frame(stages, tick_df), marks=_marks_frame(marks, t0), itl_s=itl,
+        stages=_stages_frame(stages, tick_df), itl_s=itl,
+        marks=_marks_frame([e.t_ns for e in marks], [e.tick for e in marks], [e.text for e in marks], t0),
         expert_ticks=expert_ticks, expert_load=expert_load, batches=_batches_frame(batches),
     )
 
 
 def _ticks_frame(ticks: list[TickEvent], t0: int) -> pl.DataFrame:
-    return _tick_rows([[getattr(e, name) for name in TICK_FIELDS] for e in ticks], t0)
+    return _tick_rows(np.array([[getattr(e, name) for name in TICK_FIELDS] for e in ticks], dtype=np.int64), t0)
 
 
 def _experts_frame(events: list[ExpertsEvent]) -> tuple[pl.DataFrame, np.ndarray, np.ndarray | None]:
@@ -189,8 +186,7 @@ def _expert_rows(ticks: np.ndarray, dims: np.ndarray, counts: np.ndarray
 def _stages_frame(events: list[StageEvent], ticks: pl.DataFrame) -> pl.DataFrame:
     if not events:
         return pl.DataFrame(schema=STAGE_SCHEMA)
-    arrays = [[getattr(e, name).ravel() for e in events]
-              for name in ("measured_start_ns", "measured_end_ns", "modelled_start_ns", "modelled_end_ns")]
+    arrays = [[getattr(e, name).ravel() for e in events] for name in _STAGE_ARRAYS]
     return _stage_rows(np.asarray([e.tick for e in events], dtype=np.int64),
                        np.array([e.measured_start_ns.shape for e in events], dtype=np.int64).reshape(-1, 2),
                        [np.concatenate(a) for a in arrays], np.array([e.modelled for e in events], dtype=bool),
@@ -216,23 +212,19 @@ def _batches_frame(events: list[BatchEvent]) -> pl.DataFrame:
         return pl.DataFrame(schema=BATCH_SCHEMA)
     return _batch_rows(np.asarray([e.tick for e in events], dtype=np.int64),
                        np.array([len(e.requests) for e in events], dtype=np.int64),
-                       [np.concatenate([getattr(e, name) for e in events])
-                        for name in ("requests", "prefill_tokens", "decode_tokens", "groups")])
+                       [np.concatenate([getattr(e, name) for e in events]) for name in _BATCH_ARRAYS])
 
 
 def _batch_rows(batch_ticks: np.ndarray, seqs: np.ndarray, columns: list[np.ndarray]) -> pl.DataFrame:
-    """`columns`: requests, prefill and decode tokens, groups, each every event's values concatenated."""
+    """`columns`: _BATCH_ARRAYS, each every event's values concatenated."""
     cols = {"tick": np.repeat(batch_ticks, seqs)}
     cols.update(zip(("request", "prefill_tokens", "decode_tokens", "group"), columns))
     return pl.DataFrame(cols).cast(BATCH_SCHEMA)
 
 
-def _marks_frame(events: list[MarkEvent], t0: int) -> pl.DataFrame:
-    return pl.DataFrame({
-        "t_s": _ns_to_s([e.t_ns for e in events], t0),
-        "tick": [e.tick for e in events],
-        "text": [e.text for e in events],
-    }, schema=MARK_SCHEMA).sort("t_s", maintain_order=True)  # sidecar marks interleave by time
+def _marks_frame(t_ns: list[int], tick: list[int], text: list[str], t0: int) -> pl.DataFrame:
+    return pl.DataFrame({"t_s": _ns_to_s(t_ns, t0), "tick": tick, "text": text},
+                        schema=MARK_SCHEMA).sort("t_s", maintain_order=True)  # sidecar marks interleave by time
 
 
 def _request_step(requests: dict[int, dict[str, Any]], ev: RequestEvent) -> None:
@@ -294,46 +286,45 @@ def _requests_frame(requests: dict[int, dict[str, Any]], t0: int) -> tuple[pl.Da
 def _from_columns(header: SessionHeader, c: EventColumns) -> Trace:
     """`from_events`'s Trace, from columns decoded straight out of the file's frames."""
     t0 = header.t0_mono_ns
-    tick_df = _tick_rows(c.tick_rows, t0)
-    expert_dims = np.concatenate(c.expert_shapes) if c.expert_shapes else np.zeros((0, 2), dtype=np.int64)
+    ticks, experts, stages, batches, marks = (c[name] for name in ("tick", "experts", "stage", "batch", "mark"))
+    tick_raw = np.array([ticks.fields[name] for name in TICK_FIELDS], dtype=np.int64)
+    tick_df = _tick_rows(tick_raw.reshape(len(TICK_FIELDS), -1).T, t0)
     expert_df, expert_ticks, expert_load = _expert_rows(
-        np.array(c.expert_ticks, dtype=np.int64), expert_dims,
-        np.frombuffer(b"".join(c.expert_data), "<i4").astype(np.int64))
-    if c.stage_ticks:
-        stage_df = _stage_rows(np.array(c.stage_ticks, dtype=np.int64), np.concatenate(c.stage_shapes),
-                               [np.frombuffer(b"".join(d), "<i8") for d in c.stage_data],
-                               np.array(c.stage_modelled, dtype=bool), tick_df)
+        experts.ints("tick"), experts.dims(), experts.packed("counts").astype(np.int64))
+    if len(stages):
+        stage_df = _stage_rows(stages.ints("tick"), stages.dims(), [stages.packed(name) for name in _STAGE_ARRAYS],
+                               np.array(stages.fields["modelled"], dtype=bool), tick_df)
     else:
         stage_df = pl.DataFrame(schema=STAGE_SCHEMA)
-    if c.batch_ticks:
-        ids = c.batch_data[0]
-        batch_df = _batch_rows(np.array(c.batch_ticks, dtype=np.int64),
-                               np.fromiter(map(len, ids), np.int64, len(ids)) // BATCH_SIZES[0],
-                               [np.frombuffer(b"".join(d), f"<i{size}") for d, size in zip(c.batch_data, BATCH_SIZES)])
+    if len(batches):
+        batch_df = _batch_rows(batches.ints("tick"), batches.lengths("requests"),
+                               [batches.packed(name) for name in _BATCH_ARRAYS])
     else:
         batch_df = pl.DataFrame(schema=BATCH_SCHEMA)
-    request_df, itl = _request_rows(c.request_fields, t0)
+    request_df, itl = _request_rows(c["request"].fields, t0)
     return Trace(
         header=header, ticks=tick_df, requests=request_df, experts=expert_df, stages=stage_df,
-        marks=_marks_frame(c.marks, t0), itl_s=itl, expert_ticks=expert_ticks, expert_load=expert_load,
-        batches=batch_df,
+        marks=_marks_frame(marks.fields["t_ns"], marks.fields["tick"], marks.fields["text"], t0), itl_s=itl,
+        expert_ticks=expert_ticks, expert_load=expert_load, batches=batch_df,
     )
 
 
-def _tick_rows(rows: list[Any], t0: int) -> pl.DataFrame:
-    """Tick events' fields, TICK_FIELDS ints per row, as the ticks frame."""
-    seconds = tick_seconds(np.array(rows, dtype=np.int64).reshape(-1, len(TICK_FIELDS)), t0)
+def _tick_rows(raw: np.ndarray, t0: int) -> pl.DataFrame:
+    """Tick events' fields, an int64 [ticks, TICK_FIELDS] array, as the ticks frame."""
+    seconds = tick_seconds(raw.reshape(-1, len(TICK_FIELDS)), t0)
     return pl.DataFrame(dict(zip(TICK_COLUMNS, seconds.T)), schema=TICK_SCHEMA, strict=False)
 
 
-def _request_rows(fields: tuple[list[Any], ...], t0: int) -> tuple[pl.DataFrame, np.ndarray]:
+def _request_rows(fields: dict[str, list[Any]], t0: int) -> tuple[pl.DataFrame, np.ndarray]:
     """`_request_step` and `_requests_frame` over request event columns, vectorised.
 
     Events are sorted by request, file order kept within one: firsts are the first arrive, admit and
     first_token, lasts the last nonzero token counts and the last finish (its status, reason and
     token_us).
     """
-    request, phase, t_ns, prompt, output, _tick, status, reason, token_us = fields
+    request, phase, t_ns, prompt, output = (fields[name] for name in ("request", "phase", "t_ns", "prompt_tokens",
+                                                                      "output_tokens"))
+    status, reason, token_us = fields["status"], fields["reason"], fields["token_us"]
     n = len(request)
     rid = np.array(request, dtype=np.int64)
     order = np.argsort(rid, kind="stable")
@@ -371,8 +362,8 @@ def _request_rows(fields: tuple[list[Any], ...], t0: int) -> tuple[pl.DataFrame,
 
     # Each request's last finish's token_us, concatenated in request order.
     tokens = [None if i < 0 else token_us[i] for i in finish_event]
-    lengths = np.array([0 if t is None else len(t) // 4 for t in tokens], dtype=np.int64)
-    times = np.frombuffer(b"".join(t for t in tokens if t), "<u4").astype(np.int64)
+    lengths = np.array([0 if t is None else len(t) // _TOKEN_US.itemsize for t in tokens], dtype=np.int64)
+    times = np.frombuffer(b"".join(t for t in tokens if t), _TOKEN_US).astype(np.int64)
     ends = np.cumsum(lengths)
     has_tokens = lengths > 0
     first_us = np.zeros(n_requests, dtype=np.int64)

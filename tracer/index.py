@@ -9,7 +9,8 @@ or with a broken chain gets its index rebuilt by scanning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, fields
+from enum import IntEnum
 from typing import BinaryIO
 
 import numpy as np
@@ -17,20 +18,38 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from tracer.codec import decode_events, packb, unpackb
 from tracer.errors import TraceFormatError
-from tracer.events import BatchEvent, Event, ExpertsEvent, StageEvent, TickEvent
+from tracer.events import KINDS, Event, TickEvent
 from tracer.framing import FOOTER_PAYLOAD, FOOTER_SIZE, FrameScanner, Kind, read_frame
 from tracer.limits import MAX_BIN_LEN
 
 INDEX_EVERY = 256
-ENTRY_FIELDS = ("offset", "min_tick", "max_tick", "n_ticks", "min_t_ns", "max_t_ns", "n_events")
+
+
+class Entry(IntEnum):
+    """The columns of an index entry, in order: `entries[:, Entry.N_TICKS]`."""
+
+    OFFSET = 0  # file offset of the events frame
+    MIN_TICK = 1  # smallest `tick` of its ticked events (see EventKind.ticked), -1 if none
+    MAX_TICK = 2  # largest such `tick`, -1 if none
+    N_TICKS = 3  # tick events in it
+    MIN_T_NS = 4  # smallest tick start_ns, -1 if no tick events
+    MAX_T_NS = 5  # largest tick start_ns, -1 if no tick events
+    N_EVENTS = 6  # events in it
+
+
+ENTRY_FIELDS = tuple(column.name.lower() for column in Entry)
 _ENTRY = np.dtype("<i8")
 _NCOL = len(ENTRY_FIELDS)
 PROGRESS_MIN_BYTES = 32 << 20  # rebuilding smaller files is too quick to need a progress bar
 
 
+_TICKED = frozenset(kind.cls for kind in KINDS if kind.ticked and kind.cls is not TickEvent)
+
+
 @dataclass(slots=True)
 class FrameStats:
-    """What an events frame holds, gathered while it is encoded or decoded."""
+    """What an events frame holds, gathered while it is encoded or decoded: its entry's columns
+    after the offset, as ENTRY_FIELDS names them."""
 
     min_tick: int = -1
     max_tick: int = -1
@@ -47,14 +66,18 @@ class FrameStats:
             if self.min_t_ns < 0 or ev.start_ns < self.min_t_ns:
                 self.min_t_ns = ev.start_ns
             self.max_t_ns = max(self.max_t_ns, ev.start_ns)
-        elif t is not ExpertsEvent and t is not StageEvent and t is not BatchEvent:
+        elif t not in _TICKED:
             return
         if self.min_tick < 0 or ev.tick < self.min_tick:
             self.min_tick = ev.tick
         self.max_tick = max(self.max_tick, ev.tick)
 
     def entry(self, offset: int) -> tuple[int, ...]:
-        return (offset, self.min_tick, self.max_tick, self.n_ticks, self.min_t_ns, self.max_t_ns, self.n_events)
+        return (offset, *astuple(self))
+
+
+if tuple(f.name for f in fields(FrameStats)) != ENTRY_FIELDS[1:]:
+    raise TypeError("FrameStats' fields are not the index entry's columns")
 
 
 def encode_index(prev: int, entries: list[tuple[int, ...]]) -> bytes:
@@ -83,19 +106,20 @@ class TraceIndex:
 
     @property
     def tick_count(self) -> int:
-        return int(self.entries[:, 3].sum())
+        return int(self.entries[:, Entry.N_TICKS].sum())
 
     def frame_for_tick(self, tick: int) -> int | None:
         """Offset of the first events frame holding tick `tick`, or None if no frame does."""
         e = self.entries
-        hit = np.flatnonzero((e[:, 2] >= tick) & (e[:, 1] >= 0) & (e[:, 1] <= tick))
-        return int(e[hit[0], 0]) if len(hit) else None
+        min_tick = e[:, Entry.MIN_TICK]
+        hit = np.flatnonzero((e[:, Entry.MAX_TICK] >= tick) & (min_tick >= 0) & (min_tick <= tick))
+        return int(e[hit[0], Entry.OFFSET]) if len(hit) else None
 
     def frame_for_time(self, t_ns: int) -> int | None:
         """Offset of the last events frame whose first tick started at or before `t_ns`."""
         e = self.entries
-        hit = np.flatnonzero((e[:, 3] > 0) & (e[:, 4] <= t_ns))
-        return int(e[hit[-1], 0]) if len(hit) else None
+        hit = np.flatnonzero((e[:, Entry.N_TICKS] > 0) & (e[:, Entry.MIN_T_NS] <= t_ns))
+        return int(e[hit[-1], Entry.OFFSET]) if len(hit) else None
 
 
 def read_index(f: BinaryIO, start: int, end: int) -> TraceIndex | None:
@@ -122,7 +146,7 @@ def read_index(f: BinaryIO, start: int, end: int) -> TraceIndex | None:
         chunks.append(entries)
         limit, offset = offset, prev
     entries = np.concatenate(chunks[::-1]) if chunks else np.zeros((0, _NCOL), dtype=np.int64)
-    if len(entries) and (entries[:, 0].min() < start or entries[:, 0].max() >= end):
+    if len(entries) and (entries[:, Entry.OFFSET].min() < start or entries[:, Entry.OFFSET].max() >= end):
         return None
     return TraceIndex(entries.astype(np.int64))
 
@@ -147,7 +171,7 @@ def rebuild_index(f: BinaryIO, start: int, end: int, *, progress: bool | None = 
                 except TraceFormatError:
                     continue
                 indexed.append(entries)
-                covered = set(entries[:, 0].tolist())
+                covered = set(entries[:, Entry.OFFSET].tolist())
                 pending[:] = [p for p in pending if p not in covered]
             advance()
 
@@ -174,5 +198,5 @@ def rebuild_index(f: BinaryIO, start: int, end: int, *, progress: bool | None = 
     if decoded:
         rows.append(np.array(decoded, dtype=np.int64).reshape(-1, _NCOL))
     entries = np.concatenate(rows) if rows else np.zeros((0, _NCOL), dtype=np.int64)
-    entries = entries[np.argsort(entries[:, 0], kind="stable")].astype(np.int64)
+    entries = entries[np.argsort(entries[:, Entry.OFFSET], kind="stable")].astype(np.int64)
     return TraceIndex(entries, rebuilt=True, problems=scanner.problems)

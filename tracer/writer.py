@@ -13,7 +13,7 @@ from collections import deque
 
 from tracer.codec import KIND_NAMES, decode_header, encode_event, encode_header, new_packer, packb
 from tracer.errors import TraceFormatError
-from tracer.events import BatchEvent, Event, ExpertsEvent, MarkEvent, SessionHeader, StageEvent, TickEvent
+from tracer.events import KINDS, Event, SessionHeader
 from tracer.framing import MAGIC, Kind, encode_footer, encode_frame
 from tracer.index import INDEX_EVERY, FrameStats, encode_index
 from tracer.limits import MAX_BIN_LEN, MAX_EVENTS_PER_FRAME, TARGET_FRAME_BYTES
@@ -33,12 +33,13 @@ class TraceWriter:
     at any moment leaves every earlier frame intact. `close()` writes the rest, the final index and
     the footer, and fsyncs.
 
-    Queue-full policy. Stage and experts events (the bulkiest, least essential) are refused once
-    `queue_max` events wait; tick, batch and mark events once a quarter more wait; request events are
-    never refused, because a request that vanishes from the trace would break every latency
-    figure. A refused event first blocks for up to `block_s` waiting for room; if none appears it
-    is dropped and counted in `dropped` / `dropped_by_kind`, and further refusals drop at once
-    until the writer catches up. The counts are written into the trace as a stats frame.
+    Queue-full policy, by each kind's `priority` in tracer.events.KINDS. Stage and experts events
+    (`bulk`: the bulkiest, least essential) are refused once `queue_max` events wait; tick, batch
+    and mark events (`core`) once a quarter more wait; request events (`kept`) are never refused,
+    because a request that vanishes from the trace would break every latency figure. A refused
+    event first blocks for up to `block_s` waiting for room; if none appears it is dropped and
+    counted in `dropped` / `dropped_by_kind`, and further refusals drop at once until the writer
+    catches up. The counts are written into the trace as a stats frame.
 
     `emit` after `close` raises ValueError, as writing to a closed file does.
     """
@@ -54,10 +55,10 @@ class TraceWriter:
         self.dropped_by_kind: dict[str, int] = {}
         self._interval = flush_interval_s
         self._block_s = block_s
-        # Past these queue lengths an event of that kind is refused; request events have no limit.
-        self._limits = {StageEvent: queue_max, ExpertsEvent: queue_max,
-                        TickEvent: queue_max + queue_max // 4, BatchEvent: queue_max + queue_max // 4,
-                        MarkEvent: queue_max + queue_max // 4}
+        # Past these queue lengths an event of that kind is refused (its priority in tracer.events.KINDS);
+        # `kept` kinds (request events) have no limit.
+        limit = {"bulk": queue_max, "core": queue_max + queue_max // 4}
+        self._limits = {kind.cls: limit[kind.priority] for kind in KINDS if kind.priority != "kept"}
         # emit's fast path appends while the queue is below this; -1 after close sends every
         # emit to the slow path, which raises.
         self._fast_below = max(1, queue_max // 2)

@@ -15,6 +15,7 @@ frame on the UI thread.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -24,13 +25,13 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 import tracer
-from tracer.codec import BATCH, EXPERTS, STAGE, TICK, decode_event, tick_columns, unpackb
+from tracer.codec import BATCH, EXPERTS, STAGE, TICK, decode_event, unpackb, wire_columns
 from tracer.errors import TraceFormatError
-from tracer.events import SessionHeader, StageEvent
+from tracer.events import KIND_BY_CODE, SessionHeader, StageEvent
 from tracer.framing import read_frame
-from tracer.index import TraceIndex
+from tracer.index import Entry, TraceIndex
 from tracer.limits import MAX_BIN_LEN
-from tracer.columns import TICK_COLUMNS, tick_seconds
+from tracer.columns import TICK_COLUMNS, Rejected, checked_columns, tick_seconds
 from tracer.cost import distinct_experts
 from tui.state import LATENCY_WINDOW_S, DashboardState, Detail, FrameData, frame_from_events, request_block
 
@@ -99,9 +100,10 @@ def decode_frame(
     experts: list[Any] = []
     stages: list[Any] = []
     others: list[Any] = []
+    tick_kind = KIND_BY_CODE[TICK]
     for item in items:
         code = item[0] if type(item) is list and item else None
-        if code == TICK and len(item) >= len(TICK_COLUMNS):
+        if code == TICK and len(item) > tick_kind.required:
             ticks.append(item)
         elif code == EXPERTS:
             experts.append(item)
@@ -112,7 +114,7 @@ def decode_frame(
         elif requests or code is None:
             others.append(item)  # requests, marks, and anything malformed (decode_event says why)
     try:
-        raw = np.array(tick_columns(ticks)).T if ticks else np.zeros((0, len(TICK_COLUMNS)), np.int64)
+        raw = np.array(wire_columns(tick_kind, ticks)).T if ticks else np.zeros((0, len(TICK_COLUMNS)), np.int64)
     except (TypeError, ValueError, OverflowError):  # ragged rows
         raise TraceFormatError("tick event: malformed fields") from None
     if raw.dtype.kind != "i" or raw.ndim != 2:  # strings, floats, or integers past int64
@@ -148,10 +150,10 @@ def add_spilled_detail(
     `max_tick`, and they hold the rest. Without this read the tick would keep the empty detail
     `decode_frame` gives it, for good.
     """
-    last = int(entries[frame, 2])
+    last = int(entries[frame, Entry.MAX_TICK])
     following = frame + 1
-    while last >= 0 and following < len(entries) and 0 <= entries[following, 1] <= last:
-        payload = payload_at(int(entries[following, 0]))
+    while last >= 0 and following < len(entries) and 0 <= entries[following, Entry.MIN_TICK] <= last:
+        payload = payload_at(int(entries[following, Entry.OFFSET]))
         if payload is None:
             return
         for tick, part in decode_frame(payload, t0_ns, detail=True, requests=False).details.items():
@@ -173,44 +175,45 @@ def _bulk_detail(group: list[Any], code: int, into: FrameData, keep: bool) -> li
     """Expert (or stage) events of one frame decoded as one array instead of one by one: each
     tick's distinct experts (or busy time) into `into`, and with `keep` its arrays as detail.
     Only the regular case (every event with one shape, well-formed) takes this path; otherwise the
-    events are returned for `decode_event` to decode, or to say what is wrong. The checks run as
-    builtins over whole columns: per-event Python here costs more than the decoding it saves.
+    events are returned for `decode_event` to decode, or to say what is wrong. The checks are the
+    columnar loader's (`tracer.columns.checked_columns`), whole columns at a time: per-event Python
+    here costs more than the decoding it saves.
     """
     if not group:
         return []
-    n_arrays, dtype = (1, "<i4") if code == EXPERTS else (4, "<i8")
-    width = 3 + n_arrays + (code == STAGE)
-    shape = group[0][2] if len(group[0]) > 2 else None
+    kind = KIND_BY_CODE[code]
+    packed = [f for f in kind.wire if f.type == "packed"]  # all shaped by the kind's shape field
+    dtype = np.dtype(packed[0].dtype)
+    at = kind.at["shape"]
+    shape = group[0][at] if len(group[0]) > at else None
     if type(shape) is not list or len(shape) != 2 or any(type(d) is not int or d < 0 for d in shape):
         return group
-    size = shape[0] * shape[1] * np.dtype(dtype).itemsize
-    if min(map(len, group)) < width or size * len(group) * n_arrays > MAX_BIN_LEN:
+    if shape[0] * shape[1] * dtype.itemsize * len(group) * len(packed) > MAX_BIN_LEN:
         return group
-    ticks = [it[1] for it in group]
-    blobs = [b for it in group for b in it[3 : 3 + n_arrays]]
-    regular = (
-        set(map(type, ticks)) == {int}
-        and all(it[2] == shape for it in group)
-        and set(map(type, blobs)) == {bytes}
-        and set(map(len, blobs)) == {size}
-        and (code != STAGE or set(type(it[7]) for it in group) == {bool})
-    )
-    if not regular:
+    try:
+        columns, shapes = checked_columns(kind, group)
+    except Rejected:
         return group
+    if shapes is None or not (shapes == shapes[0]).all():
+        return group
+    ticks = columns["tick"]
     # One copy for the whole frame: the per-tick arrays are views of it, not of the payload.
-    arrays = np.frombuffer(b"".join(blobs), dtype).reshape(len(group), n_arrays, *shape)
+    blobs = itertools.chain.from_iterable(zip(*(columns[f.name] for f in packed)))
+    arrays = np.frombuffer(b"".join(blobs), dtype).reshape(len(group), len(packed), *shape)
+    names = [f.name for f in packed]
     if code == EXPERTS:
-        into.distinct.update(zip(ticks, distinct_experts(arrays[:, 0]).sum(axis=1).tolist()))
+        into.distinct.update(zip(ticks, distinct_experts(arrays[:, names.index("counts")]).sum(axis=1).tolist()))
     elif arrays.size:
-        makespan = (arrays[:, 3].max(axis=(1, 2)) - arrays[:, 2].min(axis=(1, 2))) / 1e9
+        start, end = arrays[:, names.index("modelled_start_ns")], arrays[:, names.index("modelled_end_ns")]
+        makespan = (end.max(axis=(1, 2)) - start.min(axis=(1, 2))) / 1e9
         into.busy.update(zip(ticks, zip(makespan.tolist(), [shape[0]] * len(ticks))))
     if keep:
-        for i, (tick, it) in enumerate(zip(ticks, group)):
+        for i, tick in enumerate(ticks):
             d = into.details.setdefault(tick, Detail())
             if code == EXPERTS:
                 d.experts = arrays[i, 0]
             else:
-                d.stages = StageEvent(tick, *arrays[i], modelled=it[7])
+                d.stages = StageEvent(tick, *arrays[i], modelled=columns["modelled"][i])
     return []
 
 
@@ -237,7 +240,8 @@ class ReplaySource:
         self._read = np.zeros(len(entries), dtype=bool)
         # Frame start times made nondecreasing (frames without ticks say -1), for "which frames
         # hold the last seconds before tick N".
-        self._frame_t = np.maximum.accumulate(np.where(entries[:, 3] > 0, entries[:, 5], -1)) if len(entries) else entries[:, 5]
+        frame_t = np.where(entries[:, Entry.N_TICKS] > 0, entries[:, Entry.MAX_T_NS], -1)
+        self._frame_t = np.maximum.accumulate(frame_t) if len(entries) else frame_t
         self._next = 0
         self._focus = -1  # the frame of the tick in view, until the latency window before it is read
         self._near = -1  # the frame of the tick in view, for reading its neighbours' detail ahead
@@ -252,7 +256,7 @@ class ReplaySource:
         offset = self._index.frame_for_tick(tick)
         if offset is None:
             return None
-        return int(np.searchsorted(self._entries[:, 0], offset))
+        return int(np.searchsorted(self._entries[:, Entry.OFFSET], offset))
 
     def focus(self, tick: int) -> None:
         frame = self._frame_of(tick)
@@ -278,7 +282,8 @@ class ReplaySource:
         with self._lock:
             near, detailed = self._near, set(self._detailed)
         for frame in (near - 1, near + 1):
-            if near >= 0 and 0 <= frame < len(self._entries) and self._entries[frame, 3] > 0 and frame not in detailed:
+            if (near >= 0 and 0 <= frame < len(self._entries) and self._entries[frame, Entry.N_TICKS] > 0
+                    and frame not in detailed):
                 return frame
         return None
 
@@ -337,7 +342,7 @@ class ReplaySource:
     def _decode(
         self, reader: tracer.TraceReader, frame: int, *, detail: bool, requests: bool = True
     ) -> FrameData | None:
-        offset = int(self._entries[frame, 0])
+        offset = int(self._entries[frame, Entry.OFFSET])
         payload = reader.frame_payload(offset)
         if payload is None:
             return None
@@ -403,7 +408,7 @@ class LiveSource:
             if payload is None:
                 return None
             data = decode_frame(payload, self.header.t0_mono_ns, detail=True, requests=False)
-            frame = int(np.searchsorted(index.entries[:, 0], offset))
+            frame = int(np.searchsorted(index.entries[:, Entry.OFFSET], offset))
             add_spilled_detail(data, index.entries, frame, self._payload_at, self.header.t0_mono_ns)
         except (OSError, TraceFormatError):
             return None  # truncated or replaced under us: the tail reports that

@@ -95,10 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact", action="store_true", help="with --json: on one line")
     add_cost_options(p)
 
+    from tracer.exports import EXPORTS  # the formats, without polars
+
     p = verb("export", cmd_export, "export a trace for other tools")
     p.add_argument("file")
-    p.add_argument("--to", required=True, choices=["perfetto", "parquet", "csv"], help="perfetto: one JSON file; parquet, csv: a directory")
-    p.add_argument("out", help="output file (perfetto) or directory (parquet, csv)")
+    p.add_argument("--to", required=True, choices=list(EXPORTS),
+                   help="; ".join(f"{f.name}: {f.description}" for f in EXPORTS.values()))
+    made = {output: ", ".join(f.name for f in EXPORTS.values() if f.output == output) for output in ("file", "directory")}
+    p.add_argument("out", help="output " + " or ".join(f"{output} ({names})" for output, names in made.items() if names))
     return parser
 
 

@@ -50,12 +50,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = existing_trace(args.file)
     trace = tracer.load(path)
     out = Path(args.out)
-    if args.to == "perfetto":
-        tracer.export_perfetto(trace, out)
-    elif args.to == "parquet":
-        tracer.export_parquet(trace, out)
-    else:
-        tracer.export_csv(trace, out)
+    tracer.export(trace, args.to, out)  # args.to is one of tracer.EXPORTS (the parser's choices)
     print(f"wrote {out}")
     return 0
 
