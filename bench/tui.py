@@ -24,11 +24,11 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from tracer import ExpertsEvent, RequestEvent, SessionHeader, StageEvent, TickEvent, TraceWriter
+from tracer import RequestEvent, TickEvent, TraceWriter
+from tracer.synth import synthetic_events, synthetic_header
 
 LAYERS, EXPERTS, TOP_K = 4, 16, 2
 STAGES, MICRO_BATCHES = 2, 2
@@ -39,86 +39,25 @@ FRAMES = 300
 
 
 def write_trace(path: str, ticks: int, seed: int = 0) -> int:
-    """A `ticks`-long recording of a toy continuous-batching scheduler; returns requests made."""
-    rng = np.random.default_rng(seed)
-    config = {
-        # The tiny preset's whole shape, so the cost panel draws its modelled figures too.
-        "model": {"name": "tiny", "vocab_size": 512, "hidden": 128, "layers": LAYERS, "heads": 4, "kv_heads": 2,
-                  "head_dim": 32, "routed_experts": EXPERTS, "experts": EXPERTS, "moe_intermediate": 64,
-                  "top_k": TOP_K, "shared_experts": 1, "dtype": "float32"},
-        "device": {"name": "cpu"},
-        "scheduler": {"policy": "continuous", "window_ms": 0, "max_seqs": 16},
-        "workload": {"name": "bench-1M"},
-    }
-    popularity = rng.dirichlet(np.full(EXPERTS, 0.6), size=LAYERS)
-    # A few pipeline shapes reused: their bytes still go through the writer once per tick.
-    cell = 500_000
-    shapes = []
-    for jitter in range(16):
-        cost = cell + rng.integers(0, cell // 2, (STAGES, MICRO_BATCHES))
-        start = np.zeros((STAGES, MICRO_BATCHES), np.int64)
-        end = np.zeros_like(start)
-        for s in range(STAGES):
-            for m in range(MICRO_BATCHES):
-                start[s, m] = max(end[s - 1, m] if s else 0, end[s, m - 1] if m else 0)
-                end[s, m] = start[s, m] + cost[s, m]
-        flat_end = np.cumsum(cost.ravel()).reshape(cost.shape)
-        shapes.append((flat_end - cost, flat_end, start, end))
-    block = 500  # a flush per block: drains of ~4,000 events, which the writer compresses, as when recording
-    waiting: list[tuple[int, int, int]] = []  # (id, arrive_ns, tokens to generate)
-    running: dict[int, list] = {}  # id -> [tokens left, arrive_ns, token µs so far]
-    next_id = 0
-    t = T0_NS
-    with TraceWriter(path, SessionHeader(T0_NS, 1_700_000_000_000_000_000, config)) as writer:
-        emit = writer.emit
-        for base in range(0, ticks, block):
-            n = min(block, ticks - base)
-            arrivals = rng.poisson(0.3, n)
-            lengths = rng.integers(8, 64, arrivals.sum() + 1)
-            prompts = rng.integers(16, 256, arrivals.sum() + 1)
-            durations = rng.normal(4_000_000, 300_000, n).astype(np.int64)
-            load = rng.poisson(popularity[None] * 24, (n, LAYERS, EXPERTS)).astype(np.int32)
-            drawn = 0
-            for i in range(n):
-                tick = base + i
-                for _ in range(arrivals[i]):
-                    emit(RequestEvent(next_id, "arrive", t, prompt_tokens=int(prompts[drawn])))
-                    if len(waiting) >= 64:  # the queue is full: turned away at once
-                        emit(RequestEvent(next_id, "finish", t + 1_000, tick=tick, status="rejected",
-                                          reason="queue full"))
-                    else:
-                        waiting.append((next_id, t, int(lengths[drawn])))
-                    next_id += 1
-                    drawn += 1
-                start = t + 100_000
-                admitted = 0
-                while waiting and len(running) < 16:
-                    rid, arrived, length = waiting.pop(0)
-                    emit(RequestEvent(rid, "admit", start, tick=tick))
-                    running[rid] = [length, arrived, []]
-                    admitted += 1
-                end = start + int(durations[i])
-                seqs = len(running)
-                for rid in list(running):
-                    r = running[rid]
-                    r[2].append((end - r[1]) // 1000)
-                    r[0] -= 1
-                    if len(r[2]) == 1:
-                        emit(RequestEvent(rid, "first_token", end, tick=tick))
-                    if r[0] == 0:
-                        del running[rid]
-                        emit(RequestEvent(rid, "finish", end, output_tokens=len(r[2]), tick=tick,
-                                          status="finished", token_us=np.array(r[2], np.uint32)))
-                emit(TickEvent(tick, start, end, 100_000, seqs, admitted * 128, seqs - admitted,
-                               len(waiting), len(running), 150 * seqs, 4096, int(durations[i]) - 50_000, seqs))
-                emit(ExpertsEvent(tick, load[i]))
-                emit(StageEvent(tick, *shapes[tick % len(shapes)]))
-                t = end
-            # Back-pressure: the writer would drop bulky events if the generator outran it.
-            writer.flush()
+    """A `ticks`-long recording of tracer/synth.py's toy continuous-batching scheduler (a 2 x 2
+    pipeline, a [4 x 16] expert load, 16 sequences at most, a queue of 64); returns requests made."""
+    header = synthetic_header(layers=LAYERS, experts=EXPERTS, top_k=TOP_K, max_batch=16, seed=seed, name="bench-1M")
+    events = synthetic_events(ticks, layers=LAYERS, experts=EXPERTS, top_k=TOP_K, stages=STAGES,
+                              micro_batches=MICRO_BATCHES, max_batch=16, queue_limit=64, rate=0.3,
+                              prompt_tokens=(16, 256), output_tokens=(8, 64), tick_ns=4_000_000, seed=seed)
+    requests = 0
+    with TraceWriter(path, header) as writer:
+        for ev in events:
+            writer.emit(ev)
+            if type(ev) is RequestEvent and ev.phase == "arrive":
+                requests += 1
+            # Back-pressure every 500 ticks (drains of ~4,000 events, which the writer compresses, as
+            # when recording): the writer would drop bulky events if the generator outran it.
+            elif type(ev) is TickEvent and ev.tick % 500 == 499:
+                writer.flush()
     if writer.dropped:
         raise RuntimeError(f"the writer dropped {writer.dropped} events; the bench trace is incomplete")
-    return next_id
+    return requests
 
 
 class FrameTimer:

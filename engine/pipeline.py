@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from engine.config import ModelConfig, available_bytes
 from engine.errors import ConfigError
+from tracer.timeline import GPipe, Schedule
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -107,26 +107,6 @@ def split_micro_batches(items: list, micro_batches: int) -> list[list]:
 # Schedules
 # ---------------------------------------------------------------------------------------------------
 
-class Schedule(Protocol):
-    """Which micro-batch each stage runs next. A stage's list must respect that micro-batch m reaches
-    stage s only after stage s-1 ran it; the timeline then follows from the order alone."""
-
-    name: str
-
-    def stage_order(self, stage: int, stages: int, micro_batches: int) -> list[int]: ...
-
-
-class GPipe:
-    """Every stage runs the micro-batches in order 0..M-1, as soon as it can: decode is forward-only,
-    so GPipe's fill-drain pattern is the whole schedule. (A 1F1B or interleaved schedule would differ
-    in `stage_order`, and with virtual stages in how layers map to stages.)"""
-
-    name = "gpipe"
-
-    def stage_order(self, stage: int, stages: int, micro_batches: int) -> list[int]:
-        return list(range(micro_batches))
-
-
 SCHEDULES: dict[str, Schedule] = {"gpipe": GPipe()}
 
 
@@ -134,44 +114,6 @@ def get_schedule(name: str) -> Schedule:
     if name not in SCHEDULES:
         raise ConfigError(f"unknown pipeline schedule '{name}' (choose from: {', '.join(SCHEDULES)})")
     return SCHEDULES[name]
-
-
-def run_order(schedule: Schedule, stages: int, micro_batches: int) -> list[tuple[int, int]]:
-    """All (stage, micro-batch) cells in an order one device can run them: each cell after its
-    micro-batch's previous stage and its stage's previous cell."""
-    orders = [schedule.stage_order(s, stages, micro_batches) for s in range(stages)]
-    done = [0] * stages  # cells each stage has run
-    ran: set[tuple[int, int]] = set()
-    out: list[tuple[int, int]] = []
-    while len(out) < stages * micro_batches:
-        progressed = False
-        for s in range(stages):
-            while done[s] < micro_batches:
-                m = orders[s][done[s]]
-                if s and (s - 1, m) not in ran:
-                    break
-                out.append((s, m))
-                ran.add((s, m))
-                done[s] += 1
-                progressed = True
-        if not progressed:
-            raise ValueError(f"schedule {schedule.name} deadlocks for {stages} stages x {micro_batches} micro-batches")
-    return out
-
-
-def modelled_timeline(cost_ns: np.ndarray, schedule: Schedule = GPipe()) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end [stages, micro_batches] of cells with these costs, one device per stage: a cell
-    starts when its micro-batch has left the previous stage and its stage has finished its previous
-    cell in the schedule's order."""
-    stages, micro = cost_ns.shape
-    start = np.zeros_like(cost_ns)
-    end = np.zeros_like(cost_ns)
-    free = [0] * stages  # when each stage's device is next free
-    for s, m in run_order(schedule, stages, micro):
-        ready = end[s - 1, m] if s else 0  # its activations arrive from the previous stage
-        start[s, m] = max(ready, free[s])
-        end[s, m] = free[s] = start[s, m] + cost_ns[s, m]
-    return start, end
 
 
 @dataclass(frozen=True)

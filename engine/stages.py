@@ -18,7 +18,8 @@ import torch
 from engine.decode_graphs import DecodeGraphs
 from engine.kv_cache import KVCache
 from engine.model import SeqChunk, Transformer, make_batch
-from engine.pipeline import PipelinePlan, modelled_timeline, run_order, split_micro_batches
+from engine.pipeline import PipelinePlan, split_micro_batches
+from tracer.timeline import modelled_timeline, run_order
 from tracer.events import StageEvent
 
 

@@ -9,7 +9,8 @@ import pytest
 from engine.config import get_preset
 from engine.engine import Engine
 from engine.errors import ConfigError
-from engine.pipeline import modelled_timeline, split_micro_batches
+from engine.pipeline import split_micro_batches
+from tracer.timeline import modelled_timeline
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer.events import StageEvent, TickEvent

@@ -8,7 +8,8 @@ import pytest
 
 from engine.config import get_preset
 from engine.engine import Engine
-from engine.pipeline import GPipe, micro_batch_count, modelled_timeline, run_order
+from engine.pipeline import micro_batch_count
+from tracer.timeline import GPipe, modelled_timeline, run_order
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer import SessionHeader, StageEvent, from_events, summarize

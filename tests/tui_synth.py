@@ -1,7 +1,11 @@
-"""A deterministic synthetic recording for the dashboard tests (no engine, no clock).
+"""A scripted recording for the dashboard tests (no engine, no clock).
 
-Seeded numpy draws, fixed tick spacing and a fixed t0, so the same call always gives the same
-events and the same screen.
+Not a second generator of load (that is tracer/synth.py): a script whose every figure can be
+worked out by hand — request N arrives at tick N, is admitted and gets its first token the next
+tick, finishes six ticks later (every 13th is rejected), one is preempted every 25 ticks — so
+the tests can assert exact values. Seeded numpy draws, fixed tick spacing and a fixed t0, so the
+same call always gives the same events and the same screen; stage cells are placed by the
+engine's own timeline.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from tracer.events import (
     StageEvent,
     TickEvent,
 )
+from tracer.timeline import modelled_timeline
 
 T0 = 1_000_000_000_000
 TICK_NS = 20_000_000  # 20 ms per tick
@@ -67,12 +72,7 @@ def ticks(start: int, count: int, *, seed: int = 7, stages: bool = True) -> list
         events.append(ExpertsEvent(tick, counts.astype(np.int32)))
         if stages:
             cost = 1_000_000 + rng.integers(0, 400_000, (STAGES, MICRO_BATCHES))
-            start_ns = np.zeros((STAGES, MICRO_BATCHES), np.int64)
-            end_ns = np.zeros_like(start_ns)
-            for s in range(STAGES):
-                for m in range(MICRO_BATCHES):
-                    ready = max(end_ns[s - 1, m] if s else 0, end_ns[s, m - 1] if m else 0)
-                    start_ns[s, m], end_ns[s, m] = ready, ready + cost[s, m]
+            start_ns, end_ns = modelled_timeline(cost)  # the engine's placement of the cells
             flat_end = np.cumsum(cost.ravel()).reshape(cost.shape)
             events.append(StageEvent(tick, flat_end - cost, flat_end, start_ns, end_ns))
         if tick == 40:

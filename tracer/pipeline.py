@@ -9,6 +9,9 @@ tick, every stage is available from the tick's first cell start to its last cell
 - bubble: its idle time between cells (a stage waiting on a slower one before it),
 - bubble share: all idle stage-time over all available stage-time, the pipeline's "bubble fraction":
   (S - 1) / (M + S - 1) for S stages and M equal micro-batches, 3/4 for 4 stages and 1 micro-batch.
+
+The timeline and its split live in tracer/timeline.py (numpy only, so the engine records without
+polars); this module applies them to a loaded trace's frames.
 """
 
 from __future__ import annotations
@@ -16,28 +19,13 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from tracer.timeline import split_timeline
+
 STAGE_TICK_SCHEMA = {
     "tick": pl.Int64, "stages": pl.Int64, "micro_batches": pl.Int64, "modelled": pl.Boolean,
     "makespan_s": pl.Float64, "compute_s": pl.Float64, "warmup_s": pl.Float64, "drain_s": pl.Float64,
     "bubble_s": pl.Float64, "bubble_share": pl.Float64,
 }
-
-
-def split_timeline(start: np.ndarray, end: np.ndarray) -> dict[str, np.ndarray]:
-    """Makespan, compute, warmup, drain and bubbles of ticks' stage timelines, each per tick and
-    summed over its stages. `start` and `end` are [ticks, stages, micro_batches] cell times in any
-    one unit. Cells of one stage never overlap, so a stage's busy span less its compute is the
-    gaps between its cells."""
-    t0, t1 = start.min(axis=(1, 2)), end.max(axis=(1, 2))
-    first, last = start.min(axis=2), end.max(axis=2)
-    compute = (end - start).sum(axis=2)
-    return {
-        "makespan": t1 - t0,
-        "compute": compute.sum(axis=1),
-        "warmup": (first - t0[:, None]).sum(axis=1),
-        "drain": (t1[:, None] - last).sum(axis=1),
-        "bubble": np.clip(last - first - compute, 0, None).sum(axis=1),
-    }
 
 
 def stage_ticks(stages: pl.DataFrame) -> pl.DataFrame:

@@ -72,10 +72,6 @@ class Source(Protocol):
         Without `rows` only the detail is wanted (the state has the rest): requests are skipped."""
         ...
 
-    def detail(self, tick: int) -> tuple[np.ndarray | None, StageEvent | None] | None:
-        """`fetch(tick)`'s detail of that one tick, for callers that keep their own cache."""
-        ...
-
     def status(self) -> str: ...
 
     def close(self) -> None: ...
@@ -164,11 +160,6 @@ def add_spilled_detail(
             held.stages = part.stages if part.stages is not None else held.stages
             data.has_stages = data.has_stages or part.stages is not None
         following += 1
-
-
-def tick_detail(data: FrameData | None, tick: int) -> tuple[np.ndarray | None, StageEvent | None] | None:
-    detail = data.details.get(tick) if data is not None else None
-    return (detail.experts, detail.stages) if detail is not None else None
 
 
 def _bulk_detail(group: list[Any], code: int, into: FrameData, keep: bool) -> list[Any]:
@@ -336,9 +327,6 @@ class ReplaySource:
         data = self._decode(self._seeker, frame, detail=True, requests=rows)
         return data if data is None or rows else data.detail_only()
 
-    def detail(self, tick: int) -> tuple[np.ndarray | None, StageEvent | None] | None:
-        return tick_detail(self.fetch(tick), tick)
-
     def _decode(
         self, reader: tracer.TraceReader, frame: int, *, detail: bool, requests: bool = True
     ) -> FrameData | None:
@@ -417,9 +405,6 @@ class LiveSource:
     def _payload_at(self, offset: int) -> bytes | None:
         frame = read_frame(self._file, offset, os.fstat(self._file.fileno()).st_size)
         return frame.payload if frame is not None else None
-
-    def detail(self, tick: int) -> tuple[np.ndarray | None, StageEvent | None] | None:
-        return tick_detail(self.fetch(tick), tick)
 
     def status(self) -> str:
         """One of: waiting, live, idle, ended (the writer closed it), truncated, replaced."""

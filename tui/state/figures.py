@@ -8,7 +8,7 @@ import numpy as np
 
 from tracer.events import StageEvent
 from tracer.experts import load_figures
-from tracer.pipeline import split_timeline
+from tracer.timeline import split_timeline
 
 
 @dataclass(slots=True)
