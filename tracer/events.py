@@ -18,7 +18,9 @@ FORMAT_VERSION = (1, 3)  # 1.1 added the batch event, 1.2 compressed events fram
 
 RequestPhase = Literal["arrive", "admit", "first_token", "preempt", "finish"]
 REQUEST_PHASES: tuple[RequestPhase, ...] = get_args(RequestPhase)
-RequestStatus = Literal["finished", "rejected", "cancelled"]
+# "failed": ended by a fault (the engine's tick raised, a pipeline rank was lost, the target server went
+# away, or the trace could not be written past it), not by the client or a shutdown ("cancelled").
+RequestStatus = Literal["finished", "rejected", "cancelled", "failed"]
 REQUEST_STATUSES: tuple[RequestStatus, ...] = get_args(RequestStatus)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Union
 
+from tracer.atomic import atomic_path
 from tracer.events import KINDS
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ def export_perfetto(trace_or_path: Trace | str | os.PathLike[str], out_json: str
     }
     out = Path(out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
+    with atomic_path(out) as temporary, open(temporary, "w", encoding="utf-8") as f:
         json.dump(doc, f, separators=(",", ":"), default=str)
     return out
 
@@ -117,17 +118,19 @@ def _write_frames(trace: Trace, out_dir: str | os.PathLike[str], ext: str) -> li
     for name in _FRAMES:
         df: pl.DataFrame = getattr(trace, name)
         path = out / f"{name}.{ext}"
-        if ext == "parquet":
-            df.write_parquet(path)
-        else:
-            df.write_csv(path)
+        with atomic_path(path) as temporary:
+            if ext == "parquet":
+                df.write_parquet(temporary)
+            else:
+                df.write_csv(temporary)
         paths.append(path)
     session = out / "session.json"  # the header, so the exported tables keep their context
-    session.write_text(json.dumps({
-        "t0_mono_ns": trace.header.t0_mono_ns, "t0_wall_ns": trace.header.t0_wall_ns,
-        "format_version": list(trace.header.format_version), "config": trace.header.config,
-        "dropped": trace.dropped,
-    }, indent=2, default=str), encoding="utf-8")
+    with atomic_path(session) as temporary:
+        temporary.write_text(json.dumps({
+            "t0_mono_ns": trace.header.t0_mono_ns, "t0_wall_ns": trace.header.t0_wall_ns,
+            "format_version": list(trace.header.format_version), "config": trace.header.config,
+            "dropped": trace.dropped,
+        }, indent=2, default=str), encoding="utf-8")
     return paths + [session]
 
 

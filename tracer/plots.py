@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
+from tracer.atomic import atomic_path
 from tracer.compare import DELTA_COLUMNS, NOT_JUDGED, Comparison, delta_rows, expert_mean, headline
 from tracer.frames import Trace
 
@@ -23,7 +24,8 @@ DPI = 110
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> None:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=DPI, bbox_inches="tight")
 
 
 def _plain(text: str) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tracer.atomic import atomic_path
 from tracer.compare import (
     NOT_JUDGED,
     Comparison,
@@ -140,5 +141,6 @@ def write_report(a: Trace, b: Trace, out_dir: str | os.PathLike[str], *, names: 
     plot_delta_table(comparison, out / "delta_table.png")
     image_names = tuple(name for name, _ in IMAGES)
     md = out / "report.md"
-    md.write_text(markdown(a, b, comparison, image_names), encoding="utf-8")
+    with atomic_path(md) as temporary:
+        temporary.write_text(markdown(a, b, comparison, image_names), encoding="utf-8")
     return Report(md, tuple(out / n for n in image_names), comparison)

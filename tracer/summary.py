@@ -87,6 +87,7 @@ def summarize(trace: Trace, accelerator: Accelerator | None = None, price: float
         "requests_finished": finished.height,
         "requests_rejected": status("rejected"),
         "requests_cancelled": status("cancelled"),
+        "requests_failed": status("failed"),
         "requests_unfinished": int(req.get_column("status").is_null().sum()),
         "preemptions": int(req.get_column("preemptions").sum() or 0),
         "tokens_generated": int(req.get_column("output_tokens").sum() or 0),  # as the requests tell it

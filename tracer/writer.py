@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import struct
 import threading
@@ -10,10 +11,11 @@ import time
 import weakref
 import zlib
 from collections import deque
+from dataclasses import dataclass, field
 
 from tracer.codec import KIND_NAMES, decode_header, encode_event, encode_header, new_packer, packb
-from tracer.errors import TraceFormatError
-from tracer.events import KINDS, Event, SessionHeader
+from tracer.errors import TraceFormatError, TraceWriteError
+from tracer.events import KINDS, Event, MarkEvent, RequestEvent, SessionHeader, TickEvent
 from tracer.framing import MAGIC, Kind, encode_footer, encode_frame
 from tracer.index import INDEX_EVERY, FrameStats, encode_index
 from tracer.limits import MAX_BIN_LEN, MAX_EVENTS_PER_FRAME, TARGET_FRAME_BYTES
@@ -22,6 +24,9 @@ from tracer.limits import MAX_BIN_LEN, MAX_EVENTS_PER_FRAME, TARGET_FRAME_BYTES
 COMPRESS_MAX_EVENTS = 4 * MAX_EVENTS_PER_FRAME
 # Frames queued for one os.write are written once they reach this many bytes (or the drain ends).
 _WRITE_CHUNK = 4 << 20
+# Room kept beside the trace for its ending should the disk fill: the last index (at most INDEX_EVERY
+# entries), a mark and a compressed `failed` finish for each request in flight, with a margin.
+RESERVE_BYTES = 32 << 10
 
 
 class TraceWriter:
@@ -40,6 +45,11 @@ class TraceWriter:
     event first blocks for up to `block_s` waiting for room; if none appears it is dropped and
     counted in `dropped` / `dropped_by_kind`, and further refusals drop at once until the writer
     catches up. The counts are written into the trace as a stats frame.
+
+    A write that fails (a full disk, say) stops the writer: the file is cut back to the last drain
+    written whole and ended there, in room a reserve file beside it (`.NAME.reserve`, RESERVE_BYTES,
+    removed at close) kept for this (see `_cut_short`); `error` says so at once, so the run can
+    stop, and `close` raises it. What the file holds is `holds`.
 
     `emit` after `close` raises ValueError, as writing to a closed file does.
     """
@@ -80,6 +90,7 @@ class TraceWriter:
         self._offset = 0  # where the next frame will start, counting frames not yet written
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._written = 0  # bytes in the file
         header_bytes = encode_header(header)  # fails here, in the caller, if config is not storable
         try:
             decode_header(header_bytes)  # and refuse one no reader would accept (int keys, huge lists)
@@ -92,6 +103,8 @@ class TraceWriter:
         except BaseException:
             os.close(self._fd)
             raise
+        self._kept = _Kept(self._offset)
+        self._reserve = _reserve_room(self.path)
         self._thread = threading.Thread(target=self._run, name="tickscope-trace-writer", daemon=True)
         self._thread.start()
         # The thread is a daemon so a forgotten writer cannot hang interpreter exit; this closes
@@ -141,10 +154,21 @@ class TraceWriter:
                 lambda: self._flush_done >= target or not self._thread.is_alive(), timeout
             ) and self._flush_done >= target
 
+    @property
+    def error(self) -> BaseException | None:
+        """Why the writer stopped writing, as soon as it has: a TraceWriteError when the file refused
+        a write (it is still being ended, until `close` returns)."""
+        return self._error
+
+    @property
+    def holds(self) -> str:
+        """What the file holds for certain, in words: "ticks 0–257 and 88 requests"."""
+        return str(self._kept)
+
     def close(self) -> None:
         """Write what is queued, the index and the footer; fsync; close. Safe to call twice.
 
-        Raises the writer thread's error (a full disk, say), if it had one.
+        Raises the writer thread's error: a TraceWriteError when the file refused a write.
         """
         if self._closed:
             return
@@ -159,6 +183,9 @@ class TraceWriter:
                 os.fsync(self._fd)
         finally:
             os.close(self._fd)
+            _unlink(self._reserve)
+        if isinstance(self._error, TraceWriteError):
+            raise self._error
         if self._error is not None:
             raise OSError(f"writing trace {self.path} failed: {self._error}") from self._error
 
@@ -187,6 +214,8 @@ class TraceWriter:
             self._write_index()
             self._write(encode_footer(self._last_index))
             self._flush_pending()
+        except OSError as exc:
+            self._cut_short(exc)
         except BaseException as exc:  # kept for close() to raise; the hot loop must not see it
             self._error = exc
         finally:
@@ -197,12 +226,17 @@ class TraceWriter:
         q = self._q
         batch = [q.popleft() for _ in range(len(q))]
         self._congested = False
+        self._append(batch)
+
+    def _append(self, batch: list[Event]) -> None:
+        """Encode `batch` into frames and write them; once written, the file holds them for certain."""
         # Each compression hands the interpreter lock away, and getting it back from a busy thread
         # can take a whole switch interval (5 ms): a writer that is behind writes plain frames.
         compress = self._compress and len(batch) <= COMPRESS_MAX_EVENTS
         parts: list[bytes] = []
         size = 0
         stats = FrameStats()
+        noted: list[Event] = []  # what `_kept` counts
         pack = self._packer.pack
         for ev in batch:
             try:
@@ -219,6 +253,8 @@ class TraceWriter:
             parts.append(b)
             size += len(b)
             stats.add(ev)
+            if type(ev) is RequestEvent or type(ev) is TickEvent:
+                noted.append(ev)
         if parts:
             self._write_events(parts, stats, compress)
         if self.dropped != self._drops_written:
@@ -226,6 +262,7 @@ class TraceWriter:
             stats_payload = packb({"dropped": dict(self.dropped_by_kind), "t_ns": time.monotonic_ns()})
             self._write(encode_frame(Kind.STATS, stats_payload))
         self._flush_pending()
+        self._kept.note(noted, self._offset, self._last_index, self._frames_since_index)
 
     def _count_drop(self, kind: str) -> None:
         with self._drop_lock:
@@ -272,7 +309,95 @@ class TraceWriter:
         self._pending_bytes = 0
         while view:
             n = os.write(self._fd, view)
+            self._written += n
             view = view[n:]
+
+    def _cut_short(self, exc: OSError) -> None:
+        """The file refused a write. Say so at once (`error`), then cut the file back to the last
+        drain written whole and end it there, in the room the reserve file gave back: a mark saying
+        what happened, a `failed` finish for each request whose end the file does not hold, the index
+        and the footer, so that it reads as a closed trace in which every request ended. Should even
+        that not fit, it ends at the cut: whole frames, those requests without an end."""
+        kept = self._kept
+        error = TraceWriteError(self.path, exc, self._written, str(kept))
+        self._error = error
+        _unlink(self._reserve)
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, kept.offset)
+            os.lseek(self._fd, kept.offset, os.SEEK_SET)
+            self._written = self._offset = kept.offset
+            self._pending, self._pending_bytes = [], 0
+            self._last_index, self._frames_since_index = kept.last_index, list(kept.entries)
+            now = time.monotonic_ns()
+            ending: list[Event] = [MarkEvent(now, kept.last_tick, f"{error.what} at byte {error.at:,}: "
+                                                               "the rest of the run was not recorded")]
+            ending += [RequestEvent(rid, "finish", now, status="failed", reason=f"its end was not recorded "
+                                    f"({error.what})") for rid in sorted(kept.open)]
+            self._append(ending)
+            self._write_index()
+            self._write(encode_footer(self._last_index))
+            self._flush_pending()
+            os.fsync(self._fd)
+            return
+        with contextlib.suppress(OSError):  # the ending did not fit: at least no torn frame
+            os.ftruncate(self._fd, kept.offset)
+
+
+@dataclass
+class _Kept:
+    """What the file holds for certain: every frame before `offset`, written by drains that completed,
+    and the index state there (the last index frame, the entries written since)."""
+
+    offset: int
+    last_index: int = -1
+    entries: list[tuple[int, ...]] = field(default_factory=list)
+    first_tick: int = -1
+    last_tick: int = -1
+    requests: int = 0  # that arrived
+    open: set[int] = field(default_factory=set)  # arrived, and not finished
+
+    def note(self, events: list[Event], offset: int, last_index: int, entries: list[tuple[int, ...]]) -> None:
+        """A drain of these tick and request events was written whole, up to `offset`."""
+        for ev in events:
+            if type(ev) is TickEvent:
+                if self.first_tick < 0:
+                    self.first_tick = ev.tick
+                self.last_tick = ev.tick
+            elif ev.phase == "arrive":
+                self.requests += 1
+                self.open.add(ev.request)
+            elif ev.phase == "finish":
+                self.open.discard(ev.request)
+        self.offset, self.last_index, self.entries = offset, last_index, list(entries)
+
+    def __str__(self) -> str:
+        requests = f"{self.requests:,} request{'' if self.requests == 1 else 's'}"
+        if self.first_tick < 0:
+            return requests
+        ticks = f"tick {self.first_tick}" if self.first_tick == self.last_tick else \
+            f"ticks {self.first_tick}–{self.last_tick}"
+        return f"{ticks} and {requests}"
+
+
+def _reserve_room(path: str) -> str | None:
+    """A file of RESERVE_BYTES beside the trace (same filesystem), or None if even that does not fit."""
+    folder, name = os.path.split(path)
+    reserve = os.path.join(folder, f".{name}.reserve")
+    try:
+        with open(reserve, "wb") as f:
+            f.write(bytes(RESERVE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())  # blocks allocated now, not when the disk is already full
+    except OSError:
+        _unlink(reserve)
+        return None
+    return reserve
+
+
+def _unlink(path: str | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 class _close_at_exit:

@@ -20,7 +20,7 @@ REQUEST_COLUMNS = (
 )  # fmt: skip
 
 # Request status codes in the numeric request table (NaN times mean "not yet").
-STATUS_CODES = {"": 0, "finished": 1, "rejected": 2, "cancelled": 3}
+STATUS_CODES = {"": 0, "finished": 1, "rejected": 2, "cancelled": 3, "failed": 4}
 STATUS_NAMES = {code: name for name, code in STATUS_CODES.items()}
 PHASE_CODES = {"arrive": 0, "admit": 1, "first_token": 2, "preempt": 3, "finish": 4}
 ARRIVE, ADMIT, FIRST_TOKEN, PREEMPT, FINISH = range(5)
