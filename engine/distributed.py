@@ -4,6 +4,10 @@ uses, and the clock offsets between ranks.
 Two groups: activations go over the default group (NCCL between GPUs, gloo on the CPU); the tick's
 batch metadata, the per-tick results and the clock ping-pong go over a gloo group on the host
 (the default one when it is gloo already), so control never waits for a device copy.
+
+A rank that dies closes its connections: its peers' next message to or from it fails at once. A rank
+that hangs is noticed when a message waits past JOIN_TIMEOUT. Either way the error becomes StageLost
+(`StageGroup.lost`), naming the rank and its stage.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +23,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, StageLost
 
 # How long ranks wait for each other to join, and for any one message: a rank that died shows up
 # as an error after this, never as a recording that hangs forever.
 JOIN_TIMEOUT = datetime.timedelta(seconds=120)
 CLOCK_ROUNDS = 16  # ping-pongs per rank; the one with the shortest round trip gives the offset
+# How long a rank that lost a peer waits to see that peer's process end (its connections close a
+# moment before its parent can see it has exited), to say how it ended.
+_REAPED_S = 1.0
 
 
 def pick_device(device: str, local_rank: int, local_world_size: int) -> tuple[torch.device, str]:
@@ -55,6 +63,41 @@ class StageGroup:
     launcher: str  # "torch.multiprocessing" or "torchrun"
     clock_offsets_ns: list[int] = field(default_factory=list)
     clock_rtt_ns: list[int] = field(default_factory=list)
+    # rank -> how its process ended ("killed by signal 9"), for the ranks this process started whose
+    # process ended other than when told to stop (then with code 0)
+    ended: Callable[[], dict[int, str]] | None = field(default=None, repr=False)
+    stage_layers: list[range] = field(default_factory=list, repr=False)  # each rank's layers, for messages
+
+    def lost(self, error: RuntimeError, peer: int | None = None) -> StageLost | None:
+        """`error`, raised by a message to or from `peer` (None: a broadcast, or not known), as the
+        loss of a rank: the first rank this process started that has ended, else `peer`; None when
+        it is not a transport error (a kernel's, say) and no rank has ended."""
+        transport = isinstance(error, dist.DistError) or any(word in str(error) for word in ("gloo", "NCCL"))
+        deadline = time.monotonic() + (_REAPED_S if transport and self.ended is not None else 0.0)
+        while (gone := self.gone()) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if gone is not None or not transport:
+            return gone
+        # gloo: "[.../pair.cc:537] Read error [127.0.0.1]:65169: Connection reset by peer. This is ..."
+        detail = str(error).split("] ", 1)[-1].split(". ")[0].strip()
+        who = self.name(peer) if peer is not None else "a rank of the pipeline"
+        return StageLost(f"{who} stopped answering ({detail})")
+
+    def gone(self) -> StageLost | None:
+        """The first rank this process started whose process has ended unbidden, or None."""
+        ended = self.ended() if self.ended is not None else {}
+        if not ended:
+            return None
+        rank = min(ended)
+        return StageLost(f"{self.name(rank)} is gone ({ended[rank]})")
+
+    def name(self, rank: int) -> str:
+        """"rank 1 (stage 1, layers 2–3)": one stage per rank, rank r serving stage r."""
+        if rank < len(self.stage_layers):
+            layers = self.stage_layers[rank]
+            span = f"layer {layers.start}" if len(layers) == 1 else f"layers {layers.start}–{layers.stop - 1}"
+            return f"rank {rank} (stage {rank}, {span})"
+        return f"rank {rank} (stage {rank})"
 
     def describe(self) -> dict[str, Any]:
         """For the trace header: how the ranks ran and how their clocks were aligned."""

@@ -8,6 +8,9 @@ next to be ready), or, on the last rank, compute the logits. Each rank times its
 monotonic clock and, when the tick is done, sends rank 0 its cells, its layers' expert load and
 (last rank) the greedy tokens. Rank 0 shifts every rank's cells by its clock offset onto its own
 clock: the StageEvent it records is measured (`modelled=False`), idle time included.
+
+A rank lost mid-tick (dead, or silent past the group's timeout) fails the tick with StageLost, naming
+it (`StageGroup.lost`); the engine then fails as for any other exception in a tick.
 """
 
 from __future__ import annotations
@@ -86,8 +89,19 @@ class DistributedExecutor:
     def __init__(self, model: Transformer, kv: KVCache, plan: PipelinePlan, grouping: str,
                  group: StageGroup) -> None:
         self.model, self.kv, self.plan, self.grouping, self.group = model, kv, plan, grouping, group
+        self._peer: int | None = None  # the rank the message under way is to or from (None: all of them)
 
     def run(self, chunks: list[SeqChunk], tick: int, tick_start_ns: int) -> ForwardResult:
+        self._peer = None
+        try:
+            return self._run(chunks, tick, tick_start_ns)
+        except RuntimeError as exc:
+            lost = self.group.lost(exc, self._peer)
+            if lost is None:
+                raise
+            raise lost from exc
+
+    def _run(self, chunks: list[SeqChunk], tick: int, tick_start_ns: int) -> ForwardResult:
         plan, group, cfg = self.plan, self.group, self.model.cfg
         stages, micro = plan.stages, plan.micro_batches_for(len(chunks))
         split = split_micro_batches(chunks, micro)
@@ -95,6 +109,7 @@ class DistributedExecutor:
         dist.broadcast(torch.tensor([OP_TICK, tick, len(wire)]), 0, group=group.control)
         dist.broadcast(wire, 0, group=group.control)
         counts = torch.zeros(cfg.layers, cfg.routed_experts, device=group.device, dtype=torch.int32)
+        self._peer = 1  # stage 0 sends its activations to rank 1
         own = run_stage(self.model, self.kv, plan, 0, _batches(split, group.device, self.grouping), counts,
                         group.device)
 
@@ -108,6 +123,7 @@ class DistributedExecutor:
             layers = plan.stage_layers[r]
             rows = len(layers) * cfg.routed_experts
             buf = torch.empty(2 * micro + rows + (samples if r == stages - 1 else 0), dtype=torch.int64)
+            self._peer = r
             dist.recv(buf, r, group=group.control)
             got = buf.numpy()
             offset = group.clock_offsets_ns[r]  # rank r's clock minus ours

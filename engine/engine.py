@@ -17,7 +17,7 @@ from engine.config import ModelConfig, check_fits
 from engine.decode_graphs import DecodeGraphs
 from engine.distributed import StageGroup
 from engine.distributed_stages import DistributedExecutor
-from engine.errors import ConfigError
+from engine.errors import ConfigError, EngineFailed
 from engine.kv_cache import KVCache
 from engine.model import SeqChunk, Transformer, attention_groups, grouped_mm
 from engine.pipeline import check_stage_fits, plan_pipeline, split_micro_batches
@@ -47,7 +47,8 @@ class Engine:
 
     Every request submitted ends exactly once through its sink: "finished" at max_new_tokens (EOS is
     ignored, as serving benchmarks do), "rejected" at once by `submit` (queue full, impossible request,
-    engine stopped; called on the submitting thread), or "cancelled" (by `cancel` or `stop`).
+    engine stopped; called on the submitting thread), "cancelled" (by `cancel` or `stop`), or "failed"
+    (a tick raised: no tick runs after it, see `_fail`).
 
     With a `stage_group` (rank 0 of a distributed pipeline, engine/launch.py) this process holds only
     stage 0's layers and their KV cache on the group's device; the other ranks run the rest.
@@ -82,7 +83,7 @@ class Engine:
 
         self.ticks = 0
         self.tokens_generated = 0
-        self.error: BaseException | None = None  # what ended the tick loop, if it failed
+        self.error: EngineFailed | None = None  # what ended the tick loop, if it failed
 
         self._cond = threading.Condition()  # guards the scheduler's queue and the flags below
         self._cancel_ids: set[int] = set()
@@ -117,7 +118,7 @@ class Engine:
 
     def stop(self, drain: bool = False) -> None:
         """Stop ticking. With `drain`, first finish everything submitted so far. Whatever is still
-        queued or running is cancelled ("engine stopped"). Re-raises the error that ended the loop."""
+        queued or running is cancelled ("engine stopped"). Raises EngineFailed if a tick failed."""
         with self._cond:
             self._accepting = False
             if drain:
@@ -204,10 +205,20 @@ class Engine:
                         return
                     self._tick(time.monotonic_ns() - waited_from)
         except Exception as e:  # noqa: BLE001 - kept for stop() to re-raise; requests must still end
-            self.error = e
-            with self._cond:
-                self._accepting = False
-            self._end_all("cancelled", f"engine error: {type(e).__name__}: {e}")
+            self._fail(e)
+
+    def _fail(self, error: Exception) -> None:
+        """A tick raised (out of memory on a big prefill, a bad kernel, a lost pipeline rank): the
+        engine's state is no longer to be trusted, so no tick runs again. The trace gets a mark
+        naming the tick, every request in flight ends as "failed" with the same words, new ones are
+        refused, and `stop` raises it."""
+        failure = EngineFailed(self.ticks, error)
+        failure.__cause__ = error
+        self.error = failure
+        with self._cond:
+            self._accepting = False
+        self.recorder.emit(MarkEvent(time.monotonic_ns(), self.ticks, str(failure)))
+        self._end_all("failed", str(failure))
 
     def _wait_for_tick(self) -> bool:
         """Block until the policy lets the next tick start; False when the engine is to stop."""

@@ -2,10 +2,13 @@
 started by torchrun (its RANK / WORLD_SIZE / MASTER_ADDR environment), one stage per rank.
 
 Rank 0 is the calling process: it keeps the scheduler, the load generator and the trace writer.
+When a tick fails (a rank lost, or any other error) rank 0 kills the ranks it started rather than
+wait for them; the others, torchrun's, see their connections to it close and exit with one line.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -13,11 +16,12 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 from engine.config import ModelConfig, check_fits
 from engine.distributed import JOIN_TIMEOUT, StageGroup, join, leave, pick_device, torchrun_env
 from engine.distributed_stages import serve_stage, stop_workers
-from engine.errors import ConfigError
+from engine.errors import ConfigError, StageLost
 from engine.pipeline import PipelinePlan, check_stage_fits, plan_pipeline
 from engine.scheduler import SchedulerConfig
 
@@ -28,22 +32,70 @@ _JOIN_S = 30.0
 class LaunchedStages:
     """Rank 0's handle on the pipeline's ranks; `close` stops and joins them (idempotent)."""
 
-    def __init__(self, group: StageGroup, workers: mp.ProcessContext | None) -> None:
+    def __init__(self, group: StageGroup, workers: mp.ProcessContext | None, plan: PipelinePlan) -> None:
         self.group, self.workers = group, workers
+        group.stage_layers = list(plan.stage_layers)
+        if workers is not None:
+            group.ended = functools.partial(_ended, workers)
         self._closed = False
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Tell the other ranks to stop and wait for the ones started here; with `abort` (a tick
+        failed, so ranks may be gone or waiting mid-tick), kill those instead. Raises StageLost when
+        a rank turns out to be gone only now (it died while the pipeline was idle)."""
         if self._closed:
             return
         self._closed = True
+        lost = None if abort else self.group.gone()
         try:
-            stop_workers(self.group)
+            if not abort and lost is None:
+                lost = self._stop()
         finally:
             try:
-                if self.workers is not None:
-                    _join_or_kill(self.workers)
+                if self.workers is not None and (abort or lost is not None):
+                    _kill(self.workers)
+                elif self.workers is not None:
+                    try:
+                        _join_or_kill(self.workers)
+                    except ProcessException:  # one died after the others were told to stop
+                        lost = self.group.gone()
+                        if lost is None:
+                            raise
             finally:
                 leave()  # last: a worker may still be reading the stop message
+        if lost is not None:
+            raise lost
+
+    def _stop(self) -> StageLost | None:
+        """Tell the other ranks that no tick follows; the rank found gone doing so, if one was."""
+        try:
+            stop_workers(self.group)
+        except RuntimeError as exc:
+            lost = self.group.lost(exc)
+            if lost is None:
+                raise
+            return lost
+        return None
+
+
+def _ended(workers: mp.ProcessContext) -> dict[int, str]:
+    """The started ranks whose process has ended unbidden (a rank told to stop exits with 0), and how."""
+    return {index + 1: _how(p.exitcode) for index, p in enumerate(workers.processes)
+            if not p.is_alive() and p.exitcode != 0}
+
+
+def _how(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+def _kill(workers: mp.ProcessContext) -> None:
+    """Kill the workers still running, and reap them all."""
+    for p in workers.processes:
+        if p.is_alive():
+            p.kill()
+        p.join()
 
 
 def _join_or_kill(workers: mp.ProcessContext) -> None:
@@ -54,10 +106,7 @@ def _join_or_kill(workers: mp.ProcessContext) -> None:
         while not workers.join(timeout=max(0.0, deadline - time.monotonic())) and time.monotonic() < deadline:
             pass
     finally:
-        for p in workers.processes:
-            if p.is_alive():
-                p.kill()
-                p.join()
+        _kill(workers)
 
 
 def _plan(model_cfg: ModelConfig, sched_cfg: SchedulerConfig) -> PipelinePlan:
@@ -82,14 +131,14 @@ def launch_stages(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: st
         if env_world != world or rank != 0:
             raise ConfigError(f"torchrun started {env_world} ranks (this is rank {rank}); --stages is {world}: "
                               "they must match, and ranks other than 0 serve their stage")
-        return LaunchedStages(join(0, world, device, local_rank, local_world, "torchrun"), None)
+        return LaunchedStages(join(0, world, device, local_rank, local_world, "torchrun"), None, plan)
     _check_local_fits(model_cfg, sched_cfg, plan, device)
     store = dist.TCPStore("127.0.0.1", 0, world, True, timeout=JOIN_TIMEOUT, wait_for_workers=False)
     workers = mp.start_processes(_spawned_worker, args=(world, store.port, model_cfg, sched_cfg, device, seed),
                                  nprocs=world - 1, join=False, daemon=True, start_method="spawn")
     try:
         torch.set_num_threads(min(torch.get_num_threads(), _threads_per_rank(world)))
-        return LaunchedStages(join(0, world, device, 0, world, "torch.multiprocessing", store), workers)
+        return LaunchedStages(join(0, world, device, 0, world, "torch.multiprocessing", store), workers, plan)
     except BaseException:
         _join_or_kill(workers)
         raise
@@ -131,8 +180,14 @@ def _serve(group: StageGroup, model_cfg: ModelConfig, sched_cfg: SchedulerConfig
     # worker that died of it first would leave rank 0 waiting on a closed connection.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     plan = _plan(model_cfg, sched_cfg)
+    group.stage_layers = list(plan.stage_layers)
     try:
         check_stage_fits(model_cfg, group.device, plan.stage_layers[group.rank], sched_cfg.kv_capacity_tokens)
         return serve_stage(group, model_cfg, sched_cfg, plan, seed)
+    except RuntimeError as exc:
+        lost = group.lost(exc)
+        if lost is None:
+            raise
+        raise StageLost(f"{group.name(group.rank)}: {lost}") from exc
     finally:
         leave()

@@ -12,7 +12,7 @@ class RequestSink(Protocol):
     def on_token(self, token: int, t_ns: int) -> None: ...
 
     def on_finish(self, status: str, reason: str, t_ns: int) -> None:
-        """Called exactly once; status is "finished", "rejected" or "cancelled"."""
+        """Called exactly once; status is "finished", "rejected", "cancelled" or "failed"."""
 
 
 @dataclass(slots=True)

@@ -10,10 +10,10 @@ import torch
 
 from engine.config import get_preset
 from engine.engine import Engine
-from engine.errors import ConfigError
+from engine.errors import ConfigError, EngineFailed
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
-from tracer.events import ExpertsEvent, RequestEvent, TickEvent
+from tracer.events import ExpertsEvent, MarkEvent, RequestEvent, TickEvent
 from tracer.recorder import ListRecorder
 
 
@@ -204,9 +204,14 @@ def test_an_error_in_the_tick_loop_ends_every_request_and_surfaces():
         eng.submit(Request(i, [1, 2], 2, s))
     for s in sinks:
         assert s.done.wait(30)
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(EngineFailed, match=r"^the engine failed at tick 0: RuntimeError: boom \(at engine/engine\.py:\d+\)$") as failed:
         eng.stop()
-    assert all(len(s.finishes) == 1 and s.finishes[0][0] in ("cancelled", "rejected") for s in sinks)
+    assert isinstance(failed.value.__cause__, RuntimeError)
+    # ended by the fault, each once: failed in the tick, or refused once the engine had failed
+    assert all(len(s.finishes) == 1 and s.finishes[0][0] in ("failed", "rejected") for s in sinks)
+    assert any(s.finishes[0] == ("failed", str(failed.value)) for s in sinks)
+    marks = [e for e in eng.recorder.events if isinstance(e, MarkEvent)]
+    assert [(m.tick, m.text) for m in marks] == [(0, str(failed.value))]
 
 
 def test_an_engine_no_longer_referenced_is_freed_before_memory_is_measured():
