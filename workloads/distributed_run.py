@@ -7,11 +7,17 @@ rank 0 says stop. They write no trace: rank 0 collects their cells every tick.
 
 from __future__ import annotations
 
+from engine.errors import StageLost
 from engine.launch import serve_from_env
+from workloads.errors import RunFailed
 from workloads.run import RecordingPlan, prepare
 
 
 def serve_rank(plan: RecordingPlan) -> int:
-    """Serve this rank's stage; returns the ticks served."""
+    """Serve this rank's stage; returns the ticks served. RunFailed when the pipeline broke (rank 0,
+    or the rank before or after this one, was lost)."""
     model_cfg, sched_cfg, _spec = prepare(plan)
-    return serve_from_env(model_cfg, sched_cfg, plan.device, plan.seed or 0)
+    try:
+        return serve_from_env(model_cfg, sched_cfg, plan.device, plan.seed or 0)
+    except StageLost as lost:
+        raise RunFailed(str(lost)) from lost

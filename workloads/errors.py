@@ -1,5 +1,13 @@
-"""The user-error type of a recording, re-exported so the command line need not reach the engine."""
+"""The errors of a run, re-exported or defined here so the command line need not reach the engine:
+a user's (ConfigError), and a fault that stopped a run that had started (RunFailed)."""
 
 from engine.errors import ConfigError
 
-__all__ = ["ConfigError"]
+
+class RunFailed(Exception):
+    """A run stopped by a fault that is not a bug (the engine's tick raised, a pipeline rank was lost,
+    the target server went away). The message is one line: what happened, what became of the
+    requests in flight, and what the trace holds; the trace is closed."""
+
+
+__all__ = ["ConfigError", "RunFailed"]

@@ -8,6 +8,11 @@ connection, which is how an OpenAI client gives up (the server should then free 
 
 Plain HTTP/1.1 over asyncio streams, one connection per request: enough for a local server, and
 no client library to depend on. No TLS: a target is a server on this machine or this network.
+
+A connection refused, broken or closed before the answer is whole means the target has gone: `error`
+says so, for the run to stop, and the request ends as "failed" (as "rejected" when refused: it never
+reached a server). An answer the server gave (an HTTP error status) ends it as "rejected", or as
+"cancelled" when it came after some tokens.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ class HttpError(Exception):
     """The server answered, but not with a stream we can read."""
 
 
+class TargetLost(Exception):
+    """The target server went away mid-run. One line."""
+
+
 class HttpTarget:
     """Sends requests to `url` (e.g. http://127.0.0.1:8000). Use from one event loop."""
 
@@ -42,6 +51,7 @@ class HttpTarget:
         self.path = parts.path.rstrip("/") + "/v1/completions"
         self.model = model
         self.timeout_s = timeout_s
+        self.error: TargetLost | None = None  # set by the first request that found the target gone
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
     def submit(self, req: Request) -> None:
@@ -75,10 +85,14 @@ class HttpTarget:
             await asyncio.wait_for(consume(), self.timeout_s)
         except asyncio.CancelledError:
             req.sink.on_finish("cancelled", "cancelled by the client", time.monotonic_ns())
-        except (OSError, EOFError, HttpError, asyncio.TimeoutError, ValueError) as exc:
+        except (HttpError, asyncio.TimeoutError, ValueError) as exc:  # TimeoutError first: it is an OSError
             # Nothing came back: the server did not take it. Part came back: it was cut off.
             status = "cancelled" if received else "rejected"
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            req.sink.on_finish(status, _reason(exc), time.monotonic_ns())
+        except (OSError, EOFError) as exc:
+            reason = _reason(exc)
+            self.error = self.error or TargetLost(f"the target {self.host}:{self.port} went away ({reason})")
+            status = "rejected" if isinstance(exc, ConnectionRefusedError) else "failed"
             req.sink.on_finish(status, reason, time.monotonic_ns())
         else:
             req.sink.on_finish("finished", "", time.monotonic_ns())
@@ -163,6 +177,10 @@ async def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                 yield b"\n".join(data)
         if len(buffer) > MAX_LINE:
             raise HttpError("server-sent event too long")
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _error_message(body: bytes) -> str:

@@ -4,8 +4,9 @@ Open loop sends on a schedule of absolute times computed from the start (see `ar
 by `concurrency` when the workload sets one; closed loop runs `users` users who each send, wait
 for the end of their request, think, and send again. Every request gets an `arrive` event when
 it is sent, `first_token` when its first token comes back and `finish` when it ends, and every
-request sent ends exactly once — finished or rejected by the engine, or cancelled, by the engine
-or, when a run is stopped and the engine does not answer in time, by the client.
+request sent ends exactly once — finished or rejected by the engine, failed by a fault (the
+engine's, or a target gone), or cancelled, by the engine or, when a run is stopped and the engine
+does not answer in time, by the client.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Progress:
     finished: int
     rejected: int
     cancelled: int
+    failed: int
     in_flight: int
     tokens: int  # output tokens received so far
     tokens_per_s: float  # since the start
@@ -166,7 +168,7 @@ class _Run:
         self.maker = RequestMaker(spec, self.streams, vocab_size)
         self.in_flight: dict[int, tuple[RequestRecord, StreamingSink]] = {}
         self.records: list[RequestRecord] = []
-        self.counts = {"finished": 0, "rejected": 0, "cancelled": 0}
+        self.counts = {"finished": 0, "rejected": 0, "cancelled": 0, "failed": 0}
         self.tokens_done = 0  # tokens of requests that have ended
         self.idle = asyncio.Event()
         self.idle.set()
@@ -313,6 +315,7 @@ class _Run:
             finished=self.counts["finished"],
             rejected=self.counts["rejected"],
             cancelled=self.counts["cancelled"],
+            failed=self.counts["failed"],
             in_flight=len(self.in_flight),
             tokens=tokens,
             tokens_per_s=tokens / elapsed_s if elapsed_s > 0 else 0.0,

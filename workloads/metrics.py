@@ -42,7 +42,7 @@ class RequestRecord:
     max_new_tokens: int
     planned_ns: int  # when the schedule said to send it
     sent_ns: int  # when it was sent: its arrival
-    status: str = ""  # "finished", "rejected" or "cancelled"
+    status: str = ""  # "finished", "rejected", "cancelled" or "failed"
     reason: str = ""
     finish_ns: int = 0
     token_ns: list[int] = field(default_factory=list)  # each output token's arrival
@@ -116,6 +116,7 @@ class LoadMetrics:
     finished: int  # of the counted
     rejected: int
     cancelled: int
+    failed: int
     duration_s: float
     request_throughput: float  # requests/s
     output_throughput: float  # tokens/s
@@ -159,6 +160,7 @@ def summarize(
         finished=len(done),
         rejected=sum(r.status == "rejected" for r in counted),
         cancelled=sum(r.status == "cancelled" for r in counted),
+        failed=sum(r.status == "failed" for r in counted),
         duration_s=duration_s,
         request_throughput=rate(len(done)),
         output_throughput=rate(sum(r.output_tokens for r in done)),

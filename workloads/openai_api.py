@@ -67,6 +67,8 @@ def parse_completion(raw: bytes, served: ServedModel) -> CompletionRequest:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise _invalid("We could not parse the JSON body of your request.") from None
+    except RecursionError:  # nesting deeper than the interpreter's recursion limit (~1,000 levels)
+        raise _invalid("The JSON body of your request is nested too deeply.") from None
     if not isinstance(body, dict):
         raise _invalid("The request body must be a JSON object.")
     model = body.get("model", served.name)

@@ -6,6 +6,10 @@ client writes `--out` with only the client side — a header naming the target a
 then each request's `arrive`, `first_token` and `finish` with every token's time as received.
 So the client trace has requests and no ticks, and its latencies include the network and the
 HTTP front. Request ids are the client's; the server numbers requests in the order it gets them.
+
+A target that goes away mid-run (its connections refused, reset or closed mid-answer) stops the run:
+the requests it dropped are recorded as failed, the rest cancelled, the trace closed, and RunFailed
+says so in one line.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import aiohttp
 from engine.errors import ConfigError
 from tracer.events import SessionHeader
 from tracer.writer import TraceWriter
-from workloads.http_target import HttpTarget
+from workloads.errors import RunFailed
+from workloads.http_target import HttpTarget, TargetLost
 from workloads.loadgen import LoadResult, Progress, run_load
-from workloads.run import RecordingPlan, RecordingResult, software_versions
+from workloads.run import RecordingPlan, RecordingResult, fault_line, software_versions, stop_on_fault
 from workloads.signals import stop_on_signals
 from workloads.spec import WorkloadSpec, load_workload
 from workloads.tokenizer import BYTE_TOKENS
@@ -64,9 +69,12 @@ def record_remote(plan: RecordingPlan, target: str,
     })
     writer = TraceWriter(plan.out, header)
     try:
-        load = asyncio.run(_drive(target, card, spec, writer, plan.duration_s, on_progress))
+        load, lost = asyncio.run(_drive(target, card, spec, writer, plan.duration_s, on_progress))
     finally:
         writer.close()
+    if lost is not None:
+        failed = sum(r.status == "failed" for r in load.records)
+        raise RunFailed(fault_line(lost, failed, writer)) from lost
     return RecordingResult(
         out=plan.out,
         ticks=0,
@@ -79,14 +87,21 @@ def record_remote(plan: RecordingPlan, target: str,
 
 
 async def _drive(target: str, card: dict[str, Any], spec: WorkloadSpec, writer: TraceWriter,
-                 duration_s: float | None, on_progress: Callable[[Progress], None] | None) -> LoadResult:
+                 duration_s: float | None, on_progress: Callable[[Progress], None] | None,
+                 ) -> tuple[LoadResult, TargetLost | None]:
+    """The run, and whether the target went away during it."""
     http = HttpTarget(target, model=str(card.get("id", "tickscope")))
     # Servers that do not say their vocabulary still take every byte-level id.
     vocab = card.get("vocab_size")
     vocab_size = vocab if type(vocab) is int and vocab > 0 else BYTE_TOKENS
     try:
         with stop_on_signals() as stop:
-            return await run_load(http, spec, writer, vocab_size=vocab_size, duration_s=duration_s,
-                                  on_progress=on_progress, stop=stop)
+            watchdog = asyncio.create_task(stop_on_fault(stop, http, writer))
+            try:
+                load = await run_load(http, spec, writer, vocab_size=vocab_size, duration_s=duration_s,
+                                      on_progress=on_progress, stop=stop)
+            finally:
+                watchdog.cancel()
+        return load, http.error
     finally:
         await http.aclose()

@@ -3,7 +3,9 @@
 Everything a user can get wrong (preset, workload, scheduler knobs, device, memory) is checked
 before the trace file is created, so a bad flag never leaves a half-written recording behind.
 Once recording, SIGINT and SIGTERM stop the load, let the engine cancel what is in flight and
-close the trace cleanly; the trace is closed on every path out, errors included.
+close the trace cleanly; the trace is closed on every path out, errors included. A fault stops the
+run too (README, "When things go wrong"): a failed tick (RunFailed, once the trace is closed) or a
+trace the disk no longer takes (the writer's TraceWriteError).
 """
 
 from __future__ import annotations
@@ -19,23 +21,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from engine.config import ModelConfig, check_fits, get_preset
 from engine.engine import Engine, resolve_device
+from engine.errors import EngineFailed, StageLost
 from engine.launch import launch_stages
 from engine.probe import probe
 from engine.scheduler import SchedulerConfig
 from tracer.events import SessionHeader
 from tracer.writer import TraceWriter
+from workloads.errors import RunFailed
 from workloads.loadgen import LoadResult, Progress, run_load
 from workloads.signals import stop_on_signals
 from workloads.spec import WorkloadSpec, load_workload
 
-# How often the run checks that the engine's thread is still alive.
-_WATCH_S = 0.2
+# How often the run checks that the engine and the trace writer are still working: well within the
+# writer's flush interval, so a full disk stops the run within one.
+_WATCH_S = 0.05
 
 
 @dataclass
@@ -94,13 +99,32 @@ class Recording:
             self.close()
             raise
 
-    def close(self) -> None:
-        """Stop the pipeline's other ranks, if any (`run` does this when it ends)."""
+    def close(self, abort: bool = False) -> None:
+        """Stop the pipeline's other ranks, if any (`run` does this when it ends); `abort` after a
+        failed tick, when they may be waiting mid-tick for a message that will never come."""
         if self.stages is not None:
-            self.stages.close()
+            self.stages.close(abort)
+
+    def _stop(self) -> EngineFailed | StageLost | None:
+        """Stop the engine, then the pipeline's other ranks; returns the fault that ended the run, if
+        one did: a failed tick, or a rank found gone only at the end (it died between ticks)."""
+        try:
+            self.engine.stop()
+        except EngineFailed as failure:
+            self.close(abort=True)
+            return failure
+        except BaseException:
+            self.close(abort=True)
+            raise
+        try:
+            self.close()
+        except StageLost as lost:
+            return lost
+        return None
 
     def run(self, on_progress: Callable[[Progress], None] | None = None) -> RecordingResult:
-        """Record to `plan.out`; blocks until the workload ends or a signal stops it."""
+        """Record to `plan.out`; blocks until the workload ends, a signal stops it or a fault does
+        (RunFailed, TraceWriteError: the trace is closed either way)."""
         plan, engine, spec = self.plan, self.engine, self.spec
         header = SessionHeader(
             t0_mono_ns=time.monotonic_ns(),
@@ -118,12 +142,12 @@ class Recording:
             try:
                 load = asyncio.run(_drive(engine, spec, writer, plan.duration_s, on_progress))
             finally:
-                try:
-                    engine.stop()
-                finally:
-                    self.close()
+                fault = self._stop()
         finally:
             writer.close()
+        if fault is not None:
+            failed = sum(r.status == "failed" for r in load.records)
+            raise RunFailed(fault_line(fault, failed, writer)) from fault
         return RecordingResult(
             out=plan.out,
             ticks=engine.ticks,
@@ -148,7 +172,7 @@ async def _drive(
     on_progress: Callable[[Progress], None] | None,
 ) -> LoadResult:
     with stop_on_signals() as stop:
-        watchdog = asyncio.create_task(stop_when_engine_fails(engine, stop))
+        watchdog = asyncio.create_task(stop_on_fault(stop, engine, writer))
         try:
             return await run_load(
                 engine, spec, writer,
@@ -161,11 +185,27 @@ async def _drive(
             watchdog.cancel()
 
 
-async def stop_when_engine_fails(engine: Engine, stop: asyncio.Event) -> None:
-    """A failed engine answers nothing more: set `stop` so the run ends and the error surfaces at once."""
-    while engine.error is None:
+class Fallible(Protocol):
+    """What a run watches: the engine (or the server standing in for it) and the trace writer."""
+
+    @property
+    def error(self) -> BaseException | None: ...
+
+
+async def stop_on_fault(stop: asyncio.Event, *watched: Fallible) -> None:
+    """A failed engine or a target gone answers nothing more, and a trace the disk refuses records
+    nothing more: the first error among `watched` sets `stop` (within _WATCH_S), so the run ends and
+    says why at once."""
+    while all(w.error is None for w in watched):
         await asyncio.sleep(_WATCH_S)
     stop.set()
+
+
+def fault_line(fault: BaseException, failed: int, writer: TraceWriter) -> str:
+    """A run's one line after a fault, once its trace is closed: what happened, what became of the
+    requests in flight, what the trace holds."""
+    return (f"{fault}: {failed} request{'' if failed == 1 else 's'} in flight failed; "
+            f"{writer.path} holds {writer.holds}")
 
 
 def leave_a_core_free() -> None:

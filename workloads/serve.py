@@ -10,6 +10,13 @@ A client that goes away cancels its request: aiohttp cancels the handler when th
 drops (`handler_cancellation`), and the handler's `finally` asks the engine to cancel, which frees
 the request's KV at its next tick. A stream is only answered with 200 once its first token (or its
 rejection) is known, so a full queue is a proper 429 rather than an error inside a stream.
+
+Faults (README, "When things go wrong"): a tick that raises ends the requests in flight as failed,
+answered 500 in OpenAI's error body (an error event, in a stream already under way), and stops the
+server: `close` raises RunFailed once the trace is closed. A trace the disk no longer takes stops it
+too (the writer's TraceWriteError). At the door, abusive clients are bounded: at most MAX_CONNECTIONS
+open connections (past them a 503 and a close), HEAD_TIMEOUT_S for a connection to send a whole
+request head, BODY_TIMEOUT_S for the body after it (408), a 400 for JSON nested too deeply.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from aiohttp import web
 
 from engine.config import get_preset
 from engine.engine import Engine, resolve_device
-from engine.errors import ConfigError
+from engine.errors import ConfigError, EngineFailed
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer.events import RequestEvent, SessionHeader
@@ -44,7 +51,8 @@ from workloads.openai_api import (
     rejection,
     usage_chunk,
 )
-from workloads.run import leave_a_core_free, session_config, stop_when_engine_fails
+from workloads.errors import RunFailed
+from workloads.run import fault_line, leave_a_core_free, session_config, stop_on_fault
 from workloads.signals import stop_on_signals
 from workloads.spec import load_workload
 from workloads.stream import StreamingSink
@@ -55,6 +63,12 @@ _MAX_TOKEN_US = 2**32 - 1  # token_us is uint32 (as in the load generator)
 # At shutdown: how long in-flight handlers get to send their last bytes once the engine has
 # cancelled them, and how long the engine's cancellations get to reach the event loop.
 _SHUTDOWN_S = 2.0
+# Bounds on what one client can hold. Each open connection costs a file descriptor and, idle, about
+# 10 KiB (README, "When things go wrong").
+MAX_CONNECTIONS = 1024  # open at once; past this a new connection is answered 503 and closed
+HEAD_TIMEOUT_S = 10.0  # a connection that has not sent a whole request head by then is closed
+BODY_TIMEOUT_S = 10.0  # a body not whole this long after its head is answered 408
+_OWN_FDS = 256  # descriptors kept for the rest of the process (the trace, torch, the engine's threads)
 
 
 @dataclass
@@ -79,6 +93,7 @@ class ServeResult:
     finished: int
     rejected: int
     cancelled: int
+    failed: int
     tokens_generated: int
     dropped_events: int
 
@@ -98,12 +113,14 @@ class Server:
         context = min(model_cfg.max_seq_len, self.engine.kv.allocator.capacity_tokens)
         self.served = ServedModel(plan.model_name, ByteTokenizer(model_cfg.vocab_size), context)
         self.url = ""
-        self.counts = {"finished": 0, "rejected": 0, "cancelled": 0}
+        self.counts = {"finished": 0, "rejected": 0, "cancelled": 0, "failed": 0}
         self._next_id = 0
         self._live: dict[int, int] = {}  # request id -> when it was submitted (monotonic ns)
         self._idle = asyncio.Event()
         self._writer: TraceWriter | None = None
         self._runner: web.AppRunner | None = None
+        self._door: _Door | None = None
+        self._listener: asyncio.Server | None = None
         self._created = int(time.time())
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -118,22 +135,30 @@ class Server:
         self._writer = TraceWriter(self.plan.trace, header)
         self.engine.recorder = self._writer
         self.engine.start()
-        app = web.Application(middlewares=[_openai_errors], client_max_size=MAX_BODY_BYTES)
+        app = web.Application(middlewares=[self._head_arrived, _openai_errors], client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        # keepalive_timeout: between two requests of a connection, as long as before its first
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                                     shutdown_timeout=_SHUTDOWN_S)
+                                     shutdown_timeout=_SHUTDOWN_S, keepalive_timeout=HEAD_TIMEOUT_S)
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        self._door = _Door(self._runner.server, _connection_limit())
+        self._listener = await asyncio.get_running_loop().create_server(self._door, sock=sock)
         return self.url
 
     async def close(self) -> ServeResult:
-        """Cancel what is in flight, stop the engine and close the trace; safe to call twice."""
+        """Cancel what is in flight, stop the engine and close the trace; safe to call twice. Raises
+        RunFailed when a tick had failed, TraceWriteError when the trace could not be written."""
+        failure: EngineFailed | None = None
         try:
             # The engine first: it ends every request as cancelled, so open streams finish at once,
             # and a request still arriving is refused ("engine stopped") rather than left hanging.
             await asyncio.to_thread(self.engine.stop)
+        except EngineFailed as exc:
+            failure = exc
         finally:
+            if self._listener is not None:
+                self._listener.close()  # no new connections; runner.cleanup ends the open ones
             if self._runner is not None:
                 await self._runner.cleanup()
             if self._live:
@@ -141,10 +166,12 @@ class Server:
                     await asyncio.wait_for(self._idle.wait(), _SHUTDOWN_S)
             if self._writer is not None:
                 self._writer.close()
+        if failure is not None and self._writer is not None:
+            raise RunFailed(fault_line(failure, self.counts["failed"], self._writer)) from failure
         dropped = self._writer.dropped if self._writer is not None else 0
         return ServeResult(self.plan.trace, self.engine.ticks, self._next_id, self.counts["finished"],
-                           self.counts["rejected"], self.counts["cancelled"], self.engine.tokens_generated,
-                           dropped)
+                           self.counts["rejected"], self.counts["cancelled"], self.counts["failed"],
+                           self.engine.tokens_generated, dropped)
 
     async def __aenter__(self) -> str:
         return await self.start()
@@ -153,11 +180,12 @@ class Server:
         await self.close()
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] | None = None) -> ServeResult:
-        """Serve until `stop` is set or the engine fails."""
+        """Serve until `stop` is set, the engine fails or the trace cannot be written."""
         await self.start()
         if on_ready is not None:
             on_ready(self.url)
-        watchdog = asyncio.create_task(stop_when_engine_fails(self.engine, stop))
+        assert self._writer is not None
+        watchdog = asyncio.create_task(stop_on_fault(stop, self.engine, self._writer))
         try:
             await stop.wait()
         finally:
@@ -176,8 +204,20 @@ class Server:
     async def _models(self, _: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [self.served.card(self._created)]})
 
+    @web.middleware
+    async def _head_arrived(self, http: web.Request, handler: Callable) -> web.StreamResponse:
+        # A request's head is whole: its connection met the door's deadline.
+        if self._door is not None:
+            self._door.head_arrived(http.protocol)
+        return await handler(http)
+
     async def _completions(self, http: web.Request) -> web.StreamResponse:
-        req = parse_completion(await http.read(), self.served)
+        try:
+            body = await asyncio.wait_for(http.read(), BODY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"The request body did not arrive within {BODY_TIMEOUT_S:g} s.",
+                           code="timeout") from None
+        req = parse_completion(body, self.served)
         sink = self._submit(req)
         try:
             if req.stream:
@@ -245,6 +285,72 @@ class Server:
             self._idle.set()
 
 
+class _Door:
+    """The listening socket's protocol factory: aiohttp's request handlers for up to `limit` open
+    connections, each closed unless it sends a whole request head within HEAD_TIMEOUT_S (its later
+    requests are held to the same by aiohttp's keepalive_timeout); past the limit, `_Busy`."""
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self._server, self._limit = server, limit
+        self._fresh = 0  # handlers handed out that are not yet among server.connections
+        # handler -> its head deadline; held until the head arrives or the deadline passes
+        self._deadlines: dict[Any, asyncio.TimerHandle] = {}
+
+    def __call__(self) -> asyncio.Protocol:
+        if len(self._server.connections) + self._fresh >= self._limit:
+            return _Busy()
+        loop = asyncio.get_running_loop()
+        handler = self._server()
+        # asyncio runs a new transport's connection_made one loop iteration later (call_soon): until
+        # the iteration after that the handler is counted here, so a burst of accepts cannot overshoot.
+        self._fresh += 1
+        loop.call_soon(loop.call_soon, self._made)
+        self._deadlines[handler] = loop.call_later(HEAD_TIMEOUT_S, self._expire, handler)
+        return handler
+
+    def _made(self) -> None:
+        self._fresh -= 1
+
+    def _expire(self, handler: Any) -> None:
+        del self._deadlines[handler]
+        handler.force_close()  # nothing to answer: no request has arrived on it
+
+    def head_arrived(self, handler: Any) -> None:
+        timer = self._deadlines.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+
+
+class _Busy(asyncio.Protocol):
+    """A connection past MAX_CONNECTIONS: answered 503 in OpenAI's error body, and closed."""
+
+    RESPONSE = json.dumps(ApiError(503, "The server has too many open connections; retry later.", type="server_error",
+                                   code="too_many_connections").body()).encode()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(self.RESPONSE), self.RESPONSE))
+        transport.close()
+
+
+def _connection_limit() -> int:
+    """MAX_CONNECTIONS, raising this process's descriptor limit (ulimit -n) to fit them if it may,
+    or fewer when it may not."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to fit under
+        return MAX_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = MAX_CONNECTIONS + _OWN_FDS
+    if soft != resource.RLIM_INFINITY and soft < want:
+        raised = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(1, min(MAX_CONNECTIONS, soft - _OWN_FDS))
+
+
 def _listen(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
@@ -260,6 +366,8 @@ def _cid(sink: StreamingSink) -> str:
 def _unfinished(sink: StreamingSink) -> ApiError:
     if sink.status == "rejected":
         return rejection(sink.reason)
+    if sink.status == "failed":
+        return ApiError(500, f"The request failed: {sink.reason}.", type="server_error", code="engine_failed")
     return ApiError(503, f"The request was cancelled: {sink.reason}.", type="server_error", code="cancelled")
 
 

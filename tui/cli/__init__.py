@@ -2,7 +2,8 @@
 
 Heavy imports (torch, textual, polars) happen inside each verb, so `tickscope summary` does not
 pay for the engine and `--help` answers at once. Every user error ends as one line on stderr and
-exit code 2; a traceback means a bug.
+exit code 2; a fault that stops a run (a failed tick, a lost rank or target, a full disk: README,
+"When things go wrong") as one line and exit code 1; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -113,6 +114,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (CommandError, ConfigError, TraceFormatError)
 
 
+def _faults() -> tuple[type[BaseException], ...]:
+    from tracer.errors import TraceWriteError
+    from workloads.errors import RunFailed
+
+    return (RunFailed, TraceWriteError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -123,5 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"tickscope {args.verb}: error: no such file: {error.filename}", file=sys.stderr)
         return 2
+    except _faults() as error:
+        print(f"tickscope {args.verb}: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the file system or the network refused: not a bug either
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"tickscope {args.verb}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

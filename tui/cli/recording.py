@@ -102,7 +102,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     result = serve(plan, on_ready)
     print(f"wrote {trace}: {result.ticks} ticks, {result.finished} of {result.requests} requests finished "
-          f"({result.rejected} rejected, {result.cancelled} cancelled), {result.tokens_generated} tokens")
+          f"({result.rejected} rejected, {result.cancelled} cancelled, {result.failed} failed), "
+          f"{result.tokens_generated} tokens")
     return 0
 
 
