@@ -24,6 +24,7 @@ import polars as pl
 from tracer.columns import TICK_COLUMNS
 from tracer.cost import Accelerator, CostUnavailable, ModelShape, modelled_columns, span_summary
 from tracer.events import MarkEvent, SessionHeader
+from tracer.index import Entry
 from tui.state.blocks import NS, Detail, FrameData, frame_from_events
 from tui.state.columns import Columns
 from tui.state.requests import LATENCY_WINDOW_S, LatencyStats, RequestLife, RequestRow, RequestTable
@@ -88,7 +89,7 @@ class DashboardState:
         Tick numbers and start times are estimated by spreading each frame's ticks evenly over its
         tick and time range; reading the frame replaces them with the recorded values.
         """
-        rows = entries[:, 3].astype(np.int64)
+        rows = entries[:, Entry.N_TICKS].astype(np.int64)
         self._frame_rows = rows
         self._frame_row0 = np.concatenate(([0], np.cumsum(rows)[:-1])).astype(np.int64)
         # Frames without ticks are read too: they hold request events (arrivals while idle, say).
@@ -104,9 +105,9 @@ class DashboardState:
         step = np.arange(total) - self._frame_row0[frame]
         # A frame's last tick event is its max_tick (a tick's experts and stage events follow its
         # tick event, so only its first tick may be one whose tick event is in the frame before).
-        self.ticks.col("tick")[:] = entries[frame, 2] - rows[frame] + 1 + step
-        span = (entries[frame, 5] - entries[frame, 4]).astype(np.float64)
-        start = (entries[frame, 4] - self.t0_ns + span * step / np.maximum(rows[frame] - 1, 1)) / NS
+        self.ticks.col("tick")[:] = entries[frame, Entry.MAX_TICK] - rows[frame] + 1 + step
+        span = (entries[frame, Entry.MAX_T_NS] - entries[frame, Entry.MIN_T_NS]).astype(np.float64)
+        start = (entries[frame, Entry.MIN_T_NS] - self.t0_ns + span * step / np.maximum(rows[frame] - 1, 1)) / NS
         self.ticks.col("start_s")[:] = start
         self.ticks.col("end_s")[:] = start
         self._changed(0, total)
