@@ -17,6 +17,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -103,8 +104,8 @@ def main() -> None:
     for ticks in (int(x) for x in args.ticks.split(",")):
         for pipelined in (False, True):
             trace = synthetic_trace(ticks, pipelined)
-            per_tick = best_of(args.repeat, lambda: tick_costs(trace, h100))
-            summary = best_of(args.repeat, lambda: cost_summary(trace, h100, price=2.0))
+            per_tick = best_of(args.repeat, partial(tick_costs, trace, h100))
+            summary = best_of(args.repeat, partial(cost_summary, trace, h100, price=2.0))
             target = ticks >= 1_000_000
             table.add_row(f"{ticks:,}", f"{trace.stages.height:,}", f"{per_tick:.3f}", f"{summary:.3f}",
                           "< 2 s" if target else "", ("yes" if summary < 2 else "NO") if target else "")

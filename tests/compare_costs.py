@@ -8,11 +8,11 @@ model against the engine's own modules).
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import tomllib
 
 import tracer
 

@@ -76,3 +76,16 @@ def compare_pair(tmp_path_factory) -> tuple[Path, Path]:
         Recording(plan).run()
         paths.append(out)
     return paths[0], paths[1]
+
+
+@pytest.fixture
+def live(tmp_path):
+    """A trace being written: its path and its writer (closed at the end if the test did not)."""
+    import tui_synth
+
+    from tracer import TraceWriter
+
+    path = str(tmp_path / "live.msgpack")
+    writer = TraceWriter(path, tui_synth.header())
+    yield path, writer
+    writer.close()

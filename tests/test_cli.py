@@ -19,7 +19,8 @@ from tui.cli import main
 SUMMARY_KEYS = {
     "ticks", "requests_submitted", "requests_finished", "tokens_generated", "span_s",
     "served_rate_tok_s", "device_s_per_token", "device_s_per_output_token", "capacity_tok_s",
-    "bytes_per_token", "experts_touched_per_layer", "experts_expected_uniform", "accelerator", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s",
+    "bytes_per_token", "experts_touched_per_layer", "experts_expected_uniform", "accelerator",
+    "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s",
     "mean_batch_seqs", "experts_active_frac",
 }
 
@@ -27,7 +28,8 @@ SUMMARY_KEYS = {
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "run.msgpack"
-    assert main(["record", "--preset", "tiny", "--workload", "smoke", "--duration", "2", "--out", str(out), "--quiet"]) == 0
+    assert main(["record", "--preset", "tiny", "--workload", "smoke", "--duration", "2", "--out", str(out),
+                 "--quiet"]) == 0
     return out
 
 
@@ -77,7 +79,8 @@ def test_export_holds_what_the_trace_loads_as(recorded: Path, tmp_path: Path, to
 
 
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from compare_costs import busy_and_devices, independent_costs, probe_profile, profile
 
 import tracer
-from compare_costs import busy_and_devices, independent_costs, probe_profile, profile
 from tracer.compare import FIGURES, NOT_JUDGED, Costing, compare, delta_rows, figure_label, format_value, headline
 from tracer.cost import NO_TICKS
 from tracer.events import RequestEvent, SessionHeader
@@ -161,6 +161,7 @@ def pipeline_pair(folder: Path) -> tuple[Path, Path]:
     """Two short real recordings on tiny with 2 stages: 1 micro-batch, and 4 (fewer when a tick has
     fewer sequences; a 100 ms window gathers several)."""
     from conftest import COMPARE_WORKLOAD
+
     from workloads.run import Recording, RecordingPlan
 
     workload = folder / "pipe.toml"

@@ -6,8 +6,11 @@ import json
 import os
 import time
 
-import tracer
 import tui_synth
+from test_compare_screen import text_of
+from test_tui_app import until, write_ticks
+
+import tracer
 from tracer.events import MarkEvent
 from tracer.marks import sidecar_path
 from tui.compare_app import CompareApp
@@ -16,9 +19,6 @@ from tui.screens.compare import SidePanels
 from tui.widgets.controls import Scrubber
 from tui.widgets.requests import RequestTable
 from tui.widgets.stages import StageGantt
-
-from test_compare_screen import text_of
-from test_tui_app import live, until, write_ticks  # noqa: F401  # `live` is a fixture
 
 
 def synthetic_pair(tmp_path, n: int = 120) -> tuple[str, str]:

@@ -7,9 +7,10 @@ import io
 
 import numpy as np
 import pytest
-from rich.console import Console
-
 import tui_synth
+from rich.console import Console
+from test_tui_app import until
+
 from tui.app import TickscopeApp
 from tui.compare_app import CompareApp
 from tui.compare_source import TraceSide
@@ -20,8 +21,6 @@ from tui.source import ReplaySource
 from tui.state import DashboardState
 from tui.widgets.delta import CompareHeader, DeltaPanel
 from tui.widgets.header import TraceHeader
-
-from test_tui_app import until
 
 SIZE = (160, 48)
 

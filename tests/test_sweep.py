@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from compare_costs import independent_costs, profile
 from matplotlib.image import imread
 
 import tracer
-from compare_costs import independent_costs, profile
 from tracer.compare import Costing
 from tracer.plots import CurvePoint
 from tui.cli import main

@@ -62,7 +62,8 @@ def test_batch_event_round_trips_and_refuses_ragged_columns():
 
 
 def test_batches_frame_is_long_form():
-    trace = tracer.from_events(SessionHeader(0, 0), [batch(0, [1], [5], [0], [0]), batch(1, [1, 2], [0, 4], [1, 0], [0, 1])])
+    trace = tracer.from_events(SessionHeader(0, 0),
+                               [batch(0, [1], [5], [0], [0]), batch(1, [1, 2], [0, 4], [1, 0], [0, 1])])
     assert trace.batches.rows() == [(0, 1, 5, 0, 0), (1, 1, 0, 1, 0), (1, 2, 4, 0, 1)]
     assert tracer.from_events(SessionHeader(0, 0), []).batches.columns == [
         "tick", "request", "prefill_tokens", "decode_tokens", "group"]

@@ -153,7 +153,8 @@ def test_every_kind_round_trips_through_the_codec_and_the_columns(kind, data):
     for f in kind.wire:
         value = getattr(ev, f.name, None)
         if f.type == "shape":
-            assert held.dims().tolist() == [list(next(getattr(ev, g.name) for g in kind.wire if g.shape == "shape").shape)]
+            shaped = next(getattr(ev, g.name) for g in kind.wire if g.shape == "shape")
+            assert held.dims().tolist() == [list(shaped.shape)]
         elif f.type != "packed":
             assert held.fields[f.name] == [value]
         elif value is None:

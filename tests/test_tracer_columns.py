@@ -7,8 +7,19 @@ import numpy as np
 import pytest
 from polars.testing import assert_frame_equal
 
-from tracer import (BatchEvent, ExpertsEvent, MarkEvent, RequestEvent, StageEvent, Trace, TraceWriter, add_mark,
-                    from_events, load, open_trace)
+from tracer import (
+    BatchEvent,
+    ExpertsEvent,
+    MarkEvent,
+    RequestEvent,
+    StageEvent,
+    Trace,
+    TraceWriter,
+    add_mark,
+    from_events,
+    load,
+    open_trace,
+)
 from tracer.codec import encode_event
 from tracer.framing import MAGIC, Kind, encode_frame
 from tracer.synth import synthetic_session

@@ -50,7 +50,7 @@ def test_perfetto_json_holds_every_tick_stage_cell_request_and_mark(tmp_path):
             tracks[(ev["pid"], ev["tid"])].append((ev["ts"], ev["ts"] + ev["dur"]))
     for slices in tracks.values():
         slices.sort()
-        for (s0, e0), (s1, e1) in zip(slices, slices[1:]):
+        for (_, e0), (s1, e1) in zip(slices, slices[1:]):
             assert s1 >= e0 - 1e-3 or e1 <= e0
 
 

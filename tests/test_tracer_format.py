@@ -3,17 +3,15 @@
 import re
 import struct
 import zlib
-
 from pathlib import Path
 
 import msgpack
 import numpy as np
 
 import tracer
+from tracer import MarkEvent, TraceWriter
 from tracer.events import KINDS, TICK_FIELDS
 from tracer.index import ENTRY_FIELDS
-
-from tracer import MarkEvent, TraceWriter
 from tracer.synth import synthetic_session
 
 

@@ -4,8 +4,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tracer import (ExpertsEvent, MarkEvent, RequestEvent, SessionHeader, StageEvent, TickEvent, TraceWriter,
-                    from_events, load)
+from tracer import (
+    ExpertsEvent,
+    MarkEvent,
+    RequestEvent,
+    SessionHeader,
+    StageEvent,
+    TickEvent,
+    TraceWriter,
+    from_events,
+    load,
+)
 from tracer.synth import synthetic_session
 
 T0 = 10_000_000_000
@@ -29,7 +38,8 @@ def sample():
         req(1, "first_token", 6, tick=0),
         req(1, "preempt", 8, tick=1, reason="kv full"),
         req(1, "admit", 9, tick=2),
-        req(1, "finish", 16, output_tokens=3, status="finished", token_us=np.array([6000, 11000, 16000], dtype=np.uint32)),
+        req(1, "finish", 16, output_tokens=3, status="finished",
+            token_us=np.array([6000, 11000, 16000], dtype=np.uint32)),
         req(2, "arrive", 1, prompt_tokens=5),
         req(2, "finish", 1.5, status="rejected", reason="queue full"),
         MarkEvent(T0 + 3 * MS, 0, "note"),

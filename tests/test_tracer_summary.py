@@ -35,7 +35,8 @@ def trace_with(slo=None):
 def test_headline_figures():
     s = summarize(trace_with())
     assert s["ticks"] == 10 and s["mean_batch_seqs"] == pytest.approx(6.5)
-    assert (s["requests_submitted"], s["requests_finished"], s["requests_rejected"], s["requests_cancelled"]) == (4, 3, 1, 0)
+    counts = (s["requests_submitted"], s["requests_finished"], s["requests_rejected"], s["requests_cancelled"])
+    assert counts == (4, 3, 1, 0)
     assert s["tokens_generated"] == 21 and s["span_s"] == pytest.approx(1.0)
     assert s["served_rate_tok_s"] == pytest.approx(10.0)  # the ticks' sampled tokens over the span
     assert s["ttft_p50_s"] == pytest.approx(0.010)

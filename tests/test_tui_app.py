@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import pytest
-
 import tui_synth
+
 from tracer import ExpertsEvent, TraceFormatError, TraceWriter
 from tracer.codec import packb
 from tui.app import SPEEDS, TickscopeApp
@@ -152,15 +152,6 @@ def write_ticks(writer: TraceWriter, start: int, count: int) -> None:
     for event in tui_synth.ticks(start, count):
         writer.emit(event)
     assert writer.flush(timeout=5)
-
-
-@pytest.fixture
-def live(tmp_path):
-    """A trace being written: its path and its writer (closed at the end if the test did not)."""
-    path = str(tmp_path / "live.msgpack")
-    writer = TraceWriter(path, tui_synth.header())
-    yield path, writer
-    writer.close()
 
 
 async def test_live_follows_a_growing_file(live):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import tui_synth
+
 from tracer.events import RequestEvent, SessionHeader, StageEvent
 from tui.state import (
     DashboardState,
@@ -122,7 +122,10 @@ def test_a_replay_layout_fills_rows_from_frames_read_in_any_order():
     # Three "frames" of ten ticks each, as index entries would describe them.
     frames = [[e for e in events if getattr(e, "tick", -1) // 10 == f or
                (isinstance(e, RequestEvent) and e.t_ns // tui_synth.TICK_NS - 50 == f)] for f in range(3)]
-    t = lambda tick: tui_synth.T0 + tick * tui_synth.TICK_NS + 5_000_000  # noqa: E731
+
+    def t(tick: int) -> int:
+        return tui_synth.T0 + tick * tui_synth.TICK_NS + 5_000_000
+
     entries = np.array([[f, 10 * f, 10 * f + 9, 10, t(10 * f), t(10 * f + 9), 0] for f in range(3)])
     s = DashboardState()
     s.set_header(header)

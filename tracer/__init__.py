@@ -6,6 +6,7 @@ recording (on a GPU server, say) needs only msgpack and numpy.
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 from tracer.errors import TraceFormatError
 from tracer.events import (
@@ -25,6 +26,10 @@ from tracer.reader import TraceReader, open_trace
 from tracer.recorder import ListRecorder, NullRecorder, Recorder
 from tracer.tail import TraceTail, follow
 from tracer.writer import TraceWriter
+
+if TYPE_CHECKING:  # imported on first use at run time (`__getattr__`); named here for the type checker
+    from tracer.frames import Trace, from_events, load
+    from tracer.summary import summarize, summary_table
 
 _ON_POLARS = {
     "Trace": "tracer.frames", "from_events": "tracer.frames", "load": "tracer.frames",

@@ -10,7 +10,8 @@ anyone: anything unexpected is a `TraceFormatError`, never an exception from dee
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -54,7 +55,8 @@ def new_packer() -> msgpack.Packer:
 
 
 def packb(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True, default=_plain)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True, default=_plain)  # msgpack is untyped: its packb returns bytes
+    return packed
 
 
 def unpackb(payload: bytes, what: str) -> Any:
@@ -112,10 +114,10 @@ def _bad(what: str) -> TraceFormatError:
     return TraceFormatError(what)
 
 
-def _ints(values: list[Any], what: str) -> None:
-    for v in values:
-        if type(v) is not int:
-            raise _bad(f"{what}: expected an integer, got {type(v).__name__}")
+def _int(v: object, what: str) -> int:
+    if type(v) is not int:
+        raise _bad(f"{what}: expected an integer, got {type(v).__name__}")
+    return v
 
 
 def _str(v: Any, what: str) -> str:
@@ -186,7 +188,8 @@ def _decoder(kind: EventKind) -> Callable[[list[Any]], Event]:
             values[i] = _array([length], data, dtype, 1, what)
         if shape_at >= 0:
             del values[shape_at]
-        return cls(*values)
+        event: Event = cls(*values)  # EventKind.cls is a bare `type`: the table pairs it with this kind
+        return event
 
     return decode
 
@@ -250,8 +253,9 @@ def decode_header(payload: bytes) -> SessionHeader:
         raise _bad(f"trace format {major}.{minor} is newer than this tickscope reads ({ours}); upgrade tickscope")
     if major < FORMAT_VERSION[0]:
         raise _bad(f"trace format {major}.{minor} is older than this tickscope reads ({ours})")
-    t0_mono, t0_wall, config = obj.get("t0_mono_ns"), obj.get("t0_wall_ns"), obj.get("config")
-    _ints([t0_mono, t0_wall], "session header clock anchor")
+    t0_mono = _int(obj.get("t0_mono_ns"), "session header clock anchor")
+    t0_wall = _int(obj.get("t0_wall_ns"), "session header clock anchor")
+    config = obj.get("config")
     if type(config) is not dict:
         raise _bad("session header config is not a map")
     return SessionHeader(t0_mono, t0_wall, config, (major, minor))

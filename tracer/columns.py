@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Iterable, NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -31,8 +32,8 @@ TICK_COLUMNS = tuple(name.removesuffix("_ns") + "_s" if name.endswith("_ns") els
 # Allowed types of a column of each field type: bools and floats compare equal to ints, so columns
 # are checked by exact type.
 _TYPES: dict[str, set[type]] = {"int": {int}, "str": {str}, "text": {str}, "bool": {bool}}
-_LIST = {list}
-_BYTES = {bytes}
+_LIST: set[type] = {list}
+_BYTES: set[type] = {bytes}
 
 
 def tick_seconds(raw: np.ndarray, t0_ns: int) -> np.ndarray:

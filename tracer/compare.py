@@ -40,7 +40,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from tracer.cost import CostUnavailable, accelerator
-from tracer.frames import Trace
+from tracer.frames import Trace, scalar_int
 from tracer.pipeline import stage_ticks, timeline_kind
 from tracer.summary import summarize
 
@@ -292,9 +292,9 @@ def pipeline_shape(trace: Trace) -> str | None:
     per_tick = stage_ticks(trace.stages)
     if per_tick.height == 0:
         return None
-    stages = int(per_tick.get_column("stages").max())  # type: ignore[arg-type]
-    fewest, most = (int(v) for v in (per_tick.get_column("micro_batches").min(),  # type: ignore[arg-type]
-                                      per_tick.get_column("micro_batches").max()))  # type: ignore[arg-type]
+    stages = scalar_int(per_tick.get_column("stages").max())
+    fewest, most = (scalar_int(v) for v in (per_tick.get_column("micro_batches").min(),
+                                             per_tick.get_column("micro_batches").max()))
     batches = f"{most} micro-batch{'es' if most > 1 else ''}" if fewest == most else f"{fewest}-{most} micro-batches"
     return f"{stages} stages × {batches}"
 
@@ -356,7 +356,8 @@ def headline(comparison: Comparison) -> str:
     fast = speed.winner if speed.winner in SIDES else None
 
     if cheap:
-        hi, lo = max(cost.a, cost.b), min(cost.a, cost.b)  # type: ignore[type-var]
+        assert cost.a is not None and cost.b is not None  # a winner has both figures
+        hi, lo = max(cost.a, cost.b), min(cost.a, cost.b)
         cost_clause = f"{cheap} costs {1 - lo / hi:.0%} less device time per processed token"
     elif cost.winner == "even":
         cost_clause = f"both cost the same device time per processed token ({cost.by})"
@@ -364,7 +365,8 @@ def headline(comparison: Comparison) -> str:
         cost_clause = f"device time per token not compared ({comparison.missing(cost)})"
     subject = cheap or fast
     if fast:
-        hi, lo = max(speed.a, speed.b), min(speed.a, speed.b)  # type: ignore[type-var]
+        assert speed.a is not None and speed.b is not None  # a winner has both figures
+        hi, lo = max(speed.a, speed.b), min(speed.a, speed.b)
         whose = "its" if subject == cheap else f"{fast}'s"
         if cheap and fast != cheap:
             speed_clause = f"its p50 TTFT is {_apart(hi, lo, True)}"
@@ -519,12 +521,13 @@ def delta_table(comparison: Comparison, title: str | None = None) -> Table:
 def expert_mean(trace: Trace) -> np.ndarray | None:
     """Mean tokens per tick routed to each [layer, expert] over the whole recording."""
     if trace.expert_load is not None and len(trace.expert_load):
-        return trace.expert_load.mean(axis=0)
+        mean: np.ndarray = trace.expert_load.mean(axis=0)  # numpy types a mean as Any
+        return mean
     if trace.experts.height == 0:
         return None
     per_cell = trace.experts.group_by("layer", "expert").agg(pl.col("tokens").sum())
-    layers = int(per_cell.get_column("layer").max()) + 1
-    experts = int(per_cell.get_column("expert").max()) + 1
+    layers = scalar_int(per_cell.get_column("layer").max()) + 1
+    experts = scalar_int(per_cell.get_column("expert").max()) + 1
     grid = np.zeros((layers, experts))
     grid[per_cell.get_column("layer").to_numpy(), per_cell.get_column("expert").to_numpy()] = (
         per_cell.get_column("tokens").to_numpy()

@@ -74,17 +74,17 @@ Modelled ratios are over the ticks with an expert-load event (all of them in an 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import polars as pl
+import tomllib
 
-from tracer.frames import Trace
+from tracer.frames import Trace, scalar_float, scalar_int
 from tracer.pipeline import stage_ticks
 
 THIS_DEVICE = "this-device"
@@ -203,7 +203,7 @@ class ModelShape:
                 + np.asarray(kv_used, dtype=np.float64) * attention)
 
 
-def _is_count(v: object) -> bool:
+def _is_count(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
@@ -214,7 +214,8 @@ def expected_distinct_experts(tokens: np.ndarray | float, experts: int, top_k: i
 
 def distinct_experts(load: np.ndarray) -> np.ndarray:
     """Experts that got at least one token, [ticks, layers], of a [ticks, layers, experts] load."""
-    return (np.asarray(load) > 0).sum(axis=-1)
+    touched: np.ndarray = (np.asarray(load) > 0).sum(axis=-1)  # numpy types a sum as Any
+    return touched
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -294,7 +295,7 @@ def _parse_profiles(origin: str, text: str) -> dict[str, dict[str, float]]:
     return profiles
 
 
-def _is_positive(v: object) -> bool:
+def _is_positive(v: object) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
 
 
@@ -329,7 +330,8 @@ def busy_seconds(ticks: pl.DataFrame, stages: pl.DataFrame) -> tuple[np.ndarray,
     devices = np.ones(ticks.height, dtype=np.int64)
     if stages.height == 0:
         return busy, devices
-    cells = stage_ticks(stages).select("tick", pl.col("makespan_s").alias("makespan"), pl.col("stages").alias("devices"))
+    cells = stage_ticks(stages).select("tick", pl.col("makespan_s").alias("makespan"),
+                                       pl.col("stages").alias("devices"))
     tick = ticks.get_column("tick").to_numpy()
     at, hit = _lookup(cells.get_column("tick").to_numpy(), tick)
     busy[hit] = cells.get_column("makespan").to_numpy()[at[hit]]
@@ -422,7 +424,7 @@ def recording_span(trace: Trace) -> tuple[float, float] | None:
     present = [c for c in columns if c.drop_nulls().len()]
     if not present:
         return None
-    return float(min(c.min() for c in present)), float(max(c.max() for c in present))
+    return min(scalar_float(c.min()) for c in present), max(scalar_float(c.max()) for c in present)
 
 
 def span_summary(costs: pl.DataFrame, span_s: float | None, shape: ModelShape | None = None,
@@ -449,7 +451,7 @@ def span_summary(costs: pl.DataFrame, span_s: float | None, shape: ModelShape | 
         "usd_per_mtok_measured": None if price is None else _usd_per_mtok(device_s, price, output),
     }
     modelled = shape is not None and "bytes" in costs.columns
-    summary.update(_modelled(costs, shape) if modelled else dict.fromkeys(_MODELLED_KEYS))
+    summary.update(_modelled(costs, shape) if modelled and shape is not None else dict.fromkeys(_MODELLED_KEYS))
     if accelerator is not None and price is not None:
         accelerator = replace(accelerator, usd_per_hour=price)
     summary["accelerator"] = _on_accelerator(costs, accelerator) if modelled and accelerator else None
@@ -522,6 +524,6 @@ def cost_summary(trace: Trace, accelerator: Accelerator | None = None, price: fl
         shape, costs, reason = None, measured_ticks(trace), exc.reason
     if trace.ticks.height == 0:  # a client-side trace: the requests still tell what was served
         summary = span_summary(costs, span_s, shape, accelerator, price, NO_TICKS)
-        summary["served_rate_tok_s"] = _ratio(trace.requests.get_column("output_tokens").sum(), span_s)
+        summary["served_rate_tok_s"] = _ratio(scalar_int(trace.requests.get_column("output_tokens").sum()), span_s)
         return summary
     return span_summary(costs, span_s, shape, accelerator, price, reason)

@@ -8,16 +8,29 @@ from __future__ import annotations
 import gc
 import itertools
 import os
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from tracer.columns import TICK_COLUMNS, EventColumns, tick_seconds
-from tracer.events import (KIND_OF, KINDS, REQUEST_PHASES, TICK_FIELDS, BatchEvent, Event, ExpertsEvent, MarkEvent,
-                           RequestEvent, SessionHeader, StageEvent, TickEvent)
+from tracer.events import (
+    KIND_OF,
+    KINDS,
+    REQUEST_PHASES,
+    TICK_FIELDS,
+    BatchEvent,
+    Event,
+    ExpertsEvent,
+    MarkEvent,
+    RequestEvent,
+    SessionHeader,
+    StageEvent,
+    TickEvent,
+)
 from tracer.marks import read_marks
 from tracer.reader import TraceReader, open_trace
 
@@ -105,6 +118,21 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def scalar_int(value: object) -> int:
+    """An integer column's aggregate (a polars Series' min, max or sum) as an int: polars types every
+    aggregate as any Python literal or None. TypeError for anything else (an empty column's None)."""
+    if not isinstance(value, int):
+        raise TypeError(f"expected an integer aggregate, got {type(value).__name__}")
+    return value
+
+
+def scalar_float(value: object) -> float:
+    """A numeric column's aggregate as a float, as `scalar_int` for an int."""
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"expected a numeric aggregate, got {type(value).__name__}")
+    return float(value)
+
+
 def _ns_to_s(values: list[int], t0: int) -> np.ndarray:
     return (np.asarray(values, dtype=np.int64) - t0) / 1e9
 
@@ -115,10 +143,9 @@ def from_events(header: SessionHeader, events: Iterable[Event]) -> Trace:
     of_kind: dict[type, list[Any]] = {kind.cls: [] for kind in KINDS}
     requests: dict[int, dict[str, Any]] = {}
     for ev in events:
-        t = type(ev)
-        if t is RequestEvent:
+        if type(ev) is RequestEvent:
             _request_step(requests, ev)
-        elif t in of_kind:
+        elif (t := type(ev)) in of_kind:
             of_kind[t].append(ev)
     ticks: list[TickEvent] = of_kind[TickEvent]
     experts: list[ExpertsEvent] = of_kind[ExpertsEvent]
@@ -219,7 +246,9 @@ def _batch_rows(batch_ticks: np.ndarray, seqs: np.ndarray, columns: list[np.ndar
     """`columns`: _BATCH_ARRAYS, each every event's values concatenated."""
     cols = {"tick": np.repeat(batch_ticks, seqs)}
     cols.update(zip(("request", "prefill_tokens", "decode_tokens", "group"), columns))
-    return pl.DataFrame(cols).cast(BATCH_SCHEMA)
+    # A Schema, not the dict: cast's mapping is keyed by column names or selectors, which a dict of
+    # names does not type-check as.
+    return pl.DataFrame(cols).cast(pl.Schema(BATCH_SCHEMA))
 
 
 def _marks_frame(t_ns: list[int], tick: list[int], text: list[str], t0: int) -> pl.DataFrame:

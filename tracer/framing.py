@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from tracer.limits import MAX_FRAME_BYTES
 

@@ -9,6 +9,7 @@ or with a broken chain gets its index rebuilt by scanning.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import astuple, dataclass, field, fields
 from enum import IntEnum
 from typing import BinaryIO
@@ -60,13 +61,12 @@ class FrameStats:
 
     def add(self, ev: Event) -> None:
         self.n_events += 1
-        t = type(ev)
-        if t is TickEvent:
+        if type(ev) is TickEvent:
             self.n_ticks += 1
             if self.min_t_ns < 0 or ev.start_ns < self.min_t_ns:
                 self.min_t_ns = ev.start_ns
             self.max_t_ns = max(self.max_t_ns, ev.start_ns)
-        elif t not in _TICKED:
+        elif type(ev) not in _TICKED:
             return
         if self.min_tick < 0 or ev.tick < self.min_tick:
             self.min_tick = ev.tick
@@ -161,7 +161,7 @@ def rebuild_index(f: BinaryIO, start: int, end: int, *, progress: bool | None = 
     indexed: list[np.ndarray] = []
     pending: list[int] = []  # offsets of events frames after the last index frame seen
 
-    def scan(advance=lambda: None) -> None:
+    def scan(advance: Callable[[], object] = lambda: None) -> None:
         for frame in scanner:
             if frame.kind == Kind.EVENTS:
                 pending.append(frame.offset)

@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TypeGuard
 
 from tracer.events import MarkEvent
 
@@ -56,12 +57,16 @@ def read_marks(trace_path: str | os.PathLike[str]) -> tuple[list[MarkEvent], lis
     return marks, problems
 
 
+def _plain_int(v: object) -> TypeGuard[int]:
+    # bool is an int in Python; a note at tick `true` is a broken file, not tick 1.
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _mark(item: object) -> MarkEvent | None:
     if not isinstance(item, dict):
         return None
     t_ns, tick, text = item.get("t_ns"), item.get("tick"), item.get("text")
-    # bool is an int in Python; a note at tick `true` is a broken file, not tick 1.
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (t_ns, tick)):
+    if not (_plain_int(t_ns) and _plain_int(tick)):
         return None
     if not isinstance(text, str):
         return None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, TypeVar
 
 from tracer.codec import decode_events, decode_header, unpackb
 from tracer.errors import TraceFormatError
@@ -15,7 +16,7 @@ from tracer.index import TraceIndex, read_index, rebuild_index
 T = TypeVar("T")
 
 
-def read_preamble(f, path: str, size: int) -> tuple[SessionHeader | None, int]:
+def read_preamble(f: BinaryIO, path: str, size: int) -> tuple[SessionHeader | None, int]:
     """The session header and where the frames after it start.
 
     Returns (None, 0) while a file being written is still too short to hold them; raises

@@ -10,7 +10,8 @@ million-tick trace streams in seconds; `synthetic_session` collects a short one 
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class TraceTail:
         self.finished = False
         self.problems: list[str] = []
         self.dropped: dict[str, int] = {}
-        self._f = None
+        self._f: BinaryIO | None = None
         self._ident: tuple[int, int] | None = None
         self._preamble = b""  # magic + header frame as first read: a rewrite in place changes it
         self._offset = 0
@@ -46,9 +47,11 @@ class TraceTail:
         return TraceIndex(np.array(self._entries, dtype=np.int64).reshape(-1, len(ENTRY_FIELDS)))
 
     def poll(self) -> list[Event]:
-        if self.state in ("truncated", "replaced") or not self._open():
+        if self.state in ("truncated", "replaced"):
             return []
-        f = self._f
+        f = self._open()
+        if f is None:
+            return []
         size = os.fstat(f.fileno()).st_size
         if self.header is None:
             f.seek(0)
@@ -86,22 +89,24 @@ class TraceTail:
         self.problems.extend(scanner.problems)
         return out
 
-    def _open(self) -> bool:
-        """Open the file on first sight; notice when the path stops naming it."""
+    def _open(self) -> BinaryIO | None:
+        """Open the file on first sight; notice when the path stops naming it. The open file, or None
+        when there is nothing to read."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             if self._f is not None:
                 self._stop("replaced")
-            return False
-        if self._f is None:
-            self._f = open(self.path, "rb")
-            fst = os.fstat(self._f.fileno())
+            return None
+        f = self._f
+        if f is None:
+            f = self._f = open(self.path, "rb")
+            fst = os.fstat(f.fileno())
             self._ident = (fst.st_dev, fst.st_ino)
         if (st.st_dev, st.st_ino) != self._ident:
             self._stop("replaced")
-            return False
-        return True
+            return None
+        return f
 
     def _stop(self, state: str) -> None:
         self.state = state

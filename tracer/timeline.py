@@ -33,6 +33,10 @@ class GPipe:
         return list(range(micro_batches))
 
 
+# The default schedule: GPipe holds no state, so one instance serves every call.
+DEFAULT_SCHEDULE = GPipe()
+
+
 def run_order(schedule: Schedule, stages: int, micro_batches: int) -> list[tuple[int, int]]:
     """All (stage, micro-batch) cells in an order one device can run them: each cell after its
     micro-batch's previous stage and its stage's previous cell."""
@@ -56,7 +60,7 @@ def run_order(schedule: Schedule, stages: int, micro_batches: int) -> list[tuple
     return out
 
 
-def modelled_timeline(cost_ns: np.ndarray, schedule: Schedule = GPipe()) -> tuple[np.ndarray, np.ndarray]:
+def modelled_timeline(cost_ns: np.ndarray, schedule: Schedule = DEFAULT_SCHEDULE) -> tuple[np.ndarray, np.ndarray]:
     """Start and end [stages, micro_batches] of cells with these costs, one device per stage: a cell
     starts when its micro-batch has left the previous stage and its stage has finished its previous
     cell in the schedule's order."""

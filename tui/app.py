@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from textual.binding import Binding
 from textual.reactive import var
@@ -65,7 +65,7 @@ class TickscopeApp(PlaybackApp):
     def state(self, state: DashboardState) -> None:
         self.feed.state = state  # one of the caller's making (a smaller detail cache), before it runs
 
-    def get_default_screen(self) -> Screen:
+    def get_default_screen(self) -> Screen[None]:
         return self.dashboard
 
     def _started(self) -> None:
@@ -213,7 +213,7 @@ class TickscopeApp(PlaybackApp):
 
 
 def run_dashboard(path: str, mode: str, *, on_quit: Callable[[], None] | None = None,
-                  costing: Callable[[dict], tuple[Accelerator | None, float | None]] | None = None) -> None:
+                  costing: Callable[[dict[str, Any]], tuple[Accelerator | None, float | None]] | None = None) -> None:
     """Open `path` ("live": follow it as it grows; "replay": play it back) in the dashboard.
 
     The source is opened before the terminal is taken over, so a missing or malformed file

@@ -15,6 +15,7 @@ import time
 
 from textual import work
 from textual.binding import Binding
+from textual.dom import DOMNode
 from textual.screen import Screen
 
 import tracer
@@ -28,6 +29,7 @@ from tui.messages import ComparisonReady
 from tui.playback import SPEEDS, Feed, PlaybackApp
 from tui.screens.compare import SIDES, CompareScreen, SidePanels
 from tui.state import DashboardState
+from tui.widgets.delta import DeltaPanel
 from tui.widgets.header import Watching
 
 SCRUB_STEPS = 1000  # time alignment: positions the scrubber resolves
@@ -74,7 +76,7 @@ class CompareApp(PlaybackApp):
         a, b = self.feeds
         return a.state, b.state
 
-    def get_default_screen(self) -> Screen:
+    def get_default_screen(self) -> Screen[None]:
         return self.compare_screen
 
     def _started(self) -> None:
@@ -126,12 +128,12 @@ class CompareApp(PlaybackApp):
     def on_comparison_ready(self, message: ComparisonReady) -> None:
         self._comparing = False
         self.comparison = message.comparison
-        delta = self.compare_screen.query_one("#delta")
+        delta = self.compare_screen.query_one("#delta", DeltaPanel)
         growing = [f.name for f in self.feeds if not f.replay and not f.done]
         delta.border_title = "delta over the whole recordings (d: toggle)" if not growing else (
             f"delta so far: {' and '.join(growing)} still recording (d: toggle)"
         )
-        delta.show(message.comparison, message.error)  # type: ignore[attr-defined]
+        delta.show(message.comparison, message.error)
         self._maybe_recompare()
 
     # -- playback -----------------------------------------------------------------------------
@@ -202,9 +204,9 @@ class CompareApp(PlaybackApp):
 
     def _mark_target(self) -> tuple[Feed, int]:
         """The side holding the focus (Tab or a click on it), A when neither does, at its tick."""
-        node = self.focused
+        node: DOMNode | None = self.focused
         while node is not None and not isinstance(node, SidePanels):
-            node = node.parent  # type: ignore[assignment]  # a widget's parent is a widget, up to the screen
+            node = node.parent
         side = SIDES.index(node.side) if isinstance(node, SidePanels) else 0
         return self.feeds[side], self.lockstep.indices(*self.states)[side]
 
@@ -237,7 +239,8 @@ class CompareApp(PlaybackApp):
         ls = self.lockstep
         labels = []
         for feed, index in zip(self.feeds, indices):
-            labels.append(f"{feed.name} tick {feed.state.tick_number(index)}" if feed.state.n_ticks else f"{feed.name} —")
+            labels.append(f"{feed.name} tick {feed.state.tick_number(index)}" if feed.state.n_ticks
+                          else f"{feed.name} —")
         marks = self._mark_positions()
         if ls.align == "tick":
             total = max(a.n_ticks, b.n_ticks)
@@ -246,7 +249,8 @@ class CompareApp(PlaybackApp):
         length = ls.length(a, b)
         scale = (SCRUB_STEPS - 1) / length if length > 0 else 0.0
         label = f"{ls.position:.2f}/{length:.2f}s · " + " · ".join(labels)
-        return round(ls.position * scale), SCRUB_STEPS, [(round(p * scale), SIDE_STYLES[feed.name]) for p, feed, _ in marks], label
+        ticks = [(round(p * scale), SIDE_STYLES[feed.name]) for p, feed, _ in marks]
+        return round(ls.position * scale), SCRUB_STEPS, ticks, label
 
 
 def run_compare(a: str, b: str, *, align: str = "time", costing: Costing | None = None) -> None:

@@ -229,6 +229,10 @@ class PlaybackApp(App[None]):
     def playback_label(self) -> str:
         return f"{'▶' if self.playing else '⏸'} {speed_label(SPEEDS[self.speed_index])}"
 
+    def action_seek_fraction(self, fraction: float) -> None:
+        """Go to `fraction` (0..1) of the way through the recording (a click on the scrubber)."""
+        raise NotImplementedError
+
     # -- marks --------------------------------------------------------------------------------
 
     def _position(self) -> float:

@@ -20,19 +20,20 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
 import tracer
 from tracer.codec import BATCH, EXPERTS, STAGE, TICK, decode_event, unpackb, wire_columns
+from tracer.columns import TICK_COLUMNS, Rejected, checked_columns, tick_seconds
+from tracer.cost import distinct_experts
 from tracer.errors import TraceFormatError
 from tracer.events import KIND_BY_CODE, SessionHeader, StageEvent
 from tracer.framing import read_frame
 from tracer.index import Entry, TraceIndex
 from tracer.limits import MAX_BIN_LEN
-from tracer.columns import TICK_COLUMNS, Rejected, checked_columns, tick_seconds
-from tracer.cost import distinct_experts
 from tui.state import LATENCY_WINDOW_S, DashboardState, Detail, FrameData, frame_from_events, request_block
 
 # A poll of the background loader stops after this long, so the UI gets the rows in small steps
@@ -51,8 +52,12 @@ _NS = 1_000_000_000
 
 class Source(Protocol):
     path: str
-    header: SessionHeader | None
     done: bool  # no more data will come (a replay read to its end)
+
+    @property
+    def header(self) -> SessionHeader | None:
+        """The session header, once read (a replay has it from the start)."""
+        ...
 
     def layout(self) -> np.ndarray | None:
         """Index entries of every events frame (a replay), or None (data is appended as it comes)."""
@@ -204,7 +209,9 @@ def _bulk_detail(group: list[Any], code: int, into: FrameData, keep: bool) -> li
             if code == EXPERTS:
                 d.experts = arrays[i, 0]
             else:
-                d.stages = StageEvent(tick, *arrays[i], modelled=columns["modelled"][i])
+                measured_start, measured_end, modelled_start, modelled_end = arrays[i]  # the kind's packed order
+                d.stages = StageEvent(tick, measured_start, measured_end, modelled_start, modelled_end,
+                                      modelled=columns["modelled"][i])
     return []
 
 

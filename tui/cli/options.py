@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from engine.choices import DECODE_COMPILE, DECODE_GRAPHS, DEVICES
 from engine.policies import policy_names
+
+if TYPE_CHECKING:  # imported where used: they pull in polars, and workloads.run the engine
+    from tracer.compare import Costing
+    from tracer.cost import Accelerator
+    from workloads.run import RecordingPlan
 
 
 class CommandError(Exception):
@@ -20,7 +26,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _checked(convert: Callable[[str], float], noun: str, ok: Callable[[float], bool], must: str) -> Callable[[str], float]:
+def _checked(
+    convert: Callable[[str], float], noun: str, ok: Callable[[float], bool], must: str
+) -> Callable[[str], float]:
     """An argparse type: `convert` the text, then insist on `ok`, saying what was wrong."""
 
     def parse(text: str) -> float:
@@ -96,14 +104,18 @@ def add_recording_options(p: argparse.ArgumentParser, *, workload: str | None) -
     default = f"default: {workload}" if workload else "only its [scheduler] knobs are used; default: the engine's"
     p.add_argument("--workload", default=workload, help=f"workload preset name or TOML file ({default})")
     p.add_argument("--layers", type=positive_int, help="decoder layers (default: the preset's)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="where the engine runs (default: the best present)")
-    p.add_argument("--seed", type=int, help="seed for the weights and the load (default: weights from 0, load from the workload)")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="where the engine runs (default: the best present)")
+    p.add_argument("--seed", type=int,
+                   help="seed for the weights and the load (default: weights from 0, load from the workload)")
     p.add_argument("--policy", choices=policy_names(), help="scheduler policy (overrides the workload's)")
     p.add_argument("--window-ms", type=non_negative_ms, help="collection window in ms (overrides the workload's)")
     p.add_argument("--max-seqs", type=positive_int, help="max sequences per tick (overrides the workload's)")
     p.add_argument("--max-tokens", type=positive_int, help="max tokens per tick (overrides the workload's)")
-    p.add_argument("--stages", type=positive_int, help="pipeline stages the layers are split into, balanced by weight bytes (default: 1)")
-    p.add_argument("--stage-layers", type=stage_layers, metavar="N,N,...", help="layers of each stage, first to last, e.g. 3,3,2 (sets --stages)")
+    p.add_argument("--stages", type=positive_int,
+                   help="pipeline stages the layers are split into, balanced by weight bytes (default: 1)")
+    p.add_argument("--stage-layers", type=stage_layers, metavar="N,N,...",
+                   help="layers of each stage, first to last, e.g. 3,3,2 (sets --stages)")
     p.add_argument("--decode-graphs", choices=DECODE_GRAPHS,
                    help="replay decode-only ticks as CUDA graphs, padded to batch and context buckets (auto: on "
                         "CUDA with one stage and ragged attention; on: also on the CPU, eagerly)")
@@ -111,8 +123,10 @@ def add_recording_options(p: argparse.ArgumentParser, *, workload: str | None) -
                    help="torch.compile the decode graphs' forward pass (inductor: fused kernels; the first ticks "
                         "wait for the compiles; default: off)")
     batching = p.add_mutually_exclusive_group()
-    batching.add_argument("--micro-batches", type=positive_int, metavar="M", help="micro-batches each tick's batch is split into (default: 1)")
-    batching.add_argument("--micro-batch-size", type=positive_int, metavar="N", help="sequences per micro-batch: the count follows the batch")
+    batching.add_argument("--micro-batches", type=positive_int, metavar="M",
+                          help="micro-batches each tick's batch is split into (default: 1)")
+    batching.add_argument("--micro-batch-size", type=positive_int, metavar="N",
+                          help="sequences per micro-batch: the count follows the batch")
 
 
 positive_price = _checked(float, "a price in dollars per hour", lambda v: v > 0, "a positive price in dollars per hour")
@@ -129,7 +143,7 @@ def add_cost_options(p: argparse.ArgumentParser) -> None:
                         "default price")
 
 
-def cost_options(args: argparse.Namespace, config: dict) -> tuple[object | None, float | None]:
+def cost_options(args: argparse.Namespace, config: dict[str, Any]) -> tuple[Accelerator | None, float | None]:
     """The accelerator (None without --accelerator) and the price the options ask for, for the one
     recording whose header `config` is given; an unknown or malformed profile, or `this-device` on a
     recording without a device probe, is a CommandError (one line: the known names, or why)."""
@@ -147,7 +161,7 @@ def cost_options(args: argparse.Namespace, config: dict) -> tuple[object | None,
         raise CommandError(f"--accelerator {name}: {error.reason}") from None
 
 
-def costing_options(args: argparse.Namespace):
+def costing_options(args: argparse.Namespace) -> Costing:
     """The `Costing` --accelerator and --price ask for, for verbs over several recordings (compare,
     sweep): the name is checked now, before anything is read or recorded; `this-device` is each
     recording's own probe, and a recording without one says so in its figures."""
@@ -181,7 +195,7 @@ SCHEDULER_FLAGS = ("policy", "window_ms", "max_seqs", "max_tokens", "decode_grap
 ENGINE_FLAGS = ("layers", *SCHEDULER_FLAGS)
 
 
-def plan_from_args(args: argparse.Namespace, out: Path, duration_s: float | None):
+def plan_from_args(args: argparse.Namespace, out: Path, duration_s: float | None) -> RecordingPlan:
     from workloads.run import RecordingPlan
 
     overrides = {flag: getattr(args, flag) for flag in SCHEDULER_FLAGS if getattr(args, flag) is not None}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tui.cli.options import CommandError, check_followable, cost_options, costing_options, existing_trace
 
+
 def cmd_live(args: argparse.Namespace) -> int:
     from tui.app import run_dashboard
 
@@ -75,7 +76,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise CommandError(f"{out} is a file; --report takes a directory")
     traces = tracer.load(a), tracer.load(b)
     report = write_report(*traces, out, costing=costing)
-    Console().print(delta_table(report.comparison, title=f"A {report.comparison.a_name} vs B {report.comparison.b_name}"))
+    title = f"A {report.comparison.a_name} vs B {report.comparison.b_name}"
+    Console().print(delta_table(report.comparison, title=title))
     for path, trace in zip((a, b), traces):
         for problem in trace.problems:
             print(f"tickscope: warning: {path}: {problem}", file=sys.stderr)

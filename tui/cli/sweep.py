@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tui.cli.options import CommandError, costing_options
+
+if TYPE_CHECKING:  # imported where used: they pull in polars and the engine
+    from rich.table import Table
+
+    from tracer.compare import Costing
+    from workloads.loadgen import Progress as LoadProgress
+    from workloads.sweep import GridPoint, SweepRow
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -45,13 +54,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         task = progress.add_task("sweep", total=len(grid), point="", note="")
         current = 0  # the grid point being recorded: the bar's whole part
 
-        def on_point(i: int, point, skipped: bool) -> None:
+        def on_point(i: int, point: GridPoint, skipped: bool) -> None:
             nonlocal current
             current = i
             note = "already recorded: skipped" if skipped else "recording"
             progress.update(task, completed=i + (1 if skipped else 0), point=point.name, note=note)
 
-        def on_progress(stats) -> None:
+        def on_progress(stats: LoadProgress) -> None:
             share = min(stats.elapsed_s / args.duration, 1.0) if args.duration else 0.0
             progress.update(task, completed=current + share,
                             note=f"{stats.finished} requests done, {stats.tokens_per_s:,.0f} tok/s served")
@@ -74,7 +83,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_table(rows, knee_at: int | None, costing):
+def _sweep_table(rows: Sequence[SweepRow], knee_at: int | None, costing: Costing) -> Table:
     """One row per grid point, narrow enough for 80 columns (the point's name says its knobs)."""
     from rich import box
     from rich.table import Table
@@ -91,7 +100,7 @@ def _sweep_table(rows, knee_at: int | None, costing):
         return "—" if value is None else f"{value:,.2f}" if value >= 0.01 else f"{value:.1e}"
 
     # (column, its value in a row's summary)
-    cells = [
+    cells: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("served", lambda s: num(s.get("served_rate_tok_s"), ",.0f")),
         ("capacity", lambda s: num(s.get("capacity_output_tok_s"), ",.0f")),
         ("dev ms", lambda s: ms(s.get("device_s_per_output_token"))),

@@ -25,13 +25,15 @@ modelled. Small batches read the same weights for fewer tokens: that is the cost
 **throughput & batch** — sampled tokens per second of each tick, a request's first token (sampled
 at the end of its prefill) included, over the time since the previous tick ended, so the
 collection window counts, sequences and tokens (prefill + decode)
-in each batch, the queue and KV-cache use (the last two on taller screens). One column is a bucket of ticks: the solid part reaches the bucket's
-minimum, the dim part its maximum, so no spike is hidden. The yellow column is the current tick."""
+in each batch, the queue and KV-cache use (the last two on taller screens). One column is a bucket
+of ticks: the solid part reaches the bucket's minimum, the dim part its maximum, so no spike is
+hidden. The yellow column is the current tick."""
 
 # (label, series, colour): the charts every view shows, then the ones only the dashboard has room
 # for (and only on its taller screens: the `taller` class).
 CHARTS = (("tokens/s", "throughput", "cyan"), ("batch seqs", "seqs", "green"))
-TALLER_CHARTS = (("batch tokens", "batch_tokens", "magenta"), ("queue", "queue_depth", "yellow"), ("KV used", "kv_used", "blue"))
+TALLER_CHARTS = (("batch tokens", "batch_tokens", "magenta"), ("queue", "queue_depth", "yellow"),
+                 ("KV used", "kv_used", "blue"))
 
 
 def build(compact: bool, *, id: str, classes: str) -> Widget:

@@ -53,7 +53,7 @@ class SidePanels(Vertical):
         show_panels(self.panels.values(), frame)
 
 
-class CompareScreen(Screen):
+class CompareScreen(Screen[None]):
     """Mounted once; `show_frame` updates both sides, the header and the scrubber in place."""
 
     AUTO_FOCUS = ""  # nothing focused at start: the playback keys are the app's, marks go to A

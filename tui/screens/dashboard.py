@@ -13,7 +13,7 @@ from tui.widgets.header import TraceHeader, Watching
 from tui.widgets.panel import Frame, show_panels
 
 
-class DashboardScreen(Screen):
+class DashboardScreen(Screen[None]):
     """Mounted once; `show_frame` updates every panel in place."""
 
     AUTO_FOCUS = ""  # nothing focused at start: the playback keys are the app's

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,7 @@ class Columns:
         self._data = np.zeros((len(self.names), capacity), dtype=dtype)
         self.size = 0
 
-    def append(self, row: tuple) -> int:
+    def append(self, row: tuple[float, ...]) -> int:
         if self.size == self._data.shape[1]:
             self.reserve(self._data.shape[1] * 2)
         self._data[:, self.size] = row

@@ -16,7 +16,8 @@ background. Rows not read yet hold NaN, which the charts draw as "not loaded".
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -189,7 +190,8 @@ class DashboardState:
 
     def _place_cost_figures(self) -> None:
         """Write the pending figures of ticks whose rows are in place; keep the rest for later."""
-        for pending, names in ((self._pending_distinct, ("distinct_experts",)), (self._pending_busy, ("busy_s", "devices"))):
+        for pending, names in ((self._pending_distinct, ("distinct_experts",)),
+                               (self._pending_busy, ("busy_s", "devices"))):
             if not pending or self.n_ticks == 0:
                 continue
             ticks = np.fromiter(pending, np.float64, len(pending))

@@ -9,8 +9,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tui.state.blocks import (
-    ADMIT, ARRIVE, FINISH, FIRST_TOKEN, PREEMPT, REQUEST_COLUMNS, STATUS_CODES, STATUS_NAMES, RequestBlock,
-)  # fmt: skip
+    ADMIT,
+    ARRIVE,
+    FINISH,
+    FIRST_TOKEN,
+    PREEMPT,
+    REQUEST_COLUMNS,
+    STATUS_CODES,
+    STATUS_NAMES,
+    RequestBlock,
+)
 from tui.state.columns import Columns
 
 # Rolling window of recording time over which the latency percentiles are taken.

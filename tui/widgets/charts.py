@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from rich.style import Style
@@ -67,7 +68,7 @@ def bar_chart(series: Series, width: int, height: int, color: str) -> list[Strip
 class SeriesChart(LinesWidget):
     """A labelled chart of one per-tick series over the whole recording known so far."""
 
-    def __init__(self, label: str, series: str, color: str, unit: str = "", **kwargs) -> None:
+    def __init__(self, label: str, series: str, color: str, unit: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.label = label
         self.series_name = series

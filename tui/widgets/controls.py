@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from rich.text import Text
 from textual import events
@@ -10,6 +11,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.content import Content
 from textual.widgets import Static
+
+from tui.playback import PlaybackApp
 
 # Each control runs the same action as its key binding, so mouse and keyboard cannot drift apart.
 BUTTONS = (
@@ -36,7 +39,7 @@ class ControlButtons(Static):
 class Scrubber(Static):
     """Where the current tick sits in the whole recording; marks shown, click to seek."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._bar_width = 0  # columns of the bar itself, for turning a click into a position
 
@@ -67,7 +70,9 @@ class Scrubber(Static):
 
     def on_click(self, event: events.Click) -> None:
         if self._bar_width and 0 <= event.x < self._bar_width:
-            self.app.action_seek_fraction(event.x / max(self._bar_width - 1, 1))  # type: ignore[attr-defined]
+            app = self.app
+            assert isinstance(app, PlaybackApp)  # only the playback apps mount a scrubber
+            app.action_seek_fraction(event.x / max(self._bar_width - 1, 1))
 
 
 class ReplayControls(Horizontal):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
+from rich.color import Color as RichColor
 from rich.style import Style
 from rich.text import Text
 from textual.color import Color, Gradient
@@ -44,8 +45,8 @@ def fit(counts: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarra
     return grid, np.repeat(first_layer, up_y), np.repeat(first_expert, up_x)
 
 
-@lru_cache(maxsize=None)
-def _level_color(level: int):
+@cache
+def _level_color(level: int) -> RichColor:
     """Level 0 is idle; 1..LEVELS spread over the scale."""
     return (IDLE if level == 0 else SCALE.get_color((level - 1) / (LEVELS - 1))).rich_color
 
@@ -126,7 +127,8 @@ def stats_text(stats: ExpertStats, span: bool, per_layer: bool) -> Text:
     text.append(" ".join(f"L{layer}E{expert}:{n:.3g}" for layer, expert, n in stats.hottest) or "—")
     if per_layer:
         text.append("\nhot by layer ", style="dim")
-        text.append(" ".join(f"{layer}:E{expert}" for layer, (expert, n) in enumerate(stats.hottest_per_layer) if n > 0) or "—")
+        hot = (f"{layer}:E{expert}" for layer, (expert, n) in enumerate(stats.hottest_per_layer) if n > 0)
+        text.append(" ".join(hot) or "—")
     return text
 
 

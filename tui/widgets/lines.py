@@ -7,7 +7,8 @@ runs of same-styled cells, and only repaint (never re-layout) when a new frame c
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.segment import Segment
@@ -44,7 +45,7 @@ def text_lines(console: Console, text: Text, width: int) -> list[Strip]:
 class LinesWidget(Panel, Widget):
     """Shows the strips last given to `set_lines`, cropped or padded to its width."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._lines: list[Strip] = []
 

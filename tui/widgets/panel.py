@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 from textual import events
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widget import Widget
 
 from tracer.events import StageEvent
@@ -40,8 +41,12 @@ class Panel:
     component classes (DataTable's, for one).
     """
 
+    if TYPE_CHECKING:  # what the mixin uses of the widget it is mixed into
+
+        def post_message(self, message: Message) -> bool: ...
+
     def on_resize(self, event: events.Resize) -> None:
-        self.post_message(PanelResized())  # type: ignore[attr-defined]  # the widget's
+        self.post_message(PanelResized())
 
 
 class PanelGroup(Vertical):

@@ -1,13 +1,15 @@
 """The recent-requests table: a window of the latest arrivals, never every row of the recording.
 
 Focus it (`r`, Tab or a click) to pick a request with the arrow keys; enter or a click opens its
-timeline as of the tick the table shows. Left/right, home/end and space stay the app's playback keys even while it has focus.
+timeline as of the tick the table shows. Left/right, home/end and space stay the app's playback
+keys even while it has focus.
 Drawn as lines (not a DataTable): it is redrawn on every frame of a replay.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from rich.style import Style
 from textual import events
@@ -83,7 +85,7 @@ class RequestTable(LinesWidget):
         Binding("escape", "leave", "Leave table"),
     ]
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._rows: list[RequestRow] = []
         self._cursor = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from rich.table import Table
 from rich.text import Text
@@ -173,10 +175,12 @@ class CostPanel(Panel, Static):
             rows.append(("$/Mtok", fmt_usd(tick["usd_per_mtok_measured"]), fmt_usd(window["usd_per_mtok_measured"]),
                          f"measured, at ${state.price:g} per device-hour"))
         if window["accelerator"] is not None:
-            pair = (tick["accelerator"], window["accelerator"])
-            name = pair[1]["name"]
-            rows.append((name, *(fmt_s(c["roofline_s_per_token"]) for c in pair), "modelled: roofline time per token"))
-            rows.append((f"{name} $/Mtok", *(fmt_usd(c["usd_per_mtok_modelled"]) for c in pair), "modelled"))
+            on_tick, on_window = tick["accelerator"], window["accelerator"]
+            name = on_window["name"]
+            rows.append((name, fmt_s(on_tick["roofline_s_per_token"]), fmt_s(on_window["roofline_s_per_token"]),
+                         "modelled: roofline time per token"))
+            rows.append((f"{name} $/Mtok", fmt_usd(on_tick["usd_per_mtok_modelled"]),
+                         fmt_usd(on_window["usd_per_mtok_modelled"]), "modelled"))
         if window["unavailable"]:
             rows.append(("", "", "", window["unavailable"]))
         table = Table.grid(padding=(0, 1))
@@ -191,7 +195,7 @@ class CostPanel(Panel, Static):
         self.update(table)
 
 
-def experts_touched(touched: float | None, cost: dict) -> str:
+def experts_touched(touched: float | None, cost: dict[str, Any]) -> str:
     """Distinct experts a layer touched, against what uniform routing would touch for those tokens."""
     expected = cost["experts_expected_uniform"]
     return "—" if touched is None or expected is None else f"{touched:.1f}/{expected:.1f}"
