@@ -19,17 +19,11 @@ import polars as pl
 from tracer.columns import TICK_COLUMNS, EventColumns, tick_seconds
 from tracer.events import (
     KIND_OF,
-    KINDS,
     REQUEST_PHASES,
     TICK_FIELDS,
-    BatchEvent,
     Event,
-    ExpertsEvent,
-    MarkEvent,
     RequestEvent,
     SessionHeader,
-    StageEvent,
-    TickEvent,
 )
 from tracer.marks import read_marks
 from tracer.reader import TraceReader, open_trace
@@ -138,40 +132,12 @@ def _ns_to_s(values: list[int], t0: int) -> np.ndarray:
 
 
 def from_events(header: SessionHeader, events: Iterable[Event]) -> Trace:
-    """Build a Trace from events in memory (a ListRecorder's, say) or streamed from a reader."""
-    t0 = header.t0_mono_ns
-    of_kind: dict[type, list[Any]] = {kind.cls: [] for kind in KINDS}
-    requests: dict[int, dict[str, Any]] = {}
-    for ev in events:
-        if type(ev) is RequestEvent:
-            _request_step(requests, ev)
-        elif (t := type(ev)) in of_kind:
-            of_kind[t].append(ev)
-    ticks: list[TickEvent] = of_kind[TickEvent]
-    experts: list[ExpertsEvent] = of_kind[ExpertsEvent]
-    stages: list[StageEvent] = of_kind[StageEvent]
-    marks: list[MarkEvent] = of_kind[MarkEvent]
-    batches: list[BatchEvent] = of_kind[BatchEvent]
-    tick_df = _ticks_frame(ticks, t0)
-    expert_df, expert_ticks, expert_load = _experts_frame(experts)
-    request_df, itl = _requests_frame(requests, t0)
-    return Trace(
-        header=header, ticks=tick_df, requests=request_df, experts=expert_df,
-        stages=_stages_frame(stages, tick_df), itl_s=itl,
-        marks=_marks_frame([e.t_ns for e in marks], [e.tick for e in marks], [e.text for e in marks], t0),
-        expert_ticks=expert_ticks, expert_load=expert_load, batches=_batches_frame(batches),
-    )
-
-
-def _ticks_frame(ticks: list[TickEvent], t0: int) -> pl.DataFrame:
-    return _tick_rows(np.array([[getattr(e, name) for name in TICK_FIELDS] for e in ticks], dtype=np.int64), t0)
-
-
-def _experts_frame(events: list[ExpertsEvent]) -> tuple[pl.DataFrame, np.ndarray, np.ndarray | None]:
-    ticks = np.asarray([e.tick for e in events], dtype=np.int64)
-    dims = np.array([e.counts.shape for e in events], dtype=np.int64).reshape(-1, 2)
-    counts = np.concatenate([e.counts.ravel() for e in events]) if events else np.zeros(0, dtype=np.int64)
-    return _expert_rows(ticks, dims, counts.astype(np.int64))
+    """Build a Trace from events in memory (a ListRecorder's, say) or streamed from a reader: the
+    same columns `load` builds from a file's frames, so both fold requests and lay out tables by
+    one implementation."""
+    columns = EventColumns()
+    columns.add_events(events)
+    return _from_columns(header, columns)
 
 
 def _cell_indices(dims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -210,16 +176,6 @@ def _expert_rows(ticks: np.ndarray, dims: np.ndarray, counts: np.ndarray
     return df, ticks, None
 
 
-def _stages_frame(events: list[StageEvent], ticks: pl.DataFrame) -> pl.DataFrame:
-    if not events:
-        return pl.DataFrame(schema=STAGE_SCHEMA)
-    arrays = [[getattr(e, name).ravel() for e in events] for name in _STAGE_ARRAYS]
-    return _stage_rows(np.asarray([e.tick for e in events], dtype=np.int64),
-                       np.array([e.measured_start_ns.shape for e in events], dtype=np.int64).reshape(-1, 2),
-                       [np.concatenate(a) for a in arrays], np.array([e.modelled for e in events], dtype=bool),
-                       ticks)
-
-
 def _stage_rows(stage_ticks: np.ndarray, dims: np.ndarray, times_ns: list[np.ndarray], modelled: np.ndarray,
                 ticks: pl.DataFrame) -> pl.DataFrame:
     """`times_ns`: measured start and end, modelled start and end, each every event's cells concatenated."""
@@ -234,14 +190,6 @@ def _stage_rows(stage_ticks: np.ndarray, dims: np.ndarray, times_ns: list[np.nda
     return df.select([pl.col(k).cast(v) for k, v in STAGE_SCHEMA.items()])
 
 
-def _batches_frame(events: list[BatchEvent]) -> pl.DataFrame:
-    if not events:
-        return pl.DataFrame(schema=BATCH_SCHEMA)
-    return _batch_rows(np.asarray([e.tick for e in events], dtype=np.int64),
-                       np.array([len(e.requests) for e in events], dtype=np.int64),
-                       [np.concatenate([getattr(e, name) for e in events]) for name in _BATCH_ARRAYS])
-
-
 def _batch_rows(batch_ticks: np.ndarray, seqs: np.ndarray, columns: list[np.ndarray]) -> pl.DataFrame:
     """`columns`: _BATCH_ARRAYS, each every event's values concatenated."""
     cols = {"tick": np.repeat(batch_ticks, seqs)}
@@ -254,62 +202,6 @@ def _batch_rows(batch_ticks: np.ndarray, seqs: np.ndarray, columns: list[np.ndar
 def _marks_frame(t_ns: list[int], tick: list[int], text: list[str], t0: int) -> pl.DataFrame:
     return pl.DataFrame({"t_s": _ns_to_s(t_ns, t0), "tick": tick, "text": text},
                         schema=MARK_SCHEMA).sort("t_s", maintain_order=True)  # sidecar marks interleave by time
-
-
-def _request_step(requests: dict[int, dict[str, Any]], ev: RequestEvent) -> None:
-    r = requests.get(ev.request)
-    if r is None:
-        r = requests[ev.request] = {"preemptions": 0, "prompt_tokens": 0, "output_tokens": 0}
-    phase = ev.phase
-    if ev.prompt_tokens:
-        r["prompt_tokens"] = ev.prompt_tokens
-    if ev.output_tokens:
-        r["output_tokens"] = ev.output_tokens
-    if phase == "arrive":
-        r.setdefault("arrive", ev.t_ns)
-    elif phase == "admit":
-        r.setdefault("admit", ev.t_ns)  # the first admission; a preempted request is readmitted
-    elif phase == "first_token":
-        r.setdefault("first_token", ev.t_ns)
-    elif phase == "preempt":
-        r["preemptions"] += 1
-    elif phase == "finish":
-        r["finish"] = ev.t_ns
-        r["status"] = ev.status or None
-        r["reason"] = ev.reason or None
-        r["token_us"] = ev.token_us
-
-
-def _requests_frame(requests: dict[int, dict[str, Any]], t0: int) -> tuple[pl.DataFrame, np.ndarray]:
-    rows: dict[str, list[Any]] = {k: [] for k in REQUEST_SCHEMA}
-    itl: list[np.ndarray] = []
-
-    def sec(ns: int | None) -> float | None:
-        return None if ns is None else (ns - t0) / 1e9
-
-    for rid in sorted(requests):
-        r = requests[rid]
-        arrival, admit, first, finish = r.get("arrive"), r.get("admit"), r.get("first_token"), r.get("finish")
-        token_us = r.get("token_us")
-        if first is None and arrival is not None and token_us is not None and len(token_us):
-            first = arrival + int(token_us[0]) * 1000  # no client event: the finish record knows
-        if token_us is not None and len(token_us) >= 2:
-            itl.append(np.diff(token_us.astype(np.int64)) / 1e6)
-        out = r["output_tokens"]
-        ttft = None if first is None or arrival is None else (first - arrival) / 1e9
-        e2e = None if finish is None or arrival is None else (finish - arrival) / 1e9
-        tpot = (e2e - ttft) / (out - 1) if ttft is not None and e2e is not None and out >= 2 else None
-        values = {
-            "request": rid, "arrival_s": sec(arrival), "admit_s": sec(admit), "first_token_s": sec(first),
-            "finish_s": sec(finish), "prompt_tokens": r["prompt_tokens"], "output_tokens": out,
-            "status": r.get("status"), "reason": r.get("reason"), "preemptions": r["preemptions"],
-            "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e,
-            "queue_wait_s": None if admit is None or arrival is None else (admit - arrival) / 1e9,
-        }
-        for k, v in values.items():
-            rows[k].append(v)
-    pooled = np.concatenate(itl) if itl else np.zeros(0, dtype=np.float64)
-    return pl.DataFrame(rows, schema=REQUEST_SCHEMA), pooled
 
 
 def _from_columns(header: SessionHeader, c: EventColumns) -> Trace:
@@ -345,7 +237,7 @@ def _tick_rows(raw: np.ndarray, t0: int) -> pl.DataFrame:
 
 
 def _request_rows(fields: dict[str, list[Any]], t0: int) -> tuple[pl.DataFrame, np.ndarray]:
-    """`_request_step` and `_requests_frame` over request event columns, vectorised.
+    """Each request's row from the request events' columns, vectorised.
 
     Events are sorted by request, file order kept within one: firsts are the first arrive, admit and
     first_token, lasts the last nonzero token counts and the last finish (its status, reason and
