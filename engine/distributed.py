@@ -17,13 +17,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from engine.errors import ConfigError, StageLost
+
+if TYPE_CHECKING:  # torch.distributed re-exports Store without __all__, which mypy does not count as public
+    from torch._C._distributed_c10d import Store
 
 # How long ranks wait for each other to join, and for any one message: a rank that died shows up
 # as an error after this, never as a recording that hangs forever.
@@ -113,7 +116,7 @@ class StageGroup:
 
 
 def join(rank: int, world_size: int, device: str, local_rank: int, local_world_size: int, launcher: str,
-         store: dist.Store | None = None) -> StageGroup:
+         store: Store | None = None) -> StageGroup:
     """Join the process group (from `store`, or torchrun's environment when None), then, on every
     rank together, measure the clock offsets."""
     dev, backend = pick_device(device, local_rank, local_world_size)

@@ -53,7 +53,7 @@ def run_stage(model: Transformer, kv: KVCache, plan: PipelinePlan, stage: int, p
     clock = CellClock(device, anchor=True)
     clock.mark()
     order = plan.schedule.stage_order(stage, stages, micro)
-    logits: list = [None] * micro
+    logits: dict[int, Tensor] = {}  # by micro-batch: the last stage runs each one once
     sends = []
     for m in order:
         batch = parts[m]
@@ -69,10 +69,12 @@ def run_stage(model: Transformer, kv: KVCache, plan: PipelinePlan, stage: int, p
         clock.mark()
         if stage < stages - 1:
             x = x.contiguous()
-            sends.append((dist.isend(x, stage + 1), x))  # the tensor lives until its send is done
+            work = dist.isend(x, stage + 1)
+            assert work is not None  # None is for a rank outside the group, and every stage is in it
+            sends.append((work, x))  # the tensor lives until its send is done
     for work, _sent in sends:
         work.wait()
-    tokens = torch.cat(logits).argmax(dim=-1) if stage == stages - 1 else None
+    tokens = torch.cat([logits[m] for m in range(micro)]).argmax(dim=-1) if stage == stages - 1 else None
     marks = clock.start_ns + clock.read()[1:]
     start, end = np.zeros(micro, dtype=np.int64), np.zeros(micro, dtype=np.int64)
     start[order], end[order] = marks[0::2], marks[1::2]
@@ -166,6 +168,7 @@ def serve_stage(group: StageGroup, model_cfg: ModelConfig, sched_cfg: SchedulerC
             cells = run_stage(model, kv, plan, stage, _batches(split, device, sched_cfg.attention), counts, device)
             parts = [cells.start_ns, cells.end_ns, counts[layers.start:layers.stop].flatten().cpu().numpy()]
             if last:
+                assert cells.tokens is not None  # the last stage predicts the tokens
                 parts.append(cells.tokens.cpu().numpy())
             msg = torch.from_numpy(np.concatenate([p.astype(np.int64) for p in parts]))
             dist.send(msg, 0, group=group.control)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,11 +25,13 @@ from engine.pipeline import check_stage_fits, plan_pipeline, split_micro_batches
 from engine.request import Request
 from engine.scheduler import Scheduler, SchedulerConfig, Sequence, TickPlan
 from engine.stages import ForwardResult, StageExecutor
-from tracer.events import BatchEvent, ExpertsEvent, MarkEvent, RequestEvent, TickEvent
+from tracer.events import BatchEvent, ExpertsEvent, MarkEvent, RequestEvent, RequestStatus, TickEvent
 from tracer.recorder import NullRecorder, Recorder
 
 # An idle engine blocks on its queue; this bounds how long a missed wake-up could delay it.
 _IDLE_WAIT_S = 0.1
+# The default recorder: one shared instance, since it holds nothing.
+_UNTRACED = NullRecorder()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -55,7 +58,7 @@ class Engine:
     """
 
     def __init__(self, model_cfg: ModelConfig, sched_cfg: SchedulerConfig, *, device: str = "auto",
-                 seed: int = 0, recorder: Recorder = NullRecorder(), stage_group: StageGroup | None = None) -> None:
+                 seed: int = 0, recorder: Recorder = _UNTRACED, stage_group: StageGroup | None = None) -> None:
         model_cfg.validate()
         sched_cfg.validate()
         self.pipeline = plan_pipeline(model_cfg, sched_cfg.stages, sched_cfg.stage_layers, sched_cfg.micro_batches,
@@ -156,7 +159,7 @@ class Engine:
         with self._cond:
             self._cancel_ids.add(request_id)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """The engine's configuration, for the trace header."""
         cfg = self.model_cfg.as_dict()
         cfg["dtype"] = str(self.dtype).removeprefix("torch.")
@@ -331,7 +334,7 @@ class Engine:
         for seq in ended:
             seq.request.sink.on_finish("cancelled", "cancelled by client", now)
 
-    def _end_all(self, status: str, reason: str) -> None:
+    def _end_all(self, status: RequestStatus, reason: str) -> None:
         with self._cond:
             ended = list(self._live.values())
             self._live.clear()

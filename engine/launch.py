@@ -15,8 +15,7 @@ import time
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch.multiprocessing.spawn import ProcessException
+from torch.multiprocessing.spawn import ProcessContext, ProcessException, start_processes
 
 from engine.config import ModelConfig, check_fits
 from engine.distributed import JOIN_TIMEOUT, StageGroup, join, leave, pick_device, torchrun_env
@@ -32,7 +31,7 @@ _JOIN_S = 30.0
 class LaunchedStages:
     """Rank 0's handle on the pipeline's ranks; `close` stops and joins them (idempotent)."""
 
-    def __init__(self, group: StageGroup, workers: mp.ProcessContext | None, plan: PipelinePlan) -> None:
+    def __init__(self, group: StageGroup, workers: ProcessContext | None, plan: PipelinePlan) -> None:
         self.group, self.workers = group, workers
         group.stage_layers = list(plan.stage_layers)
         if workers is not None:
@@ -78,7 +77,7 @@ class LaunchedStages:
         return None
 
 
-def _ended(workers: mp.ProcessContext) -> dict[int, str]:
+def _ended(workers: ProcessContext) -> dict[int, str]:
     """The started ranks whose process has ended unbidden (a rank told to stop exits with 0), and how."""
     return {index + 1: _how(p.exitcode) for index, p in enumerate(workers.processes)
             if not p.is_alive() and p.exitcode != 0}
@@ -90,7 +89,7 @@ def _how(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
-def _kill(workers: mp.ProcessContext) -> None:
+def _kill(workers: ProcessContext) -> None:
     """Kill the workers still running, and reap them all."""
     for p in workers.processes:
         if p.is_alive():
@@ -98,7 +97,7 @@ def _kill(workers: mp.ProcessContext) -> None:
         p.join()
 
 
-def _join_or_kill(workers: mp.ProcessContext) -> None:
+def _join_or_kill(workers: ProcessContext) -> None:
     """Wait for the workers to exit (re-raising a worker's error), killing any left after _JOIN_S."""
     deadline = time.monotonic() + _JOIN_S
     try:
@@ -133,9 +132,12 @@ def launch_stages(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: st
                               "they must match, and ranks other than 0 serve their stage")
         return LaunchedStages(join(0, world, device, local_rank, local_world, "torchrun"), None, plan)
     _check_local_fits(model_cfg, sched_cfg, plan, device)
-    store = dist.TCPStore("127.0.0.1", 0, world, True, timeout=JOIN_TIMEOUT, wait_for_workers=False)
-    workers = mp.start_processes(_spawned_worker, args=(world, store.port, model_cfg, sched_cfg, device, seed),
-                                 nprocs=world - 1, join=False, daemon=True, start_method="spawn")
+    store = dist.TCPStore(  # type: ignore[attr-defined]  # re-exported by torch.distributed without __all__
+        "127.0.0.1", 0, world, True, timeout=JOIN_TIMEOUT, wait_for_workers=False)
+    # with join=False it returns the context; torch leaves it unannotated
+    workers: ProcessContext = start_processes(  # type: ignore[no-untyped-call]  # torch: unannotated
+        _spawned_worker, args=(world, store.port, model_cfg, sched_cfg, device, seed),
+        nprocs=world - 1, join=False, daemon=True, start_method="spawn")
     try:
         torch.set_num_threads(min(torch.get_num_threads(), _threads_per_rank(world)))
         return LaunchedStages(join(0, world, device, 0, world, "torch.multiprocessing", store), workers, plan)
@@ -160,7 +162,8 @@ def _spawned_worker(index: int, world: int, port: int, model_cfg: ModelConfig, s
                     device: str, seed: int) -> None:
     rank = index + 1  # the spawner is rank 0
     torch.set_num_threads(_threads_per_rank(world))
-    store = dist.TCPStore("127.0.0.1", port, world, False, timeout=JOIN_TIMEOUT)
+    store = dist.TCPStore(  # type: ignore[attr-defined]  # re-exported by torch.distributed without __all__
+        "127.0.0.1", port, world, False, timeout=JOIN_TIMEOUT)
     _serve(join(rank, world, device, rank, world, "torch.multiprocessing", store), model_cfg, sched_cfg, seed)
 
 

@@ -29,13 +29,15 @@ def _seconds_per_call(device: torch.device, fn: Callable[[], object], reps: int)
             fn()
         return (time.perf_counter() - t) / reps
     with torch.cuda.device(device):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]  # torch: __new__ unannotated
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]  # torch: __new__ unannotated
         start.record()
         for _ in range(reps):
             fn()
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1e3 / reps
+        elapsed_ms: float = start.elapsed_time(end)
+        return elapsed_ms / 1e3 / reps
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20, reps: int = 20) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from engine.choices import DECODE_COMPILE, DECODE_GRAPHS, GROUPINGS, DecodeCompile, DecodeGraphs, Grouping, check_choice
 from engine.errors import ConfigError
@@ -75,7 +76,7 @@ class SchedulerConfig:
             raise ConfigError(f"kv_capacity_tokens ({self.kv_capacity_tokens}) is less than one KV block "
                               f"({self.kv_block_size} tokens)")
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

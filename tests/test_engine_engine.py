@@ -204,7 +204,8 @@ def test_an_error_in_the_tick_loop_ends_every_request_and_surfaces():
         eng.submit(Request(i, [1, 2], 2, s))
     for s in sinks:
         assert s.done.wait(30)
-    with pytest.raises(EngineFailed, match=r"^the engine failed at tick 0: RuntimeError: boom \(at engine/engine\.py:\d+\)$") as failed:
+    failed_at = r"^the engine failed at tick 0: RuntimeError: boom \(at engine/engine\.py:\d+\)$"
+    with pytest.raises(EngineFailed, match=failed_at) as failed:
         eng.stop()
     assert isinstance(failed.value.__cause__, RuntimeError)
     # ended by the fault, each once: failed in the tick, or refused once the engine had failed

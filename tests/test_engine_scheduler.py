@@ -7,8 +7,8 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.kv_cache import BlockAllocator
-from engine.request import Request
 from engine.policies.window import Window
+from engine.request import Request
 from engine.scheduler import Scheduler, SchedulerConfig, Sequence
 
 

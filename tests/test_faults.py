@@ -15,7 +15,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -31,8 +30,7 @@ from engine.engine import Engine
 from tracer.errors import TraceWriteError
 from tui.cli import main
 from workloads.errors import RunFailed
-from workloads.serve import MAX_CONNECTIONS, Server, ServePlan
-from workloads.signals import stop_on_signals
+from workloads.serve import MAX_CONNECTIONS, ServePlan, Server
 
 # Steady load that always has requests in flight: 64-token answers arriving 20 a second. The runs
 # are asked for 30 s; each fault must end them long before.
@@ -413,7 +411,8 @@ async def test_json_nested_too_deeply_is_a_400(served):
             headers={"Content-Type": "application/json"}) as r:
         assert r.status == 400
         error = (await r.json())["error"]
-    assert error["type"] == "invalid_request_error" and error["message"] == "The JSON body of your request is nested too deeply."
+    assert error["type"] == "invalid_request_error"
+    assert error["message"] == "The JSON body of your request is nested too deeply."
     await still_serves(served)
 
 

@@ -272,7 +272,8 @@ async def test_serve_cli_traces_requests_and_sigint_closes_the_trace(tmp_path):
     with tracer.open_trace(trace) as reader:
         assert reader.closed_cleanly
     loaded = tracer.load(trace)
-    assert loaded.header.config["serve"] == {"host": "127.0.0.1", "port": int(url.rsplit(":", 1)[1]), "model": "tickscope"}
+    port = int(url.rsplit(":", 1)[1])
+    assert loaded.header.config["serve"] == {"host": "127.0.0.1", "port": port, "model": "tickscope"}
     assert loaded.ticks.height >= 3
     (row,) = loaded.requests.to_dicts()
     assert row["status"] == "finished" and row["prompt_tokens"] == 2 and row["output_tokens"] == 3

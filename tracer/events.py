@@ -10,7 +10,7 @@ Per-tick arrays are numpy arrays so the trace can store them as packed little-en
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Union, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -132,7 +132,7 @@ class MarkEvent:
     text: str
 
 
-Event = Union[TickEvent, ExpertsEvent, StageEvent, RequestEvent, BatchEvent, MarkEvent]
+Event = TickEvent | ExpertsEvent | StageEvent | RequestEvent | BatchEvent | MarkEvent
 
 
 # -- the table of event kinds ----------------------------------------------------------------------

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from tracer.atomic import atomic_path
 from tracer.events import KINDS
@@ -64,7 +65,9 @@ def perfetto_events(trace: Trace) -> list[dict[str, Any]]:
 
     stages = trace.stages
     if stages.height:
-        n_stages = int(stages.get_column("stage").max()) + 1
+        last_stage = stages.get_column("stage").max()
+        assert isinstance(last_stage, int)  # an integer column with rows
+        n_stages = last_stage + 1
         meta(_STAGES_MEASURED, "stages (measured)", {s: f"stage {s}" for s in range(n_stages)})
         if stages.get_column("modelled").any():
             meta(_STAGES_MODELLED, "stages (modelled, one device per stage)",
@@ -82,7 +85,8 @@ def perfetto_events(trace: Trace) -> list[dict[str, Any]]:
     for row in trace.requests.iter_rows(named=True):
         if row["arrival_s"] is None or row["finish_s"] is None:
             continue
-        common = {"pid": _REQUESTS, "tid": 0, "cat": "request", "id": row["request"], "name": f"request {row['request']}"}
+        common = {"pid": _REQUESTS, "tid": 0, "cat": "request", "id": row["request"],
+                  "name": f"request {row['request']}"}
         out.append({**common, "ph": "b", "ts": _us(row["arrival_s"]),
                     "args": {"prompt_tokens": row["prompt_tokens"]}})
         if row["first_token_s"] is not None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+from matplotlib.transforms import Bbox
 
 from tracer.atomic import atomic_path
 from tracer.compare import DELTA_COLUMNS, NOT_JUDGED, Comparison, delta_rows, expert_mean, headline
@@ -65,7 +67,7 @@ def served_rate_series(trace: Trace, width: float) -> tuple[np.ndarray, np.ndarr
     return (edges[:-1] + edges[1:]) / 2, counts / width
 
 
-def _mark_lines(ax, trace: Trace, color: str) -> None:
+def _mark_lines(ax: Axes, trace: Trace, color: str) -> None:
     for t in trace.marks.get_column("t_s").to_list():
         ax.axvline(t, color=color, linestyle=":", linewidth=1)
 
@@ -160,8 +162,9 @@ def plot_delta_table(comparison: Comparison, path: str | os.PathLike[str]) -> No
     title = f"A: {comparison.a_name}    B: {comparison.b_name}\n" + "\n".join(textwrap.wrap(headline(comparison), 120))
     ax.set_title(_plain(title), fontsize=10, loc="left")
     # The table fills the axes, so the figure holds no empty band above and below it.
-    table = ax.table(cellText=[[_plain(c) for c in r] for r in rows], colLabels=header, bbox=[0, 0, 1, 1],
-                     cellLoc="right", colWidths=[0.32, 0.16, 0.16, 0.14, 0.22])  # room for the longest names
+    table = ax.table(cellText=[[_plain(c) for c in r] for r in rows], colLabels=header, cellLoc="right",
+                     bbox=Bbox.from_bounds(0, 0, 1, 1),
+                     colWidths=[0.32, 0.16, 0.16, 0.14, 0.22])  # room for the longest names
     table.auto_set_font_size(False)
     table.set_fontsize(9)
     tint = {"A": "#d6e6f5", "B": "#f7d6d6"}
@@ -197,7 +200,7 @@ class CurvePoint:
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
-def _ring(ax, x: float | None, y: float | None) -> None:
+def _ring(ax: Axes, x: float | None, y: float | None) -> None:
     if x is not None and y is not None:
         ax.plot(x, y, "o", markersize=16, markerfacecolor="none", markeredgecolor="black", markeredgewidth=2,
                 label="knee")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,9 @@ def trace_names(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> tuple[s
 def setup_line(config: Any) -> str:
     """One line naming what matters of a recording's setup."""
     cfg = config if isinstance(config, dict) else {}
-    sched = cfg.get("scheduler") if isinstance(cfg.get("scheduler"), dict) else {}
-    workload = cfg.get("workload") if isinstance(cfg.get("workload"), dict) else {}
+    sched, workload = cfg.get("scheduler"), cfg.get("workload")
+    sched = sched if isinstance(sched, dict) else {}
+    workload = workload if isinstance(workload, dict) else {}
     parts = [
         f"preset {cfg.get('preset', '?')}",
         f"device {cfg.get('device_name') or cfg.get('device') or '?'}",
@@ -66,7 +68,7 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return lines

@@ -73,7 +73,7 @@ def summarize(trace: Trace, accelerator: Accelerator | None = None, price: float
     def status(s: str) -> int:
         return int((req.get_column("status") == s).sum())
 
-    seqs = trace.ticks.get_column("seqs")
+    mean_seqs = trace.ticks.get_column("seqs").mean()  # None when there are no ticks
     summary = {
         **cost,
         "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
@@ -91,7 +91,7 @@ def summarize(trace: Trace, accelerator: Accelerator | None = None, price: float
         "requests_unfinished": int(req.get_column("status").is_null().sum()),
         "preemptions": int(req.get_column("preemptions").sum() or 0),
         "tokens_generated": int(req.get_column("output_tokens").sum() or 0),  # as the requests tell it
-        "mean_batch_seqs": float(seqs.mean()) if len(seqs) else None,
+        "mean_batch_seqs": float(mean_seqs) if isinstance(mean_seqs, (int, float)) else None,
         "experts_active_frac": experts.active_share,
         "expert_imbalance": experts.imbalance,
         "expert_imbalance_per_layer": experts.imbalance_per_layer,
@@ -101,7 +101,8 @@ def summarize(trace: Trace, accelerator: Accelerator | None = None, price: float
         "events_dropped": sum(trace.dropped.values()),
         "problems": len(trace.problems),
     }
-    return _safe(summary)
+    safe: dict[str, Any] = _safe(summary)
+    return safe
 
 
 # The table's sections, each opened by the first of its keys (the JSON stays flat).

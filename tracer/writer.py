@@ -236,7 +236,7 @@ class TraceWriter:
         parts: list[bytes] = []
         size = 0
         stats = FrameStats()
-        noted: list[Event] = []  # what `_kept` counts
+        noted: list[TickEvent | RequestEvent] = []  # what `_kept` counts
         pack = self._packer.pack
         for ev in batch:
             try:
@@ -253,7 +253,7 @@ class TraceWriter:
             parts.append(b)
             size += len(b)
             stats.add(ev)
-            if type(ev) is RequestEvent or type(ev) is TickEvent:
+            if isinstance(ev, (RequestEvent, TickEvent)):
                 noted.append(ev)
         if parts:
             self._write_events(parts, stats, compress)
@@ -356,10 +356,11 @@ class _Kept:
     requests: int = 0  # that arrived
     open: set[int] = field(default_factory=set)  # arrived, and not finished
 
-    def note(self, events: list[Event], offset: int, last_index: int, entries: list[tuple[int, ...]]) -> None:
+    def note(self, events: list[TickEvent | RequestEvent], offset: int, last_index: int,
+             entries: list[tuple[int, ...]]) -> None:
         """A drain of these tick and request events was written whole, up to `offset`."""
         for ev in events:
-            if type(ev) is TickEvent:
+            if isinstance(ev, TickEvent):
                 if self.first_tick < 0:
                     self.first_tick = ev.tick
                 self.last_tick = ev.tick

@@ -42,7 +42,8 @@ def to_real_time(u: np.ndarray, steps: tuple[RateStep, ...]) -> np.ndarray:
     # Operational time reached at the start of each step.
     u_at_start = np.concatenate(([0.0], np.cumsum(rates[:-1] * np.diff(starts))))
     i = np.searchsorted(u_at_start, u, side="right") - 1
-    return starts[i] + (u - u_at_start[i]) / rates[i]
+    real: np.ndarray = starts[i] + (u - u_at_start[i]) / rates[i]
+    return real
 
 
 def send_times(spec: ArrivalSpec, rng: np.random.Generator) -> Iterator[float]:

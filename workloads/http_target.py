@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from engine.errors import ConfigError
 from engine.request import Request
+from tracer.events import RequestStatus
 
 MAX_LINE = 64 * 1024  # a status line, header, chunk-size line or SSE event longer than this is bad
 UNKNOWN_TOKEN = -1  # streamed text does not say which token id it was
@@ -87,7 +88,7 @@ class HttpTarget:
             req.sink.on_finish("cancelled", "cancelled by the client", time.monotonic_ns())
         except (HttpError, asyncio.TimeoutError, ValueError) as exc:  # TimeoutError first: it is an OSError
             # Nothing came back: the server did not take it. Part came back: it was cut off.
-            status = "cancelled" if received else "rejected"
+            status: RequestStatus = "cancelled" if received else "rejected"
             req.sink.on_finish(status, _reason(exc), time.monotonic_ns())
         except (OSError, EOFError) as exc:
             reason = _reason(exc)

@@ -144,7 +144,7 @@ async def _sleep_until(t_ns: int) -> None:
         time.sleep(fine_ns / NS)
 
 
-async def _cancel_tasks(*tasks: asyncio.Task | None) -> None:
+async def _cancel_tasks(*tasks: asyncio.Task[object] | None) -> None:
     """Cancel the tasks and wait until they have ended, so none outlives the run."""
     live = [t for t in tasks if t is not None]
     for task in live:

@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
+from tracer.events import RequestStatus
 from workloads.spec import SLO
 
 NS = 1e9
+# The default objectives: none set, so every finished request counts as good.
+_ANY_SLO = SLO()
 
 
 @dataclass(slots=True)
@@ -42,7 +46,7 @@ class RequestRecord:
     max_new_tokens: int
     planned_ns: int  # when the schedule said to send it
     sent_ns: int  # when it was sent: its arrival
-    status: str = ""  # "finished", "rejected", "cancelled" or "failed"
+    status: RequestStatus | Literal[""] = ""  # "finished", "rejected", "cancelled" or "failed"; "" until then
     reason: str = ""
     finish_ns: int = 0
     token_ns: list[int] = field(default_factory=list)  # each output token's arrival
@@ -128,7 +132,7 @@ class LoadMetrics:
     queue_wait: Dist
     send_lag: Dist  # over every request of the run: how well the generator kept its schedule
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -139,7 +143,7 @@ def summarize(
     send_end_ns: int,
     warmup_s: float = 0.0,
     cooldown_s: float = 0.0,
-    slo: SLO = SLO(),
+    slo: SLO = _ANY_SLO,
 ) -> LoadMetrics:
     """Aggregate the records of a run that sent from `start_ns` until `send_end_ns`."""
     lo_ns = start_ns + int(warmup_s * NS)

@@ -44,7 +44,8 @@ async def fetch_model(url: str) -> dict[str, Any]:
             async with session.get(url.rstrip("/") + "/v1/models") as response:
                 response.raise_for_status()
                 listing = await response.json(content_type=None)
-        return listing["data"][0]
+        card: dict[str, Any] = listing["data"][0]  # JSON as the server sent it: not checked to be an object
+        return card
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         raise ConfigError(f"cannot reach the target {url}: {exc or type(exc).__name__}") from None
     except (ValueError, KeyError, IndexError, TypeError):

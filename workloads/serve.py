@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from engine.config import get_preset
 from engine.engine import Engine, resolve_device
@@ -41,6 +42,7 @@ from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer.events import RequestEvent, SessionHeader
 from tracer.writer import TraceWriter
+from workloads.errors import RunFailed
 from workloads.openai_api import (
     ApiError,
     CompletionRequest,
@@ -51,7 +53,6 @@ from workloads.openai_api import (
     rejection,
     usage_chunk,
 )
-from workloads.errors import RunFailed
 from workloads.run import fault_line, leave_a_core_free, session_config, stop_on_fault
 from workloads.signals import stop_on_signals
 from workloads.spec import load_workload
@@ -142,7 +143,9 @@ class Server:
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                                      shutdown_timeout=_SHUTDOWN_S, keepalive_timeout=HEAD_TIMEOUT_S)
         await self._runner.setup()
-        self._door = _Door(self._runner.server, _connection_limit())
+        server = self._runner.server
+        assert server is not None  # made by setup()
+        self._door = _Door(server, _connection_limit())
         self._listener = await asyncio.get_running_loop().create_server(self._door, sock=sock)
         return self.url
 
@@ -205,11 +208,11 @@ class Server:
         return web.json_response({"object": "list", "data": [self.served.card(self._created)]})
 
     @web.middleware
-    async def _head_arrived(self, http: web.Request, handler: Callable) -> web.StreamResponse:
+    async def _head_arrived(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         # A request's head is whole: its connection met the door's deadline.
         if self._door is not None:
-            self._door.head_arrived(http.protocol)
-        return await handler(http)
+            self._door.head_arrived(request.protocol)
+        return await handler(request)
 
     async def _completions(self, http: web.Request) -> web.StreamResponse:
         try:
@@ -225,9 +228,9 @@ class Server:
             await sink.done
             if sink.status != "finished":
                 raise _unfinished(sink)
-            body = completion(_cid(sink), self._created, self.served.name,
-                              self.served.tokenizer.decode(sink.tokens), len(req.prompt), len(sink.tokens))
-            return web.json_response(body)
+            answer = completion(_cid(sink), self._created, self.served.name,
+                                self.served.tokenizer.decode(sink.tokens), len(req.prompt), len(sink.tokens))
+            return web.json_response(answer)
         finally:
             # reached when the client went away (the handler is cancelled) or a write to it failed
             if sink.status is None:
@@ -274,7 +277,8 @@ class Server:
 
     def _done(self, sink: StreamingSink) -> None:
         sent_ns = self._live.pop(sink.request_id)
-        status = sink.status  # set before on_done is called
+        status = sink.status
+        assert status is not None  # set before on_done is called
         self.counts[status] += 1
         token_us = (np.asarray(sink.token_ns, dtype=np.int64) - sent_ns) // 1000
         self.engine.recorder.emit(RequestEvent(
@@ -376,7 +380,7 @@ async def _event(response: web.StreamResponse, payload: dict[str, Any]) -> None:
 
 
 @web.middleware
-async def _openai_errors(request: web.Request, handler: Callable) -> web.StreamResponse:
+async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as OpenAI's JSON body, aiohttp's own (unknown path, wrong method, body too large) too."""
     try:
         return await handler(request)

@@ -23,16 +23,20 @@ command line can print it as it is. The keys (all optional unless marked):
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import tomllib
 
 from engine.choices import GROUPINGS, Grouping
 from engine.errors import ConfigError
 from engine.policies import policy_names
 from workloads.datafiles import read_column
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 ARRIVAL_KINDS = ("poisson", "gamma", "constant", "replay", "closed")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal", "file")
@@ -315,7 +319,7 @@ def _data_path(file: str, base_dir: Path | None) -> Path:
     return path if path.is_absolute() or base_dir is None else base_dir / path
 
 
-def _presets():  # -> importlib.resources.abc.Traversable
+def _presets() -> Traversable:
     return resources.files("workloads") / "presets"
 
 
@@ -356,9 +360,12 @@ class _Table:
 
     def choice(self, key: str, options: tuple[Choice, ...], default: Choice | None) -> Choice | None:
         value = self.get(key, default)
-        if value is not None and value not in options:
-            self.fail(f"'{self.where}{key}' is {value!r} (choose from: {', '.join(options)})")
-        return value
+        if value is None:
+            return None
+        for option in options:
+            if value == option:
+                return option
+        self.fail(f"'{self.where}{key}' is {value!r} (choose from: {', '.join(options)})")
 
     def number(
         self,

@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from tracer.events import RequestStatus
+
 SinkCallback = Callable[["StreamingSink"], None]
 
 
@@ -41,7 +43,7 @@ class StreamingSink:
         self.request_id = request_id
         self.tokens: list[int] = []
         self.token_ns: list[int] = []
-        self.status: str | None = None
+        self.status: RequestStatus | None = None
         self.reason = ""
         self.finish_ns = 0
         self.done: asyncio.Future[None] = loop.create_future()
@@ -54,7 +56,7 @@ class StreamingSink:
     def on_token(self, token: int, t_ns: int) -> None:
         self._post(self._token, token, t_ns)
 
-    def on_finish(self, status: str, reason: str, t_ns: int) -> None:
+    def on_finish(self, status: RequestStatus, reason: str, t_ns: int) -> None:
         self._post(self.finish_locally, status, reason, t_ns)
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
@@ -66,7 +68,7 @@ class StreamingSink:
             pass
 
     # -- event loop ------------------------------------------------------------------------
-    def finish_locally(self, status: str, reason: str, t_ns: int) -> None:
+    def finish_locally(self, status: RequestStatus, reason: str, t_ns: int) -> None:
         """End the request from the client's side (or deliver the engine's end); first wins."""
         if self.status is not None:
             return

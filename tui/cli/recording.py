@@ -8,9 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tui.cli.options import ENGINE_FLAGS, CommandError, check_out, plan_from_args
+
+if TYPE_CHECKING:
+    from workloads.loadgen import Progress as LoadProgress
+    from workloads.run import RecordingResult
+
 
 def cmd_record(args: argparse.Namespace) -> int:
     from rich.console import Console
@@ -23,6 +30,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out(out, args.force)
     plan = plan_from_args(args, out, args.duration)
+    run: Callable[[Callable[[LoadProgress], None] | None], RecordingResult]
     if args.target:
         from workloads.remote import record_remote
 
@@ -33,7 +41,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
 
     if args.quiet:
-        result = run()
+        result = run(None)
     else:
         columns = [
             SpinnerColumn(),
@@ -46,7 +54,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("record", total=plan.duration_s, done=0, tok_s=0.0)
 
-            def on_progress(stats) -> None:
+            def on_progress(stats: LoadProgress) -> None:
                 progress.update(task, completed=stats.elapsed_s, done=stats.finished, tok_s=stats.tokens_per_s)
 
             result = run(on_progress)
@@ -153,7 +161,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_for_file(path: Path, child: subprocess.Popen) -> bool:
+def _wait_for_file(path: Path, child: subprocess.Popen[bytes]) -> bool:
     """Whether the recording created its trace: the dashboard could follow a file that is not there
     yet, but a child that failed before creating it should say why at once."""
     deadline = time.monotonic() + 120

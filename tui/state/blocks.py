@@ -3,8 +3,9 @@ columns, marks and per-tick detail."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ class FrameData:
 
 def frame_from_events(events: Iterable[Any], t0_ns: int, frame: int = -1) -> FrameData:
     """Trace events (anything else is ignored) as one FrameData."""
-    ticks: list[tuple[int, ...]] = []
+    ticks: list[list[int]] = []
     requests: list[RequestEvent] = []
     marks: list[MarkEvent] = []
     details: dict[int, Detail] = {}
