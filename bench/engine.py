@@ -1,9 +1,11 @@
-"""Decode-step speed of the engine against the hardware's roofline, one row per batch size.
+"""Decode-step speed of the engine against the hardware's roofline and HuggingFace transformers, one
+row per batch size.
 
 Run it as a module from the repository root (as a script, this file would shadow the `engine` package).
 
     python -m bench.engine                                  # tiny on this machine's best device
     python -m bench.engine --preset ds2-lite --layers 8 --batches 1,8,32,128,256 --prompt 256
+    python -m bench.engine --preset ds2-lite --layers 2 --device cpu --batches 1,8,32 --steps 10 --peer
 
 For each batch size: B requests with a prompt of --prompt tokens are prefilled, then --steps decode
 ticks are timed (wall clock of `Engine.step`, which includes scheduling and the tick's one host sync).
@@ -14,30 +16,45 @@ The floor is the larger of
   - the step's FLOPs over the measured dense matmul rate,
 and "of floor" is floor / measured step time (1.0 = at the roofline).
 
+Measured in rounds, so that a machine whose load changes (other jobs) weighs on every figure alike:
+each round times one engine step, one step of each transformers peer (--peer: its eager and grouped_mm
+experts, a model holding copies of the engine's weights and decoding the same prompts, so that both
+route alike and read the same bytes), each after an untimed step of its own, and the copy and matmul
+probes. Every figure is the median of its rounds; "we are" is the peer's median step over ours; `load`
+is the 1-minute load average.
+
 "tracer" is what recording costs a decode step: --overhead-pairs more steps are timed with the engine
 emitting into a real TraceWriter (to a temporary file, its writer thread running) and into nothing,
 interleaved on-off-off-on so that the growing context weighs on both alike; it is mean(on) / mean(off) - 1.
+
+--profile N prints, per batch, torch.profiler's N costliest ops (self time) over a few steps of the
+engine and of each peer.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from engine.config import ModelConfig, get_preset
 from engine.engine import Engine
-from engine.hf_config import glm4_moe_config
+from engine.hf_config import hf_twin
 from engine.probe import copy_bandwidth, matmul_rate
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer.events import ExpertsEvent, MarkEvent, SessionHeader, TickEvent
 from tracer.recorder import ListRecorder, NullRecorder, Recorder
 from tracer.writer import TraceWriter
+
+PEERS = ("eager", "grouped_mm")  # transformers' experts backends
 
 
 class _Discard:
@@ -46,12 +63,16 @@ class _Discard:
     def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
 
 
+def bench_prompts(batch: int, prompt: int, vocab: int) -> list[list[int]]:
+    """The benchmark's prompts: the same for the engine and its peers."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, vocab, prompt).tolist() for _ in range(batch)]
+
+
 def start_decoding(engine: Engine, batch: int, prompt: int, new_tokens: int) -> None:
     """Submit `batch` random prompts of `prompt` tokens and step until every sequence decodes."""
-    vocab = engine.model_cfg.vocab_size
-    rng = np.random.default_rng(0)
-    for r in range(batch):
-        engine.submit(Request(r, rng.integers(0, vocab, prompt).tolist(), new_tokens, _Discard()))
+    for r, tokens in enumerate(bench_prompts(batch, prompt, engine.model_cfg.vocab_size)):
+        engine.submit(Request(r, tokens, new_tokens, _Discard()))
     while engine.scheduler.waiting or any(s.pending > 1 for s in engine.scheduler.running):
         engine.step()
 
@@ -76,10 +97,43 @@ def step_floor(cfg: ModelConfig, dtype: torch.dtype, batch: int, kv_tokens: int,
     return max((weight_bytes + kv_bytes) / bandwidth, flops / flops_rate)
 
 
+class HfPeers:
+    """transformers decoding the bench's prompts with copies of the engine's weights, once per experts
+    backend (one model: the backend is read from its config at every forward), each with its own cache."""
+
+    def __init__(self, engine: Engine, prompts: list[list[int]], backends: tuple[str, ...]) -> None:
+        self.model = hf_twin(engine.model, attention="sdpa")
+        self.device = engine.device
+        ids = torch.tensor(prompts, device=engine.device)
+        self.state: dict[str, tuple[object, torch.Tensor]] = {}
+        with torch.inference_mode():
+            for backend in backends:
+                self.model.config._experts_implementation = backend
+                out = self.model(ids, use_cache=True)
+                self.state[backend] = (out.cache, out.logits[:, -1].argmax(-1, keepdim=True))
+                for _ in range(3):  # as the engine: its first decode steps are not timed
+                    self.step(backend)
+
+    def step(self, backend: str) -> None:
+        self.model.config._experts_implementation = backend
+        cache, token = self.state[backend]
+        with torch.inference_mode():
+            out = self.model(token, cache=cache, use_cache=True)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        token.cpu()  # a serving loop reads every step's tokens, as the engine does
+        self.state[backend] = (out.cache, token)
+
+    def timed_step(self, backend: str) -> float:
+        _sync(self.device)
+        t = time.perf_counter()
+        self.step(backend)
+        return time.perf_counter() - t
+
+
 def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: int, overhead_pairs: int,
-                decode_graphs: str, decode_compile: str) -> dict:
+                decode_graphs: str, decode_compile: str, peers: tuple[str, ...] = (), profile_rows: int = 0) -> dict:
     rec = ListRecorder()
-    decode = steps + 2 * overhead_pairs + 12
+    decode = 2 * steps + 2 * overhead_pairs + 12
     if prompt + decode > cfg.max_seq_len:
         raise SystemExit(f"prompt {prompt} + {decode} decoded tokens (--steps, --overhead-pairs and 12 to warm "
                          f"up) exceed {cfg.name}'s max_seq_len {cfg.max_seq_len}; ask for fewer")
@@ -90,26 +144,71 @@ def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: i
     start_decoding(engine, batch, prompt, decode)
     for _ in range(3):  # warm up the decode shapes (and capture their graph)
         engine.step()
+    hf = HfPeers(engine, bench_prompts(batch, prompt, cfg.vocab_size), peers) if peers else None
     rec.events.clear()
-    step_times = timed_steps(engine, steps)
+    rounds = measure_rounds(engine, hf, peers, steps)
     captured = {e.tick for e in rec.events if isinstance(e, MarkEvent)}
-    ticks = [e for e in rec.events if isinstance(e, TickEvent) and e.tick not in captured]
+    timed = set(rounds["ours_ticks"]) - captured
+    ticks = [e for e in rec.events if isinstance(e, TickEvent) and e.tick in timed]
     experts = [e for e in rec.events if isinstance(e, ExpertsEvent)]
     assert all(e.seqs == batch and e.prefill_tokens == 0 for e in ticks), "bench batch was not decode-only"
     distinct = float(np.mean([(e.counts > 0).sum() for e in experts]))
-    kv_tokens = batch * (prompt + 3 + steps // 2)  # mean context over the timed steps
+    kv_tokens = batch * (prompt + 3 + steps)  # mean context over the timed steps
+    profiles = profile_steps(engine, hf, peers, profile_rows) if profile_rows else []
     on_s, off_s = tracer_on_off(engine, overhead_pairs)
-    return {
-        "step_s": float(np.mean(step_times)),
-        "forward_s": float(np.mean([e.forward_ns for e in ticks])) / 1e9,
+    result = {
+        "step_s": float(np.median(rounds["ours"])),
+        "forward_s": float(np.median([e.forward_ns for e in ticks])) / 1e9,
+        "peers_s": {p: float(np.median(rounds[p])) for p in peers},
+        "bandwidth": float(np.median(rounds["copy"])),
+        "matmul_rate": float(np.median(rounds["matmul"])),
+        "load": os.getloadavg()[0],
         "distinct": distinct,
         "kv_tokens": kv_tokens,
         "tracer": on_s / off_s - 1,
+        "profiles": profiles,
         # what the table's header needs; not the engine, whose memory the next batch's engine needs
         "device": engine.device,
         "dtype": engine.dtype,
         "describe": engine.describe(),
     }
+    del engine, hf
+    gc.collect()
+    return result
+
+
+def measure_rounds(engine: Engine, hf: HfPeers | None, peers: tuple[str, ...], steps: int) -> dict[str, list[float]]:
+    """Seconds of each engine step and each peer's, the probes' figures, and the ticks timed, round by
+    round (see docstring)."""
+    dev, dtype = engine.device, engine.dtype
+    rounds: dict[str, list[float]] = {"ours": [], "ours_ticks": [], "copy": [], "matmul": [], **{p: [] for p in peers}}
+    for _ in range(steps):
+        # each timed step follows an untimed one of its own: what the others (and the probes) left in
+        # the caches must not count, as a model small enough to stay cached stays cached when it serves
+        engine.step()
+        rounds["ours_ticks"].append(engine.ticks)
+        rounds["ours"] += timed_steps(engine, 1)
+        for peer in peers:
+            hf.step(peer)
+            rounds[peer].append(hf.timed_step(peer))
+        rounds["copy"].append(copy_bandwidth(dev, reps=3))
+        rounds["matmul"].append(matmul_rate(dev, dtype, reps=3))
+    return rounds
+
+
+def profile_steps(engine: Engine, hf: HfPeers | None, peers: tuple[str, ...], rows: int, steps: int = 3) -> list[str]:
+    """torch.profiler's `rows` costliest ops over `steps` steps of the engine and of each peer, as tables."""
+    cuda = engine.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    runs = [("tickscope", engine.step)] + [(f"transformers {p}", lambda p=p: hf.step(p)) for p in peers]
+    tables = []
+    for name, step in runs:
+        with torch.inference_mode(), profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+        tables.append(f"{name}, {steps} steps:\n" + prof.key_averages().table(sort_by=sort, row_limit=rows))
+    return tables
 
 
 def _captures(engine: Engine) -> int:
@@ -149,34 +248,6 @@ def tracer_on_off(engine: Engine, pairs: int) -> tuple[float, float]:
     return float(np.mean(times[True])), float(np.mean(times[False]))
 
 
-def hf_peer_step_s(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, batch: int, prompt: int,
-                   steps: int, backend: str) -> float:
-    """Seconds per greedy decode step of the same shape in HuggingFace transformers (GLM-4.5's MoE, which
-    is our architecture; see tests/test_engine_parity.py), decoding with its KV cache."""
-    from transformers import Glm4MoeForCausalLM  # the peer only: not an engine dependency
-
-    config = glm4_moe_config(cfg, attention="sdpa", experts=backend)
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # build in the model's dtype, on the device: no float32 detour
-    try:
-        with torch.device(device):
-            model = Glm4MoeForCausalLM(config).eval()
-    finally:
-        torch.set_default_dtype(default_dtype)
-    ids = torch.randint(0, cfg.vocab_size, (batch, prompt), device=device)
-    with torch.inference_mode():
-        out = model(ids, use_cache=True)
-        past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        for i in range(steps + 3):
-            if i == 3:
-                _sync(device)
-                t = time.perf_counter()
-            out = model(token, past_key_values=past, use_cache=True)
-            past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-            token.cpu()  # a serving loop reads every step's tokens, as the engine does
-    return (time.perf_counter() - t) / steps
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny")
@@ -192,40 +263,42 @@ def main() -> None:
     p.add_argument("--decode-compile", default="off", choices=["off", "inductor", "aot_eager"],
                    help="torch.compile the decode graphs' forward pass (default: off)")
     p.add_argument("--peer", action="store_true",
-                   help="also time HuggingFace transformers (eager and grouped_mm experts) on the same shape")
+                   help="also time HuggingFace transformers (eager and grouped_mm experts) on the same weights")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="print each implementation's N costliest ops per batch (torch.profiler)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"layers": args.layers} if args.layers else {}
     cfg = get_preset(args.preset, **overrides)
+    peers = PEERS if args.peer else ()
 
     # an untimed first run: the process's first ticks are slow (allocator, kernel and library setup)
     bench_batch(cfg, args.device, 1, args.prompt, 20, 2, args.decode_graphs, args.decode_compile)
     rows = []
     for b in (int(x) for x in args.batches.split(",")):
         rows.append((b, bench_batch(cfg, args.device, b, args.prompt, args.steps, args.overhead_pairs,
-                                    args.decode_graphs, args.decode_compile)))
-    dev, dtype, d = rows[-1][1]["device"], rows[-1][1]["dtype"], rows[-1][1]["describe"]
-    bandwidth, rate = copy_bandwidth(dev), matmul_rate(dev, dtype)
+                                    args.decode_graphs, args.decode_compile, peers, args.profile)))
+    d = rows[-1][1]["describe"]
     print(f"{cfg.name}, {cfg.layers} layers, {d['device_name']}, {d['model']['dtype']}, "
-          f"experts via {d['expert_matmul']}, decode graphs: {d['decode_graphs']}, compile: {args.decode_compile}, "
-          f"prompt {args.prompt}, {args.steps} decode steps")
-    print(f"measured: copy {bandwidth / 1e9:.1f} GB/s, matmul {rate / 1e12:.2f} TFLOP/s, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    peers = ("eager", "grouped_mm") if args.peer else ()
-    print(f"{'batch':>6} {'step ms':>9} {'fwd ms':>8} {'tok/s':>9} {'ticks/s':>8} {'experts/layer':>14} "
-          f"{'floor ms':>9} {'of floor':>9} {'tracer':>7}"
+          f"experts via {d['expert_matmul']} ({d['expert_matmul_reason']}), decode graphs: {d['decode_graphs']}, "
+          f"compile: {args.decode_compile}, prompt {args.prompt}, {args.steps} rounds (medians)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    print(f"{'batch':>6} {'step ms':>9} {'fwd ms':>8} {'tok/s':>9} {'experts/layer':>14} {'copy GB/s':>10} "
+          f"{'TFLOP/s':>8} {'floor ms':>9} {'of floor':>9} {'tracer':>7} {'load':>5}"
           + "".join(f" {'hf ' + p + ' ms':>18} {'we are':>7}" for p in peers))
     for b, r in rows:
-        per_layer = r["distinct"] / cfg.layers
-        floor = step_floor(cfg, dtype, b, r["kv_tokens"], round(r["distinct"]), bandwidth, rate)
+        floor = step_floor(cfg, r["dtype"], b, r["kv_tokens"], round(r["distinct"]), r["bandwidth"], r["matmul_rate"])
         line = (f"{b:>6} {r['step_s'] * 1e3:>9.2f} {r['forward_s'] * 1e3:>8.2f} {b / r['step_s']:>9.0f} "
-                f"{1 / r['step_s']:>8.0f} {per_layer:>14.1f} {floor * 1e3:>9.3f} {floor / r['step_s']:>9.1%} "
-                f"{r['tracer']:>+7.1%}")
+                f"{r['distinct'] / cfg.layers:>14.1f} {r['bandwidth'] / 1e9:>10.1f} {r['matmul_rate'] / 1e12:>8.3f} "
+                f"{floor * 1e3:>9.3f} {floor / r['step_s']:>9.1%} {r['tracer']:>+7.1%} {r['load']:>5.1f}")
         for peer in peers:
-            peer_s = hf_peer_step_s(cfg, dev, dtype, b, args.prompt, args.steps, peer)
-            line += f" {peer_s * 1e3:>18.2f} {peer_s / r['step_s']:>6.1f}x"
+            peer_s = r["peers_s"][peer]
+            line += f" {peer_s * 1e3:>18.2f} {peer_s / r['step_s']:>6.2f}x"
         print(line)
+    for b, r in rows:
+        for table in r["profiles"]:
+            print(f"\nbatch {b}, {table}")
 
 
 if __name__ == "__main__":

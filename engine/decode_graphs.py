@@ -7,8 +7,8 @@ launch for the whole step instead of ~75 kernel launches per layer, which at sma
 host time than the GPU spends on the step.
 
 Inputs travel in one pinned host buffer and one copy: tokens, positions, the slot each new K/V goes
-to, context lengths and block tables; the attention's key slots and mask are computed from them on the
-device. Padding rows write their K/V to the cache's scratch slot, attend to one key, and are left out
+to, context lengths and block tables; which keys each row sees is computed from them on the device.
+Padding rows write their K/V to the cache's scratch slot, attend to that one key, and are left out
 of the expert load (they still pass through the experts: the price of a fixed shape). The first tick
 of a bucket pays for its capture (a warm-up run, then the capture), and the trace marks it; later
 ticks replay it.
@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from engine.batch import AttnCall, ForwardBatch, KVSlots, SeqChunk
 from engine.kv_cache import KVCache
-from engine.model import AttnGroup, ForwardBatch, KVSlots, SeqChunk, Transformer, concat_ranges
+from engine.model import Transformer
 
 # Shortest context bucket: below it, a graph per size would buy nothing measurable.
 _MIN_CONTEXT = 64
@@ -151,16 +152,14 @@ class DecodeGraphs:
         host[3 * b:3 * b + n] = context
         host[3 * b + n:4 * b] = 1
         table = host[4 * b:].reshape(b, bucket.blocks)
-        table[np.repeat(rows, slots.n_blocks), concat_ranges(np.zeros(n, np.int64), slots.n_blocks)] = slots.blocks
+        table[:n] = slots.table(rows, context, bucket.blocks)
+        table[n:, 0] = self.kv.scratch_slot // self.block_size
 
     def _forward(self, bucket: _Bucket) -> Tensor:
         """The captured region: fixed shapes, no host synchronisation."""
-        bs, rows = self.block_size, torch.arange(bucket.seqs, device=self.device)
-        key = torch.arange(bucket.context, device=self.device)
-        kv_slots = bucket.block_table.index_select(1, key // bs) * bs + key % bs
-        mask = (key[None, :] < bucket.context_len[:, None])[:, None, None, :]
-        group = AttnGroup(rows, rows, bucket.seqs, 1, kv_slots, mask, identity=True)
-        batch = ForwardBatch(bucket.tokens, bucket.positions, bucket.slots, [group], rows,
+        attention = AttnCall(None, bucket.block_table, bucket.context_len, 1, None)
+        batch = ForwardBatch(bucket.tokens, bucket.positions, bucket.slots, [attention],
+                             torch.arange(bucket.seqs, device=self.device), self.block_size,
                              counted=bucket.slots != self.kv.scratch_slot)
         logits, counts = self.model(batch, self.kv.k, self.kv.v)
         return torch.cat([logits.argmax(dim=-1).to(torch.int32), counts.flatten()])

@@ -22,10 +22,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from engine.batch import ForwardBatch, SeqChunk, make_batch
 from engine.config import ModelConfig
 from engine.distributed import StageGroup
 from engine.kv_cache import KVCache
-from engine.model import ForwardBatch, SeqChunk, Transformer, make_batch
+from engine.model import Transformer
 from engine.pipeline import PipelinePlan, split_micro_batches
 from engine.scheduler import SchedulerConfig
 from engine.stage_wire import decode_tick, encode_tick

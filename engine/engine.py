@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.batch import SeqChunk, attention_groups
 from engine.config import ModelConfig, check_fits
 from engine.decode_graphs import DecodeGraphs
 from engine.distributed import StageGroup
 from engine.distributed_stages import DistributedExecutor
 from engine.errors import ConfigError, EngineFailed
 from engine.kv_cache import KVCache
-from engine.model import SeqChunk, Transformer, attention_groups, grouped_mm
+from engine.model import Transformer
 from engine.pipeline import check_stage_fits, plan_pipeline, split_micro_batches
 from engine.request import Request
 from engine.scheduler import Scheduler, SchedulerConfig, Sequence, TickPlan
@@ -73,11 +74,15 @@ class Engine:
         else:
             check_stage_fits(model_cfg, self.device, owned, sched_cfg.kv_capacity_tokens)
         self.recorder = recorder
-        self.model = Transformer(model_cfg, self.device, self.dtype, seed, owned=owned)
+        graphs, compile_backend = self._decode_graphs_wanted()
+        # a decode step captured as a CUDA graph or compiled must not read back to the host
+        fixed_shapes = graphs and (self.device.type == "cuda" or compile_backend is not None)
+        self.model = Transformer(model_cfg, self.device, self.dtype, seed, owned=owned, fixed_shapes=fixed_shapes)
         self.kv = KVCache(model_cfg, sched_cfg.kv_capacity_tokens, self.device, self.dtype,
                           sched_cfg.kv_block_size, layers=None if owned is None else len(owned))
         self.scheduler = Scheduler(sched_cfg, self.kv.allocator)
-        self.graphs = self._decode_graphs()
+        self.graphs = (DecodeGraphs(self.model, self.kv, sched_cfg.max_seqs, compile_backend,
+                                    required=sched_cfg.decode_graphs == "on") if graphs else None)
         if stage_group is None:
             self.executor: StageExecutor | DistributedExecutor = StageExecutor(
                 self.model, self.kv, self.pipeline, sched_cfg.attention, self.device, self.graphs)
@@ -97,19 +102,17 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._prev_tick_start = 0
 
-    def _decode_graphs(self) -> DecodeGraphs | None:
+    def _decode_graphs_wanted(self) -> tuple[bool, str | None]:
+        """Whether decode ticks go to decode graphs, and the backend that compiles their forward pass."""
         mode = self.sched_cfg.decode_graphs  # "on" was refused with a pipeline or grouping by validate()
         plain = not self.pipeline.pipelined and self.sched_cfg.attention == "ragged" and self.stage_group is None
+        backend = None if self.sched_cfg.decode_compile == "off" else self.sched_cfg.decode_compile
         if mode == "on" or (mode == "auto" and plain and self.device.type == "cuda"):
-            backend = None if self.sched_cfg.decode_compile == "off" else self.sched_cfg.decode_compile
-            if backend and self.model.layers[0].moe.matmul is grouped_mm and self.dtype != torch.bfloat16:
-                # the CPU runs float32 grouped_mm eagerly, but its compiled form takes bfloat16 only
-                raise ConfigError(f"decode_compile needs bfloat16 weights for grouped_mm; the model is {self.dtype}")
-            return DecodeGraphs(self.model, self.kv, self.sched_cfg.max_seqs, backend, required=mode == "on")
-        if self.sched_cfg.decode_compile != "off":
+            return True, backend
+        if backend is not None:
             raise ConfigError("decode_compile needs decode graphs: on CUDA with one stage and ragged attention, "
                               "or decode_graphs 'on'")
-        return None
+        return False, None
 
     # --- control, from any thread ------------------------------------------------------------------
 
@@ -174,7 +177,9 @@ class Engine:
             "param_bytes": self.model_cfg.param_bytes(self.dtype),
             "kv_bytes_per_token": self.model_cfg.kv_bytes_per_token(self.dtype),
             "kv_capacity_tokens": self.kv.allocator.capacity_tokens,
-            "expert_matmul": self.model.layers[0].moe.matmul.__name__,
+            "expert_matmul": self.model.expert_matmul.name,
+            "expert_matmul_reason": self.model.expert_matmul.reason,
+            # what was asked for; what ran is marked in the trace as it happens and when the engine stops
             "decode_graphs": "off" if self.graphs is None else "cuda graphs" if self.graphs.capture else "eager",
             "stage_layers": [[r.start, r.stop] for r in self.pipeline.stage_layers],
             "pipeline_schedule": self.pipeline.schedule.name,

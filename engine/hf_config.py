@@ -1,5 +1,5 @@
-"""The same architecture as a HuggingFace transformers config: the parity tests' reference and the
-engine benchmark's peer. transformers is a test/bench dependency only, imported when asked for.
+"""The same architecture in HuggingFace transformers: the parity tests' reference and the engine
+benchmark's peer. transformers is a test/bench dependency only, imported when asked for.
 
 GLM-4.5's MoE (`Glm4Moe`) with partial RoPE, QK-norm, attention bias and dense first layers switched
 off is exactly our decoder; our router's popularity bias maps onto its `e_score_correction_bias`.
@@ -7,16 +7,21 @@ off is exactly our decoder; our router's popularity bias maps onto its `e_score_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
 
 from engine.config import ModelConfig
+
+if TYPE_CHECKING:
+    from engine.model import Block, Transformer
 
 
 def glm4_moe_config(cfg: ModelConfig, *, attention: str, experts: str) -> Any:
     """A `transformers.Glm4MoeConfig` of `cfg`'s shape, with the given attention and experts backends."""
     from transformers import Glm4MoeConfig
 
-    config = Glm4MoeConfig(
+    config: Any = Glm4MoeConfig(  # type: ignore[call-arg]  # head_dim is one of its **kwargs
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
         num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim,
         max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
@@ -29,3 +34,44 @@ def glm4_moe_config(cfg: ModelConfig, *, attention: str, experts: str) -> Any:
     config._attn_implementation = attention
     config._experts_implementation = experts
     return config
+
+
+def hf_twin(ours: Transformer, *, attention: str = "eager", experts: str = "eager") -> Any:
+    """A `Glm4MoeForCausalLM` holding copies of our model's weights, on its device and in its dtype."""
+    from transformers import Glm4MoeForCausalLM
+
+    cfg, like = ours.cfg, ours.norm.weight
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(like.dtype)  # built in our dtype, on our device: no float32 detour
+    try:
+        with torch.device(like.device):
+            hf: Any = Glm4MoeForCausalLM(glm4_moe_config(cfg, attention=attention, experts=experts))
+            hf.eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
+    q, kv = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    shared = cfg.shared_experts * cfg.moe_intermediate
+    with torch.no_grad():
+        assert ours.embed is not None and ours.lm_head is not None, "a twin of the whole model, not of a stage"
+        hf.model.embed_tokens.weight.copy_(ours.embed)
+        hf.model.norm.weight.copy_(ours.norm.weight)
+        hf.lm_head.weight.copy_(ours.lm_head)
+        for layer, theirs in zip(ours.layers, hf.model.layers):
+            mine = cast("Block", layer)  # the whole model: every layer is here
+            a, m = mine.attention, mine.moe
+            assert m.shared_w13 is not None and m.shared_w2 is not None, "GLM-4.5's MoE has shared experts"
+            theirs.self_attn.q_proj.weight.copy_(a.wqkv[:q])
+            theirs.self_attn.k_proj.weight.copy_(a.wqkv[q:q + kv])
+            theirs.self_attn.v_proj.weight.copy_(a.wqkv[q + kv:])
+            theirs.self_attn.o_proj.weight.copy_(a.wo)
+            theirs.input_layernorm.weight.copy_(mine.attention_norm.weight)
+            theirs.post_attention_layernorm.weight.copy_(mine.moe_norm.weight)
+            # routing stays in float32 on both sides, as DeepSeek-V3 and GLM-4.5 checkpoints keep it
+            theirs.mlp.gate.weight.data = m.router.clone()
+            theirs.mlp.gate.e_score_correction_bias.data = m.popularity_bias.clone()
+            theirs.mlp.experts.gate_up_proj.copy_(m.w13)
+            theirs.mlp.experts.down_proj.copy_(m.w2)
+            theirs.mlp.shared_experts.gate_proj.weight.copy_(m.shared_w13[:shared])
+            theirs.mlp.shared_experts.up_proj.weight.copy_(m.shared_w13[shared:])
+            theirs.mlp.shared_experts.down_proj.weight.copy_(m.shared_w2)
+    return hf

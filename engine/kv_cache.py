@@ -71,13 +71,14 @@ class KVCache:
     """K and V for every layer: [layers, slots, kv_heads, head_dim], plus the allocator over the slots.
 
     A pipeline stage in its own process holds only its `layers` (a count); every stage uses the same
-    slots, the ones rank 0's allocator hands out. One slot past them, `scratch_slot`, belongs to no
-    sequence: padding rows of a fixed-shape batch write their K/V there (engine/decode_graphs.py)."""
+    slots, the ones rank 0's allocator hands out. One block past them belongs to no sequence: padding
+    rows of a fixed-shape batch write their K/V to its first slot, `scratch_slot`
+    (engine/decode_graphs.py). A whole block, so that attention can view the cache as blocks."""
 
     def __init__(self, cfg: ModelConfig, capacity_tokens: int, device: torch.device, dtype: torch.dtype,
                  block_size: int = 16, layers: int | None = None) -> None:
         self.allocator = BlockAllocator(capacity_tokens, block_size)
         self.scratch_slot = self.allocator.capacity_tokens
-        shape = (cfg.layers if layers is None else layers, self.scratch_slot + 1, cfg.kv_heads, cfg.head_dim)
+        shape = (cfg.layers if layers is None else layers, self.scratch_slot + block_size, cfg.kv_heads, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)

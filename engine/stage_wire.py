@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.model import SeqChunk
+from engine.batch import SeqChunk
 
 
 def encode_tick(parts: list[list[SeqChunk]]) -> np.ndarray:

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.batch import SeqChunk, make_batch
 from engine.decode_graphs import DecodeGraphs
 from engine.kv_cache import KVCache
-from engine.model import SeqChunk, Transformer, make_batch
+from engine.model import Transformer
 from engine.pipeline import PipelinePlan, split_micro_batches
-from tracer.timeline import modelled_timeline, run_order
 from tracer.events import StageEvent
+from tracer.timeline import modelled_timeline, run_order
 
 
 @dataclass

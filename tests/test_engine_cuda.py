@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from decode_runs import mixed_run
-from engine.model import SeqChunk
+
+from engine.batch import SeqChunk
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -6,15 +6,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+)
 
 from decode_runs import Tokens, mixed_run
+from engine.batch import SeqChunk
 from engine.config import get_preset
 from engine.decode_graphs import DecodeGraphs, _bucket_for, buckets
 from engine.engine import Engine
 from engine.errors import ConfigError
+from engine.kernels import grouped_mm, grouped_mm_padded
 from engine.kv_cache import KVCache
-from engine.model import SeqChunk, Transformer, grouped_mm, grouped_mm_padded
+from engine.model import Transformer
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
 
@@ -136,7 +142,9 @@ def test_decode_graphs_on_refuses_a_pipeline_and_unknown_values():
         SchedulerConfig(decode_graphs="off", decode_compile="inductor").validate()
     with pytest.raises(ConfigError, match="decode_compile needs decode graphs"):
         Engine(get_preset("tiny"), SchedulerConfig(decode_compile="inductor"), device="cpu")  # auto: no graphs here
-    with pytest.raises(ConfigError, match="needs bfloat16 weights for grouped_mm"):
-        Engine(get_preset("tiny"), SchedulerConfig(decode_graphs="on", decode_compile="inductor"), device="cpu")
+    # float32 has no compilable grouped_mm: the expert product is padded instead, and the header says why
+    compiled = Engine(get_preset("tiny"), SchedulerConfig(decode_graphs="on", decode_compile="inductor"), device="cpu")
+    assert compiled.describe()["expert_matmul"] == "grouped_mm_padded"
+    assert compiled.describe()["expert_matmul_reason"].startswith("padded: fixed shapes asked for")
     auto = Engine(get_preset("tiny"), SchedulerConfig(stages=2), device="cpu")
     assert auto.graphs is None and auto.describe()["decode_graphs"] == "off"  # auto: graphs on CUDA only

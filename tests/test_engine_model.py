@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.batch import SeqChunk, attention_groups, make_batch
 from engine.config import get_preset
 from engine.engine import Engine
-from engine.kv_cache import KVCache
-from engine.model import SeqChunk, Transformer, grouped_mm, grouped_mm_padded, make_batch
+from engine.kernels import expert_loop, grouped_mm, grouped_mm_padded, linear
+from engine.kv_cache import BlockAllocator, KVCache
+from engine.model import Transformer, apply_rope
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer.events import RequestEvent
@@ -78,10 +80,10 @@ def _naive_moe(moe, x: torch.Tensor) -> torch.Tensor:
     out = torch.zeros_like(x)
     for t in range(x.shape[0]):
         for e, w in zip(chosen[t].tolist(), weights[t].tolist()):
-            gate, up = (x[t] @ moe.w13[e]).chunk(2)
-            out[t] += w * ((F.silu(gate) * up) @ moe.w2[e])
-        gate, up = (x[t] @ moe.shared_w13).chunk(2)
-        out[t] += (F.silu(gate) * up) @ moe.shared_w2
+            gate, up = (moe.w13[e] @ x[t]).chunk(2)
+            out[t] += w * (moe.w2[e] @ (F.silu(gate) * up))
+        gate, up = (moe.shared_w13 @ x[t]).chunk(2)
+        out[t] += moe.shared_w2 @ (F.silu(gate) * up)
     return out
 
 
@@ -97,14 +99,15 @@ def test_grouped_gemm_moe_equals_naive_reference(tokens):
     assert torch.equal(counts, torch.bincount(chosen.flatten(), minlength=cfg.routed_experts).int())
 
 
-def test_padded_fallback_equals_grouped_mm_including_empty_experts():
+@pytest.mark.parametrize("matmul", [grouped_mm, grouped_mm_padded, expert_loop])
+@pytest.mark.parametrize("out_features", [8, 1024])  # the loop's oneDNN takes weights of a MiB or more
+def test_every_expert_product_equals_the_plain_one_including_empty_experts(matmul, out_features):
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(10, 16, generator=gen)
-    w = torch.randn(4, 16, 8, generator=gen)
+    x = torch.randn(10, 256, generator=gen)
+    w = torch.randn(4, out_features, 256, generator=gen)  # [experts, out, in]
     offs = torch.tensor([3, 3, 9, 10], dtype=torch.int32)  # expert 1 gets no rows
-    expected = torch.cat([x[:3] @ w[0], x[3:9] @ w[2], x[9:] @ w[3]])
-    torch.testing.assert_close(grouped_mm_padded(x, w, offs), expected)
-    torch.testing.assert_close(grouped_mm(x, w, offs), expected)
+    expected = torch.cat([x[:3] @ w[0].T, x[3:9] @ w[2].T, x[9:] @ w[3].T])
+    torch.testing.assert_close(matmul(x, w, offs), expected, rtol=1e-5, atol=1e-4)  # sums of 256 terms
 
 
 def test_router_skew_concentrates_load():
@@ -169,11 +172,10 @@ def test_decode_survives_preemption_with_the_same_tokens():
 @pytest.mark.parametrize("grouping", ["ragged", "same-length"])
 def test_make_batch_matches_a_sequence_at_a_time_reference(grouping):
     """The batch is built a column at a time; here it is rebuilt one sequence at a time, plainly."""
-    from engine.kv_cache import BlockAllocator
-
     alloc = BlockAllocator(4096, block_size=4)
     rng = np.random.default_rng(5)
-    spec = [(0, 7), (9, 1), (3, 5), (21, 1), (9, 3), (0, 1), (40, 1)]  # (cached tokens, this tick's tokens)
+    # (cached tokens, this tick's tokens): decodes, whole prompts, continued prompts, two alike
+    spec = [(0, 7), (9, 1), (3, 5), (21, 1), (9, 3), (0, 1), (40, 1), (3, 5)]
     chunks = []
     for i, (start, n) in enumerate(spec):
         alloc.grow(100 + i, start + n + int(rng.integers(0, 9)))  # tables may run past this chunk
@@ -190,17 +192,75 @@ def test_make_batch_matches_a_sequence_at_a_time_reference(grouping):
     assert batch.slots.tolist() == [slot(c, p) for c in chunks for p in range(c.start, c.start + len(c.tokens))]
     ends = np.cumsum([len(c.tokens) for c in chunks]) - 1
     assert batch.sample_index.tolist() == [int(e) for e, c in zip(ends, chunks) if c.sample]
-    seen = []
-    for g in batch.groups:
-        rows = g.token_index.tolist()
-        members = sorted({i for i, c in enumerate(chunks) for r in rows
-                          if sum(len(x.tokens) for x in chunks[:i]) <= r < sum(len(x.tokens) for x in chunks[:i + 1])})
-        seen += members
+
+    first_row = np.cumsum([0] + [len(c.tokens) for c in chunks])
+    seq_of_row = np.repeat(np.arange(len(chunks)), [len(c.tokens) for c in chunks])
+    kv_len = np.array([c.start + len(c.tokens) for c in chunks])
+    group = attention_groups(kv_len, grouping)
+    rows_seen, calls_of_group = [], {}
+    for call in batch.attention:
+        rows = call.rows.tolist() if call.rows is not None else list(range(len(seq_of_row)))
+        members = list(dict.fromkeys(seq_of_row[rows].tolist()))
+        assert rows == [r for i in members for r in range(first_row[i], first_row[i + 1])]  # whole, in order
+        rows_seen += rows
+        assert len({int(group[i]) for i in members}) == 1  # a call never spans attention groups
+        calls_of_group.setdefault(int(group[members[0]]), []).append(call)
+        assert all(len(chunks[i].tokens) == call.q for i in members)
+        assert call.kv_len.tolist() == kv_len[members].tolist()
+        same = len(set(kv_len[members])) == 1
+        assert call.kv == (int(kv_len[members[0]]) if same else None)
+        if call.q > 1:
+            assert same  # prefill chunks share a call only when their shape is the same
         for b, i in enumerate(members):
-            c = chunks[i]
-            kv_len = c.start + len(c.tokens)
-            assert g.kv_slots[b, :kv_len].tolist() == [slot(c, p) for p in range(kv_len)]
-            for q in range(len(c.tokens)):
-                assert g.mask[b, 0, q].tolist() == [k <= c.start + q for k in range(g.kv_slots.shape[1])]
-        assert g.identity == (g.q_max == 1 and len(members) == len(chunks))
-    assert sorted(seen) == list(range(len(chunks)))
+            used = -(-kv_len[i] // 4)
+            assert call.block_table[b, :used].tolist() == chunks[i].blocks[:used]
+            assert (call.block_table[b, used:] == 0).all()
+    assert sorted(rows_seen) == list(range(len(seq_of_row)))
+    for g, calls in calls_of_group.items():  # one call for a group's decodes, one per prefill shape
+        members = np.flatnonzero(group == g)
+        shapes = {(len(chunks[i].tokens), kv_len[i] if len(chunks[i].tokens) > 1 else 0) for i in members}
+        assert len(calls) == len(shapes)
+
+
+MIXED = [(0, 7), (9, 1), (3, 5), (21, 1), (9, 3), (0, 1), (40, 1), (3, 5), (21, 1)]
+
+
+@pytest.mark.parametrize("spec", [MIXED, [(0, 9)], [(0, 6)] * 3, [(5, 4)] * 2, [(17, 1), (17, 1)]],
+                         ids=["mixed", "one-prompt", "prompts-alike", "continued-alike", "decodes-alike"])
+@pytest.mark.parametrize("grouping", ["ragged", "same-length"])
+def test_attention_over_blocks_equals_attention_over_each_sequence_alone(grouping, spec):
+    """Every kind of call (decodes of mixed lengths, whole prompts, continued prompts; with and without
+    a mask; the whole batch in one call or not) against plain causal attention over each sequence's keys."""
+    cfg = get_preset("tiny")
+    model = Transformer(cfg, CPU, torch.float32, seed=2)
+    kv = KVCache(cfg, 1024, CPU, torch.float32, block_size=4)
+    gen = torch.Generator().manual_seed(0)
+    chunks = []
+    for i, (start, n) in enumerate(spec):
+        kv.allocator.grow(i, start + n)
+        chunks.append(SeqChunk([0] * n, start, kv.allocator.blocks(i, start + n), 4, True))
+    attention = model.layers[0].attention
+    layer_k, layer_v = kv.k[0], kv.v[0]
+    layer_k.copy_(torch.randn(layer_k.shape, generator=gen))  # whatever the cache held before
+    layer_v.copy_(torch.randn(layer_v.shape, generator=gen))
+    batch = make_batch(chunks, CPU, grouping)
+    T = batch.tokens.shape[0]
+    x = torch.randn(T, cfg.hidden, generator=gen)
+    cos, sin = model.rope_cos.index_select(0, batch.positions), model.rope_sin.index_select(0, batch.positions)
+    with torch.inference_mode():
+        got = attention(x, batch, cos, sin, layer_k, layer_v)
+        H, KVH, D = cfg.heads, cfg.kv_heads, cfg.head_dim
+        q = apply_rope(linear(x, attention.wqkv).view(T, -1, D)[:, :H], cos, sin)
+        row = 0
+        expected = []
+        for c in chunks:
+            n, kv_len = len(c.tokens), c.start + len(c.tokens)
+            slots = [c.blocks[p // 4] * 4 + p % 4 for p in range(kv_len)]
+            keys = layer_k[slots].repeat_interleave(H // KVH, dim=1).transpose(0, 1)  # [H, kv, D]
+            values = layer_v[slots].repeat_interleave(H // KVH, dim=1).transpose(0, 1)
+            scores = q[row:row + n].transpose(0, 1) @ keys.transpose(1, 2) / D**0.5  # [H, n, kv]
+            visible = torch.arange(kv_len)[None, :] <= (c.start + torch.arange(n))[:, None]
+            probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+            expected.append((probs @ values).transpose(0, 1).reshape(n, H * D))
+            row += n
+        torch.testing.assert_close(got, torch.cat(expected) @ attention.wo.T, rtol=1e-5, atol=1e-5)

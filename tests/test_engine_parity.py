@@ -11,48 +11,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import Glm4MoeForCausalLM
 
-from engine.config import ModelConfig, get_preset
+from engine.batch import SeqChunk, make_batch
+from engine.config import get_preset
 from engine.engine import Engine
-from engine.hf_config import glm4_moe_config
+from engine.hf_config import hf_twin
 from engine.kv_cache import KVCache
-from engine.model import SeqChunk, Transformer, make_batch
+from engine.model import Transformer
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
 
 CPU = torch.device("cpu")
-
-
-def hf_twin(ours: Transformer, experts_backend: str = "eager") -> Glm4MoeForCausalLM:
-    """A transformers model of the same shape, holding copies of our weights."""
-    cfg: ModelConfig = ours.cfg
-    config = glm4_moe_config(cfg, attention="eager", experts=experts_backend)
-    dtype = ours.embed.dtype
-    hf = Glm4MoeForCausalLM(config).to(dtype).eval()
-    q, kv = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    shared = cfg.shared_experts * cfg.moe_intermediate
-    with torch.no_grad():
-        hf.model.embed_tokens.weight.copy_(ours.embed)
-        hf.model.norm.weight.copy_(ours.norm.weight)
-        hf.lm_head.weight.copy_(ours.lm_head.T)
-        for mine, theirs in zip(ours.layers, hf.model.layers):
-            a, m = mine.attention, mine.moe
-            theirs.self_attn.q_proj.weight.copy_(a.wqkv[:, :q].T)
-            theirs.self_attn.k_proj.weight.copy_(a.wqkv[:, q:q + kv].T)
-            theirs.self_attn.v_proj.weight.copy_(a.wqkv[:, q + kv:].T)
-            theirs.self_attn.o_proj.weight.copy_(a.wo.T)
-            theirs.input_layernorm.weight.copy_(mine.attention_norm.weight)
-            theirs.post_attention_layernorm.weight.copy_(mine.moe_norm.weight)
-            # routing stays in float32 on both sides, as DeepSeek-V3 and GLM-4.5 checkpoints keep it
-            theirs.mlp.gate.weight.data = m.router.T.clone()
-            theirs.mlp.gate.e_score_correction_bias.data = m.popularity_bias.clone()
-            theirs.mlp.experts.gate_up_proj.copy_(m.w13.transpose(1, 2))
-            theirs.mlp.experts.down_proj.copy_(m.w2.transpose(1, 2))
-            theirs.mlp.shared_experts.gate_proj.weight.copy_(m.shared_w13[:, :shared].T)
-            theirs.mlp.shared_experts.up_proj.weight.copy_(m.shared_w13[:, shared:].T)
-            theirs.mlp.shared_experts.down_proj.weight.copy_(m.shared_w2.T)
-    return hf
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -60,7 +29,7 @@ def hf_twin(ours: Transformer, experts_backend: str = "eager") -> Glm4MoeForCaus
 def test_moe_layer_matches_transformers(dtype, tol, backend):
     cfg = get_preset("tiny", router_skew=0.3)
     ours = Transformer(cfg, CPU, dtype, seed=4)
-    hf = hf_twin(ours, backend)
+    hf = hf_twin(ours, experts=backend)
     gen = torch.Generator().manual_seed(0)
     for tokens in (1, 7, 64):  # several random batches
         x = torch.randn(tokens, cfg.hidden, generator=gen).to(dtype)

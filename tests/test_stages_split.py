@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from engine.batch import SeqChunk
 from engine.config import get_preset
 from engine.distributed import pick_device
 from engine.errors import ConfigError
 from engine.kv_cache import BlockAllocator
 from engine.launch import launch_stages
-from engine.model import SeqChunk, Transformer
+from engine.model import Transformer
 from engine.pipeline import (
     balance_layers,
     explicit_layers,
