@@ -52,6 +52,7 @@ class ForwardBatch:
     block_size: int
     # [T] bool: rows whose expert choices count in the tick's load (False for padding); None = all
     counted: Tensor | None = None
+    fixed_shapes: bool = False  # the step is captured or compiled: nothing in it may read back to the host
 
 
 def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

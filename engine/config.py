@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
 
 import torch
 
@@ -75,7 +76,12 @@ class ModelConfig:
     def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype.itemsize
 
-    def as_dict(self) -> dict:
+    def largest_weight_bytes(self, dtype: torch.dtype) -> int:
+        """The largest single weight: a layer's stacked gate|up experts, or the embedding."""
+        return max(self.routed_experts * self.hidden * 2 * self.moe_intermediate, self.vocab_size * self.hidden) \
+            * dtype.itemsize
+
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -100,7 +106,7 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def get_preset(name: str, **overrides) -> ModelConfig:
+def get_preset(name: str, **overrides: Any) -> ModelConfig:
     """A preset by name, with fields replaced (e.g. `layers=8`), validated."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}' (choose from: {', '.join(PRESETS)})")
@@ -128,16 +134,53 @@ def available_bytes(device: torch.device) -> int:
         return 1 << 62
 
 
-def check_fits(cfg: ModelConfig, device: torch.device, kv_capacity_tokens: int) -> None:
-    """Refuse, before allocating, a model + KV cache that the device cannot hold."""
+class TickLimits(Protocol):
+    """What bounds the largest tick: the scheduler's knobs (SchedulerConfig has them)."""
+
+    max_tokens: int
+    max_seqs: int
+    prefill_chunk: int
+    kv_capacity_tokens: int
+
+
+def activation_bytes(cfg: ModelConfig, dtype: torch.dtype, tick: TickLimits, padded_experts: bool = False) -> int:
+    """A generous peak of what one forward pass of the largest tick the scheduler can build holds
+    besides weights and KV cache: max_tokens rows, as prefill chunks of up to prefill_chunk tokens
+    against up to max_seq_len keys, or max_seqs decodes at the longest context. One layer's worth:
+    a layer's activations are freed before the next layer's are made. `padded_experts`: the decode
+    graphs multiply every expert by all of a decode tick's rows (engine/kernels.py)."""
+    t, item, h, i, k = tick.max_tokens, dtype.itemsize, cfg.hidden, cfg.moe_intermediate, cfg.top_k
+    keys = min(cfg.max_seq_len, tick.kv_capacity_tokens)
+    qkv = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim
+    residual = 4 * t * h * item  # the layer's input, its attention output, a normed copy, their sum
+    projections = t * (qkv + cfg.heads * cfg.head_dim) * item + 2 * t * qkv * 4  # + RoPE in float32
+    kv_row = 2 * cfg.kv_heads * cfg.head_dim * item  # one key's K and V, gathered from the cache
+    decodes = tick.max_seqs * keys * kv_row
+    chunk = min(tick.prefill_chunk, t, keys)
+    prompts = max(1, min(tick.max_seqs, t // chunk))  # alike prefill chunks share one attention call
+    # gathered keys, float32 scores and the mask, for kernels that make them (SDPA's math path)
+    prefill = prompts * keys * (kv_row + cfg.heads * chunk * 4 + chunk * cfg.heads // cfg.kv_heads)
+    rows = t * k  # (token, expert) pairs: sorted copies of the rows, gate|up, the activation, down
+    experts = rows * (2 * h + 4 * i) * item + t * cfg.routed_experts * 4 + t * 3 * i * cfg.shared_experts * item
+    if padded_experts:
+        experts += cfg.routed_experts * tick.max_seqs * k * (h + 2 * i) * item
+    logits = tick.max_seqs * cfg.vocab_size * 4
+    return residual + projections + max(decodes, prefill) + experts + logits
+
+
+def check_fits(cfg: ModelConfig, device: torch.device, tick: TickLimits, padded_experts: bool = False) -> None:
+    """Refuse, before allocating, a model + KV cache + the largest tick's activations that the device
+    cannot hold. Weights are drawn in one layout and stored in another: the largest, twice, for a moment."""
     dtype = cfg.torch_dtype(device)
-    params = cfg.param_bytes(dtype)
-    kv = cfg.kv_bytes_per_token(dtype) * kv_capacity_tokens
+    params = cfg.param_bytes(dtype) + cfg.largest_weight_bytes(dtype)
+    kv = cfg.kv_bytes_per_token(dtype) * tick.kv_capacity_tokens
+    activations = activation_bytes(cfg, dtype, tick, padded_experts)
     have = available_bytes(device)
-    if params + kv > have:
+    if params + kv + activations > have:
         raise ConfigError(
-            f"preset '{cfg.name}' needs {_gb(params + kv)} on {device} (weights {_gb(params)} + KV cache "
-            f"{_gb(kv)}) but only {_gb(have)} is available; use fewer layers or a smaller KV capacity"
+            f"preset '{cfg.name}' needs {_gb(params + kv + activations)} on {device} (weights {_gb(params)} + "
+            f"KV cache {_gb(kv)} + the largest tick's activations {_gb(activations)}) but only {_gb(have)} is "
+            f"available; use fewer layers, a smaller KV capacity or smaller ticks (max_tokens, max_seqs)"
         )
 
 

@@ -9,9 +9,14 @@ host time than the GPU spends on the step.
 Inputs travel in one pinned host buffer and one copy: tokens, positions, the slot each new K/V goes
 to, context lengths and block tables; which keys each row sees is computed from them on the device.
 Padding rows write their K/V to the cache's scratch slot, attend to that one key, and are left out
-of the expert load (they still pass through the experts: the price of a fixed shape). The first tick
-of a bucket pays for its capture (a warm-up run, then the capture), and the trace marks it; later
-ticks replay it.
+of the expert load (they still pass through the experts: the price of a fixed shape).
+
+Every bucket the engine can run (batch up to max_seqs, context up to what a sequence can hold) is
+captured up front, when the first decode tick comes, and the trace marks that tick: mid-run, each
+new bucket's capture would hold a tick up, and there are over a hundred for ds2-lite. Captures are
+made on a side stream that waits for the current one, without torch's `graph` context, which
+synchronises the device and empties its caches for each, and which leaves the capture stream
+current when a capture fails at its end: here the stream in use before is always restored.
 
 With a compile backend, the padded forward pass goes through torch.compile first (fullgraph, dynamic
 shapes: one compile serves every bucket but batch 1, which is specialised), and the graph captures the
@@ -26,6 +31,9 @@ the tests check it.
 from __future__ import annotations
 
 import bisect
+import time
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,6 +84,9 @@ class _Bucket:
 class DecodeGraphs:
     """Runs decode-only ticks padded to buckets: replayed CUDA graphs on the GPU, eagerly on the CPU."""
 
+    # the CUDA API the captures go through: the tests put a stand-in here, to fail a capture on the CPU
+    cuda: ModuleType | Any = torch.cuda
+
     def __init__(self, model: Transformer, kv: KVCache, max_seqs: int, compile_backend: str | None = None,
                  required: bool = True) -> None:
         self.model, self.kv = model, kv
@@ -87,7 +98,8 @@ class DecodeGraphs:
         self.device = kv.k.device
         self.capture = self.device.type == "cuda"
         self.block_size = kv.allocator.block_size
-        max_context = -(-model.cfg.max_seq_len // self.block_size) * self.block_size
+        longest = min(model.cfg.max_seq_len, kv.allocator.capacity_tokens)  # the most a sequence can hold
+        max_context = -(-longest // self.block_size) * self.block_size
         self.batch_buckets = buckets(max_seqs)
         self.context_buckets = buckets(max_context, self.block_size, _MIN_CONTEXT)
         largest = self.batch_buckets[-1]
@@ -98,12 +110,14 @@ class DecodeGraphs:
         self._inputs = torch.empty(size, dtype=torch.int64, device=self.device) if self.capture else host
         self._buckets: dict[tuple[int, int], _Bucket] = {}
         self.captured: list[tuple[int, int]] = []  # (batch, context) of each graph, in capture order
-        self._pool = torch.cuda.graph_pool_handle() if self.capture else None
+        self.used: set[tuple[int, int]] = set()  # (batch, context) of every bucket a tick ran in
+        self.note = ""  # what the last `run` did besides the tick (the warm-up), for the trace's marks
+        self._pool: Any = None
 
     @property
     def buckets_used(self) -> list[tuple[int, int]]:
-        """(batch, context) of every bucket run so far: on CUDA, the graphs captured."""
-        return sorted(self._buckets)
+        """(batch, context) of every bucket a tick ran in so far."""
+        return sorted(self.used)
 
     def takes(self, chunks: list[SeqChunk]) -> bool:
         """Whether this tick is decode only and fits the largest bucket (and the graphs are on)."""
@@ -116,19 +130,50 @@ class DecodeGraphs:
     def run(self, chunks: list[SeqChunk]) -> Tensor:
         """The tick's greedy tokens [B'] then expert load [layers * experts], int32, on the device; the
         first len(chunks) tokens are the real rows'. Check `takes` first."""
-        n = len(chunks)
+        self.note = ""
+        if self.capture and not self.captured:
+            self.warm_up()
         context = np.array([c.start + 1 for c in chunks])
-        seqs = _bucket_for(self.batch_buckets, n)
-        bucket = self._bucket(seqs, _bucket_for(self.context_buckets, int(context.max())))
+        seqs = _bucket_for(self.batch_buckets, len(chunks))
+        longest = _bucket_for(self.context_buckets, int(context.max()))
+        assert seqs is not None and longest is not None, "takes() said the tick fits"
+        bucket = self._bucket(seqs, longest)
+        self.used.add((bucket.seqs, bucket.context))
         self._fill(bucket, chunks, context)
+        self._send(bucket)
+        if bucket.graph is None:  # the CPU
+            return self._step(bucket)
+        bucket.graph.replay()
+        assert bucket.out is not None
+        return bucket.out
+
+    def turn_off(self, reason: str) -> None:
+        """No decode tick goes to the graphs from now on; those captured are released."""
+        self.failed = reason
+        for bucket in self._buckets.values():
+            if bucket.graph is not None:
+                bucket.graph.reset()
+            bucket.graph = bucket.out = None
+
+    def warm_up(self) -> None:
+        """Capture every bucket, smallest first. Their inputs are padding rows only, so the runs that
+        capture them write K/V to the scratch block alone; replays read the real inputs."""
+        start = time.monotonic()
+        for seqs in self.batch_buckets:
+            for context in self.context_buckets:
+                bucket = self._bucket(seqs, context)
+                self._fill(bucket, [], np.zeros(0, np.int64))
+                self._send(bucket)
+                self._capture(bucket)
+        compiled = f", compiled by {self.compile_backend}" if self.compile_backend else ""
+        self.note = (f"decode graphs: {len(self.captured)} captured up front{compiled} (batch "
+                     f"{self.batch_buckets[0]}-{self.batch_buckets[-1]} x context {self.context_buckets[0]}-"
+                     f"{self.context_buckets[-1]}) in {time.monotonic() - start:.2f} s: this tick includes it")
+
+    def _send(self, bucket: _Bucket) -> None:
+        """The bucket's inputs to the device, in one copy from the pinned buffer (on the CPU, nothing)."""
         if self._inputs is not self._host:
             self._inputs[:bucket.size].copy_(self._host[:bucket.size], non_blocking=True)
-        if not self.capture:
-            return self._step(bucket)
-        if bucket.graph is None:
-            self._capture(bucket)
-        bucket.graph.replay()
-        return bucket.out
 
     def _bucket(self, seqs: int, context: int) -> _Bucket:
         key = (seqs, context)
@@ -143,16 +188,17 @@ class DecodeGraphs:
         n, b = len(chunks), bucket.seqs
         host = self._host_np[:bucket.size]
         host[:] = 0
-        slots = KVSlots(chunks)
-        rows = np.arange(n)
-        host[:n] = [c.tokens[0] for c in chunks]
-        host[b:b + n] = context - 1
-        host[2 * b:2 * b + n] = slots(rows, context - 1)
-        host[2 * b + n:3 * b] = self.kv.scratch_slot
-        host[3 * b:3 * b + n] = context
-        host[3 * b + n:4 * b] = 1
         table = host[4 * b:].reshape(b, bucket.blocks)
-        table[:n] = slots.table(rows, context, bucket.blocks)
+        if n:
+            slots = KVSlots(chunks)
+            rows = np.arange(n)
+            host[:n] = [c.tokens[0] for c in chunks]
+            host[b:b + n] = context - 1
+            host[2 * b:2 * b + n] = slots(rows, context - 1)
+            host[3 * b:3 * b + n] = context
+            table[:n] = slots.table(rows, context, bucket.blocks)
+        host[2 * b + n:3 * b] = self.kv.scratch_slot
+        host[3 * b + n:4 * b] = 1
         table[n:, 0] = self.kv.scratch_slot // self.block_size
 
     def _forward(self, bucket: _Bucket) -> Tensor:
@@ -160,21 +206,32 @@ class DecodeGraphs:
         attention = AttnCall(None, bucket.block_table, bucket.context_len, 1, None)
         batch = ForwardBatch(bucket.tokens, bucket.positions, bucket.slots, [attention],
                              torch.arange(bucket.seqs, device=self.device), self.block_size,
-                             counted=bucket.slots != self.kv.scratch_slot)
+                             counted=bucket.slots != self.kv.scratch_slot, fixed_shapes=True)
         logits, counts = self.model(batch, self.kv.k, self.kv.v)
         return torch.cat([logits.argmax(dim=-1).to(torch.int32), counts.flatten()])
 
     def _capture(self, bucket: _Bucket) -> None:
-        # A warm-up run on a side stream first, as capture requires (cuBLAS and the allocator settle
-        # there). It computes exactly what the replay will: the same inputs, the same K/V written.
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self._step(bucket)  # and compiles, the first time
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: the load generator and the trace writer run on other threads meanwhile
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            bucket.out = self._step(bucket)
-        bucket.graph = graph
+        """Capture `bucket`'s forward pass on a side stream that first runs it once uncaptured (cuBLAS
+        and the allocator settle there; compiling happens then, the first time). Whatever fails, in
+        the region or at the capture's end, the stream in use before is current again after."""
+        cuda = self.cuda
+        if self._pool is None:
+            self._pool = cuda.graph_pool_handle()
+        current = cuda.current_stream(self.device)
+        side = cuda.Stream(self.device)
+        side.wait_stream(current)
+        graph = cuda.CUDAGraph()
+        cuda.set_stream(side)
+        try:
+            self._step(bucket)
+            # thread_local: the load generator and the trace writer run on other threads meanwhile
+            graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
+            try:
+                out = self._step(bucket)
+            finally:
+                graph.capture_end()  # ends the capture even when the region failed (it then raises)
+        finally:
+            cuda.set_stream(current)
+        current.wait_stream(side)
+        bucket.graph, bucket.out = graph, out
         self.captured.append((bucket.seqs, bucket.context))

@@ -20,6 +20,7 @@ from engine.decode_graphs import DecodeGraphs
 from engine.distributed import StageGroup
 from engine.distributed_stages import DistributedExecutor
 from engine.errors import ConfigError, EngineFailed
+from engine.kernels import choose_expert_matmuls, grouped_mm_padded
 from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.pipeline import check_stage_fits, plan_pipeline, split_micro_batches
@@ -69,15 +70,16 @@ class Engine:
         self.device = resolve_device(device) if stage_group is None else stage_group.device
         self.dtype = model_cfg.torch_dtype(self.device)
         owned = None if stage_group is None else self.pipeline.stage_layers[0]
-        if owned is None:
-            check_fits(model_cfg, self.device, sched_cfg.kv_capacity_tokens)
-        else:
-            check_stage_fits(model_cfg, self.device, owned, sched_cfg.kv_capacity_tokens)
-        self.recorder = recorder
         graphs, compile_backend = self._decode_graphs_wanted()
         # a decode step captured as a CUDA graph or compiled must not read back to the host
         fixed_shapes = graphs and (self.device.type == "cuda" or compile_backend is not None)
-        self.model = Transformer(model_cfg, self.device, self.dtype, seed, owned=owned, fixed_shapes=fixed_shapes)
+        matmuls = choose_expert_matmuls(model_cfg, self.device, self.dtype, fixed_shapes)
+        if owned is None:
+            check_fits(model_cfg, self.device, sched_cfg, padded_experts=matmuls.fixed.fn is grouped_mm_padded)
+        else:
+            check_stage_fits(model_cfg, self.device, owned, sched_cfg)
+        self.recorder = recorder
+        self.model = Transformer(model_cfg, self.device, self.dtype, seed, owned=owned, expert_matmuls=matmuls)
         self.kv = KVCache(model_cfg, sched_cfg.kv_capacity_tokens, self.device, self.dtype,
                           sched_cfg.kv_block_size, layers=None if owned is None else len(owned))
         self.scheduler = Scheduler(sched_cfg, self.kv.allocator)
@@ -168,6 +170,7 @@ class Engine:
         cfg["dtype"] = str(self.dtype).removeprefix("torch.")
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         distributed = {} if self.stage_group is None else {"distributed": self.stage_group.describe()}
+        matmuls = self.model.expert_matmuls
         return {
             "model": cfg,
             # has_window: whether to show window_ms, for readers that cannot import the policies
@@ -177,8 +180,10 @@ class Engine:
             "param_bytes": self.model_cfg.param_bytes(self.dtype),
             "kv_bytes_per_token": self.model_cfg.kv_bytes_per_token(self.dtype),
             "kv_capacity_tokens": self.kv.allocator.capacity_tokens,
-            "expert_matmul": self.model.expert_matmul.name,
-            "expert_matmul_reason": self.model.expert_matmul.reason,
+            "expert_matmul": matmuls.eager.name,
+            "expert_matmul_reason": matmuls.eager.reason,
+            **({} if self.graphs is None else {"decode_graphs_expert_matmul": matmuls.fixed.name,
+                                               "decode_graphs_expert_matmul_reason": matmuls.fixed.reason}),
             # what was asked for; what ran is marked in the trace as it happens and when the engine stops
             "decode_graphs": "off" if self.graphs is None else "cuda graphs" if self.graphs.capture else "eager",
             "stage_layers": [[r.start, r.stop] for r in self.pipeline.stage_layers],

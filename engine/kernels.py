@@ -84,7 +84,7 @@ def expert_loop(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class ExpertMatmul:
-    """The expert product a model uses, and why (the trace header records both)."""
+    """An expert product, and why it was chosen (the trace header records both)."""
 
     fn: Callable[[Tensor, Tensor, Tensor], Tensor]
     reason: str
@@ -92,6 +92,23 @@ class ExpertMatmul:
     @property
     def name(self) -> str:
         return self.fn.__name__
+
+
+@dataclass(frozen=True)
+class ExpertMatmuls:
+    """The expert product of ticks run eagerly, and that of the decode graphs' step, which is captured
+    or compiled and so must read nothing back to the host. Eager ticks (prefill above all) never pay
+    for the fixed shapes: the padded product's E times the FLOPs and memory would be theirs too."""
+
+    eager: ExpertMatmul
+    fixed: ExpertMatmul
+
+
+def choose_expert_matmuls(cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
+                          fixed_shapes: bool) -> ExpertMatmuls:
+    """`fixed_shapes`: whether decode steps will be captured or compiled (else both are the eager one)."""
+    eager = choose_expert_matmul(cfg, device, dtype, fixed_shapes=False)
+    return ExpertMatmuls(eager, choose_expert_matmul(cfg, device, dtype, fixed_shapes=True) if fixed_shapes else eager)
 
 
 def _grouped_mm_runs(device: torch.device, dtype: torch.dtype) -> bool:

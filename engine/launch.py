@@ -149,13 +149,12 @@ def launch_stages(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: st
 def _check_local_fits(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, plan: PipelinePlan, device: str) -> None:
     """Before spawning: every stage on its own GPU, or all of them in this host's memory, must fit
     (a rank that failed to allocate would surface only as a broken connection)."""
-    kv = sched_cfg.kv_capacity_tokens
     first = pick_device(device, 0, plan.stages)[0]
     if first.type == "cpu":
-        check_fits(model_cfg, first, kv)  # the ranks share the host: the whole model and cache
+        check_fits(model_cfg, first, sched_cfg)  # the ranks share the host: the whole model and cache
         return
     for rank, layers in enumerate(plan.stage_layers):
-        check_stage_fits(model_cfg, pick_device(device, rank, plan.stages)[0], layers, kv)
+        check_stage_fits(model_cfg, pick_device(device, rank, plan.stages)[0], layers, sched_cfg)
 
 
 def _spawned_worker(index: int, world: int, port: int, model_cfg: ModelConfig, sched_cfg: SchedulerConfig,
@@ -185,7 +184,7 @@ def _serve(group: StageGroup, model_cfg: ModelConfig, sched_cfg: SchedulerConfig
     plan = _plan(model_cfg, sched_cfg)
     group.stage_layers = list(plan.stage_layers)
     try:
-        check_stage_fits(model_cfg, group.device, plan.stage_layers[group.rank], sched_cfg.kv_capacity_tokens)
+        check_stage_fits(model_cfg, group.device, plan.stage_layers[group.rank], sched_cfg)
         return serve_stage(group, model_cfg, sched_cfg, plan, seed)
     except RuntimeError as exc:
         lost = group.lost(exc)

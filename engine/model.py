@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from engine.batch import AttnCall, ForwardBatch
 from engine.config import ModelConfig
-from engine.kernels import ExpertMatmul, choose_expert_matmul, linear
+from engine.kernels import ExpertMatmuls, choose_expert_matmuls, linear
 
 # ---------------------------------------------------------------------------------------------------
 # Layers
@@ -126,7 +126,7 @@ class MoE(nn.Module):
     popularity_bias: Tensor
 
     def __init__(self, cfg: ModelConfig, gen: torch.Generator, device: torch.device, dtype: torch.dtype,
-                 matmul: ExpertMatmul) -> None:
+                 matmuls: ExpertMatmuls) -> None:
         super().__init__()
         h, i, e = cfg.hidden, cfg.moe_intermediate, cfg.routed_experts
         self.top_k = cfg.top_k
@@ -139,7 +139,7 @@ class MoE(nn.Module):
         shared = i * cfg.shared_experts
         self.shared_w13 = _weight(gen, device, dtype, h, 2 * shared, fan_in=h) if shared else None
         self.shared_w2 = _weight(gen, device, dtype, shared, h, fan_in=shared) if shared else None
-        self.matmul = matmul.fn
+        self.matmul, self.fixed_matmul = matmuls.eager.fn, matmuls.fixed.fn
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Chosen experts [T, k] and their weights [T, k] (float32)."""
@@ -148,9 +148,10 @@ class MoE(nn.Module):
         weights = scores.gather(1, chosen)
         return chosen, weights / weights.sum(-1, keepdim=True)
 
-    def forward(self, x: Tensor, counted: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, counted: Tensor | None = None, fixed_shapes: bool = False) -> tuple[Tensor, Tensor]:
         """Output [T, H] and tokens per expert [E] (int32, on the device), of the rows `counted`
-        ([T] bool) when given."""
+        ([T] bool) when given. `fixed_shapes`: the step is being captured or compiled."""
+        matmul = self.fixed_matmul if fixed_shapes else self.matmul
         chosen, weights = self.route(x)
         flat = chosen.flatten()
         # scatter_add, not bincount: bincount reads the max back to the host on CUDA
@@ -163,9 +164,9 @@ class MoE(nn.Module):
 
         order = flat.argsort(stable=True)  # (token, slot) pairs sorted by expert
         offs = counts.cumsum(0, dtype=torch.int32)
-        gate_up = self.matmul(x.index_select(0, order // self.top_k), self.w13, offs)
+        gate_up = matmul(x.index_select(0, order // self.top_k), self.w13, offs)
         gate, up = gate_up.chunk(2, dim=-1)
-        down = self.matmul(F.silu(gate) * up, self.w2, offs)
+        down = matmul(F.silu(gate) * up, self.w2, offs)
         unsorted = torch.empty_like(down).index_copy_(0, order, down).view(x.shape[0], self.top_k, -1)
         out = (unsorted * weights.to(x.dtype)[:, :, None]).sum(dim=1)  # a sum, not atomics: deterministic
 
@@ -177,17 +178,17 @@ class MoE(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, gen: torch.Generator, device: torch.device, dtype: torch.dtype,
-                 matmul: ExpertMatmul) -> None:
+                 matmuls: ExpertMatmuls) -> None:
         super().__init__()
         self.attention_norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
         self.attention = Attention(cfg, gen, device, dtype)
         self.moe_norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
-        self.moe = MoE(cfg, gen, device, dtype, matmul)
+        self.moe = MoE(cfg, gen, device, dtype, matmuls)
 
     def forward(self, x: Tensor, batch: ForwardBatch, cos: Tensor, sin: Tensor, k_cache: Tensor,
                 v_cache: Tensor) -> tuple[Tensor, Tensor]:
         h = x + self.attention(self.attention_norm(x), batch, cos, sin, k_cache, v_cache)
-        moe_out, counts = self.moe(self.moe_norm(h), batch.counted)
+        moe_out, counts = self.moe(self.moe_norm(h), batch.counted, batch.fixed_shapes)
         return h + moe_out, counts
 
 
@@ -206,18 +207,17 @@ class Transformer(nn.Module):
     """The whole decoder, or with `owned` only those layers (a pipeline stage in its own process): the
     embedding only on the stage holding layer 0, the LM head only on the one holding the last.
 
-    `fixed_shapes`: the decode step will be captured as a CUDA graph or compiled, so the expert product
-    must read nothing back to the host (engine/kernels.py chooses it, and says why in `expert_matmul`)."""
+    `expert_matmuls`: the expert products (engine/kernels.py), by default those of eager ticks only."""
 
     rope_cos: Tensor
     rope_sin: Tensor
 
     def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0,
-                 owned: range | None = None, fixed_shapes: bool = False) -> None:
+                 owned: range | None = None, expert_matmuls: ExpertMatmuls | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         owned = range(cfg.layers) if owned is None else owned
-        self.expert_matmul = choose_expert_matmul(cfg, device, dtype, fixed_shapes)
+        self.expert_matmuls = expert_matmuls or choose_expert_matmuls(cfg, device, dtype, fixed_shapes=False)
         gen = torch.Generator(device=device).manual_seed(seed)
         # Every weight is drawn, owned or not, so that the generator reaches each layer in the same
         # state on every stage; one not owned is dropped at once (peak memory: one extra layer).
@@ -225,7 +225,7 @@ class Transformer(nn.Module):
         self.embed = nn.Parameter(embed, requires_grad=False) if owned.start == 0 else None
         blocks: list[nn.Module] = []
         for i in range(cfg.layers):
-            block = Block(cfg, gen, device, dtype, self.expert_matmul)
+            block = Block(cfg, gen, device, dtype, self.expert_matmuls)
             blocks.append(block if i in owned else _Elsewhere(i))
             del block
         self.layers = nn.ModuleList(blocks)

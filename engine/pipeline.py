@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from engine.config import ModelConfig, available_bytes
+from engine.config import ModelConfig, TickLimits, activation_bytes, available_bytes
 from engine.errors import ConfigError
 from tracer.timeline import GPipe, Schedule
 
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------------
 # The stage split
@@ -97,7 +99,7 @@ def micro_batch_count(seqs: int, micro_batches: int, micro_batch_size: int) -> i
     return max(1, min(wanted, seqs))
 
 
-def split_micro_batches(items: list, micro_batches: int) -> list[list]:
+def split_micro_batches(items: list[T], micro_batches: int) -> list[list[T]]:
     """Consecutive items per micro-batch, as even in count as possible; never an empty one."""
     parts = np.array_split(np.arange(len(items)), max(1, min(micro_batches, len(items))))
     return [[items[i] for i in part] for part in parts]
@@ -166,14 +168,18 @@ def stage_param_bytes(cfg: ModelConfig, layers: range, itemsize: int) -> int:
     return params * itemsize
 
 
-def check_stage_fits(cfg: ModelConfig, device: torch.device, layers: range, kv_capacity_tokens: int) -> None:
-    """Refuse, before allocating, a stage (its weights + its layers' KV cache) its device cannot hold."""
+def check_stage_fits(cfg: ModelConfig, device: torch.device, layers: range, tick: TickLimits) -> None:
+    """Refuse, before allocating, a stage (its weights + its layers' KV cache + the largest tick's
+    activations, engine/config.py) its device cannot hold. Every layer is drawn, owned or not (model.py):
+    one more layer, and the largest weight twice, for a moment."""
     dtype = cfg.torch_dtype(device)
-    params = stage_param_bytes(cfg, layers, dtype.itemsize)
-    kv = cfg.kv_bytes_per_token(dtype) // cfg.layers * len(layers) * kv_capacity_tokens
+    params = stage_param_bytes(cfg, layers, dtype.itemsize) + layer_param_counts(cfg)[1] * dtype.itemsize \
+        + cfg.largest_weight_bytes(dtype)
+    kv = cfg.kv_bytes_per_token(dtype) // cfg.layers * len(layers) * tick.kv_capacity_tokens
+    need = params + kv + activation_bytes(cfg, dtype, tick)
     have = available_bytes(device)
-    if params + kv > have:
+    if need > have:
         raise ConfigError(
-            f"stage of layers {layers.start}-{layers.stop - 1} needs {(params + kv) / 1e9:.2f} GB on {device} "
-            f"but only {have / 1e9:.2f} GB is available; use more stages or a smaller KV capacity"
+            f"stage of layers {layers.start}-{layers.stop - 1} needs {need / 1e9:.2f} GB on {device} "
+            f"but only {have / 1e9:.2f} GB is available; use more stages, a smaller KV capacity or smaller ticks"
         )

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from engine.batch import SeqChunk, make_batch
 from engine.decode_graphs import DecodeGraphs
@@ -32,7 +34,7 @@ class ForwardResult:
     counts: np.ndarray  # expert load [layers, experts]
     forward_ns: int  # device time of the forward pass
     stage: StageEvent | None  # the pipeline cells, when there is a pipeline
-    note: str = ""  # what made this tick unusual, for the trace's marks (a graph captured in it)
+    note: str = ""  # what made this tick unusual, for the trace's marks (graphs captured in it)
 
 
 class CellClock:
@@ -47,7 +49,7 @@ class CellClock:
     def __init__(self, device: torch.device, anchor: bool = False) -> None:
         self.cuda = device.type == "cuda"
         self.anchor = anchor
-        self.marks: list = []
+        self.marks: list[Any] = []  # monotonic ns on the CPU, CUDA events on the GPU
         self.start_ns = 0
 
     def mark(self) -> None:
@@ -59,7 +61,7 @@ class CellClock:
             if self.anchor:
                 torch.cuda.synchronize()  # between ticks the device is idle: this costs nothing
             self.start_ns = time.monotonic_ns()
-        event = torch.cuda.Event(enable_timing=True)
+        event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         event.record()
         self.marks.append(event)
 
@@ -67,8 +69,10 @@ class CellClock:
         """ns since the first mark, for every mark (on the GPU, once the last mark has run)."""
         if self.cuda:
             self.marks[-1].synchronize()  # a no-op after the tick's synchronisation; else it is that
-            return np.array([self.marks[0].elapsed_time(e) * 1e6 for e in self.marks], dtype=np.int64)
-        return np.array(self.marks, dtype=np.int64) - self.marks[0]
+            ns = np.array([self.marks[0].elapsed_time(e) * 1e6 for e in self.marks], dtype=np.int64)
+        else:
+            ns = np.array(self.marks, dtype=np.int64) - self.marks[0]
+        return ns
 
 
 def cells_from_marks(marks: np.ndarray, order: list[tuple[int, int]], stages: int,
@@ -95,15 +99,16 @@ class StageExecutor:
         """Decode-only ticks go to the decode graphs, when there are any; the rest run as cells.
         Graphs the engine chose by itself (`auto`) that fail to capture are turned off, and the
         run goes on eagerly; asked for (`on`), their failure ends it."""
-        if self.graphs is not None and self.graphs.takes(chunks):
+        graphs = self.graphs
+        if graphs is not None and graphs.takes(chunks):
             try:
-                return self._run_graph(chunks)
+                return self._run_graph(graphs, chunks)
             except RuntimeError as error:
-                if self.graphs.required:
+                if graphs.required:
                     raise
-                self.graphs.failed = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                graphs.turn_off(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
                 result = self._run_cells(chunks, tick, tick_start_ns)
-                result.note = f"decode graphs off from here on: capturing one failed ({self.graphs.failed})"
+                result.note = f"decode graphs off from here on: capturing one failed ({graphs.failed})"
                 return result
         return self._run_cells(chunks, tick, tick_start_ns)
 
@@ -115,22 +120,22 @@ class StageExecutor:
         cfg = model.cfg
         counts = torch.zeros(cfg.layers, cfg.routed_experts, device=self.device, dtype=torch.int32)
         order = run_order(plan.schedule, plan.stages, micro)
-        hidden: list = [None] * micro
-        logits: list = [None] * micro
+        hidden: dict[int, Tensor] = {}  # each micro-batch's activations, as far as it has come
+        logits: list[Tensor | None] = [None] * micro
         last = plan.stages - 1
         clock = CellClock(self.device)
         clock.mark()
         for s, m in order:
             layers, batch = plan.stage_layers[s], parts[m]
-            x = model.embed_tokens(batch) if s == 0 else hidden[m]
+            if s == 0:
+                hidden[m] = model.embed_tokens(batch)
             k, v = self.kv.k[layers.start:layers.stop], self.kv.v[layers.start:layers.stop]
-            hidden[m] = model.run_layers(x, batch, k, v, counts, layers)
+            hidden[m] = model.run_layers(hidden[m], batch, k, v, counts, layers)
             if s == last:
                 logits[m] = model.logits(hidden[m], batch)
             clock.mark()
-        next_tokens = torch.cat(logits).argmax(dim=-1).to(torch.int32)
-        # the tick's one host synchronisation: tokens and expert load in one copy
-        host = torch.cat([next_tokens, counts.flatten()]).cpu().numpy()
+        next_tokens = torch.cat([x for x in logits if x is not None]).argmax(dim=-1).to(torch.int32)
+        host = read_back(torch.cat([next_tokens, counts.flatten()]))
         n = len(next_tokens)
         marks = clock.read()
         stage = None
@@ -141,18 +146,19 @@ class StageExecutor:
             stage = StageEvent(tick, start + offset, end + offset, modelled_start + offset, modelled_end + offset)
         return ForwardResult(host[:n].tolist(), host[n:].reshape(counts.shape), int(marks[-1]), stage)
 
-    def _run_graph(self, chunks: list[SeqChunk]) -> ForwardResult:
+    def _run_graph(self, graphs: DecodeGraphs, chunks: list[SeqChunk]) -> ForwardResult:
         clock = CellClock(self.device)
         clock.mark()
-        captures = len(self.graphs.captured)
-        out = self.graphs.run(chunks)
+        out = graphs.run(chunks)
         clock.mark()
-        host = out.cpu().numpy()  # the tick's one host synchronisation
+        host = read_back(out)
         cfg = self.model.cfg
         counts = host[len(host) - cfg.layers * cfg.routed_experts:].reshape(cfg.layers, cfg.routed_experts)
-        note = ""
-        if len(self.graphs.captured) > captures:
-            seqs, context = self.graphs.captured[-1]
-            compiled = f", compiled by {self.graphs.compile_backend}" if self.graphs.compile_backend else ""
-            note = f"decode graph captured for batch {seqs}, context {context}{compiled}: this tick includes it"
-        return ForwardResult(host[:len(chunks)].tolist(), counts, int(clock.read()[-1]), None, note)
+        return ForwardResult(host[:len(chunks)].tolist(), counts, int(clock.read()[-1]), None, graphs.note)
+
+
+def read_back(device_values: Tensor) -> np.ndarray:
+    """The tick's one host synchronisation: its tokens and expert load, in one copy (a copy on the CPU
+    too: a replayed bucket writes its next output where this one was)."""
+    host: np.ndarray = device_values.to("cpu", copy=True).numpy()
+    return host

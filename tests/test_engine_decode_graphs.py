@@ -63,25 +63,119 @@ def test_the_padded_forward_compiles_as_one_graph_for_every_bucket():
     assert all((t == e).all() for t, e in zip(traced.load, eager.load, strict=True))
 
 
-def test_graphs_the_engine_chose_that_fail_to_capture_are_turned_off_and_the_run_goes_on():
-    """On the CPU a capture cannot succeed (no CUDA streams): that stands in for a GPU whose kernels
-    cannot be captured. Chosen by `auto`, the graphs are dropped with a mark; asked for, they fail the run."""
-    def as_auto_on_a_gpu(graphs):
-        graphs.capture, graphs.required = True, False
+class _Stream:
+    def __init__(self, name: str) -> None:
+        self.name = name
 
-    eager, fallen_back = mixed_run("cpu", "off"), mixed_run("cpu", "on", setup=as_auto_on_a_gpu)
-    assert fallen_back.engine.graphs.failed is not None
+    def wait_stream(self, other: _Stream) -> None: ...
+
+
+class _Graph:
+    """A CUDA graph that replays by running the captured forward pass again, eagerly."""
+
+    def __init__(self, cuda: FakeCuda) -> None:
+        self.cuda, self.replay_fn = cuda, None
+
+    def capture_begin(self, pool: object = None, capture_error_mode: str = "global") -> None:
+        assert self.cuda.current is not self.cuda.default, "captures run on a side stream"
+        self.cuda.capturing = self
+
+    def capture_end(self) -> None:
+        self.cuda.capturing = None
+        if self.cuda.fail:  # as CUDA does: a region that failed has invalidated its capture
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    def replay(self) -> None:
+        self.replay_fn()
+
+    def reset(self) -> None:
+        self.replay_fn = None
+
+
+class FakeCuda:
+    """The part of torch.cuda that the decode graphs capture with, on the CPU: streams that are only
+    names, graphs that replay eagerly; `fail` makes the captured region itself fail, as a host read
+    inside it does on a GPU ("operation not permitted when stream is capturing")."""
+
+    def __init__(self, graphs: DecodeGraphs, fail: bool = False) -> None:
+        self.default = self.current = _Stream("default")
+        self.capturing: _Graph | None = None
+        self.fail = fail
+        step = graphs._step
+
+        def captured_step(bucket):
+            if self.capturing is not None and self.fail:
+                raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+            out = step(bucket)
+            if self.capturing is not None:
+                self.capturing.replay_fn = lambda: out.copy_(step(bucket))
+            return out
+
+        graphs._step, graphs.cuda, graphs.capture = captured_step, self, True
+
+    def graph_pool_handle(self) -> object:
+        return object()
+
+    def current_stream(self, device: object = None) -> _Stream:
+        return self.current
+
+    def Stream(self, device: object = None) -> _Stream:  # noqa: N802 - torch.cuda's name
+        return _Stream("side")
+
+    def set_stream(self, stream: _Stream) -> None:
+        self.current = stream
+
+    def CUDAGraph(self) -> _Graph:  # noqa: N802 - torch.cuda's name
+        return _Graph(self)
+
+
+def test_every_bucket_is_captured_up_front_and_the_replays_give_the_eager_tokens():
+    apis = []
+
+    def on_a_gpu(graphs):
+        apis.append(FakeCuda(graphs))
+
+    eager, replayed = mixed_run("cpu", "off"), mixed_run("cpu", "on", setup=on_a_gpu)
+    graphs = replayed.engine.graphs
+    every = [(b, c) for b in graphs.batch_buckets for c in graphs.context_buckets]
+    assert graphs.captured == every and graphs.failed is None
+    assert set(graphs.buckets_used) < set(every) and len(graphs.buckets_used) > 3
+    assert apis[0].current is apis[0].default
+    # one mark, on the first decode tick: nothing is captured mid-run
+    assert [m.text.split(" (")[0] for m in replayed.marks] == [f"decode graphs: {len(every)} captured up front"]
+    first_decode = next(t.tick for t in replayed.ticks if t.prefill_tokens == 0)
+    assert replayed.marks[0].tick == first_decode and replayed.marks[0].text.endswith("this tick includes it")
+    assert replayed.tokens == eager.tokens
+    assert all((a == b).all() for a, b in zip(replayed.load, eager.load, strict=True))
+    real = slice(0, replayed.engine.kv.scratch_slot)  # the captures' runs wrote to the scratch block only
+    torch.testing.assert_close(replayed.engine.kv.k[:, real], eager.engine.kv.k[:, real], rtol=1e-5, atol=1e-5)
+
+
+def test_a_capture_whose_region_fails_restores_the_stream_and_auto_goes_on_eagerly():
+    """The captured region itself fails (and with it the capture's end): the stream in use before is
+    current again. Chosen by `auto`, the graphs are dropped with a mark; asked for, they fail the run."""
+    apis = []
+
+    def failing_on_a_gpu(graphs):
+        graphs.required = False
+        apis.append(FakeCuda(graphs, fail=True))
+
+    eager, fallen_back = mixed_run("cpu", "off"), mixed_run("cpu", "on", setup=failing_on_a_gpu)
+    assert apis[0].current is apis[0].default and apis[0].capturing is None
+    assert fallen_back.engine.graphs.failed.startswith("RuntimeError: CUDA error: operation failed")
     assert fallen_back.tokens == eager.tokens
     assert all((a == b).all() for a, b in zip(fallen_back.load, eager.load, strict=True))
     assert len(fallen_back.marks) == 1
     assert fallen_back.marks[0].text.startswith("decode graphs off from here on: capturing one failed")
 
     required = Engine(get_preset("tiny"), SchedulerConfig(decode_graphs="on"), device="cpu")
-    required.graphs.capture = True
+    cuda = FakeCuda(required.graphs, fail=True)
     required.submit(Request(0, [1, 2, 3], 4, Tokens()))
     required.step()  # the prefill tick runs eagerly
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="during capture") as failed:
         required.step()
+    assert "operation not permitted when stream is capturing" in str(failed.value.__context__)
+    assert cuda.current is cuda.default
 
 
 def _graphs(dtype: torch.dtype, max_seqs: int = 8) -> DecodeGraphs:
@@ -119,7 +213,7 @@ def test_the_captured_region_has_no_data_dependent_shapes_or_host_reads(matmul):
     depends on values (nonzero, bincount, boolean masks) raises: exactly what a CUDA graph cannot hold."""
     graphs = _graphs(torch.bfloat16)  # the dtype torch._grouped_mm is specified for on CUDA
     for layer in graphs.model.layers:
-        layer.moe.matmul = matmul
+        layer.moe.fixed_matmul = matmul
     bucket = graphs._bucket(4, 128)
     graphs._fill(bucket, _decode_chunks(graphs, [5, 70, 100]), np.array([5, 70, 100]))
     with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True):
@@ -142,9 +236,12 @@ def test_decode_graphs_on_refuses_a_pipeline_and_unknown_values():
         SchedulerConfig(decode_graphs="off", decode_compile="inductor").validate()
     with pytest.raises(ConfigError, match="decode_compile needs decode graphs"):
         Engine(get_preset("tiny"), SchedulerConfig(decode_compile="inductor"), device="cpu")  # auto: no graphs here
-    # float32 has no compilable grouped_mm: the expert product is padded instead, and the header says why
-    compiled = Engine(get_preset("tiny"), SchedulerConfig(decode_graphs="on", decode_compile="inductor"), device="cpu")
-    assert compiled.describe()["expert_matmul"] == "grouped_mm_padded"
-    assert compiled.describe()["expert_matmul_reason"].startswith("padded: fixed shapes asked for")
+    # float32 has no compilable grouped_mm: the compiled step's expert product is padded instead (eager
+    # ticks keep theirs), and the header says why
+    described = Engine(get_preset("tiny"), SchedulerConfig(decode_graphs="on", decode_compile="inductor"),
+                       device="cpu").describe()
+    assert described["expert_matmul"] == "grouped_mm"
+    assert described["decode_graphs_expert_matmul"] == "grouped_mm_padded"
+    assert described["decode_graphs_expert_matmul_reason"].startswith("padded: fixed shapes asked for")
     auto = Engine(get_preset("tiny"), SchedulerConfig(stages=2), device="cpu")
     assert auto.graphs is None and auto.describe()["decode_graphs"] == "off"  # auto: graphs on CUDA only

@@ -77,7 +77,7 @@ def prepare(plan: RecordingPlan) -> tuple[ModelConfig, SchedulerConfig, Workload
     sched_cfg.validate()
     device = resolve_device(plan.device)
     if not plan.distributed:  # a distributed rank holds only its stage; the ranks check that themselves
-        check_fits(model_cfg, device, sched_cfg.kv_capacity_tokens)
+        check_fits(model_cfg, device, sched_cfg)
     return model_cfg, sched_cfg, spec
 
 
