@@ -1,9 +1,13 @@
 """One pipeline stage per process, on torch.distributed: the process group, the device each rank
 uses, and the clock offsets between ranks.
 
-Two groups: activations go over the default group (NCCL between GPUs, gloo on the CPU); the tick's
-batch metadata, the per-tick results and the clock ping-pong go over a gloo group on the host
-(the default one when it is gloo already), so control never waits for a device copy.
+Activations go over the default group (NCCL between GPUs, gloo on the CPU); the tick's batch
+metadata, the per-tick results and the clock ping-pong over a gloo group on the host, so control
+never waits for a device copy. The announcement of each tick has a gloo group of its own, whose
+timeout no idle engine reaches (a long collection window, a gap in the load): the other ranks wait
+there between ticks. Every pair of ranks that exchanges activations sends once when the group is
+joined: NCCL builds a pair's communicator at its first message, which would otherwise be timed in
+the first tick, as a bubble.
 
 A rank that dies closes its connections: its peers' next message to or from it fails at once. A rank
 that hangs is noticed when a message waits past JOIN_TIMEOUT. Either way the error becomes StageLost
@@ -31,6 +35,8 @@ if TYPE_CHECKING:  # torch.distributed re-exports Store without __all__, which m
 # How long ranks wait for each other to join, and for any one message: a rank that died shows up
 # as an error after this, never as a recording that hangs forever.
 JOIN_TIMEOUT = datetime.timedelta(seconds=120)
+# How long the other ranks wait for rank 0 to announce the next tick: longer than any idle engine.
+IDLE_TIMEOUT = datetime.timedelta(days=365)
 CLOCK_ROUNDS = 16  # ping-pongs per rank; the one with the shortest round trip gives the offset
 # How long a rank that lost a peer waits to see that peer's process end (its connections close a
 # moment before its parent can see it has exited), to say how it ended.
@@ -63,6 +69,7 @@ class StageGroup:
     backend: str
     device: torch.device
     control: Any  # the gloo process group for metadata, results and clocks
+    announce: Any  # the gloo process group on which rank 0 announces each tick (IDLE_TIMEOUT)
     launcher: str  # "torch.multiprocessing" or "torchrun"
     clock_offsets_ns: list[int] = field(default_factory=list)
     clock_rtt_ns: list[int] = field(default_factory=list)
@@ -116,19 +123,32 @@ class StageGroup:
 
 
 def join(rank: int, world_size: int, device: str, local_rank: int, local_world_size: int, launcher: str,
-         store: Store | None = None) -> StageGroup:
+         store: Store | None = None, timeout: datetime.timedelta = JOIN_TIMEOUT) -> StageGroup:
     """Join the process group (from `store`, or torchrun's environment when None), then, on every
-    rank together, measure the clock offsets."""
+    rank together, send once over every activation link and measure the clock offsets. `timeout`:
+    how long a message of the control group may wait (joining and activations: JOIN_TIMEOUT; the
+    announcement of the next tick: IDLE_TIMEOUT)."""
     dev, backend = pick_device(device, local_rank, local_world_size)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=JOIN_TIMEOUT,
                             init_method=None if store is not None else "env://")
-    control = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
-    group = StageGroup(rank, world_size, backend, dev, control, launcher)
+    control = dist.new_group(backend="gloo", timeout=timeout)
+    announce = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
+    group = StageGroup(rank, world_size, backend, dev, control, announce, launcher)
+    warm_up_links(rank, world_size, dev)
     offsets, rtts = sync_clocks(rank, world_size, control)
     group.clock_offsets_ns, group.clock_rtt_ns = offsets, rtts
     return group
+
+
+def warm_up_links(rank: int, world_size: int, device: torch.device) -> None:
+    """One message down the pipeline, rank r to r + 1, over the activations' group and device."""
+    buf = torch.zeros(1, device=device)
+    if rank > 0:
+        dist.recv(buf, rank - 1)
+    if rank < world_size - 1:
+        dist.send(buf, rank + 1)
 
 
 def sync_clocks(rank: int, world_size: int, control: Any, rounds: int = CLOCK_ROUNDS) -> tuple[list[int], list[int]]:

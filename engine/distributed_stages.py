@@ -109,7 +109,7 @@ class DistributedExecutor:
         stages, micro = plan.stages, plan.micro_batches_for(len(chunks))
         split = split_micro_batches(chunks, micro)
         wire = torch.from_numpy(encode_tick(split))
-        dist.broadcast(torch.tensor([OP_TICK, tick, len(wire)]), 0, group=group.control)
+        dist.broadcast(torch.tensor([OP_TICK, tick, len(wire)]), 0, group=group.announce)
         dist.broadcast(wire, 0, group=group.control)
         counts = torch.zeros(cfg.layers, cfg.routed_experts, device=group.device, dtype=torch.int32)
         self._peer = 1  # stage 0 sends its activations to rank 1
@@ -142,7 +142,7 @@ class DistributedExecutor:
 
 def stop_workers(group: StageGroup) -> None:
     """Rank 0: tell every other rank that no tick follows."""
-    dist.broadcast(torch.tensor([OP_STOP, 0, 0]), 0, group=group.control)
+    dist.broadcast(torch.tensor([OP_STOP, 0, 0]), 0, group=group.announce)
 
 
 def serve_stage(group: StageGroup, model_cfg: ModelConfig, sched_cfg: SchedulerConfig, plan: PipelinePlan,
@@ -159,7 +159,7 @@ def serve_stage(group: StageGroup, model_cfg: ModelConfig, sched_cfg: SchedulerC
     ticks = 0
     with torch.inference_mode():
         while True:
-            dist.broadcast(head, 0, group=group.control)
+            dist.broadcast(head, 0, group=group.announce)  # as long as the engine idles
             if int(head[0]) == OP_STOP:
                 return ticks
             wire = torch.empty(int(head[2]), dtype=torch.int64)

@@ -8,6 +8,7 @@ wait for them; the others, torchrun's, see their connections to it close and exi
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import signal
@@ -118,8 +119,10 @@ def _threads_per_rank(world_size: int) -> int:
     return max(1, (os.cpu_count() or 1) // world_size)
 
 
-def launch_stages(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: str, seed: int) -> LaunchedStages:
-    """Rank 0's side: join the torchrun job this process belongs to, or spawn ranks 1..S-1."""
+def launch_stages(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: str, seed: int,
+                  timeout: datetime.timedelta = JOIN_TIMEOUT) -> LaunchedStages:
+    """Rank 0's side: join the torchrun job this process belongs to, or spawn ranks 1..S-1. `timeout`:
+    how long a control message may wait, when the ranks are spawned here (engine/distributed.join)."""
     world = sched_cfg.stages
     if world < 2:
         raise ConfigError("a distributed pipeline needs at least 2 stages (--stages)")
@@ -136,11 +139,12 @@ def launch_stages(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: st
         "127.0.0.1", 0, world, True, timeout=JOIN_TIMEOUT, wait_for_workers=False)
     # with join=False it returns the context; torch leaves it unannotated
     workers: ProcessContext = start_processes(  # type: ignore[no-untyped-call]  # torch: unannotated
-        _spawned_worker, args=(world, store.port, model_cfg, sched_cfg, device, seed),
+        _spawned_worker, args=(world, store.port, model_cfg, sched_cfg, device, seed, timeout),
         nprocs=world - 1, join=False, daemon=True, start_method="spawn")
     try:
         torch.set_num_threads(min(torch.get_num_threads(), _threads_per_rank(world)))
-        return LaunchedStages(join(0, world, device, 0, world, "torch.multiprocessing", store), workers, plan)
+        group = join(0, world, device, 0, world, "torch.multiprocessing", store, timeout)
+        return LaunchedStages(group, workers, plan)
     except BaseException:
         _join_or_kill(workers)
         raise
@@ -158,12 +162,12 @@ def _check_local_fits(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, plan: 
 
 
 def _spawned_worker(index: int, world: int, port: int, model_cfg: ModelConfig, sched_cfg: SchedulerConfig,
-                    device: str, seed: int) -> None:
+                    device: str, seed: int, timeout: datetime.timedelta) -> None:
     rank = index + 1  # the spawner is rank 0
     torch.set_num_threads(_threads_per_rank(world))
     store = dist.TCPStore(  # type: ignore[attr-defined]  # re-exported by torch.distributed without __all__
         "127.0.0.1", port, world, False, timeout=JOIN_TIMEOUT)
-    _serve(join(rank, world, device, rank, world, "torch.multiprocessing", store), model_cfg, sched_cfg, seed)
+    _serve(join(rank, world, device, rank, world, "torch.multiprocessing", store, timeout), model_cfg, sched_cfg, seed)
 
 
 def serve_from_env(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: str, seed: int) -> int:
