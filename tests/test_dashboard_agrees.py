@@ -402,3 +402,32 @@ def test_a_format_1_2_trace_reads_as_before(format_1_2_trace: Path):
     assert tracer.summarize(trace)["output_tokens"] == trace.ticks["decode_tokens"].sum()
     for how in LOADERS:
         check(format_1_2_trace, how)
+
+
+@pytest.fixture(scope="module")
+def interleaved_trace(tmp_path_factory) -> Path:
+    """Request events written between each tick event and its experts, filling whole frames of their
+    own (as a load generator does while the engine emits): a tick's detail lies past frames that
+    carry no tick at all."""
+    path = tmp_path_factory.mktemp("interleaved") / "interleaved.msgpack"
+    header, events = synthetic_session(150, seed=6)
+    extra = 10_000
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tracer.writer, "MAX_EVENTS_PER_FRAME", 4)
+        with tracer.TraceWriter(path, header) as w:
+            for ev in events:
+                w.emit(ev)
+                if isinstance(ev, tracer.TickEvent):
+                    for _ in range(4):  # turned away at once: arrive and finish, no tick
+                        w.emit(tracer.RequestEvent(extra, "arrive", ev.end_ns, prompt_tokens=8))
+                        w.emit(tracer.RequestEvent(extra, "finish", ev.end_ns, status="rejected", reason="queue full"))
+                        extra += 1
+    return path
+
+
+@pytest.mark.parametrize("how", LOADERS)
+def test_a_tick_whose_detail_lies_past_frames_of_requests_agrees(interleaved_trace: Path, how: str):
+    with tracer.open_trace(interleaved_trace) as reader:
+        entries = reader.index.entries
+    assert (entries[:, 1] < 0).any()  # frames with no tick in them, between ticks and their detail
+    check(interleaved_trace, how)

@@ -148,12 +148,16 @@ def add_spilled_detail(
 
     A tick's experts and stage events follow its tick event, and a frame may end between them: then
     the next frames' `min_tick` (the index counts those events too) is at most this frame's
-    `max_tick`, and they hold the rest. Without this read the tick would keep the empty detail
-    `decode_frame` gives it, for good.
+    `max_tick`, and they hold the rest. Frames of request events alone (no tick in them: `min_tick`
+    -1) may come in between, written by the load generator meanwhile: they are passed over. Without
+    this read the tick would keep the empty detail `decode_frame` gives it, for good.
     """
     last = int(entries[frame, Entry.MAX_TICK])
     following = frame + 1
-    while last >= 0 and following < len(entries) and 0 <= entries[following, Entry.MIN_TICK] <= last:
+    while last >= 0 and following < len(entries) and entries[following, Entry.MIN_TICK] <= last:
+        if entries[following, Entry.MIN_TICK] < 0:
+            following += 1
+            continue
         payload = payload_at(int(entries[following, Entry.OFFSET]))
         if payload is None:
             return
