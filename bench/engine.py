@@ -34,16 +34,20 @@ engine and of each peer.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from engine.choices import DecodeCompile, DecodeGraphs
 from engine.config import ModelConfig, get_preset
 from engine.engine import Engine
 from engine.hf_config import hf_twin
@@ -102,6 +106,7 @@ class HfPeers:
     backend (one model: the backend is read from its config at every forward), each with its own cache."""
 
     def __init__(self, engine: Engine, prompts: list[list[int]], backends: tuple[str, ...]) -> None:
+        self.backends = backends
         self.model = hf_twin(engine.model, attention="sdpa")
         self.device = engine.device
         ids = torch.tensor(prompts, device=engine.device)
@@ -131,7 +136,8 @@ class HfPeers:
 
 
 def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: int, overhead_pairs: int,
-                decode_graphs: str, decode_compile: str, peers: tuple[str, ...] = (), profile_rows: int = 0) -> dict:
+                decode_graphs: DecodeGraphs, decode_compile: DecodeCompile, peers: tuple[str, ...] = (),
+                profile_rows: int = 0) -> dict[str, Any]:
     rec = ListRecorder()
     decode = 2 * steps + 2 * overhead_pairs + 12
     if prompt + decode > cfg.max_seq_len:
@@ -146,7 +152,7 @@ def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: i
         engine.step()
     hf = HfPeers(engine, bench_prompts(batch, prompt, cfg.vocab_size), peers) if peers else None
     rec.events.clear()
-    rounds = measure_rounds(engine, hf, peers, steps)
+    rounds = measure_rounds(engine, hf, steps)
     captured = {e.tick for e in rec.events if isinstance(e, MarkEvent)}
     timed = set(rounds["ours_ticks"]) - captured
     ticks = [e for e in rec.events if isinstance(e, TickEvent) and e.tick in timed]
@@ -154,7 +160,7 @@ def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: i
     assert all(e.seqs == batch and e.prefill_tokens == 0 for e in ticks), "bench batch was not decode-only"
     distinct = float(np.mean([(e.counts > 0).sum() for e in experts]))
     kv_tokens = batch * (prompt + 3 + steps)  # mean context over the timed steps
-    profiles = profile_steps(engine, hf, peers, profile_rows) if profile_rows else []
+    profiles = profile_steps(engine, hf, profile_rows) if profile_rows else []
     on_s, off_s = tracer_on_off(engine, overhead_pairs)
     result = {
         "step_s": float(np.median(rounds["ours"])),
@@ -177,10 +183,10 @@ def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: i
     return result
 
 
-def measure_rounds(engine: Engine, hf: HfPeers | None, peers: tuple[str, ...], steps: int) -> dict[str, list[float]]:
+def measure_rounds(engine: Engine, hf: HfPeers | None, steps: int) -> dict[str, list[float]]:
     """Seconds of each engine step and each peer's, the probes' figures, and the ticks timed, round by
     round (see docstring)."""
-    dev, dtype = engine.device, engine.dtype
+    dev, dtype, peers = engine.device, engine.dtype, () if hf is None else hf.backends
     rounds: dict[str, list[float]] = {"ours": [], "ours_ticks": [], "copy": [], "matmul": [], **{p: [] for p in peers}}
     for _ in range(steps):
         # each timed step follows an untimed one of its own: what the others (and the probes) left in
@@ -189,6 +195,7 @@ def measure_rounds(engine: Engine, hf: HfPeers | None, peers: tuple[str, ...], s
         rounds["ours_ticks"].append(engine.ticks)
         rounds["ours"] += timed_steps(engine, 1)
         for peer in peers:
+            assert hf is not None
             hf.step(peer)
             rounds[peer].append(hf.timed_step(peer))
         rounds["copy"].append(copy_bandwidth(dev, reps=3))
@@ -196,12 +203,14 @@ def measure_rounds(engine: Engine, hf: HfPeers | None, peers: tuple[str, ...], s
     return rounds
 
 
-def profile_steps(engine: Engine, hf: HfPeers | None, peers: tuple[str, ...], rows: int, steps: int = 3) -> list[str]:
+def profile_steps(engine: Engine, hf: HfPeers | None, rows: int, steps: int = 3) -> list[str]:
     """torch.profiler's `rows` costliest ops over `steps` steps of the engine and of each peer, as tables."""
     cuda = engine.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    runs = [("tickscope", engine.step)] + [(f"transformers {p}", lambda p=p: hf.step(p)) for p in peers]
+    runs: list[tuple[str, Callable[[], object]]] = [("tickscope", engine.step)]
+    if hf is not None:
+        runs += [(f"transformers {p}", functools.partial(hf.step, p)) for p in hf.backends]
     tables = []
     for name, step in runs:
         with torch.inference_mode(), profile(activities=activities) as prof:
@@ -274,11 +283,12 @@ def main() -> None:
     peers = PEERS if args.peer else ()
 
     # an untimed first run: the process's first ticks are slow (allocator, kernel and library setup)
-    bench_batch(cfg, args.device, 1, args.prompt, 20, 2, args.decode_graphs, args.decode_compile)
+    graphs, compile_backend = cast(DecodeGraphs, args.decode_graphs), cast(DecodeCompile, args.decode_compile)
+    bench_batch(cfg, args.device, 1, args.prompt, 20, 2, graphs, compile_backend)
     rows = []
     for b in (int(x) for x in args.batches.split(",")):
         rows.append((b, bench_batch(cfg, args.device, b, args.prompt, args.steps, args.overhead_pairs,
-                                    args.decode_graphs, args.decode_compile, peers, args.profile)))
+                                    graphs, compile_backend, peers, args.profile)))
     d = rows[-1][1]["describe"]
     print(f"{cfg.name}, {cfg.layers} layers, {d['device_name']}, {d['model']['dtype']}, "
           f"experts via {d['expert_matmul']} ({d['expert_matmul_reason']}), decode graphs: {d['decode_graphs']}, "

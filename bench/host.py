@@ -22,7 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.engine import start_decoding
+from engine.batch import SeqChunk
+from engine.choices import DecodeGraphs
 from engine.config import get_preset
+from engine.decode_graphs import _Bucket
 from engine.engine import Engine
 from engine.scheduler import SchedulerConfig
 from tracer.events import TickEvent
@@ -33,7 +36,7 @@ MICRO = dict(layers=1, hidden=32, heads=1, kv_heads=1, head_dim=32, routed_exper
 PROMPT = 256
 
 
-def host_time(batch: int, decode_graphs: str, ticks: int) -> tuple[float, float, float]:
+def host_time(batch: int, decode_graphs: DecodeGraphs, ticks: int) -> tuple[float, float, float]:
     """ms per decode tick: wall time, outside the forward pass, and the graphs' input fill."""
     rec = ListRecorder()
     sched = SchedulerConfig(max_seqs=batch, max_tokens=4096, kv_capacity_tokens=batch * (PROMPT + ticks + 64),
@@ -46,10 +49,10 @@ def host_time(batch: int, decode_graphs: str, ticks: int) -> tuple[float, float,
     if engine.graphs is not None:
         fill = engine.graphs._fill
 
-        def timed_fill(*args: object) -> None:
+        def timed_fill(bucket: _Bucket, chunks: list[SeqChunk], context: np.ndarray) -> None:
             nonlocal fill_s
             t = time.perf_counter()
-            fill(*args)
+            fill(bucket, chunks, context)
             fill_s += time.perf_counter() - t
 
         engine.graphs._fill = timed_fill  # type: ignore[method-assign]
@@ -72,7 +75,8 @@ def main() -> None:
     for column in ("batch", "path", "tick ms", "outside forward ms", "graph fill ms"):
         table.add_column(column, justify="right")
     for b in (int(x) for x in args.batches.split(",")):
-        for path in ("off", "on"):
+        paths: tuple[DecodeGraphs, ...] = ("off", "on")
+        for path in paths:
             wall, outside, fill = host_time(b, path, args.ticks)
             name = "eager" if path == "off" else "decode graphs"
             table.add_row(str(b), name, f"{wall:.2f}", f"{outside:.2f}", f"{fill:.2f}" if path == "on" else "")
