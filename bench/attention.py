@@ -61,8 +61,9 @@ def chunks_of(kv: KVCache, spec: list[tuple[int, int]]) -> list[SeqChunk]:
     return out
 
 
-def padded_mask(q: Tensor, chunks: list[SeqChunk], k_cache: Tensor, v_cache: Tensor, device: torch.device,
-                heads: int) -> tuple[Tensor, int]:
+def padded_mask(
+    q: Tensor, chunks: list[SeqChunk], k_cache: Tensor, v_cache: Tensor, device: torch.device, heads: int
+) -> tuple[Tensor, int]:
     """The engine's attention before issue 13, for one ragged group (all sequences), as it was."""
     n_q = np.array([len(c.tokens) for c in chunks])
     start = np.array([c.start for c in chunks])
@@ -80,31 +81,40 @@ def padded_mask(q: Tensor, chunks: list[SeqChunk], k_cache: Tensor, v_cache: Ten
     kv_heads = k_cache.shape[1]
     kg = k_cache.index_select(0, slots_t.view(-1)).view(seqs, kv_max, kv_heads, d).transpose(1, 2)
     vg = v_cache.index_select(0, slots_t.view(-1)).view(seqs, kv_max, kv_heads, d).transpose(1, 2)
-    o = F.scaled_dot_product_attention(qp.view(seqs, q_max, heads, d).transpose(1, 2), kg, vg, attn_mask=mask_t,
-                                       enable_gqa=True)
+    o = F.scaled_dot_product_attention(
+        qp.view(seqs, q_max, heads, d).transpose(1, 2), kg, vg, attn_mask=mask_t, enable_gqa=True
+    )
     return o.transpose(1, 2).reshape(-1, heads, d).index_select(0, flat_rows), mask.nbytes + slots.nbytes + rows.nbytes
 
 
-def block_calls(attention: Attention, q: Tensor, chunks: list[SeqChunk], k_cache: Tensor, v_cache: Tensor,
-                device: torch.device) -> tuple[Tensor, int]:
+def block_calls(
+    attention: Attention, q: Tensor, chunks: list[SeqChunk], k_cache: Tensor, v_cache: Tensor, device: torch.device
+) -> tuple[Tensor, int]:
     batch = make_batch(chunks, device)
     kb, vb = k_cache.view(-1, BLOCK, *k_cache.shape[1:]), v_cache.view(-1, BLOCK, *v_cache.shape[1:])
     out = q.new_empty(q.shape)
     for call in batch.attention:
         rows = call.rows if call.rows is not None else torch.arange(q.shape[0], device=device)
         out.index_copy_(0, rows, attention._attend(q.index_select(0, rows), call, kb, vb))
-    sent = sum(int(c.block_table.numel() + c.kv_len.numel() + (0 if c.rows is None else c.rows.numel()))
-               for c in batch.attention) * 8
+    sent = (
+        sum(
+            int(c.block_table.numel() + c.kv_len.numel() + (0 if c.rows is None else c.rows.numel()))
+            for c in batch.attention
+        )
+        * 8
+    )
     return out, sent
 
 
-def flex(q: Tensor, chunks: list[SeqChunk], k_cache: Tensor, v_cache: Tensor, device: torch.device,
-         heads: int) -> tuple[Tensor, int]:
+def flex(
+    q: Tensor, chunks: list[SeqChunk], k_cache: Tensor, v_cache: Tensor, device: torch.device, heads: int
+) -> tuple[Tensor, int]:
     """Every query against every sequence's keys laid end to end, a block mask keeping each to its own."""
     n_q = np.array([len(c.tokens) for c in chunks])
     kv_len = np.array([c.start for c in chunks]) + n_q
-    slots = np.concatenate([[c.blocks[p // BLOCK] * BLOCK + p % BLOCK for p in range(kv)]
-                            for c, kv in zip(chunks, kv_len)])
+    slots = np.concatenate(
+        [[c.blocks[p // BLOCK] * BLOCK + p % BLOCK for p in range(kv)] for c, kv in zip(chunks, kv_len)]
+    )
     seq_q = torch.from_numpy(np.repeat(np.arange(len(chunks)), n_q)).to(device)
     last_q = torch.from_numpy(np.concatenate([kv - n + np.arange(n) for kv, n in zip(kv_len, n_q)])).to(device)
     seq_k = torch.from_numpy(np.repeat(np.arange(len(chunks)), kv_len)).to(device)
@@ -123,8 +133,9 @@ def flex(q: Tensor, chunks: list[SeqChunk], k_cache: Tensor, v_cache: Tensor, de
     return o[0].transpose(0, 1), sent
 
 
-def compare(name: str, spec: list[tuple[int, int]], attention: Attention, gen: torch.Generator, reps: int,
-            with_flex: bool) -> None:
+def compare(
+    name: str, spec: list[tuple[int, int]], attention: Attention, gen: torch.Generator, reps: int, with_flex: bool
+) -> None:
     """One table row per way for this tick, each checked against the padded mask's output."""
     device, dtype, heads, head_dim = attention.wo.device, attention.wo.dtype, attention.heads, attention.head_dim
     kv = KVCache(get_preset("ds2-lite", layers=1), sum(s + n for s, n in spec) + 64 * BLOCK, device, dtype, BLOCK)
@@ -170,8 +181,10 @@ def main() -> None:
     dtype = cfg.torch_dtype(device)
     gen = torch.Generator(device=device).manual_seed(0)
     attention = Attention(cfg, gen, device, dtype)
-    print(f"one ds2-lite attention layer, {dtype}, {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"one ds2-lite attention layer, {dtype}, {device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'tick':>8} {'way':>14} {'host bytes':>12} {'ms':>9} {'max |diff|':>11}")
     with torch.inference_mode():
         for name, spec in ticks(np.random.default_rng(0)).items():

@@ -86,8 +86,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_floor(cfg: ModelConfig, dtype: torch.dtype, batch: int, kv_tokens: int, distinct_experts: int,
-               bandwidth: float, flops_rate: float) -> float:
+def step_floor(
+    cfg: ModelConfig,
+    dtype: torch.dtype,
+    batch: int,
+    kv_tokens: int,
+    distinct_experts: int,
+    bandwidth: float,
+    flops_rate: float,
+) -> float:
     """Seconds a decode step of `batch` tokens cannot beat on this hardware (see module docstring)."""
     h, i = cfg.hidden, cfg.moe_intermediate
     attention = h * (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim + cfg.heads * cfg.head_dim * h
@@ -135,17 +142,34 @@ class HfPeers:
         return time.perf_counter() - t
 
 
-def bench_batch(cfg: ModelConfig, device: str, batch: int, prompt: int, steps: int, overhead_pairs: int,
-                decode_graphs: DecodeGraphs, decode_compile: DecodeCompile, peers: tuple[str, ...] = (),
-                profile_rows: int = 0) -> dict[str, Any]:
+def bench_batch(
+    cfg: ModelConfig,
+    device: str,
+    batch: int,
+    prompt: int,
+    steps: int,
+    overhead_pairs: int,
+    decode_graphs: DecodeGraphs,
+    decode_compile: DecodeCompile,
+    peers: tuple[str, ...] = (),
+    profile_rows: int = 0,
+) -> dict[str, Any]:
     rec = ListRecorder()
     decode = 2 * steps + 2 * overhead_pairs + 12
     if prompt + decode > cfg.max_seq_len:
-        raise SystemExit(f"prompt {prompt} + {decode} decoded tokens (--steps, --overhead-pairs and 12 to warm "
-                         f"up) exceed {cfg.name}'s max_seq_len {cfg.max_seq_len}; ask for fewer")
-    sched = SchedulerConfig(max_seqs=batch, max_tokens=max(batch, 2048), prefill_chunk=2048,
-                            kv_capacity_tokens=batch * (prompt + decode + 32), queue_limit=batch,
-                            decode_graphs=decode_graphs, decode_compile=decode_compile)
+        raise SystemExit(
+            f"prompt {prompt} + {decode} decoded tokens (--steps, --overhead-pairs and 12 to warm "
+            f"up) exceed {cfg.name}'s max_seq_len {cfg.max_seq_len}; ask for fewer"
+        )
+    sched = SchedulerConfig(
+        max_seqs=batch,
+        max_tokens=max(batch, 2048),
+        prefill_chunk=2048,
+        kv_capacity_tokens=batch * (prompt + decode + 32),
+        queue_limit=batch,
+        decode_graphs=decode_graphs,
+        decode_compile=decode_compile,
+    )
     engine = Engine(cfg, sched, device=device, recorder=rec)
     start_decoding(engine, batch, prompt, decode)
     for _ in range(3):  # warm up the decode shapes (and capture their graph)
@@ -267,14 +291,30 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--overhead-pairs", type=int, default=100, help="traced/untraced step pairs for the tracer column")
-    p.add_argument("--decode-graphs", default="auto", choices=["auto", "on", "off"],
-                   help="the engine's decode graphs (default: auto, i.e. CUDA graphs on CUDA)")
-    p.add_argument("--decode-compile", default="off", choices=["off", "inductor", "aot_eager"],
-                   help="torch.compile the decode graphs' forward pass (default: off)")
-    p.add_argument("--peer", action="store_true",
-                   help="also time HuggingFace transformers (eager and grouped_mm experts) on the same weights")
-    p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="print each implementation's N costliest ops per batch (torch.profiler)")
+    p.add_argument(
+        "--decode-graphs",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="the engine's decode graphs (default: auto, i.e. CUDA graphs on CUDA)",
+    )
+    p.add_argument(
+        "--decode-compile",
+        default="off",
+        choices=["off", "inductor", "aot_eager"],
+        help="torch.compile the decode graphs' forward pass (default: off)",
+    )
+    p.add_argument(
+        "--peer",
+        action="store_true",
+        help="also time HuggingFace transformers (eager and grouped_mm experts) on the same weights",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print each implementation's N costliest ops per batch (torch.profiler)",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -287,21 +327,42 @@ def main() -> None:
     bench_batch(cfg, args.device, 1, args.prompt, 20, 2, graphs, compile_backend)
     rows = []
     for b in (int(x) for x in args.batches.split(",")):
-        rows.append((b, bench_batch(cfg, args.device, b, args.prompt, args.steps, args.overhead_pairs,
-                                    graphs, compile_backend, peers, args.profile)))
+        rows.append(
+            (
+                b,
+                bench_batch(
+                    cfg,
+                    args.device,
+                    b,
+                    args.prompt,
+                    args.steps,
+                    args.overhead_pairs,
+                    graphs,
+                    compile_backend,
+                    peers,
+                    args.profile,
+                ),
+            )
+        )
     d = rows[-1][1]["describe"]
-    print(f"{cfg.name}, {cfg.layers} layers, {d['device_name']}, {d['model']['dtype']}, "
-          f"experts via {d['expert_matmul']} ({d['expert_matmul_reason']}), decode graphs: {d['decode_graphs']}, "
-          f"compile: {args.decode_compile}, prompt {args.prompt}, {args.steps} rounds (medians)")
+    print(
+        f"{cfg.name}, {cfg.layers} layers, {d['device_name']}, {d['model']['dtype']}, "
+        f"experts via {d['expert_matmul']} ({d['expert_matmul_reason']}), decode graphs: {d['decode_graphs']}, "
+        f"compile: {args.decode_compile}, prompt {args.prompt}, {args.steps} rounds (medians)"
+    )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    print(f"{'batch':>6} {'step ms':>9} {'fwd ms':>8} {'tok/s':>9} {'experts/layer':>14} {'copy GB/s':>10} "
-          f"{'TFLOP/s':>8} {'floor ms':>9} {'of floor':>9} {'tracer':>7} {'load':>5}"
-          + "".join(f" {'hf ' + p + ' ms':>18} {'we are':>7}" for p in peers))
+    print(
+        f"{'batch':>6} {'step ms':>9} {'fwd ms':>8} {'tok/s':>9} {'experts/layer':>14} {'copy GB/s':>10} "
+        f"{'TFLOP/s':>8} {'floor ms':>9} {'of floor':>9} {'tracer':>7} {'load':>5}"
+        + "".join(f" {'hf ' + p + ' ms':>18} {'we are':>7}" for p in peers)
+    )
     for b, r in rows:
         floor = step_floor(cfg, r["dtype"], b, r["kv_tokens"], round(r["distinct"]), r["bandwidth"], r["matmul_rate"])
-        line = (f"{b:>6} {r['step_s'] * 1e3:>9.2f} {r['forward_s'] * 1e3:>8.2f} {b / r['step_s']:>9.0f} "
-                f"{r['distinct'] / cfg.layers:>14.1f} {r['bandwidth'] / 1e9:>10.1f} {r['matmul_rate'] / 1e12:>8.3f} "
-                f"{floor * 1e3:>9.3f} {floor / r['step_s']:>9.1%} {r['tracer']:>+7.1%} {r['load']:>5.1f}")
+        line = (
+            f"{b:>6} {r['step_s'] * 1e3:>9.2f} {r['forward_s'] * 1e3:>8.2f} {b / r['step_s']:>9.0f} "
+            f"{r['distinct'] / cfg.layers:>14.1f} {r['bandwidth'] / 1e9:>10.1f} {r['matmul_rate'] / 1e12:>8.3f} "
+            f"{floor * 1e3:>9.3f} {floor / r['step_s']:>9.1%} {r['tracer']:>+7.1%} {r['load']:>5.1f}"
+        )
         for peer in peers:
             peer_s = r["peers_s"][peer]
             line += f" {peer_s * 1e3:>18.2f} {peer_s / r['step_s']:>6.2f}x"

@@ -31,16 +31,18 @@ from engine.scheduler import SchedulerConfig
 from tracer.events import TickEvent
 from tracer.recorder import ListRecorder
 
-MICRO = dict(layers=1, hidden=32, heads=1, kv_heads=1, head_dim=32, routed_experts=4, top_k=1,
-             moe_intermediate=16, vocab_size=64)
+MICRO = dict(
+    layers=1, hidden=32, heads=1, kv_heads=1, head_dim=32, routed_experts=4, top_k=1, moe_intermediate=16, vocab_size=64
+)
 PROMPT = 256
 
 
 def host_time(batch: int, decode_graphs: DecodeGraphs, ticks: int) -> tuple[float, float, float]:
     """ms per decode tick: wall time, outside the forward pass, and the graphs' input fill."""
     rec = ListRecorder()
-    sched = SchedulerConfig(max_seqs=batch, max_tokens=4096, kv_capacity_tokens=batch * (PROMPT + ticks + 64),
-                            decode_graphs=decode_graphs)
+    sched = SchedulerConfig(
+        max_seqs=batch, max_tokens=4096, kv_capacity_tokens=batch * (PROMPT + ticks + 64), decode_graphs=decode_graphs
+    )
     engine = Engine(get_preset("tiny", **MICRO), sched, device="cpu", recorder=rec)
     start_decoding(engine, batch, PROMPT, ticks + 32)
     for _ in range(10):
@@ -70,8 +72,10 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,64,256")
     ap.add_argument("--ticks", type=int, default=100)
     args = ap.parse_args()
-    table = Table(title=f"engine host time per decode tick — {platform.machine()}, {os.cpu_count()} CPUs, "
-                        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}")
+    table = Table(
+        title=f"engine host time per decode tick — {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}"
+    )
     for column in ("batch", "path", "tick ms", "outside forward ms", "graph fill ms"):
         table.add_column(column, justify="right")
     for b in (int(x) for x in args.batches.split(",")):

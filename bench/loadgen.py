@@ -103,8 +103,12 @@ def main() -> None:
     for rate in (float(r) for r in args.rates.split(",")):
         row = asyncio.run(measure(rate, args.seconds))
         table.add_row(
-            f"{row['rate']:,.0f}", f"{row['requests']:,}", f"{row['sent_per_s']:,.0f}",
-            f"{row['p50']:.3f}", f"{row['p99']:.3f}", f"{row['max']:.3f}",
+            f"{row['rate']:,.0f}",
+            f"{row['requests']:,}",
+            f"{row['sent_per_s']:,.0f}",
+            f"{row['p50']:.3f}",
+            f"{row['p99']:.3f}",
+            f"{row['max']:.3f}",
         )
     Console().print(table)
 

@@ -29,8 +29,9 @@ def tiny_tick(i: int, rng: np.random.Generator) -> list:
         RequestEvent(3 * i + 1, "admit", t, tick=i),
         TickEvent(i, t, t + 2_000_000, 100_000, 8, 32, 7, 2, 8, 900, 4096, 1_900_000, 8),
         ExpertsEvent(i, rng.integers(0, 20, size=(4, 16), dtype=np.int32)),
-        RequestEvent(3 * i + 2, "finish", t, output_tokens=16, status="finished",
-                     token_us=np.arange(16, dtype=np.uint32) * 2000),
+        RequestEvent(
+            3 * i + 2, "finish", t, output_tokens=16, status="finished", token_us=np.arange(16, dtype=np.uint32) * 2000
+        ),
     ]
 
 
@@ -120,8 +121,10 @@ def main() -> None:
         *_, load_bytes = sustained(os.path.join(d, "load.msgpack"), args.load_ticks, flush_every=2048)
         read_rate, objects_rate, load_rate, n_read = reading(os.path.join(d, "load.msgpack"))
 
-    table = Table(title=f"tracer — {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                        f"Python {platform.python_version()}")
+    table = Table(
+        title=f"tracer — {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("target", justify="right")
@@ -129,14 +132,19 @@ def main() -> None:
     table.add_row("hot path per tick, p99", f"{p99_us:.2f} µs", "")
     table.add_row("events dropped in hot-path run", f"{dropped}", "0")
     table.add_row(f"written, emit to fsync ({n:,} events)", f"{rate:,.0f} events/s", "≥ 200,000")
-    table.add_row(f"paced at {args.paced_rate:,.0f} events/s for 2 s, default queue",
-                  f"{paced_rate:,.0f} events/s", "≥ 200,000")
+    table.add_row(
+        f"paced at {args.paced_rate:,.0f} events/s for 2 s, default queue", f"{paced_rate:,.0f} events/s", "≥ 200,000"
+    )
     table.add_row("events dropped in paced run", f"{paced_dropped}", "0")
     table.add_row(f"file size per event, at {args.rate:.0f} ticks/s (compressed frames)", f"{hot_bytes:.1f} B", "")
-    table.add_row("file size per event, all at once (plain frames: the writer is behind)",
-                  f"{bytes_per_event:.1f} B", "")
-    table.add_row(f"read (open_trace().events(), {n_read:,} events, compressed: {load_bytes:.1f} B each)",
-                  f"{read_rate:,.0f} events/s", "")
+    table.add_row(
+        "file size per event, all at once (plain frames: the writer is behind)", f"{bytes_per_event:.1f} B", ""
+    )
+    table.add_row(
+        f"read (open_trace().events(), {n_read:,} events, compressed: {load_bytes:.1f} B each)",
+        f"{read_rate:,.0f} events/s",
+        "",
+    )
     table.add_row("frames from event objects (from_events(events()))", f"{objects_rate:,.0f} events/s", "")
     table.add_row("load() into polars frames", f"{load_rate:,.0f} events/s", "")
     Console().print(table)

@@ -42,9 +42,21 @@ def write_trace(path: str, ticks: int, seed: int = 0) -> int:
     """A `ticks`-long recording of tracer/synth.py's toy continuous-batching scheduler (a 2 x 2
     pipeline, a [4 x 16] expert load, 16 sequences at most, a queue of 64); returns requests made."""
     header = synthetic_header(layers=LAYERS, experts=EXPERTS, top_k=TOP_K, max_batch=16, seed=seed, name="bench-1M")
-    events = synthetic_events(ticks, layers=LAYERS, experts=EXPERTS, top_k=TOP_K, stages=STAGES,
-                              micro_batches=MICRO_BATCHES, max_batch=16, queue_limit=64, rate=0.3,
-                              prompt_tokens=(16, 256), output_tokens=(8, 64), tick_ns=4_000_000, seed=seed)
+    events = synthetic_events(
+        ticks,
+        layers=LAYERS,
+        experts=EXPERTS,
+        top_k=TOP_K,
+        stages=STAGES,
+        micro_batches=MICRO_BATCHES,
+        max_batch=16,
+        queue_limit=64,
+        rate=0.3,
+        prompt_tokens=(16, 256),
+        output_tokens=(8, 64),
+        tick_ns=4_000_000,
+        seed=seed,
+    )
     requests = 0
     with TraceWriter(path, header) as writer:
         for ev in events:
@@ -166,15 +178,22 @@ def main() -> None:
         if not os.path.exists(path):
             # In a child process, so the generator's memory does not count as the dashboard's.
             t = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "bench.tui", "--write", os.path.abspath(path),
-                                  "--ticks", str(args.ticks)],
-                                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 check=True, capture_output=True, text=True).stdout
-            console.print(f"wrote {args.ticks:,} ticks, {int(out):,} requests, "
-                          f"{os.path.getsize(path) / 2**20:,.0f} MiB in {time.perf_counter() - t:.1f} s")
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.tui", "--write", os.path.abspath(path), "--ticks", str(args.ticks)],
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            console.print(
+                f"wrote {args.ticks:,} ticks, {int(out):,} requests, "
+                f"{os.path.getsize(path) / 2**20:,.0f} MiB in {time.perf_counter() - t:.1f} s"
+            )
         r = asyncio.run(measure(path, args.ticks))
-    table = Table(title=f"tickscope dashboard, {args.ticks:,} ticks, {SIZE[0]}x{SIZE[1]} headless "
-                        f"({platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()})")
+    table = Table(
+        title=f"tickscope dashboard, {args.ticks:,} ticks, {SIZE[0]}x{SIZE[1]} headless "
+        f"({platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()})"
+    )
     table.add_column("measure")
     table.add_column("result", justify="right")
     table.add_column("target", justify="right")
@@ -184,12 +203,18 @@ def main() -> None:
         table.add_row(name, value, target, "" if ok is None else ("yes" if ok else "NO"))
 
     row("open → first frame drawn", f"{r['first']:.2f} s", "< 1 s", r["first"] < 1)
-    for key, label in (("seek_loading", "seek to a random tick, while loading"),
-                       ("seek_loaded", "seek to a random tick, loaded")):
+    for key, label in (
+        ("seek_loading", "seek to a random tick, while loading"),
+        ("seek_loaded", "seek to a random tick, loaded"),
+    ):
         row(f"{label} ({SEEKS}x)", ms(r[key]), "< 100 ms", max(r[key]) < 0.1)
     row("replay frame, one tick per frame", ms(r["play"]), "< 33 ms", max(r["play"]) < 0.033)
-    row(f"replay frame, heatmap mean of {r['heat_span']} ticks", ms(r["play_span"]), "< 33 ms",
-        max(r["play_span"]) < 0.033)
+    row(
+        f"replay frame, heatmap mean of {r['heat_span']} ticks",
+        ms(r["play_span"]),
+        "< 33 ms",
+        max(r["play_span"]) < 0.033,
+    )
     row("step a tick (key → idle, incl. layout)", ms(r["step"]), "", None)
     row("whole trace read in the background", f"{r['loaded']:.1f} s", "", None)
     row("peak RSS", f"{r['rss_mb']:,.0f} MB", "< 1 GB", r["rss_mb"] < 1024)

@@ -8,8 +8,11 @@ from engine.request import Request, RequestSink
 # Names built on torch are imported on first use, so that importing a light module of this package
 # (engine.choices, engine.policies: what the command line offers) does not load torch.
 _ON_TORCH = {
-    "PRESETS": "engine.config", "ModelConfig": "engine.config", "get_preset": "engine.config",
-    "Engine": "engine.engine", "SchedulerConfig": "engine.scheduler",
+    "PRESETS": "engine.config",
+    "ModelConfig": "engine.config",
+    "get_preset": "engine.config",
+    "Engine": "engine.engine",
+    "SchedulerConfig": "engine.scheduler",
 }
 
 
@@ -19,5 +22,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'engine' has no attribute '{name}'")
 
 
-__all__ = ["PRESETS", "ConfigError", "Engine", "ModelConfig", "Request", "RequestSink", "SchedulerConfig",
-           "get_preset"]
+__all__ = ["PRESETS", "ConfigError", "Engine", "ModelConfig", "Request", "RequestSink", "SchedulerConfig", "get_preset"]

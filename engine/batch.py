@@ -123,8 +123,10 @@ def make_batch(chunks: list[SeqChunk], device: torch.device, grouping: str = "ra
         arrays += [concat_ranges(row_start[members], lengths[members]), slot_of.table(members, kv, width), kv]
         shapes.append((int(lengths[members[0]]), int(kv[0]) if (kv == kv[0]).all() else None, len(members) == n))
     tokens_t, positions_t, slots_t, sample_t, *per_call = _to_device(arrays, device)
-    calls = [AttnCall(None if whole else rows, table, kv, q, same)
-             for (q, same, whole), rows, table, kv in zip(shapes, per_call[0::3], per_call[1::3], per_call[2::3])]
+    calls = [
+        AttnCall(None if whole else rows, table, kv, q, same)
+        for (q, same, whole), rows, table, kv in zip(shapes, per_call[0::3], per_call[1::3], per_call[2::3])
+    ]
     return ForwardBatch(tokens_t, positions_t, slots_t, calls, sample_t, slot_of.block_size)
 
 
@@ -133,6 +135,6 @@ def _to_device(arrays: list[np.ndarray], device: torch.device) -> list[Tensor]:
     flat = torch.from_numpy(np.concatenate([a.ravel() for a in arrays])).to(device, non_blocking=True)
     views, at = [], 0
     for a in arrays:
-        views.append(flat[at:at + a.size].view(a.shape))
+        views.append(flat[at : at + a.size].view(a.shape))
         at += a.size
     return views

@@ -39,8 +39,18 @@ class ModelConfig:
     dtype: str = "auto"
 
     def validate(self) -> None:
-        positive = ("vocab_size", "hidden", "layers", "heads", "kv_heads", "head_dim",
-                    "routed_experts", "moe_intermediate", "top_k", "max_seq_len")
+        positive = (
+            "vocab_size",
+            "hidden",
+            "layers",
+            "heads",
+            "kv_heads",
+            "head_dim",
+            "routed_experts",
+            "moe_intermediate",
+            "top_k",
+            "max_seq_len",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model {name} must be at least 1, got {getattr(self, name)}")
@@ -78,8 +88,10 @@ class ModelConfig:
 
     def largest_weight_bytes(self, dtype: torch.dtype) -> int:
         """The largest single weight: a layer's stacked gate|up experts, or the embedding."""
-        return max(self.routed_experts * self.hidden * 2 * self.moe_intermediate, self.vocab_size * self.hidden) \
+        return (
+            max(self.routed_experts * self.hidden * 2 * self.moe_intermediate, self.vocab_size * self.hidden)
             * dtype.itemsize
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,19 +101,50 @@ class ModelConfig:
 # 2 K/V heads of 128 (512 values) keep our grouped-query cache at about the same bytes per token.
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
-        name="tiny", vocab_size=512, hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32,
-        routed_experts=16, moe_intermediate=64, top_k=2, shared_experts=1,
-        max_seq_len=1024, router_skew=0.05, dtype="float32",
+        name="tiny",
+        vocab_size=512,
+        hidden=128,
+        layers=4,
+        heads=4,
+        kv_heads=2,
+        head_dim=32,
+        routed_experts=16,
+        moe_intermediate=64,
+        top_k=2,
+        shared_experts=1,
+        max_seq_len=1024,
+        router_skew=0.05,
+        dtype="float32",
     ),
     "ds2-lite": ModelConfig(  # DeepSeek-V2-Lite widths
-        name="ds2-lite", vocab_size=32000, hidden=2048, layers=27, heads=16, kv_heads=2, head_dim=128,
-        routed_experts=64, moe_intermediate=1408, top_k=6, shared_experts=2,
-        max_seq_len=4096, router_skew=0.05,
+        name="ds2-lite",
+        vocab_size=32000,
+        hidden=2048,
+        layers=27,
+        heads=16,
+        kv_heads=2,
+        head_dim=128,
+        routed_experts=64,
+        moe_intermediate=1408,
+        top_k=6,
+        shared_experts=2,
+        max_seq_len=4096,
+        router_skew=0.05,
     ),
     "v3-slice": ModelConfig(  # DeepSeek-V3 widths, a few layers (one layer holds 22.5 GB of bf16 experts)
-        name="v3-slice", vocab_size=129280, hidden=7168, layers=2, heads=128, kv_heads=2, head_dim=128,
-        routed_experts=256, moe_intermediate=2048, top_k=8, shared_experts=1,
-        max_seq_len=4096, router_skew=0.05,
+        name="v3-slice",
+        vocab_size=129280,
+        hidden=7168,
+        layers=2,
+        heads=128,
+        kv_heads=2,
+        head_dim=128,
+        routed_experts=256,
+        moe_intermediate=2048,
+        top_k=8,
+        shared_experts=1,
+        max_seq_len=4096,
+        router_skew=0.05,
     ),
 }
 

@@ -74,8 +74,8 @@ class _Bucket:
         self.seqs, self.context = seqs, context
         self.blocks = context // block_size
         b = seqs
-        self.tokens, self.positions, self.slots, self.context_len = (inputs[i * b:(i + 1) * b] for i in range(4))
-        self.block_table = inputs[4 * b:4 * b + b * self.blocks].view(b, self.blocks)
+        self.tokens, self.positions, self.slots, self.context_len = (inputs[i * b : (i + 1) * b] for i in range(4))
+        self.block_table = inputs[4 * b : 4 * b + b * self.blocks].view(b, self.blocks)
         self.size = 4 * b + b * self.blocks
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: Tensor | None = None
@@ -87,14 +87,18 @@ class DecodeGraphs:
     # the CUDA API the captures go through: the tests put a stand-in here, to fail a capture on the CPU
     cuda: ModuleType | Any = torch.cuda
 
-    def __init__(self, model: Transformer, kv: KVCache, max_seqs: int, compile_backend: str | None = None,
-                 required: bool = True) -> None:
+    def __init__(
+        self, model: Transformer, kv: KVCache, max_seqs: int, compile_backend: str | None = None, required: bool = True
+    ) -> None:
         self.model, self.kv = model, kv
         self.required = required  # asked for by the user, so a failure to capture is an error
         self.failed: str | None = None  # why the graphs were turned off, when they were
         self.compile_backend = compile_backend
-        self._step = (self._forward if compile_backend is None
-                      else torch.compile(self._forward, backend=compile_backend, fullgraph=True, dynamic=True))
+        self._step = (
+            self._forward
+            if compile_backend is None
+            else torch.compile(self._forward, backend=compile_backend, fullgraph=True, dynamic=True)
+        )
         self.device = kv.k.device
         self.capture = self.device.type == "cuda"
         self.block_size = kv.allocator.block_size
@@ -166,14 +170,16 @@ class DecodeGraphs:
                 self._send(bucket)
                 self._capture(bucket)
         compiled = f", compiled by {self.compile_backend}" if self.compile_backend else ""
-        self.note = (f"decode graphs: {len(self.captured)} captured up front{compiled} (batch "
-                     f"{self.batch_buckets[0]}-{self.batch_buckets[-1]} x context {self.context_buckets[0]}-"
-                     f"{self.context_buckets[-1]}) in {time.monotonic() - start:.2f} s: this tick includes it")
+        self.note = (
+            f"decode graphs: {len(self.captured)} captured up front{compiled} (batch "
+            f"{self.batch_buckets[0]}-{self.batch_buckets[-1]} x context {self.context_buckets[0]}-"
+            f"{self.context_buckets[-1]}) in {time.monotonic() - start:.2f} s: this tick includes it"
+        )
 
     def _send(self, bucket: _Bucket) -> None:
         """The bucket's inputs to the device, in one copy from the pinned buffer (on the CPU, nothing)."""
         if self._inputs is not self._host:
-            self._inputs[:bucket.size].copy_(self._host[:bucket.size], non_blocking=True)
+            self._inputs[: bucket.size].copy_(self._host[: bucket.size], non_blocking=True)
 
     def _bucket(self, seqs: int, context: int) -> _Bucket:
         key = (seqs, context)
@@ -186,27 +192,34 @@ class DecodeGraphs:
         K/V to the scratch slot and see one key. Whole columns at a time: at batch 256, a Python
         loop over the rows would cost more host time than the GPU spends on a small model's step."""
         n, b = len(chunks), bucket.seqs
-        host = self._host_np[:bucket.size]
+        host = self._host_np[: bucket.size]
         host[:] = 0
-        table = host[4 * b:].reshape(b, bucket.blocks)
+        table = host[4 * b :].reshape(b, bucket.blocks)
         if n:
             slots = KVSlots(chunks)
             rows = np.arange(n)
             host[:n] = [c.tokens[0] for c in chunks]
-            host[b:b + n] = context - 1
-            host[2 * b:2 * b + n] = slots(rows, context - 1)
-            host[3 * b:3 * b + n] = context
+            host[b : b + n] = context - 1
+            host[2 * b : 2 * b + n] = slots(rows, context - 1)
+            host[3 * b : 3 * b + n] = context
             table[:n] = slots.table(rows, context, bucket.blocks)
-        host[2 * b + n:3 * b] = self.kv.scratch_slot
-        host[3 * b + n:4 * b] = 1
+        host[2 * b + n : 3 * b] = self.kv.scratch_slot
+        host[3 * b + n : 4 * b] = 1
         table[n:, 0] = self.kv.scratch_slot // self.block_size
 
     def _forward(self, bucket: _Bucket) -> Tensor:
         """The captured region: fixed shapes, no host synchronisation."""
         attention = AttnCall(None, bucket.block_table, bucket.context_len, 1, None)
-        batch = ForwardBatch(bucket.tokens, bucket.positions, bucket.slots, [attention],
-                             torch.arange(bucket.seqs, device=self.device), self.block_size,
-                             counted=bucket.slots != self.kv.scratch_slot, fixed_shapes=True)
+        batch = ForwardBatch(
+            bucket.tokens,
+            bucket.positions,
+            bucket.slots,
+            [attention],
+            torch.arange(bucket.seqs, device=self.device),
+            self.block_size,
+            counted=bucket.slots != self.kv.scratch_slot,
+            fixed_shapes=True,
+        )
         logits, counts = self.model(batch, self.kv.k, self.kv.v)
         return torch.cat([logits.argmax(dim=-1).to(torch.int32), counts.flatten()])
 

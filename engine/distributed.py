@@ -52,8 +52,10 @@ def pick_device(device: str, local_rank: int, local_world_size: int) -> tuple[to
         return torch.device("cpu"), "gloo"
     enough = gpus >= local_world_size and dist.is_nccl_available()
     if device.startswith("cuda") and not enough:
-        raise ConfigError(f"--distributed on cuda needs one GPU per rank ({local_world_size} ranks on this host), "
-                          f"but {gpus} CUDA device(s) are present (use --device cpu)")
+        raise ConfigError(
+            f"--distributed on cuda needs one GPU per rank ({local_world_size} ranks on this host), "
+            f"but {gpus} CUDA device(s) are present (use --device cpu)"
+        )
     if device not in ("auto", "cuda") and not device.startswith("cuda"):
         raise ConfigError(f"unknown device '{device}' (choose from: auto, cpu, cuda)")
     return (torch.device("cuda", local_rank), "nccl") if enough else (torch.device("cpu"), "gloo")
@@ -102,7 +104,7 @@ class StageGroup:
         return StageLost(f"{self.name(rank)} is gone ({ended[rank]})")
 
     def name(self, rank: int) -> str:
-        """"rank 1 (stage 1, layers 2–3)": one stage per rank, rank r serving stage r."""
+        """ "rank 1 (stage 1, layers 2–3)": one stage per rank, rank r serving stage r."""
         if rank < len(self.stage_layers):
             layers = self.stage_layers[rank]
             span = f"layer {layers.start}" if len(layers) == 1 else f"layers {layers.start}–{layers.stop - 1}"
@@ -122,8 +124,16 @@ class StageGroup:
         }
 
 
-def join(rank: int, world_size: int, device: str, local_rank: int, local_world_size: int, launcher: str,
-         store: Store | None = None, timeout: datetime.timedelta = JOIN_TIMEOUT) -> StageGroup:
+def join(
+    rank: int,
+    world_size: int,
+    device: str,
+    local_rank: int,
+    local_world_size: int,
+    launcher: str,
+    store: Store | None = None,
+    timeout: datetime.timedelta = JOIN_TIMEOUT,
+) -> StageGroup:
     """Join the process group (from `store`, or torchrun's environment when None), then, on every
     rank together, send once over every activation link and measure the clock offsets. `timeout`:
     how long a message of the control group may wait (joining and activations: JOIN_TIMEOUT; the
@@ -131,8 +141,14 @@ def join(rank: int, world_size: int, device: str, local_rank: int, local_world_s
     dev, backend = pick_device(device, local_rank, local_world_size)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=JOIN_TIMEOUT,
-                            init_method=None if store is not None else "env://")
+    dist.init_process_group(
+        backend,
+        store=store,
+        rank=rank,
+        world_size=world_size,
+        timeout=JOIN_TIMEOUT,
+        init_method=None if store is not None else "env://",
+    )
     control = dist.new_group(backend="gloo", timeout=timeout)
     announce = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
     group = StageGroup(rank, world_size, backend, dev, control, announce, launcher)

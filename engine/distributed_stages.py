@@ -45,8 +45,15 @@ class StageCells:
     tokens: Tensor | None  # last stage: greedy next tokens of the sampled rows, in chunk order
 
 
-def run_stage(model: Transformer, kv: KVCache, plan: PipelinePlan, stage: int, parts: list[ForwardBatch],
-              counts: Tensor, device: torch.device) -> StageCells:
+def run_stage(
+    model: Transformer,
+    kv: KVCache,
+    plan: PipelinePlan,
+    stage: int,
+    parts: list[ForwardBatch],
+    counts: Tensor,
+    device: torch.device,
+) -> StageCells:
     """This rank's cells of one tick. Time spent waiting for activations is outside every cell: it is
     the rank's idle time (warmup, bubbles)."""
     stages, micro = plan.stages, len(parts)
@@ -89,8 +96,7 @@ def _batches(split: list[list[SeqChunk]], device: torch.device, grouping: str) -
 class DistributedExecutor:
     """Rank 0's part of a tick: stage 0's cells here, the rest on the other ranks."""
 
-    def __init__(self, model: Transformer, kv: KVCache, plan: PipelinePlan, grouping: str,
-                 group: StageGroup) -> None:
+    def __init__(self, model: Transformer, kv: KVCache, plan: PipelinePlan, grouping: str, group: StageGroup) -> None:
         self.model, self.kv, self.plan, self.grouping, self.group = model, kv, plan, grouping, group
         self._peer: int | None = None  # the rank the message under way is to or from (None: all of them)
 
@@ -113,8 +119,9 @@ class DistributedExecutor:
         dist.broadcast(wire, 0, group=group.control)
         counts = torch.zeros(cfg.layers, cfg.routed_experts, device=group.device, dtype=torch.int32)
         self._peer = 1  # stage 0 sends its activations to rank 1
-        own = run_stage(self.model, self.kv, plan, 0, _batches(split, group.device, self.grouping), counts,
-                        group.device)
+        own = run_stage(
+            self.model, self.kv, plan, 0, _batches(split, group.device, self.grouping), counts, group.device
+        )
 
         start = np.zeros((stages, micro), dtype=np.int64)
         end = np.zeros((stages, micro), dtype=np.int64)
@@ -130,10 +137,10 @@ class DistributedExecutor:
             dist.recv(buf, r, group=group.control)
             got = buf.numpy()
             offset = group.clock_offsets_ns[r]  # rank r's clock minus ours
-            start[r], end[r] = got[:micro] - offset, got[micro:2 * micro] - offset
-            load[layers.start:layers.stop] = got[2 * micro:2 * micro + rows].reshape(len(layers), -1)
+            start[r], end[r] = got[:micro] - offset, got[micro : 2 * micro] - offset
+            load[layers.start : layers.stop] = got[2 * micro : 2 * micro + rows].reshape(len(layers), -1)
             if r == stages - 1:
-                tokens = got[2 * micro + rows:].tolist()
+                tokens = got[2 * micro + rows :].tolist()
         start -= tick_start_ns
         end -= tick_start_ns
         stage = StageEvent(tick, start, end, start.copy(), end.copy(), modelled=False)
@@ -145,8 +152,9 @@ def stop_workers(group: StageGroup) -> None:
     dist.broadcast(torch.tensor([OP_STOP, 0, 0]), 0, group=group.announce)
 
 
-def serve_stage(group: StageGroup, model_cfg: ModelConfig, sched_cfg: SchedulerConfig, plan: PipelinePlan,
-                seed: int) -> int:
+def serve_stage(
+    group: StageGroup, model_cfg: ModelConfig, sched_cfg: SchedulerConfig, plan: PipelinePlan, seed: int
+) -> int:
     """Ranks 1..S-1: hold this rank's layers and their KV cache, run every tick rank 0 announces,
     until it says stop. Returns the ticks served."""
     stage, device = group.rank, group.device
@@ -167,7 +175,7 @@ def serve_stage(group: StageGroup, model_cfg: ModelConfig, sched_cfg: SchedulerC
             split = decode_tick(wire.numpy(), kv.allocator.block_size)
             counts = torch.zeros(model_cfg.layers, model_cfg.routed_experts, device=device, dtype=torch.int32)
             cells = run_stage(model, kv, plan, stage, _batches(split, device, sched_cfg.attention), counts, device)
-            parts = [cells.start_ns, cells.end_ns, counts[layers.start:layers.stop].flatten().cpu().numpy()]
+            parts = [cells.start_ns, cells.end_ns, counts[layers.start : layers.stop].flatten().cpu().numpy()]
             if last:
                 assert cells.tokens is not None  # the last stage predicts the tokens
                 parts.append(cells.tokens.cpu().numpy())

@@ -59,12 +59,26 @@ class Engine:
     stage 0's layers and their KV cache on the group's device; the other ranks run the rest.
     """
 
-    def __init__(self, model_cfg: ModelConfig, sched_cfg: SchedulerConfig, *, device: str = "auto",
-                 seed: int = 0, recorder: Recorder = _UNTRACED, stage_group: StageGroup | None = None) -> None:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        sched_cfg: SchedulerConfig,
+        *,
+        device: str = "auto",
+        seed: int = 0,
+        recorder: Recorder = _UNTRACED,
+        stage_group: StageGroup | None = None,
+    ) -> None:
         model_cfg.validate()
         sched_cfg.validate()
-        self.pipeline = plan_pipeline(model_cfg, sched_cfg.stages, sched_cfg.stage_layers, sched_cfg.micro_batches,
-                                      sched_cfg.micro_batch_size, sched_cfg.schedule)
+        self.pipeline = plan_pipeline(
+            model_cfg,
+            sched_cfg.stages,
+            sched_cfg.stage_layers,
+            sched_cfg.micro_batches,
+            sched_cfg.micro_batch_size,
+            sched_cfg.schedule,
+        )
         self.model_cfg, self.sched_cfg = model_cfg, sched_cfg
         self.stage_group = stage_group
         self.device = resolve_device(device) if stage_group is None else stage_group.device
@@ -80,14 +94,26 @@ class Engine:
             check_stage_fits(model_cfg, self.device, owned, sched_cfg)
         self.recorder = recorder
         self.model = Transformer(model_cfg, self.device, self.dtype, seed, owned=owned, expert_matmuls=matmuls)
-        self.kv = KVCache(model_cfg, sched_cfg.kv_capacity_tokens, self.device, self.dtype,
-                          sched_cfg.kv_block_size, layers=None if owned is None else len(owned))
+        self.kv = KVCache(
+            model_cfg,
+            sched_cfg.kv_capacity_tokens,
+            self.device,
+            self.dtype,
+            sched_cfg.kv_block_size,
+            layers=None if owned is None else len(owned),
+        )
         self.scheduler = Scheduler(sched_cfg, self.kv.allocator)
-        self.graphs = (DecodeGraphs(self.model, self.kv, sched_cfg.max_seqs, compile_backend,
-                                    required=sched_cfg.decode_graphs == "on") if graphs else None)
+        self.graphs = (
+            DecodeGraphs(
+                self.model, self.kv, sched_cfg.max_seqs, compile_backend, required=sched_cfg.decode_graphs == "on"
+            )
+            if graphs
+            else None
+        )
         if stage_group is None:
             self.executor: StageExecutor | DistributedExecutor = StageExecutor(
-                self.model, self.kv, self.pipeline, sched_cfg.attention, self.device, self.graphs)
+                self.model, self.kv, self.pipeline, sched_cfg.attention, self.device, self.graphs
+            )
         else:
             self.executor = DistributedExecutor(self.model, self.kv, self.pipeline, sched_cfg.attention, stage_group)
 
@@ -112,8 +138,9 @@ class Engine:
         if mode == "on" or (mode == "auto" and plain and self.device.type == "cuda"):
             return True, backend
         if backend is not None:
-            raise ConfigError("decode_compile needs decode graphs: on CUDA with one stage and ragged attention, "
-                              "or decode_graphs 'on'")
+            raise ConfigError(
+                "decode_compile needs decode graphs: on CUDA with one stage and ragged attention, or decode_graphs 'on'"
+            )
         return False, None
 
     # --- control, from any thread ------------------------------------------------------------------
@@ -182,8 +209,14 @@ class Engine:
             "kv_capacity_tokens": self.kv.allocator.capacity_tokens,
             "expert_matmul": matmuls.eager.name,
             "expert_matmul_reason": matmuls.eager.reason,
-            **({} if self.graphs is None else {"decode_graphs_expert_matmul": matmuls.fixed.name,
-                                               "decode_graphs_expert_matmul_reason": matmuls.fixed.reason}),
+            **(
+                {}
+                if self.graphs is None
+                else {
+                    "decode_graphs_expert_matmul": matmuls.fixed.name,
+                    "decode_graphs_expert_matmul_reason": matmuls.fixed.reason,
+                }
+            ),
             # what was asked for; what ran is marked in the trace as it happens and when the engine stops
             "decode_graphs": "off" if self.graphs is None else "cuda graphs" if self.graphs.capture else "eager",
             "stage_layers": [[r.start, r.stop] for r in self.pipeline.stage_layers],
@@ -268,11 +301,13 @@ class Engine:
             queue_depth = len(self.scheduler.waiting)
         tick = self.ticks
         for seq in plan.preempted:
-            self.recorder.emit(RequestEvent(seq.id, "preempt", start, len(seq.request.prompt), seq.generated,
-                                            tick=tick, reason="KV cache full"))
+            self.recorder.emit(
+                RequestEvent(
+                    seq.id, "preempt", start, len(seq.request.prompt), seq.generated, tick=tick, reason="KV cache full"
+                )
+            )
         for seq in plan.admitted:
-            self.recorder.emit(RequestEvent(seq.id, "admit", start, len(seq.request.prompt), seq.generated,
-                                            tick=tick))
+            self.recorder.emit(RequestEvent(seq.id, "admit", start, len(seq.request.prompt), seq.generated, tick=tick))
         if not plan.entries:
             return False
 
@@ -291,12 +326,23 @@ class Engine:
         self.ticks += 1
         self.tokens_generated += len(next_tokens)
         alloc = self.kv.allocator
-        self.recorder.emit(TickEvent(
-            tick=tick, start_ns=start, end_ns=end, wait_ns=wait_ns, seqs=len(plan.entries),
-            prefill_tokens=plan.prefill_tokens, decode_tokens=plan.decode_tokens, queue_depth=queue_depth,
-            running=len(self.scheduler.running), kv_used=alloc.used_tokens, kv_capacity=alloc.capacity_tokens,
-            forward_ns=result.forward_ns, sampled_tokens=len(next_tokens),
-        ))
+        self.recorder.emit(
+            TickEvent(
+                tick=tick,
+                start_ns=start,
+                end_ns=end,
+                wait_ns=wait_ns,
+                seqs=len(plan.entries),
+                prefill_tokens=plan.prefill_tokens,
+                decode_tokens=plan.decode_tokens,
+                queue_depth=queue_depth,
+                running=len(self.scheduler.running),
+                kv_used=alloc.used_tokens,
+                kv_capacity=alloc.capacity_tokens,
+                forward_ns=result.forward_ns,
+                sampled_tokens=len(next_tokens),
+            )
+        )
         self.recorder.emit(self._batch_event(tick, plan))
         self.recorder.emit(ExpertsEvent(tick, result.counts))
         if result.stage is not None:
@@ -310,8 +356,16 @@ class Engine:
         forward's device time in ns, and the tick's pipeline cells when there is a pipeline."""
         alloc = self.kv.allocator
         bs = alloc.block_size
-        chunks = [SeqChunk(e.seq.tokens[e.start:e.start + e.count], e.start,
-                           alloc.blocks(e.seq.id, e.start + e.count), bs, e.samples) for e in plan.entries]
+        chunks = [
+            SeqChunk(
+                e.seq.tokens[e.start : e.start + e.count],
+                e.start,
+                alloc.blocks(e.seq.id, e.start + e.count),
+                bs,
+                e.samples,
+            )
+            for e in plan.entries
+        ]
         return self.executor.run(chunks, tick, tick_start)
 
     def _batch_event(self, tick: int, plan: TickPlan) -> BatchEvent:

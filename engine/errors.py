@@ -39,7 +39,7 @@ def _describe(error: BaseException) -> str:
 
 
 def _innermost_own_line(error: BaseException) -> str | None:
-    """"engine/model.py:212": where the engine's own code was when `error` was raised (the frames past
+    """ "engine/model.py:212": where the engine's own code was when `error` was raised (the frames past
     it are torch's, or a test's)."""
     package = Path(__file__).resolve().parent
     for frame in reversed(traceback.extract_tb(error.__traceback__)):

@@ -22,14 +22,27 @@ def glm4_moe_config(cfg: ModelConfig, *, attention: str, experts: str) -> Any:
     from transformers import Glm4MoeConfig
 
     config: Any = Glm4MoeConfig(  # type: ignore[call-arg]  # head_dim is one of its **kwargs
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta, "partial_rotary_factor": 1.0},
-        attention_bias=False, use_qk_norm=False, first_k_dense_replace=0,
-        moe_intermediate_size=cfg.moe_intermediate, num_experts_per_tok=cfg.top_k,
-        n_routed_experts=cfg.routed_experts, n_shared_experts=cfg.shared_experts,
-        n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=1.0, tie_word_embeddings=False,
+        attention_bias=False,
+        use_qk_norm=False,
+        first_k_dense_replace=0,
+        moe_intermediate_size=cfg.moe_intermediate,
+        num_experts_per_tok=cfg.top_k,
+        n_routed_experts=cfg.routed_experts,
+        n_shared_experts=cfg.shared_experts,
+        n_group=1,
+        topk_group=1,
+        norm_topk_prob=True,
+        routed_scaling_factor=1.0,
+        tie_word_embeddings=False,
     )
     config._attn_implementation = attention
     config._experts_implementation = experts
@@ -61,8 +74,8 @@ def hf_twin(ours: Transformer, *, attention: str = "eager", experts: str = "eage
             a, m = mine.attention, mine.moe
             assert m.shared_w13 is not None and m.shared_w2 is not None, "GLM-4.5's MoE has shared experts"
             theirs.self_attn.q_proj.weight.copy_(a.wqkv[:q])
-            theirs.self_attn.k_proj.weight.copy_(a.wqkv[q:q + kv])
-            theirs.self_attn.v_proj.weight.copy_(a.wqkv[q + kv:])
+            theirs.self_attn.k_proj.weight.copy_(a.wqkv[q : q + kv])
+            theirs.self_attn.v_proj.weight.copy_(a.wqkv[q + kv :])
             theirs.self_attn.o_proj.weight.copy_(a.wo)
             theirs.input_layernorm.weight.copy_(mine.attention_norm.weight)
             theirs.post_attention_layernorm.weight.copy_(mine.moe_norm.weight)

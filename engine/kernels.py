@@ -50,6 +50,7 @@ def linear(x: Tensor, w: Tensor) -> Tensor:
 # Expert products: rows offs[e-1]:offs[e] of x (sorted by expert) times expert e's weights
 # ---------------------------------------------------------------------------------------------------
 
+
 def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     """x [N, in] sorted by expert; w [E, out, in]; offs int32 [E] cumulative row counts (offs[-1] == N).
     One call: on CUDA one kernel (bfloat16 on SM90+; elsewhere torch falls back to a loop that reads
@@ -104,8 +105,9 @@ class ExpertMatmuls:
     fixed: ExpertMatmul
 
 
-def choose_expert_matmuls(cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
-                          fixed_shapes: bool) -> ExpertMatmuls:
+def choose_expert_matmuls(
+    cfg: ModelConfig, device: torch.device, dtype: torch.dtype, fixed_shapes: bool
+) -> ExpertMatmuls:
     """`fixed_shapes`: whether decode steps will be captured or compiled (else both are the eager one)."""
     eager = choose_expert_matmul(cfg, device, dtype, fixed_shapes=False)
     return ExpertMatmuls(eager, choose_expert_matmul(cfg, device, dtype, fixed_shapes=True) if fixed_shapes else eager)
@@ -117,15 +119,19 @@ def _grouped_mm_runs(device: torch.device, dtype: torch.dtype) -> bool:
         return False
     try:
         x = torch.zeros(2, 16, device=device, dtype=dtype)
-        grouped_mm(x, torch.zeros(2, 16, 16, device=device, dtype=dtype), torch.tensor([1, 2], device=device,
-                                                                                        dtype=torch.int32))
+        grouped_mm(
+            x,
+            torch.zeros(2, 16, 16, device=device, dtype=dtype),
+            torch.tensor([1, 2], device=device, dtype=torch.int32),
+        )
         return True
     except (RuntimeError, NotImplementedError):
         return False
 
 
-def choose_expert_matmul(cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
-                         fixed_shapes: bool) -> ExpertMatmul:
+def choose_expert_matmul(
+    cfg: ModelConfig, device: torch.device, dtype: torch.dtype, fixed_shapes: bool
+) -> ExpertMatmul:
     """The expert product for this device and dtype. `fixed_shapes`: the decode step will be captured
     as a CUDA graph or compiled, so nothing in it may read a value back to the host."""
     runs = _grouped_mm_runs(device, dtype)
@@ -139,13 +145,19 @@ def choose_expert_matmul(cfg: ModelConfig, device: torch.device, dtype: torch.dt
     if fixed_shapes:
         if fused and runs:
             return ExpertMatmul(grouped_mm, f"fixed shapes asked for; torch._grouped_mm has them for {where}")
-        return ExpertMatmul(grouped_mm_padded, f"padded: fixed shapes asked for, and torch._grouped_mm has none "
-                                               f"for {where} (its fallback reads the offsets on the host); "
-                                               f"costs {cfg.routed_experts}x the expert FLOPs")
+        return ExpertMatmul(
+            grouped_mm_padded,
+            f"padded: fixed shapes asked for, and torch._grouped_mm has none "
+            f"for {where} (its fallback reads the offsets on the host); "
+            f"costs {cfg.routed_experts}x the expert FLOPs",
+        )
     expert_bytes = 3 * cfg.hidden * cfg.moe_intermediate * dtype.itemsize
     if device.type == "cpu" and _ONEDNN and dtype == torch.float32 and expert_bytes >= _ONEDNN_MIN_BYTES:
-        return ExpertMatmul(expert_loop, f"experts of {expert_bytes / 2**20:.1f} MiB on the CPU: one oneDNN GEMM "
-                                         f"per active expert reads them fastest")
+        return ExpertMatmul(
+            expert_loop,
+            f"experts of {expert_bytes / 2**20:.1f} MiB on the CPU: one oneDNN GEMM "
+            f"per active expert reads them fastest",
+        )
     if runs:
         kernel = "its fused kernel" if device.type == "cuda" and fused else "its loop over the experts"
         return ExpertMatmul(grouped_mm, f"torch._grouped_mm, {kernel}, for {where}")

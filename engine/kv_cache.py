@@ -64,7 +64,7 @@ class BlockAllocator:
 
     def blocks(self, seq_id: int, length: int) -> list[int]:
         """The blocks holding positions 0..length-1 of `seq_id`, in order."""
-        return self.tables[seq_id][:self.blocks_for(length)]
+        return self.tables[seq_id][: self.blocks_for(length)]
 
 
 class KVCache:
@@ -75,8 +75,15 @@ class KVCache:
     rows of a fixed-shape batch write their K/V to its first slot, `scratch_slot`
     (engine/decode_graphs.py). A whole block, so that attention can view the cache as blocks."""
 
-    def __init__(self, cfg: ModelConfig, capacity_tokens: int, device: torch.device, dtype: torch.dtype,
-                 block_size: int = 16, layers: int | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        capacity_tokens: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        block_size: int = 16,
+        layers: int | None = None,
+    ) -> None:
         self.allocator = BlockAllocator(capacity_tokens, block_size)
         self.scratch_slot = self.allocator.capacity_tokens
         shape = (cfg.layers if layers is None else layers, self.scratch_slot + block_size, cfg.kv_heads, cfg.head_dim)

@@ -80,8 +80,9 @@ class LaunchedStages:
 
 def _ended(workers: ProcessContext) -> dict[int, str]:
     """The started ranks whose process has ended unbidden (a rank told to stop exits with 0), and how."""
-    return {index + 1: _how(p.exitcode) for index, p in enumerate(workers.processes)
-            if not p.is_alive() and p.exitcode != 0}
+    return {
+        index + 1: _how(p.exitcode) for index, p in enumerate(workers.processes) if not p.is_alive() and p.exitcode != 0
+    }
 
 
 def _how(exitcode: int | None) -> str:
@@ -110,8 +111,14 @@ def _join_or_kill(workers: ProcessContext) -> None:
 
 
 def _plan(model_cfg: ModelConfig, sched_cfg: SchedulerConfig) -> PipelinePlan:
-    return plan_pipeline(model_cfg, sched_cfg.stages, sched_cfg.stage_layers, sched_cfg.micro_batches,
-                         sched_cfg.micro_batch_size, sched_cfg.schedule)
+    return plan_pipeline(
+        model_cfg,
+        sched_cfg.stages,
+        sched_cfg.stage_layers,
+        sched_cfg.micro_batches,
+        sched_cfg.micro_batch_size,
+        sched_cfg.schedule,
+    )
 
 
 def _threads_per_rank(world_size: int) -> int:
@@ -119,8 +126,13 @@ def _threads_per_rank(world_size: int) -> int:
     return max(1, (os.cpu_count() or 1) // world_size)
 
 
-def launch_stages(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: str, seed: int,
-                  timeout: datetime.timedelta = JOIN_TIMEOUT) -> LaunchedStages:
+def launch_stages(
+    model_cfg: ModelConfig,
+    sched_cfg: SchedulerConfig,
+    device: str,
+    seed: int,
+    timeout: datetime.timedelta = JOIN_TIMEOUT,
+) -> LaunchedStages:
     """Rank 0's side: join the torchrun job this process belongs to, or spawn ranks 1..S-1. `timeout`:
     how long a control message may wait, when the ranks are spawned here (engine/distributed.join)."""
     world = sched_cfg.stages
@@ -131,16 +143,24 @@ def launch_stages(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, device: st
     if env is not None:
         rank, env_world, local_rank, local_world = env
         if env_world != world or rank != 0:
-            raise ConfigError(f"torchrun started {env_world} ranks (this is rank {rank}); --stages is {world}: "
-                              "they must match, and ranks other than 0 serve their stage")
+            raise ConfigError(
+                f"torchrun started {env_world} ranks (this is rank {rank}); --stages is {world}: "
+                "they must match, and ranks other than 0 serve their stage"
+            )
         return LaunchedStages(join(0, world, device, local_rank, local_world, "torchrun"), None, plan)
     _check_local_fits(model_cfg, sched_cfg, plan, device)
     store = dist.TCPStore(  # type: ignore[attr-defined]  # re-exported by torch.distributed without __all__
-        "127.0.0.1", 0, world, True, timeout=JOIN_TIMEOUT, wait_for_workers=False)
+        "127.0.0.1", 0, world, True, timeout=JOIN_TIMEOUT, wait_for_workers=False
+    )
     # with join=False it returns the context; torch leaves it unannotated
     workers: ProcessContext = start_processes(  # type: ignore[no-untyped-call]  # torch: unannotated
-        _spawned_worker, args=(world, store.port, model_cfg, sched_cfg, device, seed, timeout),
-        nprocs=world - 1, join=False, daemon=True, start_method="spawn")
+        _spawned_worker,
+        args=(world, store.port, model_cfg, sched_cfg, device, seed, timeout),
+        nprocs=world - 1,
+        join=False,
+        daemon=True,
+        start_method="spawn",
+    )
     try:
         torch.set_num_threads(min(torch.get_num_threads(), _threads_per_rank(world)))
         group = join(0, world, device, 0, world, "torch.multiprocessing", store, timeout)
@@ -161,12 +181,21 @@ def _check_local_fits(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, plan: 
         check_stage_fits(model_cfg, pick_device(device, rank, plan.stages)[0], layers, sched_cfg)
 
 
-def _spawned_worker(index: int, world: int, port: int, model_cfg: ModelConfig, sched_cfg: SchedulerConfig,
-                    device: str, seed: int, timeout: datetime.timedelta) -> None:
+def _spawned_worker(
+    index: int,
+    world: int,
+    port: int,
+    model_cfg: ModelConfig,
+    sched_cfg: SchedulerConfig,
+    device: str,
+    seed: int,
+    timeout: datetime.timedelta,
+) -> None:
     rank = index + 1  # the spawner is rank 0
     torch.set_num_threads(_threads_per_rank(world))
     store = dist.TCPStore(  # type: ignore[attr-defined]  # re-exported by torch.distributed without __all__
-        "127.0.0.1", port, world, False, timeout=JOIN_TIMEOUT)
+        "127.0.0.1", port, world, False, timeout=JOIN_TIMEOUT
+    )
     _serve(join(rank, world, device, rank, world, "torch.multiprocessing", store, timeout), model_cfg, sched_cfg, seed)
 
 

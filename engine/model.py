@@ -23,6 +23,7 @@ from engine.kernels import ExpertMatmuls, choose_expert_matmuls, linear
 # Layers
 # ---------------------------------------------------------------------------------------------------
 
+
 def _weight(gen: torch.Generator, device: torch.device, dtype: torch.dtype, *shape: int, fan_in: int) -> nn.Parameter:
     """A weight [..., out, in], drawn as [..., in, out]: the order the model's weights have always been
     drawn in, so that a seed keeps giving the same model."""
@@ -67,14 +68,15 @@ class Attention(nn.Module):
         self.wqkv = _weight(gen, device, dtype, cfg.hidden, qkv_width, fan_in=cfg.hidden)
         self.wo = _weight(gen, device, dtype, cfg.heads * cfg.head_dim, cfg.hidden, fan_in=cfg.heads * cfg.head_dim)
 
-    def forward(self, x: Tensor, batch: ForwardBatch, cos: Tensor, sin: Tensor, k_cache: Tensor,
-                v_cache: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, batch: ForwardBatch, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor
+    ) -> Tensor:
         T, H, D = x.shape[0], self.heads, self.head_dim
         qkv = linear(x, self.wqkv).view(T, H + 2 * self.kv_heads, D)
-        rotated = apply_rope(qkv[:, :H + self.kv_heads], cos, sin)
+        rotated = apply_rope(qkv[:, : H + self.kv_heads], cos, sin)
         q, k = rotated[:, :H], rotated[:, H:]
         k_cache.index_copy_(0, batch.slots, k)
-        v_cache.index_copy_(0, batch.slots, qkv[:, H + self.kv_heads:])
+        v_cache.index_copy_(0, batch.slots, qkv[:, H + self.kv_heads :])
         k_blocks = k_cache.view(-1, batch.block_size, self.kv_heads, D)  # the cache as whole blocks
         v_blocks = v_cache.view(-1, batch.block_size, self.kv_heads, D)
 
@@ -96,7 +98,7 @@ class Attention(nn.Module):
         keys = k_blocks.index_select(0, table).view(seqs, -1, KVH, D)
         values = v_blocks.index_select(0, table).view(seqs, -1, KVH, D)
         if call.kv is not None:
-            keys, values = keys[:, :call.kv], values[:, :call.kv]
+            keys, values = keys[:, : call.kv], values[:, : call.kv]
         keys, values = keys.transpose(1, 2), values.transpose(1, 2)
         queries = q.view(seqs, n_q, H, D).transpose(1, 2)
         if call.kv is not None and n_q in (1, call.kv):
@@ -110,8 +112,9 @@ class Attention(nn.Module):
             # SDPA has no fused kernel for a mask with enable_gqa on CUDA, so each K/V head's query heads
             # become query rows of that head instead
             g = H // KVH
-            o = F.scaled_dot_product_attention(queries.reshape(seqs, KVH, g * n_q, D), keys, values,
-                                               attn_mask=mask.repeat(1, g, 1)[:, None]).view(seqs, H, n_q, D)
+            o = F.scaled_dot_product_attention(
+                queries.reshape(seqs, KVH, g * n_q, D), keys, values, attn_mask=mask.repeat(1, g, 1)[:, None]
+            ).view(seqs, H, n_q, D)
         return o.transpose(1, 2).reshape(seqs * n_q, H, D)
 
 
@@ -125,8 +128,9 @@ class MoE(nn.Module):
 
     popularity_bias: Tensor
 
-    def __init__(self, cfg: ModelConfig, gen: torch.Generator, device: torch.device, dtype: torch.dtype,
-                 matmuls: ExpertMatmuls) -> None:
+    def __init__(
+        self, cfg: ModelConfig, gen: torch.Generator, device: torch.device, dtype: torch.dtype, matmuls: ExpertMatmuls
+    ) -> None:
         super().__init__()
         h, i, e = cfg.hidden, cfg.moe_intermediate, cfg.routed_experts
         self.top_k = cfg.top_k
@@ -177,16 +181,18 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, gen: torch.Generator, device: torch.device, dtype: torch.dtype,
-                 matmuls: ExpertMatmuls) -> None:
+    def __init__(
+        self, cfg: ModelConfig, gen: torch.Generator, device: torch.device, dtype: torch.dtype, matmuls: ExpertMatmuls
+    ) -> None:
         super().__init__()
         self.attention_norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
         self.attention = Attention(cfg, gen, device, dtype)
         self.moe_norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
         self.moe = MoE(cfg, gen, device, dtype, matmuls)
 
-    def forward(self, x: Tensor, batch: ForwardBatch, cos: Tensor, sin: Tensor, k_cache: Tensor,
-                v_cache: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, batch: ForwardBatch, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor
+    ) -> tuple[Tensor, Tensor]:
         h = x + self.attention(self.attention_norm(x), batch, cos, sin, k_cache, v_cache)
         moe_out, counts = self.moe(self.moe_norm(h), batch.counted, batch.fixed_shapes)
         return h + moe_out, counts
@@ -212,8 +218,15 @@ class Transformer(nn.Module):
     rope_cos: Tensor
     rope_sin: Tensor
 
-    def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0,
-                 owned: range | None = None, expert_matmuls: ExpertMatmuls | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        seed: int = 0,
+        owned: range | None = None,
+        expert_matmuls: ExpertMatmuls | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         owned = range(cfg.layers) if owned is None else owned
@@ -242,8 +255,9 @@ class Transformer(nn.Module):
         assert self.embed is not None, "the embedding is held by the first stage"
         return self.embed.index_select(0, batch.tokens)
 
-    def run_layers(self, x: Tensor, batch: ForwardBatch, kv_k: Tensor, kv_v: Tensor, counts: Tensor,
-                   layers: range) -> Tensor:
+    def run_layers(
+        self, x: Tensor, batch: ForwardBatch, kv_k: Tensor, kv_v: Tensor, counts: Tensor, layers: range
+    ) -> Tensor:
         """Layers `layers` over x; kv_k and kv_v hold the caches of exactly those layers, in order (a
         stage's slice of the whole cache, or a stage's own cache). Each layer's expert load is added
         to counts[layer]."""

@@ -25,6 +25,7 @@ T = TypeVar("T")
 # The stage split
 # ---------------------------------------------------------------------------------------------------
 
+
 def layer_param_counts(cfg: ModelConfig) -> tuple[int, int, int]:
     """Parameters of the embedding, of one decoder layer, and of the head (final norm + LM head)."""
     embed = cfg.vocab_size * cfg.hidden
@@ -78,7 +79,7 @@ def explicit_layers(counts: tuple[int, ...] | list[int], layers: int) -> list[ra
 
 
 def parse_stage_layers(text: str) -> tuple[int, ...]:
-    """"3,3,2" -> (3, 3, 2)."""
+    """ "3,3,2" -> (3, 3, 2)."""
     try:
         counts = tuple(int(part) for part in text.split(","))
     except ValueError:
@@ -91,6 +92,7 @@ def parse_stage_layers(text: str) -> tuple[int, ...]:
 # ---------------------------------------------------------------------------------------------------
 # Micro-batches
 # ---------------------------------------------------------------------------------------------------
+
 
 def micro_batch_count(seqs: int, micro_batches: int, micro_batch_size: int) -> int:
     """Micro-batches for a batch of `seqs` sequences: `micro_batch_size` sequences each when it is set
@@ -144,8 +146,14 @@ def is_pipelined(stages: int, micro_batches: int, micro_batch_size: int) -> bool
     return stages > 1 or micro_batches > 1 or micro_batch_size > 0
 
 
-def plan_pipeline(cfg: ModelConfig, stages: int, stage_layers: tuple[int, ...], micro_batches: int,
-                  micro_batch_size: int, schedule: str) -> PipelinePlan:
+def plan_pipeline(
+    cfg: ModelConfig,
+    stages: int,
+    stage_layers: tuple[int, ...],
+    micro_batches: int,
+    micro_batch_size: int,
+    schedule: str,
+) -> PipelinePlan:
     """The pipeline for this model: `stage_layers` counts when given (they fix the stage count), else
     `stages` stages balanced by weight bytes."""
     if stage_layers:
@@ -173,8 +181,11 @@ def check_stage_fits(cfg: ModelConfig, device: torch.device, layers: range, tick
     activations, engine/config.py) its device cannot hold. Every layer is drawn, owned or not (model.py):
     one more layer, and the largest weight twice, for a moment."""
     dtype = cfg.torch_dtype(device)
-    params = stage_param_bytes(cfg, layers, dtype.itemsize) + layer_param_counts(cfg)[1] * dtype.itemsize \
+    params = (
+        stage_param_bytes(cfg, layers, dtype.itemsize)
+        + layer_param_counts(cfg)[1] * dtype.itemsize
         + cfg.largest_weight_bytes(dtype)
+    )
     kv = cfg.kv_bytes_per_token(dtype) // cfg.layers * len(layers) * tick.kv_capacity_tokens
     need = params + kv + activation_bytes(cfg, dtype, tick)
     have = available_bytes(device)

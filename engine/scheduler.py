@@ -73,8 +73,10 @@ class SchedulerConfig:
             # otherwise a full batch of decoding sequences could not all advance in one tick
             raise ConfigError(f"max_tokens ({self.max_tokens}) must be at least max_seqs ({self.max_seqs})")
         if self.kv_capacity_tokens < self.kv_block_size:
-            raise ConfigError(f"kv_capacity_tokens ({self.kv_capacity_tokens}) is less than one KV block "
-                              f"({self.kv_block_size} tokens)")
+            raise ConfigError(
+                f"kv_capacity_tokens ({self.kv_capacity_tokens}) is less than one KV block "
+                f"({self.kv_block_size} tokens)"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

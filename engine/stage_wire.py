@@ -24,17 +24,17 @@ def encode_tick(parts: list[list[SeqChunk]]) -> np.ndarray:
 
 def decode_tick(data: np.ndarray, block_size: int) -> list[list[SeqChunk]]:
     micro = int(data[0])
-    sizes = data[1:1 + micro].tolist()
+    sizes = data[1 : 1 + micro].tolist()
     at = 1 + micro
     parts: list[list[SeqChunk]] = []
     for size in sizes:
         part = []
         for _ in range(size):
-            start, n_tokens, sample, n_blocks = (int(v) for v in data[at:at + 4])
+            start, n_tokens, sample, n_blocks = (int(v) for v in data[at : at + 4])
             at += 4
-            tokens = data[at:at + n_tokens].tolist()
+            tokens = data[at : at + n_tokens].tolist()
             at += n_tokens
-            blocks = data[at:at + n_blocks].tolist()
+            blocks = data[at : at + n_blocks].tolist()
             at += n_blocks
             part.append(SeqChunk(tokens, start, blocks, block_size, bool(sample)))
         parts.append(part)

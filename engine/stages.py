@@ -75,8 +75,9 @@ class CellClock:
         return ns
 
 
-def cells_from_marks(marks: np.ndarray, order: list[tuple[int, int]], stages: int,
-                     micro_batches: int) -> tuple[np.ndarray, np.ndarray]:
+def cells_from_marks(
+    marks: np.ndarray, order: list[tuple[int, int]], stages: int, micro_batches: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Start and end [stages, micro_batches] of cells run one after another in `order`, from the
     marks before the first cell and after each."""
     start = np.zeros((stages, micro_batches), dtype=np.int64)
@@ -89,8 +90,15 @@ def cells_from_marks(marks: np.ndarray, order: list[tuple[int, int]], stages: in
 class StageExecutor:
     """Runs a tick's forward pass as pipeline cells on one device."""
 
-    def __init__(self, model: Transformer, kv: KVCache, plan: PipelinePlan, grouping: str,
-                 device: torch.device, graphs: DecodeGraphs | None = None) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        kv: KVCache,
+        plan: PipelinePlan,
+        grouping: str,
+        device: torch.device,
+        graphs: DecodeGraphs | None = None,
+    ) -> None:
         self.model, self.kv, self.plan = model, kv, plan
         self.grouping, self.device = grouping, device
         self.graphs = graphs
@@ -129,7 +137,7 @@ class StageExecutor:
             layers, batch = plan.stage_layers[s], parts[m]
             if s == 0:
                 hidden[m] = model.embed_tokens(batch)
-            k, v = self.kv.k[layers.start:layers.stop], self.kv.v[layers.start:layers.stop]
+            k, v = self.kv.k[layers.start : layers.stop], self.kv.v[layers.start : layers.stop]
             hidden[m] = model.run_layers(hidden[m], batch, k, v, counts, layers)
             if s == last:
                 logits[m] = model.logits(hidden[m], batch)
@@ -153,8 +161,8 @@ class StageExecutor:
         clock.mark()
         host = read_back(out)
         cfg = self.model.cfg
-        counts = host[len(host) - cfg.layers * cfg.routed_experts:].reshape(cfg.layers, cfg.routed_experts)
-        return ForwardResult(host[:len(chunks)].tolist(), counts, int(clock.read()[-1]), None, graphs.note)
+        counts = host[len(host) - cfg.layers * cfg.routed_experts :].reshape(cfg.layers, cfg.routed_experts)
+        return ForwardResult(host[: len(chunks)].tolist(), counts, int(clock.read()[-1]), None, graphs.note)
 
 
 def read_back(device_values: Tensor) -> np.ndarray:

@@ -8,11 +8,11 @@ model against the engine's own modules).
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-import tomllib
 
 import tracer
 
@@ -46,10 +46,14 @@ def busy_and_devices(trace: tracer.Trace) -> tuple[np.ndarray, np.ndarray]:
 
 
 def span(trace: tracer.Trace) -> float:
-    times = np.concatenate([
-        trace.ticks["start_s"].to_numpy(), trace.ticks["end_s"].to_numpy(),
-        trace.requests["arrival_s"].drop_nulls().to_numpy(), trace.requests["finish_s"].drop_nulls().to_numpy(),
-    ])
+    times = np.concatenate(
+        [
+            trace.ticks["start_s"].to_numpy(),
+            trace.ticks["end_s"].to_numpy(),
+            trace.requests["arrival_s"].drop_nulls().to_numpy(),
+            trace.requests["finish_s"].drop_nulls().to_numpy(),
+        ]
+    )
     return float(times.max() - times.min())
 
 
@@ -70,13 +74,17 @@ def tick_bytes_and_flops(trace: tracer.Trace) -> tuple[np.ndarray, np.ndarray]:
     kv_used = t["kv_used"].to_numpy()
     nbytes = dense + processed * h * isz + distinct * expert * isz + kv_used * cfg["kv_bytes_per_token"]
     matmul = layers * (wqkv + wo + h * m["routed_experts"] + m["shared_experts"] * expert + m["top_k"] * expert)
-    flops = (2 * matmul * processed + 2 * h * m["vocab_size"] * t["sampled_tokens"].to_numpy()
-             + 4 * layers * m["heads"] * m["head_dim"] * kv_used)
+    flops = (
+        2 * matmul * processed
+        + 2 * h * m["vocab_size"] * t["sampled_tokens"].to_numpy()
+        + 4 * layers * m["heads"] * m["head_dim"] * kv_used
+    )
     return nbytes.astype(float), flops.astype(float)
 
 
-def independent_costs(trace: tracer.Trace, accelerator: dict[str, float] | None = None,
-                      price: float | None = None) -> dict[str, float | None]:
+def independent_costs(
+    trace: tracer.Trace, accelerator: dict[str, float] | None = None, price: float | None = None
+) -> dict[str, float | None]:
     """The cost figures compare shows, keyed as `summarize` keys them ("accelerator.KEY" for the
     modelled accelerator's, on the `accelerator` profile given as its TOML fields)."""
     t = trace.ticks
@@ -104,7 +112,8 @@ def independent_costs(trace: tracer.Trace, accelerator: dict[str, float] | None 
         usd_per_hour = price if price is not None else p.get("usd_per_hour")
         figures["accelerator.capacity_output_tok_s"] = output / roofline
         figures["accelerator.usd_per_mtok_modelled"] = (
-            None if usd_per_hour is None else roofline * usd_per_hour / 3600 / output * 1e6)
+            None if usd_per_hour is None else roofline * usd_per_hour / 3600 / output * 1e6
+        )
     return figures
 
 
@@ -114,14 +123,17 @@ def other_figures(trace: tracer.Trace) -> dict[str, float | None]:
     done = req.filter(pl.col("status") == "finished")
     ttft, tpot = done["ttft_s"].drop_nulls().to_numpy(), done["tpot_s"].drop_nulls().to_numpy()
     slo = trace.header.config["workload"]["slo"]
-    good = done.filter((pl.col("ttft_s") <= slo["ttft_s"])
-                       & (pl.col("tpot_s").is_null() | (pl.col("tpot_s") <= slo["tpot_s"])))
+    good = done.filter(
+        (pl.col("ttft_s") <= slo["ttft_s"]) & (pl.col("tpot_s").is_null() | (pl.col("tpot_s") <= slo["tpot_s"]))
+    )
     load = trace.expert_load.astype(float)  # [ticks, layers, experts]
     means = load.mean(axis=2)
     used = means > 0
     return {
-        "ttft_p50_s": np.percentile(ttft, 50), "ttft_p99_s": np.percentile(ttft, 99),
-        "tpot_p50_s": np.percentile(tpot, 50), "tpot_p99_s": np.percentile(tpot, 99),
+        "ttft_p50_s": np.percentile(ttft, 50),
+        "ttft_p99_s": np.percentile(ttft, 99),
+        "tpot_p50_s": np.percentile(tpot, 50),
+        "tpot_p99_s": np.percentile(tpot, 99),
         "goodput_req_s": good.height / span(trace),
         "mean_batch_seqs": ticks["seqs"].mean(),
         "expert_imbalance": (load.max(axis=2)[used] / means[used]).mean(),

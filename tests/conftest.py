@@ -71,8 +71,9 @@ def compare_pair(tmp_path_factory) -> tuple[Path, Path]:
     paths = []
     for window in (5, 100):
         out = folder / f"w{window}.msgpack"
-        plan = RecordingPlan(preset="tiny", workload=str(workload), out=out, device="cpu",
-                             scheduler_overrides={"window_ms": window})
+        plan = RecordingPlan(
+            preset="tiny", workload=str(workload), out=out, device="cpu", scheduler_overrides={"window_ms": window}
+        )
         Recording(plan).run()
         paths.append(out)
     return paths[0], paths[1]
@@ -82,7 +83,6 @@ def compare_pair(tmp_path_factory) -> tuple[Path, Path]:
 def live(tmp_path):
     """A trace being written: its path and its writer (closed at the end if the test did not)."""
     import tui_synth
-
     from tracer import TraceWriter
 
     path = str(tmp_path / "live.msgpack")

@@ -35,14 +35,21 @@ class MixedRun:
     engine: Engine
 
 
-def mixed_run(device: str, decode_graphs: str, *, decode_compile: str = "off", dtype: str = "auto",
-              setup: Callable[[DecodeGraphs], None] | None = None) -> MixedRun:
+def mixed_run(
+    device: str,
+    decode_graphs: str,
+    *,
+    decode_compile: str = "off",
+    dtype: str = "auto",
+    setup: Callable[[DecodeGraphs], None] | None = None,
+) -> MixedRun:
     """Eleven requests of mixed lengths through an engine of 8 slots, run to the end: admissions,
     prefills and finishes interleave with decode-only ticks, and contexts cross several context
     buckets. `setup` may adjust the engine's decode graphs before the first tick."""
     rec = ListRecorder()
-    sched = SchedulerConfig(max_seqs=8, kv_capacity_tokens=4096, decode_graphs=decode_graphs,
-                            decode_compile=decode_compile)
+    sched = SchedulerConfig(
+        max_seqs=8, kv_capacity_tokens=4096, decode_graphs=decode_graphs, decode_compile=decode_compile
+    )
     eng = Engine(get_preset("tiny", dtype=dtype), sched, device=device, recorder=rec)
     if setup is not None:
         setup(eng.graphs)

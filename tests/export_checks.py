@@ -37,8 +37,10 @@ def check_tables(trace: Trace, folder: Path, ext: str) -> None:
         assert_frame_equal(got, expected, check_exact=True)
     session = json.loads((folder / "session.json").read_text())
     assert session == {
-        "t0_mono_ns": trace.header.t0_mono_ns, "t0_wall_ns": trace.header.t0_wall_ns,
-        "format_version": list(trace.header.format_version), "config": trace.header.config,
+        "t0_mono_ns": trace.header.t0_mono_ns,
+        "t0_wall_ns": trace.header.t0_wall_ns,
+        "format_version": list(trace.header.format_version),
+        "config": trace.header.config,
         "dropped": trace.dropped,
     }
 
@@ -50,8 +52,11 @@ def _us(seconds: float) -> float:
 def check_perfetto(trace: Trace, doc: dict) -> None:
     """A Chrome trace-event document holding, track by track, what the trace's frames say."""
     assert doc["displayTimeUnit"] == "ms"
-    assert doc["otherData"] == {"tool": "tickscope", "t0_wall_ns": trace.header.t0_wall_ns,
-                                "format_version": list(trace.header.format_version)}
+    assert doc["otherData"] == {
+        "tool": "tickscope",
+        "t0_wall_ns": trace.header.t0_wall_ns,
+        "format_version": list(trace.header.format_version),
+    }
     events = doc["traceEvents"]
     assert all({"ph", "pid", "name"} <= ev.keys() for ev in events)
     assert set(Counter(ev["ph"] for ev in events)) <= {"M", "X", "C", "b", "n", "e", "i"}
@@ -85,7 +90,8 @@ def check_perfetto(trace: Trace, doc: dict) -> None:
     assert [ev["name"] for ev in tick_slices] == [f"tick {t}" for t in ticks["tick"]]
     assert [ev["ts"] for ev in tick_slices] == pytest.approx([_us(s) for s in ticks["start_s"]], abs=1e-3)
     assert [ev["dur"] for ev in tick_slices] == pytest.approx(
-        [_us(e - s) for s, e in zip(ticks["start_s"], ticks["end_s"])], abs=2e-3)
+        [_us(e - s) for s, e in zip(ticks["start_s"], ticks["end_s"])], abs=2e-3
+    )
     for ev, row in zip(tick_slices, ticks.iter_rows(named=True)):
         assert ev["args"] == {k: row[k] for k in ("seqs", "prefill_tokens", "decode_tokens", "forward_s")}
     waits = ticks.filter(pl.col("wait_s") > 0)
@@ -99,8 +105,10 @@ def check_perfetto(trace: Trace, doc: dict) -> None:
     assert len(on(sched, "C")) == len(COUNTERS) * ticks.height
 
     # one slice per stage cell, on its stage's track, measured and (where modelled) modelled
-    for name, frame, which in (("stages (measured)", stages, "measured"),
-                               ("stages (modelled, one device per stage)", modelled, "modelled")):
+    for name, frame, which in (
+        ("stages (measured)", stages, "measured"),
+        ("stages (modelled, one device per stage)", modelled, "modelled"),
+    ):
         if name not in pids:
             assert frame.height == 0
             continue
@@ -108,11 +116,14 @@ def check_perfetto(trace: Trace, doc: dict) -> None:
         frame = frame.drop_nulls("tick_start_s")
         assert len(cells) == frame.height
         assert [(ev["tid"], ev["name"]) for ev in cells] == [
-            (r["stage"], f"tick {r['tick']} mb {r['micro_batch']}") for r in frame.iter_rows(named=True)]
+            (r["stage"], f"tick {r['tick']} mb {r['micro_batch']}") for r in frame.iter_rows(named=True)
+        ]
         assert [ev["ts"] for ev in cells] == pytest.approx(
-            [_us(b + s) for b, s in zip(frame["tick_start_s"], frame[f"{which}_start_s"])], abs=1e-3)
+            [_us(b + s) for b, s in zip(frame["tick_start_s"], frame[f"{which}_start_s"])], abs=1e-3
+        )
         assert [ev["dur"] for ev in cells] == pytest.approx(
-            [_us(e - s) for s, e in zip(frame[f"{which}_start_s"], frame[f"{which}_end_s"])], abs=2e-3)
+            [_us(e - s) for s, e in zip(frame[f"{which}_start_s"], frame[f"{which}_end_s"])], abs=2e-3
+        )
 
     # each request that arrived and ended: an async slice from arrival to finish, its first token inside
     req = pids["requests"]
@@ -121,8 +132,9 @@ def check_perfetto(trace: Trace, doc: dict) -> None:
     assert [ev["id"] for ev in begins] == [ev["id"] for ev in ends] == ended["request"].to_list()
     assert [ev["ts"] for ev in begins] == pytest.approx([_us(t) for t in ended["arrival_s"]], abs=1e-3)
     assert [ev["ts"] for ev in ends] == pytest.approx([_us(t) for t in ended["finish_s"]], abs=1e-3)
-    assert [ev["args"] for ev in ends] == [{"status": s, "output_tokens": n}
-                                           for s, n in zip(ended["status"], ended["output_tokens"])]
+    assert [ev["args"] for ev in ends] == [
+        {"status": s, "output_tokens": n} for s, n in zip(ended["status"], ended["output_tokens"])
+    ]
     assert [ev["args"]["prompt_tokens"] for ev in begins] == ended["prompt_tokens"].to_list()
     with_first = ended.drop_nulls("first_token_s")
     assert [ev["id"] for ev in firsts] == with_first["request"].to_list()
@@ -135,6 +147,15 @@ def check_perfetto(trace: Trace, doc: dict) -> None:
 
     # nothing else: every event is one of the above
     metadata = [ev for ev in events if ev["ph"] == "M"]
-    assert len(events) == (len(metadata) + len(tick_slices) + len(wait_slices) + len(on(sched, "C"))
-                           + stages.drop_nulls("tick_start_s").height + modelled.drop_nulls("tick_start_s").height
-                           + len(begins) + len(ends) + len(firsts) + len(instants))
+    assert len(events) == (
+        len(metadata)
+        + len(tick_slices)
+        + len(wait_slices)
+        + len(on(sched, "C"))
+        + stages.drop_nulls("tick_start_s").height
+        + modelled.drop_nulls("tick_start_s").height
+        + len(begins)
+        + len(ends)
+        + len(firsts)
+        + len(instants)
+    )

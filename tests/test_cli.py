@@ -11,25 +11,41 @@ import time
 from pathlib import Path
 
 import pytest
-from export_checks import check_perfetto, check_tables
 
 import tracer
+from export_checks import check_perfetto, check_tables
 from tui.cli import main
 
 SUMMARY_KEYS = {
-    "ticks", "requests_submitted", "requests_finished", "tokens_generated", "span_s",
-    "served_rate_tok_s", "device_s_per_token", "device_s_per_output_token", "capacity_tok_s",
-    "bytes_per_token", "experts_touched_per_layer", "experts_expected_uniform", "accelerator",
-    "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s",
-    "mean_batch_seqs", "experts_active_frac",
+    "ticks",
+    "requests_submitted",
+    "requests_finished",
+    "tokens_generated",
+    "span_s",
+    "served_rate_tok_s",
+    "device_s_per_token",
+    "device_s_per_output_token",
+    "capacity_tok_s",
+    "bytes_per_token",
+    "experts_touched_per_layer",
+    "experts_expected_uniform",
+    "accelerator",
+    "ttft_p50_s",
+    "ttft_p99_s",
+    "tpot_p50_s",
+    "tpot_p99_s",
+    "mean_batch_seqs",
+    "experts_active_frac",
 }
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "run.msgpack"
-    assert main(["record", "--preset", "tiny", "--workload", "smoke", "--duration", "2", "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(["record", "--preset", "tiny", "--workload", "smoke", "--duration", "2", "--out", str(out), "--quiet"])
+        == 0
+    )
     return out
 
 
@@ -79,8 +95,9 @@ def test_export_holds_what_the_trace_loads_as(recorded: Path, tmp_path: Path, to
 
 
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tui.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize(
@@ -128,7 +145,9 @@ def test_signal_closes_the_recording_cleanly(tmp_path: Path, signum: int) -> Non
     out = tmp_path / "stopped.msgpack"
     child = subprocess.Popen(
         [sys.executable, "-m", "tui.cli", "record", "--workload", "demo", "--out", str(out), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -193,8 +212,13 @@ def test_record_needs_neither_polars_nor_textual(tmp_path: Path) -> None:
     """A GPU server may have torch and msgpack but not the dashboard's packages."""
     out = tmp_path / "lean.msgpack"
     args = ["record", "--workload", "smoke", "--duration", "1", "--quiet", "--out", str(out)]
-    result = subprocess.run([sys.executable, "-c", _WITHOUT_UI_PACKAGES, *args], cwd=Path(__file__).parents[1],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_UI_PACKAGES, *args],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert tracer.load(out).ticks.height > 0
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from compare_costs import busy_and_devices, independent_costs, probe_profile, profile
 
 import tracer
+from compare_costs import busy_and_devices, independent_costs, probe_profile, profile
 from tracer.compare import FIGURES, NOT_JUDGED, Costing, compare, delta_rows, figure_label, format_value, headline
 from tracer.cost import NO_TICKS
 from tracer.events import RequestEvent, SessionHeader
@@ -38,8 +38,10 @@ def test_the_article_samples_say_b_is_cheaper_per_token_and_a_faster_to_first_to
     cost_a, cost_b = (independent_costs(t)["device_s_per_token"] for t in shipped)
     ttft_a, ttft_b = (t.requests["ttft_s"].drop_nulls().quantile(0.5, "linear") for t in shipped)
     assert cost_b < cost_a and ttft_a < ttft_b  # the article's trade-off, in the data
-    expected = (f"B is cheaper per token, A faster to first token: B costs {1 - cost_b / cost_a:.0%} less device "
-                f"time per processed token; its p50 TTFT is {ttft_b / ttft_a:.1f}× higher.")
+    expected = (
+        f"B is cheaper per token, A faster to first token: B costs {1 - cost_b / cost_a:.0%} less device "
+        f"time per processed token; its p50 TTFT is {ttft_b / ttft_a:.1f}× higher."
+    )
     assert headline(compare(a, b)) == expected
     assert main(["compare", *map(str, SHIPPED), "--report", str(tmp_path)]) == 0
     assert f"**{expected}**" in (tmp_path / "report.md").read_text()
@@ -50,27 +52,30 @@ def test_the_headline_states_no_trade_off_when_there_is_none(shipped):
     a, _ = shipped
     assert headline(compare(a, a)) == (
         "Neither is cheaper per token nor faster to first token: both cost the same device time per processed "
-        "token (same); the same p50 TTFT (same).")
+        "token (same); the same p50 TTFT (same)."
+    )
     # a copy of A whose ticks take half the time and whose first tokens come twice as soon
-    quicker = dataclasses.replace(a, ticks=a.ticks.with_columns(pl.col("forward_s") / 2),
-                                  requests=a.requests.with_columns(pl.col("ttft_s") / 2))
+    quicker = dataclasses.replace(
+        a, ticks=a.ticks.with_columns(pl.col("forward_s") / 2), requests=a.requests.with_columns(pl.col("ttft_s") / 2)
+    )
     assert headline(compare(a, quicker)) == (
         "B is cheaper per token and faster to first token: B costs 50% less device time per processed token; "
-        "its p50 TTFT is 2.0× lower too.")
+        "its p50 TTFT is 2.0× lower too."
+    )
 
 
 def test_cost_rows_lead_and_the_served_rate_is_not_judged(shipped):
     comparison = compare(*shipped)
     keys = [d.figure.key for d in comparison.deltas]
-    assert keys[:4] == ["device_s_per_token", "device_s_per_output_token", "capacity_output_tok_s",
-                        "served_rate_tok_s"]
+    assert keys[:4] == ["device_s_per_token", "device_s_per_output_token", "capacity_output_tok_s", "served_rate_tok_s"]
     assert keys.index("bytes_per_token") < keys.index("ttft_p50_s")
     assert comparison.delta("served_rate_tok_s").verdict == NOT_JUDGED
     assert comparison.tally()[NOT_JUDGED] == 2  # served rate, experts touched
     touched = comparison.delta("experts_touched_per_layer")
     expected = [independent_costs(t) for t in shipped]
     assert rows_by_key(comparison)["experts_touched_per_layer"][1:3] == tuple(
-        f"{e['experts_touched_per_layer']:.1f} ({e['experts_expected_uniform']:.1f})" for e in expected)
+        f"{e['experts_touched_per_layer']:.1f} ({e['experts_expected_uniform']:.1f})" for e in expected
+    )
     assert touched.beside == tuple(pytest.approx(e["experts_expected_uniform"]) for e in expected)
     assert "bubble_share" not in keys  # neither recording has a pipeline
     assert "usd_per_mtok_measured" not in keys and not any(k.startswith("accelerator.") for k in keys)
@@ -128,8 +133,9 @@ def client_side(tmp_path_factory) -> Path:
     """A trace as `record --target` writes it: requests seen from the client, no ticks."""
     header, events = synthetic_session(40, seed=2)
     path = tmp_path_factory.mktemp("client") / "client.msgpack"
-    client = SessionHeader(header.t0_mono_ns, header.t0_wall_ns,
-                           {"target": "http://127.0.0.1:8000", "workload": header.config["workload"]})
+    client = SessionHeader(
+        header.t0_mono_ns, header.t0_wall_ns, {"target": "http://127.0.0.1:8000", "workload": header.config["workload"]}
+    )
     with tracer.TraceWriter(path, client) as writer:
         for event in events:
             if isinstance(event, RequestEvent):
@@ -141,15 +147,21 @@ def test_a_client_side_trace_shows_cost_rows_as_unavailable_with_the_reason(clie
     client, sample = tracer.load(client_side), tracer.load(SHIPPED[0])
     assert client.ticks.height == 0
     comparison = compare(client, sample, costing=Costing("this-device", 2.0))
-    for key in ("device_s_per_token", "capacity_output_tok_s", "bytes_per_token", "usd_per_mtok_measured",
-                "accelerator.usd_per_mtok_modelled"):
+    for key in (
+        "device_s_per_token",
+        "capacity_output_tok_s",
+        "bytes_per_token",
+        "usd_per_mtok_measured",
+        "accelerator.usd_per_mtok_modelled",
+    ):
         delta = comparison.delta(key)
         assert delta.a is None and delta.b is not None and delta.verdict == "no data", key
         assert comparison.missing(delta) == f"A: {NO_TICKS}"
     assert f"A: cost figures unavailable: {NO_TICKS}" in comparison.notes
     assert any(n.startswith("A: not modelled on this-device: ") for n in comparison.notes)
-    assert headline(comparison).startswith("A is faster to first token: device time per token not compared "
-                                           f"(A: {NO_TICKS}); A's p50 TTFT is")
+    assert headline(comparison).startswith(
+        f"A is faster to first token: device time per token not compared (A: {NO_TICKS}); A's p50 TTFT is"
+    )
     assert main(["compare", str(client_side), str(SHIPPED[0]), "--report", str(tmp_path), "--price", "2"]) == 0
     text = (tmp_path / "report.md").read_text()
     assert f"- device time/processed tok: not compared (A: {NO_TICKS})." in text
@@ -161,7 +173,6 @@ def pipeline_pair(folder: Path) -> tuple[Path, Path]:
     """Two short real recordings on tiny with 2 stages: 1 micro-batch, and 4 (fewer when a tick has
     fewer sequences; a 100 ms window gathers several)."""
     from conftest import COMPARE_WORKLOAD
-
     from workloads.run import Recording, RecordingPlan
 
     workload = folder / "pipe.toml"
@@ -169,8 +180,13 @@ def pipeline_pair(folder: Path) -> tuple[Path, Path]:
     paths = []
     for micro_batches in (1, 4):
         out = folder / f"m{micro_batches}.msgpack"
-        plan = RecordingPlan(preset="tiny", workload=str(workload), out=out, device="cpu",
-                             scheduler_overrides={"stages": 2, "micro_batches": micro_batches, "window_ms": 100})
+        plan = RecordingPlan(
+            preset="tiny",
+            workload=str(workload),
+            out=out,
+            device="cpu",
+            scheduler_overrides={"stages": 2, "micro_batches": micro_batches, "window_ms": 100},
+        )
         Recording(plan).run()
         paths.append(out)
     return paths[0], paths[1]
@@ -183,8 +199,13 @@ def test_a_pipelines_capacity_and_cost_are_per_makespan_with_one_device_per_stag
     comparison = compare(m1, m4, costing=Costing(price=3.0))
     rows = rows_by_key(comparison)
     expected = [independent_costs(t, price=3.0) for t in (m1, m4)]
-    for key in ("device_s_per_token", "device_s_per_output_token", "capacity_output_tok_s",
-                "usd_per_mtok_measured", "bytes_per_token"):
+    for key in (
+        "device_s_per_token",
+        "device_s_per_output_token",
+        "capacity_output_tok_s",
+        "usd_per_mtok_measured",
+        "bytes_per_token",
+    ):
         assert rows[key][1:3] == tuple(format_value(FIG[key], e[key]) for e in expected), key
     for trace in (m1, m4):  # every tick ran pipelined: busy for its makespan, on both stages' devices
         assert (busy_and_devices(trace)[1] == 2).all()

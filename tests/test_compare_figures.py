@@ -49,10 +49,20 @@ def test_change_is_a_percentage_until_it_doubles():
 
 
 def test_config_diff_names_nested_keys_and_ignores_versions_and_the_device_probe():
-    a = {"preset": "tiny", "scheduler": {"window_ms": 5.0, "max_seqs": 32}, "versions": {"torch": "2.4"},
-         "model": {"layers": 4}, "device_probe": {"copy_bytes_per_s": 2.9e10}}
-    b = {"preset": "tiny", "scheduler": {"window_ms": 200.0, "max_seqs": 32}, "versions": {"torch": "2.5"},
-         "model": {"layers": 4, "router_skew": 0.1}, "device_probe": {"copy_bytes_per_s": 3.1e10}}
+    a = {
+        "preset": "tiny",
+        "scheduler": {"window_ms": 5.0, "max_seqs": 32},
+        "versions": {"torch": "2.4"},
+        "model": {"layers": 4},
+        "device_probe": {"copy_bytes_per_s": 2.9e10},
+    }
+    b = {
+        "preset": "tiny",
+        "scheduler": {"window_ms": 200.0, "max_seqs": 32},
+        "versions": {"torch": "2.5"},
+        "model": {"layers": 4, "router_skew": 0.1},
+        "device_probe": {"copy_bytes_per_s": 3.1e10},
+    }
     diffs = {d.key: (d.a, d.b) for d in config_diff(a, b)}
     assert diffs == {"scheduler.window_ms": (5.0, 200.0), "model.router_skew": (None, 0.1)}
     # model before scheduler: a reader sees what was run before how it was scheduled

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import tui_synth
 
 import tracer
+import tui_synth
 from tracer.events import MarkEvent
 from tracer.marks import sidecar_path
 from tui.app import TickscopeApp

@@ -6,11 +6,10 @@ import json
 import os
 import time
 
+import tracer
 import tui_synth
 from test_compare_screen import text_of
 from test_tui_app import until, write_ticks
-
-import tracer
 from tracer.events import MarkEvent
 from tracer.marks import sidecar_path
 from tui.compare_app import CompareApp

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from compare_costs import independent_costs, other_figures
 from matplotlib.image import imread
 
 import tracer
+from compare_costs import independent_costs, other_figures
 from tracer.compare import FIGURES, NOT_JUDGED, Costing, format_value
 from tracer.events import MarkEvent
 from tracer.report import IMAGES, setup_line, write_report

@@ -7,10 +7,10 @@ import io
 
 import numpy as np
 import pytest
-import tui_synth
 from rich.console import Console
-from test_tui_app import until
 
+import tui_synth
+from test_tui_app import until
 from tui.app import TickscopeApp
 from tui.compare_app import CompareApp
 from tui.compare_source import TraceSide

@@ -44,8 +44,11 @@ def samples() -> dict[str, tracer.Trace]:
 
 def header_config(cfg: ModelConfig, dtype: torch.dtype) -> dict:
     """What Engine.describe() writes about the model."""
-    return {"model": {**cfg.as_dict(), "dtype": str(dtype).removeprefix("torch.")},
-            "kv_bytes_per_token": cfg.kv_bytes_per_token(dtype), "param_bytes": cfg.param_bytes(dtype)}
+    return {
+        "model": {**cfg.as_dict(), "dtype": str(dtype).removeprefix("torch.")},
+        "kv_bytes_per_token": cfg.kv_bytes_per_token(dtype),
+        "param_bytes": cfg.param_bytes(dtype),
+    }
 
 
 def weightless_model(cfg: ModelConfig, dtype: torch.dtype) -> Transformer:
@@ -57,17 +60,23 @@ def weightless_model(cfg: ModelConfig, dtype: torch.dtype) -> Transformer:
 
 # --- the byte and FLOP model against the engine's own modules -------------------------------------------
 
-@pytest.mark.parametrize(("cfg", "dtype"), [
-    (get_preset("tiny"), torch.float32),
-    (get_preset("ds2-lite", layers=1), torch.bfloat16),
-])
+
+@pytest.mark.parametrize(
+    ("cfg", "dtype"),
+    [
+        (get_preset("tiny"), torch.float32),
+        (get_preset("ds2-lite", layers=1), torch.bfloat16),
+    ],
+)
 def test_weight_bytes_equal_the_parameters_a_tick_touches(cfg: ModelConfig, dtype: torch.dtype) -> None:
     model = weightless_model(cfg, dtype)
     shape = ModelShape.from_config(header_config(cfg, dtype))
     rng = np.random.default_rng(1)
     tokens = 37
-    active = [rng.choice(cfg.routed_experts, size=rng.integers(1, cfg.routed_experts + 1), replace=False)
-              for _ in range(cfg.layers)]
+    active = [
+        rng.choice(cfg.routed_experts, size=rng.integers(1, cfg.routed_experts + 1), replace=False)
+        for _ in range(cfg.layers)
+    ]
 
     touched = 0
     for name, p in model.named_parameters():
@@ -132,6 +141,7 @@ def test_a_header_without_a_model_cannot_be_costed() -> None:
 
 # --- the shipped samples ----------------------------------------------------------------------------------
 
+
 def test_samples_cost_less_per_token_as_the_batch_grows(samples: dict[str, tracer.Trace]) -> None:
     summaries = [cost_summary(samples[name]) for name in SAMPLES]
     for key in ("device_s_per_token", "bytes_per_token", "weight_bytes_per_token"):
@@ -167,8 +177,9 @@ def test_modelled_cost_on_an_accelerator(samples: dict[str, tracer.Trace]) -> No
     trace = samples["tiny-article-5ms"]
     h100 = accelerator("H100-SXM")
     costs = tick_costs(trace, h100)
-    expected = np.maximum(costs["bytes"].to_numpy() / h100.bandwidth_bytes_s,
-                          costs["flops"].to_numpy() / h100.peak_flop_s)
+    expected = np.maximum(
+        costs["bytes"].to_numpy() / h100.bandwidth_bytes_s, costs["flops"].to_numpy() / h100.peak_flop_s
+    )
     assert np.allclose(costs["roofline_s"].to_numpy(), expected)
 
     s = cost_summary(trace, h100)
@@ -177,7 +188,8 @@ def test_modelled_cost_on_an_accelerator(samples: dict[str, tracer.Trace]) -> No
     assert on["roofline_s"] == pytest.approx(costs["roofline_s"].sum())
     assert on["usd_per_mtok_modelled"] == pytest.approx(on["roofline_s"] * 3.0 / 3600 / s["output_tokens"] * 1e6)
     assert cost_summary(trace, h100, price=6.0)["accelerator"]["usd_per_mtok_modelled"] == pytest.approx(
-        2 * on["usd_per_mtok_modelled"])
+        2 * on["usd_per_mtok_modelled"]
+    )
 
 
 def test_span_summary_of_a_window_of_ticks(samples: dict[str, tracer.Trace]) -> None:
@@ -194,6 +206,7 @@ def test_span_summary_of_a_window_of_ticks(samples: dict[str, tracer.Trace]) -> 
 
 # --- traces that lack something ---------------------------------------------------------------------------
 
+
 def test_expert_counts_from_the_frame_and_ticks_without_them(samples: dict[str, tracer.Trace]) -> None:
     trace = samples["tiny-article-200ms"]
     stacked = tick_costs(trace)
@@ -201,8 +214,9 @@ def test_expert_counts_from_the_frame_and_ticks_without_them(samples: dict[str, 
     assert from_frame["distinct_experts"].to_list() == stacked["distinct_experts"].to_list()
 
     keep = np.arange(len(trace.expert_ticks)) % 2 == 0  # every other expert event lost
-    halved = tick_costs(dataclasses.replace(trace, expert_ticks=trace.expert_ticks[keep],
-                                            expert_load=trace.expert_load[keep]))
+    halved = tick_costs(
+        dataclasses.replace(trace, expert_ticks=trace.expert_ticks[keep], expert_load=trace.expert_load[keep])
+    )
     assert halved["bytes"].null_count() == (~keep).sum()
     assert halved["bytes"].drop_nulls().to_list() == stacked["bytes"].filter(keep).to_list()
 
@@ -245,6 +259,7 @@ def test_a_pipelined_tick_is_busy_for_its_makespan_on_one_device_per_stage() -> 
 
 # --- accelerator profiles -------------------------------------------------------------------------------
 
+
 def test_shipped_profiles() -> None:
     names = accelerator_names()
     for name in ("H100-SXM", "H200", "A100-80GB", "L40S", "MI300X", "this-device"):
@@ -264,7 +279,7 @@ def test_an_unknown_accelerator_names_the_known_ones() -> None:
 
 def test_a_user_file_adds_and_overrides_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mine = tmp_path / "mine.toml"
-    mine.write_text('[H100-SXM]\nusd_per_hour = 1.25\n\n[B200]\nbandwidth_bytes_s = 8e12\npeak_flop_s = 2.25e15\n')
+    mine.write_text("[H100-SXM]\nusd_per_hour = 1.25\n\n[B200]\nbandwidth_bytes_s = 8e12\npeak_flop_s = 2.25e15\n")
     h100 = accelerator("H100-SXM", path=mine)
     assert h100.usd_per_hour == 1.25 and h100.bandwidth_bytes_s == 3.35e12  # only the price changed
     assert accelerator("b200", path=mine).peak_flop_s == 2.25e15
@@ -277,12 +292,15 @@ def test_a_user_file_adds_and_overrides_profiles(tmp_path: Path, monkeypatch: py
     assert accelerator("B200", path=later).usd_per_hour == 7  # the path comes after the environment's file
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("[X]\nbandwidth_bytes_s = 1e12\n", "needs peak_flop_s"),
-    ("[X]\nbandwidth_bytes_s = 1e12\npeak_flop_s = 1e14\nwatts = 700\n", "unknown field 'watts'"),
-    ("[H200]\nusd_per_hour = -1\n", "positive"),
-    ("[X\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[X]\nbandwidth_bytes_s = 1e12\n", "needs peak_flop_s"),
+        ("[X]\nbandwidth_bytes_s = 1e12\npeak_flop_s = 1e14\nwatts = 700\n", "unknown field 'watts'"),
+        ("[H200]\nusd_per_hour = -1\n", "positive"),
+        ("[X\n", "not valid TOML"),
+    ],
+)
 def test_a_bad_profile_file_is_one_line(tmp_path: Path, text: str, match: str) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(text)
@@ -292,8 +310,9 @@ def test_a_bad_profile_file_is_one_line(tmp_path: Path, text: str, match: str) -
 
 
 def test_this_device_comes_from_the_header_probe() -> None:
-    config = {"device_probe": {"copy_bytes_per_s": 2e10, "matmul_flop_per_s": 1e11, "dtype": "float32",
-                               "device": "cpu"}}
+    config = {
+        "device_probe": {"copy_bytes_per_s": 2e10, "matmul_flop_per_s": 1e11, "dtype": "float32", "device": "cpu"}
+    }
     here = accelerator("this-device", config)
     assert (here.bandwidth_bytes_s, here.peak_flop_s, here.usd_per_hour) == (2e10, 1e11, None)
     assert accelerator("this-device", config, usd_per_hour=0.5).usd_per_hour == 0.5
@@ -302,6 +321,7 @@ def test_this_device_comes_from_the_header_probe() -> None:
 
 
 # --- the device probe -------------------------------------------------------------------------------------
+
 
 def test_the_probe_is_short_and_measures_something() -> None:
     t = time.perf_counter()

@@ -73,8 +73,13 @@ def stress_trace(tmp_path_factory) -> Path:
     workload = folder / "stress.toml"
     workload.write_text(STRESS_WORKLOAD)
     out = folder / "stress.msgpack"
-    plan = RecordingPlan(preset="tiny", workload=str(workload), out=out, device="cpu",
-                         scheduler_overrides={"stages": 2, "micro_batches": 2})
+    plan = RecordingPlan(
+        preset="tiny",
+        workload=str(workload),
+        out=out,
+        device="cpu",
+        scheduler_overrides={"stages": 2, "micro_batches": 2},
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tracer.writer, "MAX_EVENTS_PER_FRAME", 5)
         Recording(plan).run()
@@ -258,16 +263,21 @@ def assert_panels_agree(state: DashboardState, source: object, ref: Reference, i
         assert_cost_agrees(state.cost(first, index, began), ref, first, index, t - began, (where, first))
 
     # -- latency over the window -----------------------------------------------------------------
-    arrive, first, finish = (req.get_column(c).fill_null(np.nan).to_numpy()
-                             for c in ("arrival_s", "first_token_s", "finish_s"))
+    arrive, first, finish = (
+        req.get_column(c).fill_null(np.nan).to_numpy() for c in ("arrival_s", "first_token_s", "finish_s")
+    )
     out = req.get_column("output_tokens").to_numpy()
     with np.errstate(invalid="ignore"):
         ttft = (first - arrive)[(first <= t) & (first > t - LATENCY_WINDOW_S)]
         done = (finish <= t) & (finish > t - LATENCY_WINDOW_S) & (first <= t) & (out > 1)
     tpot = (finish - first)[done] / (out[done] - 1)
     lat = state.latency(index)
-    for got, values, q in ((lat.ttft_p50, ttft, 50), (lat.ttft_p99, ttft, 99),
-                           (lat.tpot_p50, tpot, 50), (lat.tpot_p99, tpot, 99)):
+    for got, values, q in (
+        (lat.ttft_p50, ttft, 50),
+        (lat.ttft_p99, ttft, 99),
+        (lat.tpot_p50, tpot, 50),
+        (lat.tpot_p99, tpot, 99),
+    ):
         assert got == (pytest.approx(np.percentile(values, q)) if len(values) else None), where
     assert lat.samples == len(ttft), where
 

@@ -44,6 +44,7 @@ def test_auto_captures_every_bucket_up_front_and_marks_the_tick_that_did():
 
 def test_graph_replay_is_the_padded_path_exactly():
     """Same device, shapes and kernels: replaying the captured graphs must equal running them."""
+
     def uncaptured(graphs):
         graphs.capture = False
 

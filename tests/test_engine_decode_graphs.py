@@ -238,8 +238,9 @@ def test_decode_graphs_on_refuses_a_pipeline_and_unknown_values():
         Engine(get_preset("tiny"), SchedulerConfig(decode_compile="inductor"), device="cpu")  # auto: no graphs here
     # float32 has no compilable grouped_mm: the compiled step's expert product is padded instead (eager
     # ticks keep theirs), and the header says why
-    described = Engine(get_preset("tiny"), SchedulerConfig(decode_graphs="on", decode_compile="inductor"),
-                       device="cpu").describe()
+    described = Engine(
+        get_preset("tiny"), SchedulerConfig(decode_graphs="on", decode_compile="inductor"), device="cpu"
+    ).describe()
     assert described["expert_matmul"] == "grouped_mm"
     assert described["decode_graphs_expert_matmul"] == "grouped_mm_padded"
     assert described["decode_graphs_expert_matmul_reason"].startswith("padded: fixed shapes asked for")

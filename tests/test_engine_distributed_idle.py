@@ -16,8 +16,10 @@ from engine.launch import launch_stages
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not in this torch build")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with gloo is not in this torch build",
+)
 
 
 def test_an_idle_gloo_pipeline_outlives_a_message_timeout_shorter_than_its_idle_time():

@@ -121,12 +121,15 @@ def test_queue_limit_rejects_at_once_without_losing_anyone():
     assert all(len(s.finishes) == 1 for s in sinks)
 
 
-@pytest.mark.parametrize("req, reason", [
-    (dict(prompt=[], max_new_tokens=1), "empty prompt"),
-    (dict(prompt=[1], max_new_tokens=0), "max_new_tokens"),
-    (dict(prompt=[1] * 1000, max_new_tokens=100), "exceeds max_seq_len 1024"),
-    (dict(prompt=[512], max_new_tokens=1), "token ids"),
-])
+@pytest.mark.parametrize(
+    "req, reason",
+    [
+        (dict(prompt=[], max_new_tokens=1), "empty prompt"),
+        (dict(prompt=[1], max_new_tokens=0), "max_new_tokens"),
+        (dict(prompt=[1] * 1000, max_new_tokens=100), "exceeds max_seq_len 1024"),
+        (dict(prompt=[512], max_new_tokens=1), "token ids"),
+    ],
+)
 def test_impossible_requests_are_rejected_with_a_reason(req, reason):
     eng = engine()
     sink = Collect()

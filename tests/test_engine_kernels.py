@@ -22,18 +22,38 @@ def gpu(monkeypatch):
     return capability
 
 
-@pytest.mark.parametrize("sm, dtype, fixed, chosen, why", [
-    ((9, 0), torch.bfloat16, True, grouped_mm, "fixed shapes asked for; torch._grouped_mm has them for bfloat16"),
-    ((10, 0), torch.bfloat16, True, grouped_mm, "fixed shapes asked for; torch._grouped_mm has them for bfloat16"),
-    ((9, 0), torch.float32, True, grouped_mm_padded, "padded: fixed shapes asked for, and torch._grouped_mm has none "
-                                                    "for float32 on sm90"),
-    ((8, 0), torch.bfloat16, True, grouped_mm_padded, "padded: fixed shapes asked for, and torch._grouped_mm has none "
-                                                      "for bfloat16 on sm80"),
-    ((9, 0), torch.bfloat16, False, grouped_mm, "torch._grouped_mm, its fused kernel, for bfloat16 on sm90"),
-    ((8, 0), torch.bfloat16, False, grouped_mm, "torch._grouped_mm, its loop over the experts, for bfloat16 on sm80"),
-])
-def test_on_cuda_the_fused_kernel_only_where_it_exists_and_padded_where_shapes_must_be_fixed(gpu, sm, dtype, fixed,
-                                                                                             chosen, why):
+@pytest.mark.parametrize(
+    "sm, dtype, fixed, chosen, why",
+    [
+        ((9, 0), torch.bfloat16, True, grouped_mm, "fixed shapes asked for; torch._grouped_mm has them for bfloat16"),
+        ((10, 0), torch.bfloat16, True, grouped_mm, "fixed shapes asked for; torch._grouped_mm has them for bfloat16"),
+        (
+            (9, 0),
+            torch.float32,
+            True,
+            grouped_mm_padded,
+            "padded: fixed shapes asked for, and torch._grouped_mm has none for float32 on sm90",
+        ),
+        (
+            (8, 0),
+            torch.bfloat16,
+            True,
+            grouped_mm_padded,
+            "padded: fixed shapes asked for, and torch._grouped_mm has none for bfloat16 on sm80",
+        ),
+        ((9, 0), torch.bfloat16, False, grouped_mm, "torch._grouped_mm, its fused kernel, for bfloat16 on sm90"),
+        (
+            (8, 0),
+            torch.bfloat16,
+            False,
+            grouped_mm,
+            "torch._grouped_mm, its loop over the experts, for bfloat16 on sm80",
+        ),
+    ],
+)
+def test_on_cuda_the_fused_kernel_only_where_it_exists_and_padded_where_shapes_must_be_fixed(
+    gpu, sm, dtype, fixed, chosen, why
+):
     gpu["sm"] = sm
     choice = choose_expert_matmul(get_preset("ds2-lite"), CUDA, dtype, fixed_shapes=fixed)
     assert choice.fn is chosen and choice.reason.startswith(why)
@@ -63,5 +83,7 @@ def test_on_the_cpu_large_experts_loop_through_onednn_small_ones_use_grouped_mm(
 def test_without_torch_grouped_mm_the_padded_product_stands_in(monkeypatch):
     monkeypatch.setattr(kernels, "_grouped_mm_runs", lambda device, dtype: False)
     choice = choose_expert_matmul(get_preset("tiny"), torch.device("cpu"), torch.float32, fixed_shapes=False)
-    assert choice.fn is grouped_mm_padded and choice.reason == "padded: this torch has no torch._grouped_mm for " \
-                                                             "float32 on the CPU"
+    assert (
+        choice.fn is grouped_mm_padded
+        and choice.reason == "padded: this torch has no torch._grouped_mm for float32 on the CPU"
+    )

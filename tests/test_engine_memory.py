@@ -19,8 +19,9 @@ from engine.scheduler import SchedulerConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 # A shape whose activations dwarf the interpreter's own noise: experts 16 x 1024 wide, hidden 512.
-_SHAPE = "hidden=512, moe_intermediate=1024, vocab_size=4096, layers=2, max_seq_len=2048, heads=8, kv_heads=2, " \
-         "head_dim=64"
+_SHAPE = (
+    "hidden=512, moe_intermediate=1024, vocab_size=4096, layers=2, max_seq_len=2048, heads=8, kv_heads=2, head_dim=64"
+)
 
 _PEAK = f"""
 import numpy as np, torch
@@ -60,8 +61,9 @@ def test_a_full_prefill_tick_takes_less_than_the_estimate_and_not_much_less():
     # glibc returns every freed block of 128 KiB or more to the system: the resident size follows the
     # tensors alive, not what the allocator kept from earlier
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    out = subprocess.run([sys.executable, "-c", _PEAK], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         check=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True, env=env
+    )
     grown, estimate = (int(x) for x in out.stdout.split())
     assert grown <= estimate <= 3 * grown, (grown, estimate)
 
@@ -80,12 +82,16 @@ def test_a_model_whose_weights_and_cache_fit_but_not_its_largest_tick_is_refused
     cfg, cpu = get_preset("ds2-lite", layers=2), torch.device("cpu")
     sched = SchedulerConfig(max_tokens=8192, prefill_chunk=8192, kv_capacity_tokens=8192)
     dtype = cfg.torch_dtype(cpu)
-    weights_and_cache = (cfg.param_bytes(dtype) + cfg.largest_weight_bytes(dtype)
-                         + cfg.kv_bytes_per_token(dtype) * sched.kv_capacity_tokens)
+    weights_and_cache = (
+        cfg.param_bytes(dtype)
+        + cfg.largest_weight_bytes(dtype)
+        + cfg.kv_bytes_per_token(dtype) * sched.kv_capacity_tokens
+    )
     monkeypatch.setattr(config, "available_bytes", lambda device: weights_and_cache + (1 << 20))
     with pytest.raises(ConfigError, match=r"\+ the largest tick's activations .* smaller ticks"):
         check_fits(cfg, cpu, sched)
     small_ticks = SchedulerConfig(max_tokens=1, max_seqs=1, prefill_chunk=1, kv_capacity_tokens=8192)
-    monkeypatch.setattr(config, "available_bytes",
-                        lambda device: weights_and_cache + activation_bytes(cfg, dtype, small_ticks))
+    monkeypatch.setattr(
+        config, "available_bytes", lambda device: weights_and_cache + activation_bytes(cfg, dtype, small_ticks)
+    )
     check_fits(cfg, cpu, small_ticks)

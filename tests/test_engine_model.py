@@ -131,8 +131,9 @@ def test_same_length_grouping_equals_ragged():
 
 def _decode(submissions: list[tuple[int, list[int]]], max_new: int, recorder=None, **sched) -> dict[int, list[int]]:
     """Greedy-decode prompts, each submitted before the given tick, stepping the engine by hand."""
-    engine = Engine(get_preset("tiny"), SchedulerConfig(**sched), device="cpu", seed=3,
-                    recorder=recorder or ListRecorder())
+    engine = Engine(
+        get_preset("tiny"), SchedulerConfig(**sched), device="cpu", seed=3, recorder=recorder or ListRecorder()
+    )
     sinks = {}
     tick = 0
     while len(sinks) < len(submissions) or engine.scheduler.running or engine.scheduler.waiting:
@@ -163,8 +164,7 @@ def test_decode_survives_preemption_with_the_same_tokens():
     roomy = _decode([(0, p) for p in prompts], max_new=20)
     # 96 tokens of KV for three sequences growing to 50 each: someone must be preempted and recomputed
     recorder = ListRecorder()
-    tight = _decode([(0, p) for p in prompts], max_new=20, recorder=recorder, kv_capacity_tokens=96,
-                    kv_block_size=8)
+    tight = _decode([(0, p) for p in prompts], max_new=20, recorder=recorder, kv_capacity_tokens=96, kv_block_size=8)
     assert any(isinstance(e, RequestEvent) and e.phase == "preempt" for e in recorder.events)
     assert tight == roomy
 
@@ -225,8 +225,11 @@ def test_make_batch_matches_a_sequence_at_a_time_reference(grouping):
 MIXED = [(0, 7), (9, 1), (3, 5), (21, 1), (9, 3), (0, 1), (40, 1), (3, 5), (21, 1)]
 
 
-@pytest.mark.parametrize("spec", [MIXED, [(0, 9)], [(0, 6)] * 3, [(5, 4)] * 2, [(17, 1), (17, 1)]],
-                         ids=["mixed", "one-prompt", "prompts-alike", "continued-alike", "decodes-alike"])
+@pytest.mark.parametrize(
+    "spec",
+    [MIXED, [(0, 9)], [(0, 6)] * 3, [(5, 4)] * 2, [(17, 1), (17, 1)]],
+    ids=["mixed", "one-prompt", "prompts-alike", "continued-alike", "decodes-alike"],
+)
 @pytest.mark.parametrize("grouping", ["ragged", "same-length"])
 def test_attention_over_blocks_equals_attention_over_each_sequence_alone(grouping, spec):
     """Every kind of call (decodes of mixed lengths, whole prompts, continued prompts; with and without
@@ -258,7 +261,7 @@ def test_attention_over_blocks_equals_attention_over_each_sequence_alone(groupin
             slots = [c.blocks[p // 4] * 4 + p % 4 for p in range(kv_len)]
             keys = layer_k[slots].repeat_interleave(H // KVH, dim=1).transpose(0, 1)  # [H, kv, D]
             values = layer_v[slots].repeat_interleave(H // KVH, dim=1).transpose(0, 1)
-            scores = q[row:row + n].transpose(0, 1) @ keys.transpose(1, 2) / D**0.5  # [H, n, kv]
+            scores = q[row : row + n].transpose(0, 1) @ keys.transpose(1, 2) / D**0.5  # [H, n, kv]
             visible = torch.arange(kv_len)[None, :] <= (c.start + torch.arange(n))[:, None]
             probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
             expected.append((probs @ values).transpose(0, 1).reshape(n, H * D))

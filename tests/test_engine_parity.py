@@ -78,6 +78,5 @@ def test_engine_decodes_the_same_tokens_as_transformers_generate():
         engine.step()
     for p, s in zip(prompts, sinks):
         with torch.no_grad():
-            out = hf.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=None,
-                              pad_token_id=0)
-        assert s == out[0, len(p):].tolist()
+            out = hf.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert s == out[0, len(p) :].tolist()

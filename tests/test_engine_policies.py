@@ -77,8 +77,11 @@ def test_a_new_policy_is_one_module(new_policy_module):
 
 def test_choices_and_policies_import_without_torch():
     """The command line offers them before it decides whether it needs the engine at all."""
-    code = ("import sys; import engine.choices, engine.policies, workloads.spec, tui.cli; "
-            "tui.cli.build_parser(); engine.policies.policy_names(); assert 'torch' not in sys.modules")
-    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
-                            text=True, timeout=60)
+    code = (
+        "import sys; import engine.choices, engine.policies, workloads.spec, tui.cli; "
+        "tui.cli.build_parser(); engine.policies.policy_names(); assert 'torch' not in sys.modules"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr

@@ -131,15 +131,18 @@ def test_window_deadline():
     assert Window(5.0).wait_ns(102 * ms, 100 * ms, None, running=1) == 3 * ms
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(policy="eager"), "unknown scheduler policy 'eager'"),
-    (dict(window_ms=-1), "window_ms"),
-    (dict(max_seqs=0), "max_seqs"),
-    (dict(max_seqs=8, max_tokens=4), "max_tokens (4) must be at least max_seqs (8)"),
-    (dict(kv_capacity_tokens=8), "less than one KV block"),
-    (dict(queue_limit=-1), "queue_limit"),
-    (dict(attention="paged"), "unknown attention grouping"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(policy="eager"), "unknown scheduler policy 'eager'"),
+        (dict(window_ms=-1), "window_ms"),
+        (dict(max_seqs=0), "max_seqs"),
+        (dict(max_seqs=8, max_tokens=4), "max_tokens (4) must be at least max_seqs (8)"),
+        (dict(kv_capacity_tokens=8), "less than one KV block"),
+        (dict(queue_limit=-1), "queue_limit"),
+        (dict(attention="paged"), "unknown attention grouping"),
+    ],
+)
 def test_impossible_scheduler_configs_are_one_line_errors(bad, message):
     with pytest.raises(ConfigError) as err:
         SchedulerConfig(**bad).validate()

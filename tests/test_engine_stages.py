@@ -10,11 +10,11 @@ from engine.config import get_preset
 from engine.engine import Engine
 from engine.errors import ConfigError
 from engine.pipeline import split_micro_batches
-from tracer.timeline import modelled_timeline
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer.events import StageEvent, TickEvent
 from tracer.recorder import ListRecorder
+from tracer.timeline import modelled_timeline
 
 
 def test_split_micro_batches_never_makes_an_empty_one():
@@ -24,8 +24,7 @@ def test_split_micro_batches_never_makes_an_empty_one():
 
 def test_modelled_timeline_by_hand():
     # 2 stages x 3 micro-batches; stage 1 is slower, so micro-batches queue in front of it
-    cost = np.array([[1, 2, 1],
-                     [3, 1, 2]])
+    cost = np.array([[1, 2, 1], [3, 1, 2]])
     start, end = modelled_timeline(cost)
     # stage 0: back to back              0-1, 1-3, 3-4
     # stage 1: after stage 0 and itself  1-4, 4-5, 5-7
@@ -34,9 +33,13 @@ def test_modelled_timeline_by_hand():
 
 
 def _decode(stages: int, micro_batches: int, recorder: ListRecorder) -> list[list[int]]:
-    engine = Engine(get_preset("tiny"), SchedulerConfig(stages=stages, micro_batches=micro_batches,
-                                                        prefill_chunk=8),
-                    device="cpu", seed=2, recorder=recorder)
+    engine = Engine(
+        get_preset("tiny"),
+        SchedulerConfig(stages=stages, micro_batches=micro_batches, prefill_chunk=8),
+        device="cpu",
+        seed=2,
+        recorder=recorder,
+    )
 
     class Collect(list):
         def on_token(self, token: int, t_ns: int) -> None:

@@ -68,8 +68,19 @@ def busy(tmp_path: Path) -> str:
 
 
 def record_args(out: Path, workload: str, *more: str) -> list[str]:
-    return ["record", "--quiet", "--out", str(out), "--workload", workload, "--device", "cpu",
-            "--duration", str(ASKED_S), *more]
+    return [
+        "record",
+        "--quiet",
+        "--out",
+        str(out),
+        "--workload",
+        workload,
+        "--device",
+        "cpu",
+        "--duration",
+        str(ASKED_S),
+        *more,
+    ]
 
 
 def one_line(err: str) -> str:
@@ -86,8 +97,9 @@ def accounted(path: Path) -> dict:
     assert trace.problems == []
     s = tracer.summarize(trace)
     assert s["requests_unfinished"] == 0
-    assert s["requests_submitted"] == (s["requests_finished"] + s["requests_rejected"] + s["requests_cancelled"]
-                                       + s["requests_failed"])
+    assert s["requests_submitted"] == (
+        s["requests_finished"] + s["requests_rejected"] + s["requests_cancelled"] + s["requests_failed"]
+    )
     return s
 
 
@@ -96,6 +108,7 @@ def marks(path: Path) -> list[tuple[int, str]]:
 
 
 # --- a full disk ----------------------------------------------------------------------------------
+
 
 class SmallDisk:
     """A directory that holds `capacity` bytes in all, as a small filesystem does: os.write to a file
@@ -132,8 +145,11 @@ def test_a_full_disk_stops_record_at_once_and_ends_the_trace(small_disk, busy, c
     assert main(record_args(out, busy)) == 1
     assert time.monotonic() - started < ENDS_WITHIN_S
     line = one_line(capsys.readouterr().err)
-    held = re.fullmatch(rf"tickscope record: error: {re.escape(str(out))}: disk full at byte ([\d,]+): the trace "
-                        r"holds ticks 0–(\d+) and (\d+) requests; the rest of the run was not recorded", line)
+    held = re.fullmatch(
+        rf"tickscope record: error: {re.escape(str(out))}: disk full at byte ([\d,]+): the trace "
+        r"holds ticks 0–(\d+) and (\d+) requests; the rest of the run was not recorded",
+        line,
+    )
     assert held, line
     at, last_tick, requests = (int(g.replace(",", "")) for g in held.groups())
     assert 0 < at <= 64 << 10
@@ -151,8 +167,9 @@ def test_a_disk_too_full_even_for_the_ending_leaves_whole_frames(tmp_path, monke
     folder.mkdir()
     monkeypatch.setattr(os, "write", SmallDisk(folder, 6 << 10))
     path = folder / "t.msgpack"
-    writer = tracer.TraceWriter(path, tracer.SessionHeader(time.monotonic_ns(), time.time_ns(), {}),
-                                flush_interval_s=0.01)
+    writer = tracer.TraceWriter(
+        path, tracer.SessionHeader(time.monotonic_ns(), time.time_ns(), {}), flush_interval_s=0.01
+    )
     rid = 0
     while writer.error is None and rid < 100_000:
         now = time.monotonic_ns()
@@ -177,8 +194,11 @@ async def test_a_full_disk_stops_serve_and_ends_the_trace(small_disk):
             while not run.done():  # until the disk fills and serve stops
                 async with http.post(server.url + "/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 32}) as r:
                     answers.append(r.status)
-    with pytest.raises(TraceWriteError, match=r"^.*served\.msgpack: disk full at byte [\d,]+: the trace holds ticks "
-                                              r"0–\d+ and \d+ requests; the rest of the run was not recorded$"):
+    with pytest.raises(
+        TraceWriteError,
+        match=r"^.*served\.msgpack: disk full at byte [\d,]+: the trace holds ticks "
+        r"0–\d+ and \d+ requests; the rest of the run was not recorded$",
+    ):
         await asyncio.wait_for(run, 30)
     # answered until it stopped: in full, or 503 for what the stop cut off
     assert answers[0] == 200 and set(answers) <= {200, 503}
@@ -211,8 +231,11 @@ def test_an_engine_exception_fails_what_is_in_flight_and_ends_record(tick_raises
     assert time.monotonic() - started < ENDS_WITHIN_S
     line = one_line(capsys.readouterr().err)
     fault = rf"the engine failed at tick {FAIL_AT}: RuntimeError: injected fault \(at engine/engine\.py:\d+\)"
-    held = re.fullmatch(rf"tickscope record: error: ({fault}): (\d+) requests? in flight failed; "
-                        rf"{re.escape(str(out))} holds ticks 0–{FAIL_AT - 1} and (\d+) requests?", line)
+    held = re.fullmatch(
+        rf"tickscope record: error: ({fault}): (\d+) requests? in flight failed; "
+        rf"{re.escape(str(out))} holds ticks 0–{FAIL_AT - 1} and (\d+) requests?",
+        line,
+    )
     assert held, line
     said, failed, requests = held.group(1), int(held.group(2)), int(held.group(3))
     s = accounted(out)
@@ -237,6 +260,7 @@ async def test_an_engine_exception_answers_500_and_stops_serve(tmp_path, monkeyp
     while not server.url:
         await asyncio.sleep(0.01)
     async with aiohttp.ClientSession() as http:
+
         async def ask(**body) -> tuple[int, dict]:
             async with http.post(server.url + "/v1/completions", json={"max_tokens": 200, **body}) as r:
                 return r.status, await r.json()
@@ -248,8 +272,11 @@ async def test_an_engine_exception_answers_500_and_stops_serve(tmp_path, monkeyp
     with pytest.raises(RunFailed) as stopped:
         await asyncio.wait_for(run, 30)
     line = str(stopped.value)
-    held = re.fullmatch(r"the engine failed at tick (\d+): RuntimeError: injected fault \(at engine/engine\.py:\d+\): "
-                        r"2 requests in flight failed; .*served\.msgpack holds (.*) and 2 requests", line)
+    held = re.fullmatch(
+        r"the engine failed at tick (\d+): RuntimeError: injected fault \(at engine/engine\.py:\d+\): "
+        r"2 requests in flight failed; .*served\.msgpack holds (.*) and 2 requests",
+        line,
+    )
     assert held, line
     tick = int(held.group(1))
     assert held.group(2) == ("tick 0" if tick == 1 else f"ticks 0–{tick - 1}")  # what ran before it
@@ -262,6 +289,7 @@ async def test_an_engine_exception_answers_500_and_stops_serve(tmp_path, monkeyp
 
 
 # --- a pipeline rank killed -----------------------------------------------------------------------
+
 
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="no gloo in this torch build")
 def test_a_killed_rank_is_named_and_the_run_ends(busy, tmp_path, capfd):
@@ -284,9 +312,12 @@ def test_a_killed_rank_is_named_and_the_run_ends(busy, tmp_path, capfd):
     assert noticed_s < 5  # noticed at its next message, the run wound up and the trace closed
     assert multiprocessing.active_children() == []  # and no rank is left behind
     line = one_line(capfd.readouterr().err)  # the ranks' output too: only rank 0's line
-    held = re.fullmatch(r"tickscope record: error: (the engine failed at tick (\d+): rank 1 \(stage 1, layers 2–3\) "
-                        rf"is gone \(killed by signal 9\)): (\d+) requests? in flight failed; {re.escape(str(out))} "
-                        r"holds ticks 0–(\d+) and (\d+) requests?", line)
+    held = re.fullmatch(
+        r"tickscope record: error: (the engine failed at tick (\d+): rank 1 \(stage 1, layers 2–3\) "
+        rf"is gone \(killed by signal 9\)): (\d+) requests? in flight failed; {re.escape(str(out))} "
+        r"holds ticks 0–(\d+) and (\d+) requests?",
+        line,
+    )
     assert held, line
     said, tick, failed, last, requests = held.group(1), *(int(g) for g in held.groups()[1:])
     assert last == tick - 1
@@ -296,6 +327,7 @@ def test_a_killed_rank_is_named_and_the_run_ends(busy, tmp_path, capfd):
 
 
 # --- the target of record --target vanishing ------------------------------------------------------
+
 
 class VanishingTarget:
     """An OpenAI-compatible stand-in on 127.0.0.1, on a thread of its own, whose streams send a token
@@ -319,8 +351,10 @@ class VanishingTarget:
             await reader.readexactly(int(length.group(1)) if length else 0)
             if head.startswith(b"GET /v1/models"):
                 body = json.dumps({"object": "list", "data": [{"id": "stand-in", "vocab_size": 64}]}).encode()
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                             b"Connection: close\r\n\r\n%s" % (len(body), body))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                    b"Connection: close\r\n\r\n%s" % (len(body), body)
+                )
                 await writer.drain()
                 writer.close()
                 return
@@ -366,9 +400,12 @@ def test_a_vanished_target_fails_what_was_in_flight_and_ends_record(target, busy
     assert main(record_args(out, busy, "--target", target.url)) == 1
     assert time.monotonic() - vanished[0] < 5
     line = one_line(capsys.readouterr().err)
-    held = re.fullmatch(rf"tickscope record: error: the target {re.escape(target.url[len('http://'):])} went away "
-                        rf"\(\w+Error\b.*\): (\d+) requests? in flight failed; {re.escape(str(out))} holds (\d+) "
-                        r"requests?", line)
+    held = re.fullmatch(
+        rf"tickscope record: error: the target {re.escape(target.url[len('http://') :])} went away "
+        rf"\(\w+Error\b.*\): (\d+) requests? in flight failed; {re.escape(str(out))} holds (\d+) "
+        r"requests?",
+        line,
+    )
     assert held, line
     failed, requests = int(held.group(1)), int(held.group(2))
     s = accounted(out)
@@ -377,6 +414,7 @@ def test_a_vanished_target_fails_what_was_in_flight_and_ends_record(target, busy
 
 
 # --- serve under abuse ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 async def served(request, tmp_path, monkeypatch) -> AsyncIterator[Server]:
@@ -395,8 +433,10 @@ async def served(request, tmp_path, monkeypatch) -> AsyncIterator[Server]:
 
 
 async def still_serves(server: Server) -> None:
-    async with aiohttp.ClientSession() as http, http.post(
-            server.url + "/v1/completions", json={"prompt": [1, 2], "max_tokens": 3}) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(server.url + "/v1/completions", json={"prompt": [1, 2], "max_tokens": 3}) as r,
+    ):
         assert r.status == 200 and (await r.json())["usage"]["completion_tokens"] == 3
 
 
@@ -406,9 +446,14 @@ async def connect(server: Server) -> tuple[asyncio.StreamReader, asyncio.StreamW
 
 
 async def test_json_nested_too_deeply_is_a_400(served):
-    async with aiohttp.ClientSession() as http, http.post(
-            served.url + "/v1/completions", data=b"[" * 100_000 + b"]" * 100_000,
-            headers={"Content-Type": "application/json"}) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            served.url + "/v1/completions",
+            data=b"[" * 100_000 + b"]" * 100_000,
+            headers={"Content-Type": "application/json"},
+        ) as r,
+    ):
         assert r.status == 400
         error = (await r.json())["error"]
     assert error["type"] == "invalid_request_error"
@@ -416,8 +461,9 @@ async def test_json_nested_too_deeply_is_a_400(served):
     await still_serves(served)
 
 
-@pytest.mark.parametrize("sent", [b"", b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le"],
-                         ids=["nothing", "half-a-head"])
+@pytest.mark.parametrize(
+    "sent", [b"", b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le"], ids=["nothing", "half-a-head"]
+)
 async def test_a_client_slow_to_send_its_head_is_closed(served, sent):
     reader, writer = await connect(served)
     writer.write(sent)
@@ -430,8 +476,10 @@ async def test_a_client_slow_to_send_its_head_is_closed(served, sent):
 
 async def test_a_client_slow_to_send_its_body_gets_a_408(served):
     reader, writer = await connect(served)
-    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 1000\r\n\r\n{\"prompt\": [1,")
+    writer.write(
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"prompt": [1,'
+    )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 408 ")
     length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))

@@ -122,6 +122,7 @@ def test_a_failed_replacement_leaves_the_old_sidecar_and_no_temporary(trace, tmp
 
         monkeypatch.setattr(marks_module.os, "fdopen", lambda fd, *a, **kw: HalfThenFull(real_fdopen(fd, *a, **kw)))
     else:
+
         def no_rename(src, dst):
             raise OSError(13, "Permission denied")
 

@@ -44,8 +44,9 @@ def test_overload_stays_bounded_rejects_and_closes_the_trace(tmp_path):
 
     with tracer.open_trace(out) as reader:
         assert reader.closed_cleanly
-        finishes = collections.Counter(e.request for e in reader.events()
-                                       if isinstance(e, RequestEvent) and e.phase == "finish")
+        finishes = collections.Counter(
+            e.request for e in reader.events() if isinstance(e, RequestEvent) and e.phase == "finish"
+        )
     trace = tracer.load(out)
     assert not trace.problems
 

@@ -71,6 +71,7 @@ async def settle(server: Server, cancelled: int) -> None:
 
 # --- completions -----------------------------------------------------------------------------------
 
+
 async def test_models_lists_the_served_model(server, http):
     async with http.get(server.url + "/v1/models") as r:
         listing = await r.json()
@@ -104,8 +105,15 @@ async def test_stream_is_one_chunk_per_token_and_matches_the_plain_answer(server
 async def test_sampling_parameters_are_accepted_and_ignored(server, http):
     # greedy decoding, run to max_tokens: temperature, top_p and stop change nothing, n/best_of of 1 pass
     _, plain = await complete(http, server, prompt=[3, 1, 4, 1, 5], max_tokens=8)
-    ignored = {"temperature": 1.7, "top_p": 0.05, "stop": [plain["choices"][0]["text"][:1], "\n"],
-               "n": 1, "best_of": 1, "presence_penalty": 1.0, "seed": 7}
+    ignored = {
+        "temperature": 1.7,
+        "top_p": 0.05,
+        "stop": [plain["choices"][0]["text"][:1], "\n"],
+        "n": 1,
+        "best_of": 1,
+        "presence_penalty": 1.0,
+        "seed": 7,
+    }
     status, body = await complete(http, server, prompt=[3, 1, 4, 1, 5], max_tokens=8, **ignored)
     assert status == 200 and body["usage"]["completion_tokens"] == 8
     assert body["choices"][0]["text"] == plain["choices"][0]["text"] and body["choices"][0]["finish_reason"] == "length"
@@ -136,8 +144,7 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize("body, status, param", BAD_REQUESTS)
 async def test_malformed_requests_get_openai_errors(server, http, body, status, param):
     before = server._next_id
-    async with http.post(server.url + "/v1/completions", data=body,
-                         headers={"Content-Type": "application/json"}) as r:
+    async with http.post(server.url + "/v1/completions", data=body, headers={"Content-Type": "application/json"}) as r:
         error = (await r.json())["error"]
     assert r.status == status and error["type"] == "invalid_request_error"
     assert error["param"] == param and error["message"]
@@ -152,8 +159,9 @@ async def test_unknown_paths_and_methods_answer_json_errors(server, http, method
 
 async def test_a_client_leaving_mid_stream_cancels_its_request_and_frees_its_kv(server, http):
     cancelled, rid = server.counts["cancelled"], server._next_id
-    async with http.post(server.url + "/v1/completions",
-                         json={"prompt": [1, 2, 3], "max_tokens": 1000, "stream": True}) as r:
+    async with http.post(
+        server.url + "/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 1000, "stream": True}
+    ) as r:
         assert r.status == 200
         await r.content.readuntil(b"\n\n")
         await r.content.readuntil(b"\n\n")
@@ -203,7 +211,8 @@ async def test_record_target_drives_the_server_and_writes_the_client_trace(serve
     served = tracer.load(server.plan.trace).requests.filter(pl.col("request") >= before)
     assert served["status"].to_list() == ["finished"] * reqs.height
     assert sorted(zip(served["prompt_tokens"], served["output_tokens"])) == sorted(
-        (len(prompt), max_new) for prompt, max_new in asked)
+        (len(prompt), max_new) for prompt, max_new in asked
+    )
 
 
 async def test_record_target_refuses_engine_knobs(server, tmp_path, capsys):
@@ -214,10 +223,15 @@ async def test_record_target_refuses_engine_knobs(server, tmp_path, capsys):
 
 # --- a server of its own -----------------------------------------------------------------------------
 
+
 async def test_a_full_queue_answers_429_and_shutdown_cancels_what_waits(tmp_path):
     # a window that never closes within the test: the first request waits in a queue of one
-    plan = ServePlan(trace=tmp_path / "full.msgpack", port=0, device="cpu",
-                     scheduler_overrides={"policy": "window", "window_ms": 600_000.0, "queue_limit": 1})
+    plan = ServePlan(
+        trace=tmp_path / "full.msgpack",
+        port=0,
+        device="cpu",
+        scheduler_overrides={"policy": "window", "window_ms": 600_000.0, "queue_limit": 1},
+    )
     server = Server(plan)
     async with aiohttp.ClientSession() as http:
         await server.start()
@@ -230,8 +244,9 @@ async def test_a_full_queue_answers_429_and_shutdown_cancels_what_waits(tmp_path
             status, body = await complete(http, server, prompt=[1], max_tokens=4)
             assert status == 429 and body["error"]["code"] == "queue_full"
             # a streamed request is answered 429 too, as JSON, not as an error inside a 200 stream
-            async with http.post(server.url + "/v1/completions",
-                                 json={"prompt": [1], "max_tokens": 4, "stream": True}) as r:
+            async with http.post(
+                server.url + "/v1/completions", json={"prompt": [1], "max_tokens": 4, "stream": True}
+            ) as r:
                 assert r.status == 429 and r.headers["Content-Type"].startswith("application/json")
                 body = await r.json()
             assert body["error"]["code"] == "queue_full" and body["error"]["type"] == "rate_limit_error"
@@ -247,8 +262,20 @@ async def test_a_full_queue_answers_429_and_shutdown_cancels_what_waits(tmp_path
 async def start_serve_cli(trace: Path) -> tuple[asyncio.subprocess.Process, str]:
     """`tickscope serve` in a child process on an ephemeral port; returns it and its base URL."""
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tui.cli", "serve", "--port", "0", "--device", "cpu", "--trace", str(trace),
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "tui.cli",
+        "serve",
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--trace",
+        str(trace),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     line = (await asyncio.wait_for(child.stdout.readline(), 120)).decode()
     if "serving http://127.0.0.1:" not in line:
         child.kill()
@@ -260,8 +287,10 @@ async def test_serve_cli_traces_requests_and_sigint_closes_the_trace(tmp_path):
     trace = tmp_path / "served.msgpack"
     child, url = await start_serve_cli(trace)
     try:
-        async with aiohttp.ClientSession() as http, http.post(
-                url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3}) as r:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3}) as r,
+        ):
             assert r.status == 200 and (await r.json())["usage"]["completion_tokens"] == 3
         child.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(child.wait(), 30) == 0
@@ -284,8 +313,10 @@ async def test_sigterm_mid_stream_ends_serve_cleanly_and_closes_the_trace(tmp_pa
     trace = tmp_path / "terminated.msgpack"
     child, url = await start_serve_cli(trace)
     try:
-        async with aiohttp.ClientSession() as http, http.post(
-                url + "/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 1000, "stream": True}) as r:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url + "/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 1000, "stream": True}) as r,
+        ):
             assert r.status == 200
             await r.content.readuntil(b"\n\n")
             await r.content.readuntil(b"\n\n")

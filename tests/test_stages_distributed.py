@@ -20,8 +20,10 @@ from tui.source import ReplaySource
 from tui.widgets.stages import StageGantt
 from workloads.run import Recording, RecordingPlan
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not in this torch build")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with gloo is not in this torch build",
+)
 
 MICRO = 3
 
@@ -29,8 +31,15 @@ MICRO = 3
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "two-ranks.msgpack"
-    plan = RecordingPlan("tiny", "smoke", out, duration_s=1.5, device="cpu",
-                         scheduler_overrides={"stages": 2, "micro_batches": MICRO}, distributed=True)
+    plan = RecordingPlan(
+        "tiny",
+        "smoke",
+        out,
+        duration_s=1.5,
+        device="cpu",
+        scheduler_overrides={"stages": 2, "micro_batches": MICRO},
+        distributed=True,
+    )
     result = Recording(plan).run()
     assert result.ticks > 0 and result.requests_finished == result.requests_submitted > 0
     return out

@@ -81,16 +81,20 @@ def test_micro_batches_survive_the_wire():
     alloc = BlockAllocator(256, block_size=4)
     alloc.grow(7, 10)
     alloc.grow(8, 3)
-    parts = [[SeqChunk([5, 6, 7], 0, alloc.blocks(7, 3), 4, False), SeqChunk([9], 2, alloc.blocks(8, 3), 4, True)],
-             [SeqChunk([1, 2], 8, alloc.blocks(7, 10), 4, True)]]
+    parts = [
+        [SeqChunk([5, 6, 7], 0, alloc.blocks(7, 3), 4, False), SeqChunk([9], 2, alloc.blocks(8, 3), 4, True)],
+        [SeqChunk([1, 2], 8, alloc.blocks(7, 10), 4, True)],
+    ]
     back = decode_tick(encode_tick(parts), 4)
-    assert [[(c.tokens, c.start, c.blocks, c.block_size, c.sample) for c in p] for p in back] == \
-           [[(c.tokens, c.start, c.blocks, c.block_size, c.sample) for c in p] for p in parts]
+    assert [[(c.tokens, c.start, c.blocks, c.block_size, c.sample) for c in p] for p in back] == [
+        [(c.tokens, c.start, c.blocks, c.block_size, c.sample) for c in p] for p in parts
+    ]
 
 
 def test_pipeline_flags_reach_the_scheduler_config():
-    args = build_parser().parse_args(["record", "--out", "x.msgpack", "--stage-layers", "3,1", "--micro-batch-size", "4",
-                                      "--distributed"])
+    args = build_parser().parse_args(
+        ["record", "--out", "x.msgpack", "--stage-layers", "3,1", "--micro-batch-size", "4", "--distributed"]
+    )
     plan = plan_from_args(args, args.out, None)
     assert plan.distributed
     assert plan.scheduler_overrides == {"stages": 2, "stage_layers": (3, 1), "micro_batch_size": 4}

@@ -9,13 +9,13 @@ import pytest
 from engine.config import get_preset
 from engine.engine import Engine
 from engine.pipeline import micro_batch_count
-from tracer.timeline import GPipe, modelled_timeline, run_order
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer import SessionHeader, StageEvent, from_events, summarize
 from tracer.compare import compare, delta_rows
 from tracer.pipeline import bubble_share, stage_ticks, timeline_kind
 from tracer.recorder import ListRecorder
+from tracer.timeline import GPipe, modelled_timeline, run_order
 
 MS = 1_000_000
 
@@ -39,8 +39,7 @@ def test_gpipe_runs_every_cell_once_in_dependency_order():
 
 def test_timeline_with_a_slow_cell_leaves_a_bubble_in_the_next_stage():
     # stage 0: 0-1, 1-6 (micro-batch 1 is slow); stage 1: 1-2, then it waits until 6: 6-7
-    cost = np.array([[1, 5],
-                     [1, 1]])
+    cost = np.array([[1, 5], [1, 1]])
     start, end = modelled_timeline(cost)
     assert start.tolist() == [[0, 1], [1, 6]] and end.tolist() == [[1, 6], [2, 7]]
     row = stage_ticks(_stages(_stage_event(0, cost))).row(0, named=True)
@@ -95,8 +94,7 @@ def test_micro_batch_count_from_a_target_size():
 
 def test_engine_derives_micro_batches_from_their_size():
     recorder = ListRecorder()
-    engine = Engine(get_preset("tiny"), SchedulerConfig(stages=2, micro_batch_size=2), device="cpu",
-                    recorder=recorder)
+    engine = Engine(get_preset("tiny"), SchedulerConfig(stages=2, micro_batch_size=2), device="cpu", recorder=recorder)
 
     class Sink:
         def on_token(self, token: int, t_ns: int) -> None: ...

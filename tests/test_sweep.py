@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from compare_costs import independent_costs, profile
 from matplotlib.image import imread
 
 import tracer
+from compare_costs import independent_costs, profile
 from tracer.compare import Costing
 from tracer.plots import CurvePoint
 from tui.cli import main
@@ -55,8 +55,11 @@ def test_knee_prefers_the_quicker_of_equal_costs_and_skips_points_without_figure
 
 
 def test_the_curves_cost_is_modelled_dollars_then_measured_dollars_then_device_time():
-    modelled = {"accelerator": {"name": "H200", "usd_per_mtok_modelled": 0.5}, "usd_per_mtok_measured": 2.0,
-                "device_s_per_output_token": 0.001}
+    modelled = {
+        "accelerator": {"name": "H200", "usd_per_mtok_modelled": 0.5},
+        "usd_per_mtok_measured": 2.0,
+        "device_s_per_output_token": 0.001,
+    }
     measured = {**modelled, "accelerator": None}
     assert cost_measure([modelled], Costing("H200", 3.0)).of(modelled) == 0.5
     assert cost_measure([measured], Costing(price=3.0)).name == "$/M output tok at $3.00/h, measured"
@@ -95,18 +98,50 @@ def close(cell: str, value: float) -> bool:
     if "e" in cell:
         return number == pytest.approx(value, rel=0.05)
     decimals = len(cell.split(".")[1]) if "." in cell else 0
-    return abs(number - value) <= 0.5 * 10 ** -decimals + 1e-12
+    return abs(number - value) <= 0.5 * 10**-decimals + 1e-12
 
 
 def test_sweep_command_resumes_prints_the_table_and_plots(sweep_dir, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in sweep_dir.glob("*.msgpack")}
-    code = main(["sweep", "--workload", "smoke", "--window", "0,20", "--duration", "1",
-                 "--device", "cpu", "--out", str(sweep_dir), "--quiet", "--price", "2", "--accelerator", "H100-SXM"])
+    code = main(
+        [
+            "sweep",
+            "--workload",
+            "smoke",
+            "--window",
+            "0,20",
+            "--duration",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(sweep_dir),
+            "--quiet",
+            "--price",
+            "2",
+            "--accelerator",
+            "H100-SXM",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.lstrip().startswith("point"))
-    assert header.split() == ["point", "served", "capacity", "dev", "ms", "$", "meas", "$", "model", "p50", "p99",
-                              "batch", "rej", "run"]
+    assert header.split() == [
+        "point",
+        "served",
+        "capacity",
+        "dev",
+        "ms",
+        "$",
+        "meas",
+        "$",
+        "model",
+        "p50",
+        "p99",
+        "batch",
+        "rej",
+        "run",
+    ]
     lines = {line.split()[0]: line.split() for line in out.splitlines() if re.match(r"^ ?w\d", line)}
     assert set(lines) == {"w0", "w20"} and all(cells[-1] == "kept" for cells in lines.values())
     # every cost figure against the frames; the knee by its rule from those figures
@@ -135,8 +170,23 @@ def test_sweep_command_resumes_prints_the_table_and_plots(sweep_dir, capsys):
 
 
 def test_sweep_refuses_an_unknown_accelerator_before_recording(tmp_path, capsys):
-    code = main(["sweep", "--workload", "smoke", "--window", "0,5", "--duration", "1", "--device", "cpu",
-                 "--out", str(tmp_path / "out"), "--accelerator", "TPU-v9"])
+    code = main(
+        [
+            "sweep",
+            "--workload",
+            "smoke",
+            "--window",
+            "0,5",
+            "--duration",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+            "--accelerator",
+            "TPU-v9",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "unknown accelerator 'TPU-v9'" in err and "H200" in err
     assert not (tmp_path / "out").exists()
@@ -161,7 +211,22 @@ def test_sweep_refuses_bad_lists_and_knobs_before_recording(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["sweep", "--workload", "smoke", "--window", "5,5", "--out", str(tmp_path)])
     assert exit_.value.code == 2 and "appears twice" in capsys.readouterr().err
-    code = main(["sweep", "--workload", "smoke", "--window", "0,5", "--max-seqs", "4096",
-                 "--duration", "1", "--device", "cpu", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "sweep",
+            "--workload",
+            "smoke",
+            "--window",
+            "0,5",
+            "--max-seqs",
+            "4096",
+            "--duration",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2 and "max_tokens" in capsys.readouterr().err  # 4096 seqs > 2048 tokens a tick
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

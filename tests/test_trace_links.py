@@ -45,8 +45,13 @@ attention = "same-length"
 
 
 def batch(tick: int, requests: list[int], prefill: list[int], decode: list[int], groups: list[int]) -> BatchEvent:
-    return BatchEvent(tick, np.array(requests, np.int64), np.array(prefill, np.int32), np.array(decode, np.int32),
-                      np.array(groups, np.int16))
+    return BatchEvent(
+        tick,
+        np.array(requests, np.int64),
+        np.array(prefill, np.int32),
+        np.array(decode, np.int32),
+        np.array(groups, np.int16),
+    )
 
 
 def test_batch_event_round_trips_and_refuses_ragged_columns():
@@ -62,11 +67,17 @@ def test_batch_event_round_trips_and_refuses_ragged_columns():
 
 
 def test_batches_frame_is_long_form():
-    trace = tracer.from_events(SessionHeader(0, 0),
-                               [batch(0, [1], [5], [0], [0]), batch(1, [1, 2], [0, 4], [1, 0], [0, 1])])
+    trace = tracer.from_events(
+        SessionHeader(0, 0), [batch(0, [1], [5], [0], [0]), batch(1, [1, 2], [0, 4], [1, 0], [0, 1])]
+    )
     assert trace.batches.rows() == [(0, 1, 5, 0, 0), (1, 1, 0, 1, 0), (1, 2, 4, 0, 1)]
     assert tracer.from_events(SessionHeader(0, 0), []).batches.columns == [
-        "tick", "request", "prefill_tokens", "decode_tokens", "group"]
+        "tick",
+        "request",
+        "prefill_tokens",
+        "decode_tokens",
+        "group",
+    ]
 
 
 def test_a_trace_proves_every_request_ended_once_and_its_tokens_add_up(tmp_path):
@@ -88,8 +99,11 @@ def test_a_trace_proves_every_request_ended_once_and_its_tokens_add_up(tmp_path)
     assert rejected and not rejected & set(rows["request"])
 
     # the batch rows agree with each tick's totals
-    per_tick = rows.group_by("tick").agg(pl.len().alias("seqs"), pl.col("prefill_tokens").sum(),
-                                         pl.col("decode_tokens").sum()).sort("tick")
+    per_tick = (
+        rows.group_by("tick")
+        .agg(pl.len().alias("seqs"), pl.col("prefill_tokens").sum(), pl.col("decode_tokens").sum())
+        .sort("tick")
+    )
     assert per_tick.equals(trace.ticks.select(per_tick.columns).cast(per_tick.schema))
 
     # each finished request's rows add up to prompt + output - 1, plus what preemption made it redo
@@ -99,7 +113,8 @@ def test_a_trace_proves_every_request_ended_once_and_its_tokens_add_up(tmp_path)
             preempted[e.request].append(e)
     assert preempted, "the workload is meant to preempt"
     done = reqs.filter(status="finished").join(
-        rows.group_by("request").agg(pl.col("prefill_tokens").sum(), pl.col("decode_tokens").sum()), on="request")
+        rows.group_by("request").agg(pl.col("prefill_tokens").sum(), pl.col("decode_tokens").sum()), on="request"
+    )
     assert done.height == reqs.height - len(rejected)
     for r in done.iter_rows(named=True):
         redo = sum(p.prompt_tokens + p.output_tokens - 1 for p in preempted[r["request"]])
@@ -119,8 +134,12 @@ def test_a_trace_proves_every_request_ended_once_and_its_tokens_add_up(tmp_path)
         held[request] = held.get(request, 0) + prefill + decode
         last_tick[request] = tick
         key_len.append(held[request])
-    calls = rows.with_columns(key_len=pl.Series(key_len)).group_by("tick", "group").agg(
-        pl.col("key_len").min().alias("lo"), pl.col("key_len").max().alias("hi")).sort("tick", "group")
+    calls = (
+        rows.with_columns(key_len=pl.Series(key_len))
+        .group_by("tick", "group")
+        .agg(pl.col("key_len").min().alias("lo"), pl.col("key_len").max().alias("hi"))
+        .sort("tick", "group")
+    )
     assert (calls["lo"] == calls["hi"]).all()
     for _, call in calls.group_by("tick"):
         lengths = call.sort("group")["lo"].to_list()

@@ -58,9 +58,16 @@ def test_stage_roundtrip(stages, mbs, modelled):
     assert_same(roundtrip(ev), ev)
 
 
-@given(i64, st.sampled_from(["arrive", "admit", "first_token", "preempt", "finish"]), i64,
-       st.integers(0, 10**6), st.integers(0, 10**6), text, text,
-       st.one_of(st.none(), st.lists(st.integers(0, 2**32 - 1), max_size=50)))
+@given(
+    i64,
+    st.sampled_from(["arrive", "admit", "first_token", "preempt", "finish"]),
+    i64,
+    st.integers(0, 10**6),
+    st.integers(0, 10**6),
+    text,
+    text,
+    st.one_of(st.none(), st.lists(st.integers(0, 2**32 - 1), max_size=50)),
+)
 def test_request_roundtrip(rid, phase, t, prompt, out, status, reason, tokens):
     tok = None if tokens is None else np.array(tokens, dtype=np.uint32)
     ev = RequestEvent(rid, phase, t, prompt, out, tick=3, status=status, reason=reason, token_us=tok)
@@ -94,12 +101,25 @@ def test_newer_minor_version_is_read():
     assert decode_header(encode_header(h)).format_version == (1, 7)
 
 
-@pytest.mark.parametrize("item", [
-    "x", [], ["1"], [1, 2, 3], [1] + ["a"] * 12, [2, 0, [2, 2], b"\0" * 15], [2, 0, [2], b"\0" * 8],
-    [2, 0, [-1, 2], b""], [3, 0, [1, 1], b"\0" * 8, b"", b"", b"", True], [4, 0, 5, 0, 0, 0, 0, "", "", None],
-    [4, 0, "arrive", 0, 0, 0, 0, "", "", "notbytes"], [4, 0, "arrive", 0, 0, 0, 0, "", "", b"\0" * 3],
-    [5, 0, 0, 7], [1, True] + [0] * 11,
-])
+@pytest.mark.parametrize(
+    "item",
+    [
+        "x",
+        [],
+        ["1"],
+        [1, 2, 3],
+        [1] + ["a"] * 12,
+        [2, 0, [2, 2], b"\0" * 15],
+        [2, 0, [2], b"\0" * 8],
+        [2, 0, [-1, 2], b""],
+        [3, 0, [1, 1], b"\0" * 8, b"", b"", b"", True],
+        [4, 0, 5, 0, 0, 0, 0, "", "", None],
+        [4, 0, "arrive", 0, 0, 0, 0, "", "", "notbytes"],
+        [4, 0, "arrive", 0, 0, 0, 0, "", "", b"\0" * 3],
+        [5, 0, 0, 7],
+        [1, True] + [0] * 11,
+    ],
+)
 def test_malformed_events_raise_trace_format_error(item):
     with pytest.raises(TraceFormatError):
         decode_event(item)
@@ -166,8 +186,22 @@ def test_every_kind_round_trips_through_the_codec_and_the_columns(kind, data):
 
 def test_a_kinds_row_names_its_class_fields_in_their_order():
     with pytest.raises(TypeError, match="not MarkEvent's fields"):
-        EventKind(99, "note", MarkEvent, (Field("tick"), Field("t_ns"), Field("text", "text")),
-                  priority="core", ticked=False, frame="marks")
+        EventKind(
+            99,
+            "note",
+            MarkEvent,
+            (Field("tick"), Field("t_ns"), Field("text", "text")),
+            priority="core",
+            ticked=False,
+            frame="marks",
+        )
     with pytest.raises(TypeError, match="fallback"):
-        EventKind(99, "note", MarkEvent, (Field("t_ns", fallback="tick"), Field("tick"), Field("text", "text")),
-                  priority="core", ticked=False, frame="marks")
+        EventKind(
+            99,
+            "note",
+            MarkEvent,
+            (Field("t_ns", fallback="tick"), Field("tick"), Field("text", "text")),
+            priority="core",
+            ticked=False,
+            frame="marks",
+        )

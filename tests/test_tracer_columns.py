@@ -37,8 +37,15 @@ def every_kind() -> tuple:
     extra = []
     for tick in range(0, 300, 3):
         n = int(rng.integers(0, 5))
-        extra.append(BatchEvent(tick, rng.integers(0, 50, n).astype(np.int64), rng.integers(0, 9, n).astype(np.int32),
-                                rng.integers(0, 2, n).astype(np.int32), rng.integers(0, 3, n).astype(np.int16)))
+        extra.append(
+            BatchEvent(
+                tick,
+                rng.integers(0, 50, n).astype(np.int64),
+                rng.integers(0, 9, n).astype(np.int32),
+                rng.integers(0, 2, n).astype(np.int32),
+                rng.integers(0, 3, n).astype(np.int16),
+            )
+        )
     t = events[-1].t_ns
     extra += [
         RequestEvent(3, "preempt", t, tick=299, reason="kv full"),

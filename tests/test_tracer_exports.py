@@ -5,8 +5,8 @@ from collections import defaultdict
 
 import numpy as np
 import polars as pl
-from export_checks import check_perfetto, check_tables
 
+from export_checks import check_perfetto, check_tables
 from tracer import (
     BatchEvent,
     TickEvent,
@@ -30,9 +30,15 @@ def sample(tmp_path):
             w.emit(ev)
             if type(ev) is TickEvent and ev.seqs:
                 n = ev.seqs
-                w.emit(BatchEvent(ev.tick, np.arange(n, dtype=np.int64) + ev.tick,
-                                  rng.integers(0, 16, n).astype(np.int32), np.ones(n, dtype=np.int32),
-                                  (np.arange(n) % 2).astype(np.int16)))
+                w.emit(
+                    BatchEvent(
+                        ev.tick,
+                        np.arange(n, dtype=np.int64) + ev.tick,
+                        rng.integers(0, 16, n).astype(np.int32),
+                        np.ones(n, dtype=np.int32),
+                        (np.arange(n) % 2).astype(np.int16),
+                    )
+                )
     return path
 
 
@@ -59,8 +65,16 @@ def test_parquet_and_csv_read_back_as_every_frame(tmp_path):
     assert trace.batches.height == trace.ticks["seqs"].sum() > 0
     paths = export_parquet(trace, tmp_path / "pq")
     assert sorted(p.name for p in paths) == sorted(
-        ["ticks.parquet", "requests.parquet", "experts.parquet", "stages.parquet", "marks.parquet", "batches.parquet",
-         "session.json"])
+        [
+            "ticks.parquet",
+            "requests.parquet",
+            "experts.parquet",
+            "stages.parquet",
+            "marks.parquet",
+            "batches.parquet",
+            "session.json",
+        ]
+    )
     check_tables(trace, tmp_path / "pq", "parquet")
     export_csv(trace, tmp_path / "csv")
     check_tables(trace, tmp_path / "csv", "csv")

@@ -80,8 +80,11 @@ def test_the_example_in_format_md(tmp_path):
 
 
 def test_format_md_lists_the_tick_fields_in_their_order():
-    row = next(line for line in (Path(tracer.__file__).parent / "FORMAT.md").read_text().splitlines()
-               if line.startswith("| 1 | tick"))
+    row = next(
+        line
+        for line in (Path(tracer.__file__).parent / "FORMAT.md").read_text().splitlines()
+        if line.startswith("| 1 | tick")
+    )
     written = row.split("`")[1].split(", ")
     assert tuple(written) == TICK_FIELDS
 

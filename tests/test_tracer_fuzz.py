@@ -109,31 +109,34 @@ def _events_frame(payload: bytes) -> bytes:
 HEADER = MAGIC + encode_frame(Kind.HEADER, encode_header(SessionHeader(0, 0)))
 
 
-@pytest.mark.parametrize("body", [
-    # A frame header claiming the largest allowed payload, with nothing behind it.
-    b"\xf1TKS" + struct.pack("<BBHII", Kind.EVENTS, 0, 0, 16 << 20, 0),
-    # A frame header claiming 4 GiB.
-    b"\xf1TKS" + struct.pack("<BBHII", Kind.EVENTS, 0, 0, 0xFFFFFFFF, 0),
-    # A checksummed frame whose msgpack claims a 4 GiB binary and a 4-billion-item array.
-    _events_frame(b"\x91\x94\x02\x00\x92\x01\x01\xc6\xff\xff\xff\xff"),
-    _events_frame(b"\xdd\xff\xff\xff\xff"),
-    # An experts array claiming a huge shape over a few bytes.
-    _events_frame(msgpack.packb([[2, 0, [1 << 20, 1 << 20], b"\0" * 16]])),
-    # Nesting far deeper than any decoder stack.
-    _events_frame(b"\x91" * 100_000),
-    # Types that are not ours: an ext value, a map with a non-string key, floats for ints.
-    _events_frame(b"\x91\xd4\x05\x00"),
-    _events_frame(msgpack.packb([{1: 2}])),
-    _events_frame(msgpack.packb([[1] + [0.5] * 12])),
-    # The same inside compressed events frames, and a compressed frame that inflates past the limit.
-    encode_frame(Kind.EVENTS_ZLIB, zlib.compress(b"\x91" * 100_000)),
-    encode_frame(Kind.EVENTS_ZLIB, zlib.compress(b"\xdd\xff\xff\xff\xff")),
-    encode_frame(Kind.EVENTS_ZLIB, zlib.compress(b"\x91" * (17 << 20), 9)),
-    # Index and footer frames that point nowhere.
-    encode_frame(Kind.INDEX, msgpack.packb({"prev": 5, "entries": b"\0" * 56}))
-    + encode_frame(Kind.FOOTER, struct.pack("<Q", 3)),
-    encode_frame(Kind.FOOTER, struct.pack("<Q", 1 << 62)),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A frame header claiming the largest allowed payload, with nothing behind it.
+        b"\xf1TKS" + struct.pack("<BBHII", Kind.EVENTS, 0, 0, 16 << 20, 0),
+        # A frame header claiming 4 GiB.
+        b"\xf1TKS" + struct.pack("<BBHII", Kind.EVENTS, 0, 0, 0xFFFFFFFF, 0),
+        # A checksummed frame whose msgpack claims a 4 GiB binary and a 4-billion-item array.
+        _events_frame(b"\x91\x94\x02\x00\x92\x01\x01\xc6\xff\xff\xff\xff"),
+        _events_frame(b"\xdd\xff\xff\xff\xff"),
+        # An experts array claiming a huge shape over a few bytes.
+        _events_frame(msgpack.packb([[2, 0, [1 << 20, 1 << 20], b"\0" * 16]])),
+        # Nesting far deeper than any decoder stack.
+        _events_frame(b"\x91" * 100_000),
+        # Types that are not ours: an ext value, a map with a non-string key, floats for ints.
+        _events_frame(b"\x91\xd4\x05\x00"),
+        _events_frame(msgpack.packb([{1: 2}])),
+        _events_frame(msgpack.packb([[1] + [0.5] * 12])),
+        # The same inside compressed events frames, and a compressed frame that inflates past the limit.
+        encode_frame(Kind.EVENTS_ZLIB, zlib.compress(b"\x91" * 100_000)),
+        encode_frame(Kind.EVENTS_ZLIB, zlib.compress(b"\xdd\xff\xff\xff\xff")),
+        encode_frame(Kind.EVENTS_ZLIB, zlib.compress(b"\x91" * (17 << 20), 9)),
+        # Index and footer frames that point nowhere.
+        encode_frame(Kind.INDEX, msgpack.packb({"prev": 5, "entries": b"\0" * 56}))
+        + encode_frame(Kind.FOOTER, struct.pack("<Q", 3)),
+        encode_frame(Kind.FOOTER, struct.pack("<Q", 1 << 62)),
+    ],
+)
 def test_hostile_frames(body):
     read_everything(HEADER + body)
 

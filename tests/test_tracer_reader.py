@@ -36,15 +36,18 @@ def frame_offsets(data):
     return out
 
 
-@pytest.mark.parametrize("content, match", [
-    (b"", "bad magic|truncated"),
-    (b"hello, I am a text file\n", "bad magic"),
-    (MAGIC, "truncated"),
-    (MAGIC + b"\0" * 64, "session header"),
-    (MAGIC + encode_frame(Kind.EVENTS, b"\x90"), "first frame is not the session header"),
-    (MAGIC + encode_frame(Kind.HEADER, b"\xc1"), "undecodable"),
-    (MAGIC + encode_frame(Kind.HEADER, encode_header(SessionHeader(0, 0, {}, (2, 0)))), r"2\.0 is newer"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", "bad magic|truncated"),
+        (b"hello, I am a text file\n", "bad magic"),
+        (MAGIC, "truncated"),
+        (MAGIC + b"\0" * 64, "session header"),
+        (MAGIC + encode_frame(Kind.EVENTS, b"\x90"), "first frame is not the session header"),
+        (MAGIC + encode_frame(Kind.HEADER, b"\xc1"), "undecodable"),
+        (MAGIC + encode_frame(Kind.HEADER, encode_header(SessionHeader(0, 0, {}, (2, 0)))), r"2\.0 is newer"),
+    ],
+)
 def test_non_traces_raise_trace_format_error_with_place(tmp_path, content, match):
     path = tmp_path / "bad.msgpack"
     path.write_bytes(content)
@@ -107,11 +110,14 @@ def test_compressed_and_plain_events_frames_read_the_same(tmp_path):
         assert not a.problems and not b.problems
 
 
-@pytest.mark.parametrize("payload, why", [
-    (b"not zlib at all", "not a zlib stream"),
-    (zlib.compress(b"\x00" * (17 << 20), 9), "inflates past 16 MiB"),
-    (zlib.compress(b"\x90") + b"tail", "bytes after the stream"),
-])
+@pytest.mark.parametrize(
+    "payload, why",
+    [
+        (b"not zlib at all", "not a zlib stream"),
+        (zlib.compress(b"\x00" * (17 << 20), 9), "inflates past 16 MiB"),
+        (zlib.compress(b"\x90") + b"tail", "bytes after the stream"),
+    ],
+)
 def test_compressed_frame_that_does_not_decompress_is_skipped(tmp_path, payload, why):
     path = write(tmp_path / "t.msgpack", marks(3))
     data = path.read_bytes()

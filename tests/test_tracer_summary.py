@@ -17,15 +17,20 @@ def finished(rid, arrive_ms, ttft_ms, total_ms, tokens):
     return [
         RequestEvent(rid, "arrive", arrive_ms * MS, prompt_tokens=4),
         RequestEvent(rid, "first_token", (arrive_ms + ttft_ms) * MS),
-        RequestEvent(rid, "finish", (arrive_ms + total_ms) * MS, output_tokens=tokens, status="finished",
-                     token_us=token_us),
+        RequestEvent(
+            rid, "finish", (arrive_ms + total_ms) * MS, output_tokens=tokens, status="finished", token_us=token_us
+        ),
     ]
 
 
 def trace_with(slo=None):
     header = SessionHeader(0, 0, {"workload": {"slo": slo or {}}})
-    events = (finished(1, 0, 10, 100, 10) + finished(2, 0, 50, 500, 10) + finished(3, 0, 10, 1000, 1)
-              + [RequestEvent(4, "arrive", 0), RequestEvent(4, "finish", 10 * MS, status="rejected")])
+    events = (
+        finished(1, 0, 10, 100, 10)
+        + finished(2, 0, 50, 500, 10)
+        + finished(3, 0, 10, 1000, 1)
+        + [RequestEvent(4, "arrive", 0), RequestEvent(4, "finish", 10 * MS, status="rejected")]
+    )
     events += [TickEvent(i, i * 100 * MS, (i + 1) * 100 * MS, 0, 2 + i, 0, 1, 0, 1, 1, 10, 1, 1) for i in range(10)]
     counts = [np.array([[4, 4, 0, 0], [1, 1, 1, 1]], np.int32), np.array([[8, 0, 0, 0], [0, 0, 0, 0]], np.int32)]
     events += [ExpertsEvent(i, c) for i, c in enumerate(counts)]
@@ -54,9 +59,16 @@ def test_expert_balance():
     assert s["expert_imbalance_per_layer"] == pytest.approx([3.0, 1.0])
 
 
-@pytest.mark.parametrize("slo, good", [
-    ({}, 3), ({"ttft_s": 0.02}, 2), ({"ttft_s": 0.02, "e2e_s": 0.5}, 1), ({"tpot_s": 0.02}, 2), ({"e2e_s": 0.01}, 0),
-])
+@pytest.mark.parametrize(
+    "slo, good",
+    [
+        ({}, 3),
+        ({"ttft_s": 0.02}, 2),
+        ({"ttft_s": 0.02, "e2e_s": 0.5}, 1),
+        ({"tpot_s": 0.02}, 2),
+        ({"e2e_s": 0.01}, 0),
+    ],
+)
 def test_goodput_counts_requests_meeting_every_slo(slo, good):
     s = summarize(trace_with(slo))
     assert s["goodput_req_s"] == pytest.approx(good / 1.0)

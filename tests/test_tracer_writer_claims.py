@@ -54,8 +54,9 @@ def test_sigkill_under_the_default_flush_loses_at_most_100_ms(tmp_path):
     for run in range(3):
         path, emitted_path = tmp_path / f"killed{run}.msgpack", tmp_path / f"emitted{run}.bin"
         emitted_path.write_bytes(bytes(8 * SLOTS))
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(emitted_path), str(SLOTS)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(emitted_path), str(SLOTS)], stdout=subprocess.PIPE, text=True
+        )
         try:
             assert proc.stdout.readline() == "emitting\n", "the writer process did not start"
             time.sleep(rng.uniform(0.05, 0.4))  # a random moment, relative to the writer's 50 ms wakes
@@ -75,7 +76,8 @@ def test_sigkill_under_the_default_flush_loses_at_most_100_ms(tmp_path):
         old_enough = int(np.count_nonzero(emitted < kill_ns - LOSS_BOUND_NS))
         assert old_enough > 0 and len(ticks) >= old_enough, (
             f"run {run}: {len(ticks)} ticks on disk of {len(emitted)} emitted, "
-            f"{old_enough} of them more than 100 ms before the kill")
+            f"{old_enough} of them more than 100 ms before the kill"
+        )
 
 
 def frames(path) -> list[tuple[int, int]]:
@@ -86,7 +88,7 @@ def frames(path) -> list[tuple[int, int]]:
     while off < len(data):
         sync, kind, _, _, length, _ = FRAME_HEADER.unpack_from(data, off)
         assert sync == SYNC
-        payload = data[off + FRAME_HEADER.size: off + FRAME_HEADER.size + length]
+        payload = data[off + FRAME_HEADER.size : off + FRAME_HEADER.size + length]
         if kind == Kind.EVENTS_ZLIB:
             payload = zlib.decompress(payload)
         events = len(msgpack.unpackb(payload, raw=True)) if kind in (Kind.EVENTS, Kind.EVENTS_ZLIB) else 0
@@ -99,9 +101,11 @@ def test_a_writer_behind_writes_plain_frames_and_compresses_once_caught_up(tmp_p
     assert COMPRESS_MAX_EVENTS == 4096  # the number FORMAT.md and the README state
     header, events = synthetic_session(2000)
     assert len(events) > 3 * COMPRESS_MAX_EVENTS
-    behind, caught_up, trickle = (events[: COMPRESS_MAX_EVENTS + 1],
-                                  events[COMPRESS_MAX_EVENTS + 1: 2 * COMPRESS_MAX_EVENTS + 1],
-                                  events[2 * COMPRESS_MAX_EVENTS + 1: 2 * COMPRESS_MAX_EVENTS + 11])
+    behind, caught_up, trickle = (
+        events[: COMPRESS_MAX_EVENTS + 1],
+        events[COMPRESS_MAX_EVENTS + 1 : 2 * COMPRESS_MAX_EVENTS + 1],
+        events[2 * COMPRESS_MAX_EVENTS + 1 : 2 * COMPRESS_MAX_EVENTS + 11],
+    )
     path = tmp_path / "t.msgpack"
     # The writer's own wakes are a minute apart, so each flush below is one drain of what was queued.
     with TraceWriter(path, header, flush_interval_s=120) as w:

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import pytest
-import tui_synth
 
+import tui_synth
 from tracer import ExpertsEvent, TraceFormatError, TraceWriter
 from tracer.codec import packb
 from tui.app import SPEEDS, TickscopeApp

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import tui_synth
 
+import tui_synth
 from tui.app import TickscopeApp
 from tui.source import ReplaySource
 

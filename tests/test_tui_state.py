@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tui_synth
 
+import tui_synth
 from tracer.events import RequestEvent, SessionHeader, StageEvent
 from tui.state import (
     DashboardState,
@@ -120,8 +120,15 @@ def test_a_replay_layout_fills_rows_from_frames_read_in_any_order():
     whole.set_header(header)
     whole.ingest(events)
     # Three "frames" of ten ticks each, as index entries would describe them.
-    frames = [[e for e in events if getattr(e, "tick", -1) // 10 == f or
-               (isinstance(e, RequestEvent) and e.t_ns // tui_synth.TICK_NS - 50 == f)] for f in range(3)]
+    frames = [
+        [
+            e
+            for e in events
+            if getattr(e, "tick", -1) // 10 == f
+            or (isinstance(e, RequestEvent) and e.t_ns // tui_synth.TICK_NS - 50 == f)
+        ]
+        for f in range(3)
+    ]
 
     def t(tick: int) -> int:
         return tui_synth.T0 + tick * tui_synth.TICK_NS + 5_000_000

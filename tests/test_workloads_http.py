@@ -102,8 +102,12 @@ async def test_server_refusal_becomes_a_rejection_with_its_message(server):
 
 async def test_a_full_queue_rejects_a_streamed_request_with_429(tmp_path):
     # a window that never closes within the test: the first request waits in a queue of one
-    plan = ServePlan(trace=tmp_path / "full.msgpack", port=0, device="cpu",
-                     scheduler_overrides={"policy": "window", "window_ms": 600_000.0, "queue_limit": 1})
+    plan = ServePlan(
+        trace=tmp_path / "full.msgpack",
+        port=0,
+        device="cpu",
+        scheduler_overrides={"policy": "window", "window_ms": 600_000.0, "queue_limit": 1},
+    )
     server = Server(plan)
     async with server as url:
         target = HttpTarget(url)  # every request it sends is a streamed one

@@ -300,9 +300,7 @@ async def test_cancel_mid_run_ends_everything(engine):
     spec = dataclasses.replace(workload(), duration_s=0.0)  # until stopped
     seen: list[Progress] = []
     task = asyncio.create_task(
-        run_load(
-            engine, spec, recorder, vocab_size=50, on_progress=seen.append, progress_interval_s=0.05
-        )
+        run_load(engine, spec, recorder, vocab_size=50, on_progress=seen.append, progress_interval_s=0.05)
     )
     await asyncio.sleep(0.3)
     task.cancel()
@@ -403,6 +401,7 @@ async def test_stop_during_the_drain_still_stops(engine):
 
 # --- the same claims on the real engine ---------------------------------------------------------------
 
+
 async def test_open_loop_on_the_real_engine_every_request_gets_what_it_asked(real_engine):
     eng = real_engine()
     recorder = ListRecorder()
@@ -439,8 +438,11 @@ async def test_real_engine_confirms_every_cancellation(real_engine, how):
     eng = real_engine()
     recorder = ListRecorder()
     spec = workload()
-    spec = dataclasses.replace(spec, duration_s=0.1 if how == "stop while draining" else 0.0,  # 0: until stopped
-                               output=dataclasses.replace(spec.output, min=500, max=500))
+    spec = dataclasses.replace(
+        spec,
+        duration_s=0.1 if how == "stop while draining" else 0.0,  # 0: until stopped
+        output=dataclasses.replace(spec.output, min=500, max=500),
+    )
     stop = asyncio.Event()
     started = time.monotonic()
     task = asyncio.create_task(run_load(eng, spec, recorder, vocab_size=50, stop=stop))

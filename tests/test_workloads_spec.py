@@ -10,9 +10,7 @@ from engine.errors import ConfigError
 from engine.scheduler import SchedulerConfig
 from workloads.spec import RateStep, list_workloads, load_workload
 
-SHIPPED = {
-    "smoke", "demo", "local-single-user", "article-5ms", "article-200ms", "bursty", "overload", "pipeline"
-}
+SHIPPED = {"smoke", "demo", "local-single-user", "article-5ms", "article-200ms", "bursty", "overload", "pipeline"}
 
 BASE = """
 seed = 1
@@ -85,8 +83,8 @@ def test_path_loads_with_defaults(tmp_path):
     "change, expected",
     [
         (("seed = 1", "seed = 1\nbogus = 2"), "unknown key 'bogus' in"),
-        (('rate = 5.0', 'rate = 5.0\nburst = 3'), "unknown key 'arrivals.burst' in"),
-        (('value = 16', 'value = 16\nmean = 3'), "unknown key 'prompt.mean' in"),
+        (("rate = 5.0", "rate = 5.0\nburst = 3"), "unknown key 'arrivals.burst' in"),
+        (("value = 16", "value = 16\nmean = 3"), "unknown key 'prompt.mean' in"),
         (("duration_s = 10", "duration_s = -1"), "'duration_s' is negative (-1)"),
         (("rate = 5.0", "rate = 0"), "'arrivals.rate' must be greater than 0"),
         (('kind = "poisson"', 'kind = "zipf"'), "'arrivals.kind' is 'zipf' (choose from: poisson"),
@@ -130,12 +128,9 @@ def test_ramp_steps(tmp_path):
 def test_replay_and_length_files_are_read_relative_to_the_workload(tmp_path):
     (tmp_path / "arrivals.csv").write_text("arrival_s,other\n0.5,x\n0.1,y\n2.0,z\n")
     (tmp_path / "lengths.jsonl").write_text('{"n": 10}\n{"n": 700}\n\n{"n": 3}\n')
-    text = (
-        BASE.replace('kind = "poisson"\nrate = 5.0', 'kind = "replay"\nfile = "arrivals.csv"')
-        .replace(
-            'kind = "fixed"\nvalue = 16',
-            'kind = "file"\nfile = "lengths.jsonl"\ncolumn = "n"\nmax = 512',
-        )
+    text = BASE.replace('kind = "poisson"\nrate = 5.0', 'kind = "replay"\nfile = "arrivals.csv"').replace(
+        'kind = "fixed"\nvalue = 16',
+        'kind = "file"\nfile = "lengths.jsonl"\ncolumn = "n"\nmax = 512',
     )
     spec = load_workload(write(tmp_path, text))
     assert spec.arrivals.times_s == (0.1, 0.5, 2.0)

@@ -32,8 +32,11 @@ if TYPE_CHECKING:  # imported on first use at run time (`__getattr__`); named he
     from tracer.summary import summarize, summary_table
 
 _ON_POLARS = {
-    "Trace": "tracer.frames", "from_events": "tracer.frames", "load": "tracer.frames",
-    "summarize": "tracer.summary", "summary_table": "tracer.summary",
+    "Trace": "tracer.frames",
+    "from_events": "tracer.frames",
+    "load": "tracer.frames",
+    "summarize": "tracer.summary",
+    "summary_table": "tracer.summary",
 }
 
 
@@ -42,10 +45,37 @@ def __getattr__(name: str) -> object:
         return getattr(importlib.import_module(_ON_POLARS[name]), name)
     raise AttributeError(f"module 'tracer' has no attribute '{name}'")
 
+
 __all__ = [
-    "BatchEvent", "EXPORTS", "Event", "ExpertsEvent", "FORMAT_VERSION", "ListRecorder", "MarkEvent",
-    "NullRecorder", "Recorder", "RequestEvent", "SessionHeader", "StageEvent", "TickEvent",
-    "Trace", "TraceFormatError", "TraceReader", "TraceTail", "TraceWriter", "add_mark",
-    "export", "export_csv", "export_parquet", "export_perfetto", "follow", "from_events", "load",
-    "open_trace", "read_marks", "sidecar_path", "summarize", "summary_table",
+    "BatchEvent",
+    "EXPORTS",
+    "Event",
+    "ExpertsEvent",
+    "FORMAT_VERSION",
+    "ListRecorder",
+    "MarkEvent",
+    "NullRecorder",
+    "Recorder",
+    "RequestEvent",
+    "SessionHeader",
+    "StageEvent",
+    "TickEvent",
+    "Trace",
+    "TraceFormatError",
+    "TraceReader",
+    "TraceTail",
+    "TraceWriter",
+    "add_mark",
+    "export",
+    "export_csv",
+    "export_parquet",
+    "export_perfetto",
+    "follow",
+    "from_events",
+    "load",
+    "open_trace",
+    "read_marks",
+    "sidecar_path",
+    "summarize",
+    "summary_table",
 ]

@@ -21,8 +21,9 @@ from tracer.events import FORMAT_VERSION, KIND_NAMED, KINDS, Event, EventKind, S
 from tracer.limits import MAX_ARRAY_DIM, MAX_BIN_LEN, MAX_CONTAINER_LEN, MAX_STR_LEN, MAX_TEXT_CHARS
 
 # The codes by name, for readers that sort a frame's events by kind.
-TICK, EXPERTS, STAGE, REQUEST, MARK, BATCH = (KIND_NAMED[name].code for name in
-                                              ("tick", "experts", "stage", "request", "mark", "batch"))
+TICK, EXPERTS, STAGE, REQUEST, MARK, BATCH = (
+    KIND_NAMED[name].code for name in ("tick", "experts", "stage", "request", "mark", "batch")
+)
 KIND_NAMES = {kind.cls: kind.name for kind in KINDS}
 
 _UNPACK_OPTIONS: dict[str, Any] = dict(
@@ -153,9 +154,17 @@ def _decoder(kind: EventKind) -> Callable[[list[Any]], Event]:
     ndim = len(kind.wire[shape_at].dims) if shape_at >= 0 else 0
     # (place, dtype, where its shape comes from: -1 its own bytes, -2 the shape field, else the
     # place of the 1-D array whose length it shares; nil allowed; what a bad one is called)
-    arrays = [(i, np.dtype(f.dtype), -2 if f.shape == "shape" else kind.at[f.shape] - 1 if f.shape else -1,
-               f.optional, f"{what}: {f.name} is not packed bytes")
-              for i, f in enumerate(kind.wire) if f.type == "packed"]
+    arrays = [
+        (
+            i,
+            np.dtype(f.dtype),
+            -2 if f.shape == "shape" else kind.at[f.shape] - 1 if f.shape else -1,
+            f.optional,
+            f"{what}: {f.name} is not packed bytes",
+        )
+        for i, f in enumerate(kind.wire)
+        if f.type == "packed"
+    ]
 
     def decode(item: list[Any]) -> Event:
         if len(item) <= required:
@@ -214,7 +223,7 @@ def wire_columns(kind: EventKind, items: list[list[Any]]) -> list[tuple[Any, ...
     if not items or min(map(len, items)) <= kind.required:
         raise _bad(f"{kind.name} event too short")
     columns = list(zip(*items))[1 : 1 + n]  # zip stops at the shortest item
-    for f in kind.wire[len(columns):]:
+    for f in kind.wire[len(columns) :]:
         columns.append(columns[kind.at[f.fallback] - 1])
     return columns
 
@@ -232,12 +241,14 @@ def decode_events(payload: bytes) -> list[Event]:
 
 
 def encode_header(header: SessionHeader) -> bytes:
-    return packb({
-        "format_version": list(header.format_version),
-        "t0_mono_ns": header.t0_mono_ns,
-        "t0_wall_ns": header.t0_wall_ns,
-        "config": header.config,
-    })
+    return packb(
+        {
+            "format_version": list(header.format_version),
+            "t0_mono_ns": header.t0_mono_ns,
+            "t0_wall_ns": header.t0_wall_ns,
+            "config": header.config,
+        }
+    )
 
 
 def decode_header(payload: bytes) -> SessionHeader:

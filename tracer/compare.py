@@ -63,27 +63,70 @@ class Figure:
 
 # What a token costs (tracer/cost.py's figures): the delta table leads with them.
 COST_FIGURES: tuple[Figure, ...] = (
-    Figure("device_s_per_token", "device time/processed tok", "s/tok", False,
-           "busy device time over prefill + decode tokens: the measured cost"),
-    Figure("device_s_per_output_token", "device time/output tok", "s/tok", False,
-           "busy device time over sampled tokens"),
-    Figure("capacity_output_tok_s", "capacity", "tok/s", True,
-           "output tokens per busy second: what the device would serve at this batch mix were it never idle"),
-    Figure("served_rate_tok_s", "served rate", "tok/s", None,
-           "output tokens over the recording's span: under open-loop arrivals the offered load, not efficiency"),
-    Figure("usd_per_mtok_measured", "measured $/M output tok", "$/Mtok", False,
-           "busy device time at the given price per device-hour", needs="price"),
-    Figure("bytes_per_token", "modelled B/processed tok", "B/tok", False,
-           "weights and KV a tick reads (dense weights once, its distinct active experts), per token"),
-    Figure("experts_touched_per_layer", "experts/layer (uniform)", "experts", None,
-           "distinct routed experts per tick and layer, and in brackets the same for a router choosing "
-           "uniformly, E(1 - (1 - k/E)^T), the gap being the router's skew; what they cost is in bytes per token",
-           beside="experts_expected_uniform"),
-    Figure("accelerator.capacity_output_tok_s", "modelled capacity, {accelerator}", "tok/s", True,
-           "output tokens per second of roofline time, the recording's own ticks on that accelerator",
-           needs="accelerator"),
-    Figure("accelerator.usd_per_mtok_modelled", "modelled $/M output tok, {accelerator}", "$/Mtok", False,
-           "roofline time at that accelerator's price per hour", needs="accelerator"),
+    Figure(
+        "device_s_per_token",
+        "device time/processed tok",
+        "s/tok",
+        False,
+        "busy device time over prefill + decode tokens: the measured cost",
+    ),
+    Figure(
+        "device_s_per_output_token", "device time/output tok", "s/tok", False, "busy device time over sampled tokens"
+    ),
+    Figure(
+        "capacity_output_tok_s",
+        "capacity",
+        "tok/s",
+        True,
+        "output tokens per busy second: what the device would serve at this batch mix were it never idle",
+    ),
+    Figure(
+        "served_rate_tok_s",
+        "served rate",
+        "tok/s",
+        None,
+        "output tokens over the recording's span: under open-loop arrivals the offered load, not efficiency",
+    ),
+    Figure(
+        "usd_per_mtok_measured",
+        "measured $/M output tok",
+        "$/Mtok",
+        False,
+        "busy device time at the given price per device-hour",
+        needs="price",
+    ),
+    Figure(
+        "bytes_per_token",
+        "modelled B/processed tok",
+        "B/tok",
+        False,
+        "weights and KV a tick reads (dense weights once, its distinct active experts), per token",
+    ),
+    Figure(
+        "experts_touched_per_layer",
+        "experts/layer (uniform)",
+        "experts",
+        None,
+        "distinct routed experts per tick and layer, and in brackets the same for a router choosing "
+        "uniformly, E(1 - (1 - k/E)^T), the gap being the router's skew; what they cost is in bytes per token",
+        beside="experts_expected_uniform",
+    ),
+    Figure(
+        "accelerator.capacity_output_tok_s",
+        "modelled capacity, {accelerator}",
+        "tok/s",
+        True,
+        "output tokens per second of roofline time, the recording's own ticks on that accelerator",
+        needs="accelerator",
+    ),
+    Figure(
+        "accelerator.usd_per_mtok_modelled",
+        "modelled $/M output tok, {accelerator}",
+        "$/Mtok",
+        False,
+        "roofline time at that accelerator's price per hour",
+        needs="accelerator",
+    ),
 )
 # Every figure compare shows, in the order it shows them: one table.
 FIGURES: tuple[Figure, ...] = COST_FIGURES + (
@@ -92,11 +135,15 @@ FIGURES: tuple[Figure, ...] = COST_FIGURES + (
     Figure("tpot_p50_s", "TPOT p50", "s", False),
     Figure("tpot_p99_s", "TPOT p99", "s", False),
     Figure("goodput_req_s", "goodput", "req/s", True, "finished requests within the SLOs, per second of span"),
-    Figure("mean_batch_seqs", "mean batch", "seqs", True,
-           "sequences per tick: weights are read once per tick, so a bigger batch spreads them over more tokens"),
+    Figure(
+        "mean_batch_seqs",
+        "mean batch",
+        "seqs",
+        True,
+        "sequences per tick: weights are read once per tick, so a bigger batch spreads them over more tokens",
+    ),
     Figure("expert_imbalance", "imbalance max/mean", "×", False),
-    Figure("bubble_share", "bubble share", "share", False, "idle stage-time on the pipeline timeline",
-           needs="stages"),
+    Figure("bubble_share", "bubble share", "share", False, "idle stage-time on the pipeline timeline", needs="stages"),
     Figure("requests_rejected", "rejections", "count", False),
 )
 
@@ -124,8 +171,12 @@ class Costing:
     def shows(self, figure: Figure, pipelined: bool = False) -> bool:
         """Whether the delta table has a row for `figure` under this costing, `pipelined` when either
         recording has stage cells."""
-        return {None: True, "price": self.price is not None, "accelerator": self.accelerator is not None,
-                "stages": pipelined}[figure.needs]
+        return {
+            None: True,
+            "price": self.price is not None,
+            "accelerator": self.accelerator is not None,
+            "stages": pipelined,
+        }[figure.needs]
 
 
 def _apart(hi: float, lo: float, higher: bool) -> str:
@@ -148,7 +199,7 @@ class Delta:
 
     @property
     def winner(self) -> str | None:
-        """"A", "B", "even", "not judged", or None when either recording lacks the figure."""
+        """ "A", "B", "even", "not judged", or None when either recording lacks the figure."""
         if self.a is None or self.b is None:
             return None
         if self.figure.higher_is_better is None:
@@ -181,7 +232,7 @@ class Delta:
 
     @property
     def verdict(self) -> str:
-        """"B, 2.4× lower" — the winner and by how much, in one cell."""
+        """ "B, 2.4× lower" — the winner and by how much, in one cell."""
         winner = self.winner
         if winner in (None, "even", NOT_JUDGED):
             return NOT_JUDGED if winner == NOT_JUDGED else self.by
@@ -285,41 +336,56 @@ def config_diff(a: dict[str, Any], b: dict[str, Any]) -> tuple[ConfigDifference,
     return tuple(ConfigDifference(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k))
 
 
-
-
 def pipeline_shape(trace: Trace) -> str | None:
-    """"2 stages × 4 micro-batches" for a recording with stage cells, else None."""
+    """ "2 stages × 4 micro-batches" for a recording with stage cells, else None."""
     per_tick = stage_ticks(trace.stages)
     if per_tick.height == 0:
         return None
     stages = scalar_int(per_tick.get_column("stages").max())
-    fewest, most = (scalar_int(v) for v in (per_tick.get_column("micro_batches").min(),
-                                             per_tick.get_column("micro_batches").max()))
+    fewest, most = (
+        scalar_int(v) for v in (per_tick.get_column("micro_batches").min(), per_tick.get_column("micro_batches").max())
+    )
     batches = f"{most} micro-batch{'es' if most > 1 else ''}" if fewest == most else f"{fewest}-{most} micro-batches"
     return f"{stages} stages × {batches}"
 
 
-def _notes(traces: tuple[Trace, Trace], summaries: tuple[dict[str, Any], dict[str, Any]],
-           not_modelled: tuple[str | None, str | None], costing: Costing, name: str | None) -> tuple[str, ...]:
+def _notes(
+    traces: tuple[Trace, Trace],
+    summaries: tuple[dict[str, Any], dict[str, Any]],
+    not_modelled: tuple[str | None, str | None],
+    costing: Costing,
+    name: str | None,
+) -> tuple[str, ...]:
     """What a reader needs to read the table right: data missing and why, pipelines, what-ifs."""
-    notes = [f"{side}: cost figures unavailable: {s['unavailable']}"
-             for side, s in zip(SIDES, summaries) if s.get("unavailable")]
+    notes = [
+        f"{side}: cost figures unavailable: {s['unavailable']}"
+        for side, s in zip(SIDES, summaries)
+        if s.get("unavailable")
+    ]
     shapes = [pipeline_shape(t) for t in traces]
     if any(shapes):
-        each = "; ".join(f"{side} {shape}, {timeline_kind(t.stages)}"
-                         for side, shape, t in zip(SIDES, shapes, traces) if shape)
-        notes.append(f"pipelined ({each}): a tick is busy for its stage timeline's makespan on one device per "
-                     "stage, so capacity is tokens per makespan-second and device time is makespan × stages")
+        each = "; ".join(
+            f"{side} {shape}, {timeline_kind(t.stages)}" for side, shape, t in zip(SIDES, shapes, traces) if shape
+        )
+        notes.append(
+            f"pipelined ({each}): a tick is busy for its stage timeline's makespan on one device per "
+            "stage, so capacity is tokens per makespan-second and device time is makespan × stages"
+        )
     if costing.price is not None:
         notes.append(f"measured $ at ${costing.price:,.2f} per device-hour of the recording's device")
     if name is not None:
         modelled = [s["accelerator"] for s in summaries if s.get("accelerator")]
         prices = {m["usd_per_hour"] for m in modelled}
         priced = f", at ${prices.pop():,.2f}/h" if len(prices) == 1 and None not in prices else ""
-        notes.append(f"modelled on {name}: each recording's own ticks (same batches, same expert activations) "
-                     f"at the roofline, max(bytes / bandwidth, FLOPs / peak){priced}")
-        notes += [f"{side}: not modelled on {name}: {why.removeprefix(f'{name}: ')}"
-                  for side, why in zip(SIDES, not_modelled) if why]
+        notes.append(
+            f"modelled on {name}: each recording's own ticks (same batches, same expert activations) "
+            f"at the roofline, max(bytes / bandwidth, FLOPs / peak){priced}"
+        )
+        notes += [
+            f"{side}: not modelled on {name}: {why.removeprefix(f'{name}: ')}"
+            for side, why in zip(SIDES, not_modelled)
+            if why
+        ]
         if any(m["usd_per_hour"] is None for m in modelled):
             notes.append(f"{name} has no price per hour: give one (--price) for its $")
     return tuple(notes)
@@ -333,16 +399,21 @@ def compare(a: Trace, b: Trace, *, a_name: str = "A", b_name: str = "B", costing
     pipelined = a.stages.height > 0 or b.stages.height > 0
     deltas = tuple(
         Delta(fig, fa[fig.key], fb[fig.key], (fa[fig.beside], fb[fig.beside]) if fig.beside else (None, None))
-        for fig in FIGURES if costing.shows(fig, pipelined)
+        for fig in FIGURES
+        if costing.shows(fig, pipelined)
     )
     cfg_a = a.header.config if isinstance(a.header.config, dict) else {}
     cfg_b = b.header.config if isinstance(b.header.config, dict) else {}
     modelled = [s["accelerator"]["name"] for s in (sa, sb) if s.get("accelerator")]
     name = modelled[0] if modelled else costing.accelerator
     return Comparison(
-        a_name, b_name, deltas, config_diff(cfg_a, cfg_b),
+        a_name,
+        b_name,
+        deltas,
+        config_diff(cfg_a, cfg_b),
         stage_timelines=(timeline_kind(a.stages), timeline_kind(b.stages)),
-        costing=costing, accelerator=name,
+        costing=costing,
+        accelerator=name,
         unavailable=(sa.get("unavailable"), sb.get("unavailable")),
         notes=_notes((a, b), (sa, sb), (why_a, why_b), costing, name),
     )
@@ -378,8 +449,11 @@ def headline(comparison: Comparison) -> str:
     else:
         speed_clause = f"p50 TTFT not compared ({comparison.missing(speed)})"
     if cheap and fast:
-        lead = (f"{cheap} is cheaper per token and faster to first token" if cheap == fast
-                else f"{cheap} is cheaper per token, {fast} faster to first token")
+        lead = (
+            f"{cheap} is cheaper per token and faster to first token"
+            if cheap == fast
+            else f"{cheap} is cheaper per token, {fast} faster to first token"
+        )
     elif cheap or fast:
         lead = f"{cheap} is cheaper per token" if cheap else f"{fast} is faster to first token"
     else:
@@ -452,8 +526,10 @@ def figure_label(comparison: Comparison, figure: Figure) -> str:
 def delta_row(comparison: Comparison, delta: Delta) -> tuple[str, str, str, str, str]:
     """One row of the delta table as text: figure, A, B, B vs A, better."""
     fig = delta.figure
-    a, b = (format_value(fig, v) + (f" ({format_value(fig, r)})" if fig.beside else "")
-            for v, r in zip((delta.a, delta.b), delta.beside))
+    a, b = (
+        format_value(fig, v) + (f" ({format_value(fig, r)})" if fig.beside else "")
+        for v, r in zip((delta.a, delta.b), delta.beside)
+    )
     return figure_label(comparison, fig), a, b, format_change(delta), delta.verdict
 
 
@@ -480,8 +556,16 @@ class DeltaTable(Table):
         if sum(widths) + self.SPLIT_GAP > options.max_width:
             yield from super().__rich_console__(console, options)
             return
-        side_by_side = Table(title=self.title, caption=self.caption, caption_justify="left", caption_style="none",
-                             box=None, show_header=False, pad_edge=False, padding=(0, self.SPLIT_GAP, 0, 0))
+        side_by_side = Table(
+            title=self.title,
+            caption=self.caption,
+            caption_justify="left",
+            caption_style="none",
+            box=None,
+            show_header=False,
+            pad_edge=False,
+            padding=(0, self.SPLIT_GAP, 0, 0),
+        )
         for half in self.halves:
             half.show_edge = self.show_edge
             side_by_side.add_column(vertical="top")
@@ -489,8 +573,12 @@ class DeltaTable(Table):
         yield side_by_side
 
 
-_TABLE_STYLE: dict[str, Any] = {"header_style": "bold", "box": box.SIMPLE_HEAD, "pad_edge": False,
-                                "collapse_padding": True}
+_TABLE_STYLE: dict[str, Any] = {
+    "header_style": "bold",
+    "box": box.SIMPLE_HEAD,
+    "pad_edge": False,
+    "collapse_padding": True,
+}
 
 
 def _fill(table: Table, comparison: Comparison, deltas: tuple[Delta, ...]) -> Table:
@@ -498,8 +586,12 @@ def _fill(table: Table, comparison: Comparison, deltas: tuple[Delta, ...]) -> Ta
     for i, name in enumerate(DELTA_COLUMNS):
         text = name in ("figure", "better")
         widest = max((len(row[i]) for row in rows), default=0)
-        table.add_column(name, justify="left" if text else "right", no_wrap=not text,
-                         min_width=None if text else max(widest, len(name)))
+        table.add_column(
+            name,
+            justify="left" if text else "right",
+            no_wrap=not text,
+            min_width=None if text else max(widest, len(name)),
+        )
     for row, d in zip(rows, deltas):
         style = {"A": "cyan", "B": "magenta"}.get(d.winner or "", "dim")
         table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]")
@@ -513,8 +605,9 @@ def delta_table(comparison: Comparison, title: str | None = None) -> Table:
     rest = tuple(d for d in comparison.deltas if d.figure not in COST_FIGURES)
     halves = (_fill(Table(**_TABLE_STYLE), comparison, cost), _fill(Table(**_TABLE_STYLE), comparison, rest))
     caption = "\n".join((headline(comparison), *comparison.notes))
-    table = DeltaTable(halves, title=title, caption=caption, caption_justify="left", caption_style="none",
-                       **_TABLE_STYLE)
+    table = DeltaTable(
+        halves, title=title, caption=caption, caption_justify="left", caption_style="none", **_TABLE_STYLE
+    )
     return _fill(table, comparison, comparison.deltas)
 
 
@@ -529,7 +622,7 @@ def expert_mean(trace: Trace) -> np.ndarray | None:
     layers = scalar_int(per_cell.get_column("layer").max()) + 1
     experts = scalar_int(per_cell.get_column("expert").max()) + 1
     grid = np.zeros((layers, experts))
-    grid[per_cell.get_column("layer").to_numpy(), per_cell.get_column("expert").to_numpy()] = (
-        per_cell.get_column("tokens").to_numpy()
-    )
+    grid[per_cell.get_column("layer").to_numpy(), per_cell.get_column("expert").to_numpy()] = per_cell.get_column(
+        "tokens"
+    ).to_numpy()
     return grid / max(trace.experts.get_column("tick").n_unique(), 1)

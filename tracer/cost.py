@@ -74,6 +74,7 @@ Modelled ratios are over the ticks with an expert-load event (all of them in an 
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -82,7 +83,6 @@ from typing import Any, TypeGuard
 
 import numpy as np
 import polars as pl
-import tomllib
 
 from tracer.frames import Trace, scalar_float, scalar_int
 from tracer.pipeline import stage_ticks
@@ -92,8 +92,18 @@ ACCELERATORS_ENV = "TICKSCOPE_ACCELERATORS"
 
 _ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 _ROUTER_ITEMSIZE = 4  # engine/model.py keeps the router in float32 whatever the model's dtype
-_SHAPE_FIELDS = ("vocab_size", "hidden", "layers", "heads", "kv_heads", "head_dim", "routed_experts",
-                 "moe_intermediate", "top_k", "shared_experts")
+_SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden",
+    "layers",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "routed_experts",
+    "moe_intermediate",
+    "top_k",
+    "shared_experts",
+)
 _PROFILE_FIELDS = ("bandwidth_bytes_s", "peak_flop_s", "usd_per_hour")
 NO_TICKS = "no ticks in the trace (a client-side recording, `record --target`, has none)"
 
@@ -113,6 +123,7 @@ class AcceleratorError(ValueError):
 # ---------------------------------------------------------------------------------------------------
 # The model's shape, and what a tick reads and computes
 # ---------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -148,8 +159,12 @@ class ModelShape:
         kv = config.get("kv_bytes_per_token")
         if not _is_count(kv):  # a header written by hand: the engine's own formula (engine/config.py)
             kv = 2 * model["layers"] * model["kv_heads"] * model["head_dim"] * itemsize
-        return cls(name=str(model.get("name", "")), **{f: int(model[f]) for f in _SHAPE_FIELDS},
-                   itemsize=itemsize, kv_bytes_per_token=int(kv))
+        return cls(
+            name=str(model.get("name", "")),
+            **{f: int(model[f]) for f in _SHAPE_FIELDS},
+            itemsize=itemsize,
+            kv_bytes_per_token=int(kv),
+        )
 
     @property
     def expert_bytes(self) -> int:
@@ -198,9 +213,11 @@ class ModelShape:
     def flops(self, processed: np.ndarray, output: np.ndarray, kv_used: np.ndarray) -> np.ndarray:
         """FLOPs of each tick (attention approximated from `kv_used`, see the module docstring)."""
         attention = 4 * self.layers * self.heads * self.head_dim
-        return (np.asarray(processed, dtype=np.float64) * self.token_flops
-                + np.asarray(output, dtype=np.float64) * (2 * self.hidden * self.vocab_size)
-                + np.asarray(kv_used, dtype=np.float64) * attention)
+        return (
+            np.asarray(processed, dtype=np.float64) * self.token_flops
+            + np.asarray(output, dtype=np.float64) * (2 * self.hidden * self.vocab_size)
+            + np.asarray(kv_used, dtype=np.float64) * attention
+        )
 
 
 def _is_count(v: object) -> TypeGuard[int]:
@@ -221,6 +238,7 @@ def distinct_experts(load: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 # Accelerator profiles
 # ---------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Accelerator:
@@ -254,8 +272,12 @@ def accelerator_names(path: str | os.PathLike[str] | None = None) -> list[str]:
     return [a.name for a in load_accelerators(path).values()] + [THIS_DEVICE]
 
 
-def accelerator(name: str, config: Mapping[str, Any] | None = None, path: str | os.PathLike[str] | None = None,
-                usd_per_hour: float | None = None) -> Accelerator:
+def accelerator(
+    name: str,
+    config: Mapping[str, Any] | None = None,
+    path: str | os.PathLike[str] | None = None,
+    usd_per_hour: float | None = None,
+) -> Accelerator:
     """A profile by name; `this-device` is built from the header `config`'s `device_probe`.
     `usd_per_hour` replaces the profile's price."""
     if name.lower() == THIS_DEVICE:
@@ -287,8 +309,9 @@ def _parse_profiles(origin: str, text: str) -> dict[str, dict[str, float]]:
             raise AcceleratorError(f"{origin}: '{name}' must be a table ([{name}]) of {', '.join(_PROFILE_FIELDS)}")
         for key, value in table.items():
             if key not in _PROFILE_FIELDS:
-                raise AcceleratorError(f"{origin}: [{name}] has unknown field '{key}' "
-                                       f"(fields: {', '.join(_PROFILE_FIELDS)})")
+                raise AcceleratorError(
+                    f"{origin}: [{name}] has unknown field '{key}' (fields: {', '.join(_PROFILE_FIELDS)})"
+                )
             if not _is_positive(value):
                 raise AcceleratorError(f"{origin}: [{name}] {key} must be a positive number, got {value!r}")
         profiles[name] = {k: float(v) for k, v in table.items()}
@@ -309,8 +332,10 @@ def _profile(name: str, origin: str, fields: dict[str, float]) -> Accelerator:
 def _this_device(config: Mapping[str, Any] | None) -> Accelerator:
     probe = config.get("device_probe") if isinstance(config, Mapping) else None
     if not isinstance(probe, Mapping):
-        raise CostUnavailable(f"{THIS_DEVICE}: the trace header has no device probe (recorded before "
-                              "tickscope measured its device, or client-side)")
+        raise CostUnavailable(
+            f"{THIS_DEVICE}: the trace header has no device probe (recorded before "
+            "tickscope measured its device, or client-side)"
+        )
     if probe.get("error"):
         raise CostUnavailable(f"{THIS_DEVICE}: the device probe failed when recording: {probe['error']}")
     bandwidth, peak = probe.get("copy_bytes_per_s"), probe.get("matmul_flop_per_s")
@@ -323,6 +348,7 @@ def _this_device(config: Mapping[str, Any] | None) -> Accelerator:
 # Per tick
 # ---------------------------------------------------------------------------------------------------
 
+
 def busy_seconds(ticks: pl.DataFrame, stages: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Busy seconds and devices of each row of `ticks`: its forward time on one device or, with stage
     cells, the makespan of its stage timeline (the `modelled_*` columns) on one device per stage."""
@@ -330,8 +356,9 @@ def busy_seconds(ticks: pl.DataFrame, stages: pl.DataFrame) -> tuple[np.ndarray,
     devices = np.ones(ticks.height, dtype=np.int64)
     if stages.height == 0:
         return busy, devices
-    cells = stage_ticks(stages).select("tick", pl.col("makespan_s").alias("makespan"),
-                                       pl.col("stages").alias("devices"))
+    cells = stage_ticks(stages).select(
+        "tick", pl.col("makespan_s").alias("makespan"), pl.col("stages").alias("devices")
+    )
     tick = ticks.get_column("tick").to_numpy()
     at, hit = _lookup(cells.get_column("tick").to_numpy(), tick)
     busy[hit] = cells.get_column("makespan").to_numpy()[at[hit]]
@@ -359,15 +386,17 @@ def measured_ticks(trace: Trace) -> pl.DataFrame:
     """Per tick: tick, start_s, end_s, busy_s, devices, processed_tokens, output_tokens."""
     ticks = trace.ticks
     busy, devices = busy_seconds(ticks, trace.stages)
-    return pl.DataFrame({
-        "tick": ticks.get_column("tick"),
-        "start_s": ticks.get_column("start_s"),
-        "end_s": ticks.get_column("end_s"),
-        "busy_s": busy,
-        "devices": devices,
-        "processed_tokens": (ticks.get_column("prefill_tokens") + ticks.get_column("decode_tokens")),
-        "output_tokens": output_tokens(ticks),
-    })
+    return pl.DataFrame(
+        {
+            "tick": ticks.get_column("tick"),
+            "start_s": ticks.get_column("start_s"),
+            "end_s": ticks.get_column("end_s"),
+            "busy_s": busy,
+            "devices": devices,
+            "processed_tokens": (ticks.get_column("prefill_tokens") + ticks.get_column("decode_tokens")),
+            "output_tokens": output_tokens(ticks),
+        }
+    )
 
 
 def _distinct_per_tick(trace: Trace) -> np.ndarray:
@@ -387,12 +416,22 @@ def tick_costs(trace: Trace, accelerator: Accelerator | None = None) -> pl.DataF
     Expert and byte columns are null for a tick without an expert-load event.
     Raises CostUnavailable when the header has no model shape."""
     shape = ModelShape.from_config(trace.header.config)
-    return modelled_columns(measured_ticks(trace), trace.ticks.get_column("kv_used").to_numpy(),
-                            _distinct_per_tick(trace), shape, accelerator)
+    return modelled_columns(
+        measured_ticks(trace),
+        trace.ticks.get_column("kv_used").to_numpy(),
+        _distinct_per_tick(trace),
+        shape,
+        accelerator,
+    )
 
 
-def modelled_columns(costs: pl.DataFrame, kv_used: np.ndarray, distinct: np.ndarray, shape: ModelShape,
-                     accelerator: Accelerator | None = None) -> pl.DataFrame:
+def modelled_columns(
+    costs: pl.DataFrame,
+    kv_used: np.ndarray,
+    distinct: np.ndarray,
+    shape: ModelShape,
+    accelerator: Accelerator | None = None,
+) -> pl.DataFrame:
     """`measured_ticks`' columns (or the same built from a dashboard's own), with the modelled ones
     of `tick_costs` added from each tick's KV use and distinct experts summed over layers (NaN: not
     known)."""
@@ -417,6 +456,7 @@ def modelled_columns(costs: pl.DataFrame, kv_used: np.ndarray, distinct: np.ndar
 # Over a span of ticks
 # ---------------------------------------------------------------------------------------------------
 
+
 def recording_span(trace: Trace) -> tuple[float, float] | None:
     """First and last moments anything happened (tick starts and ends, arrivals, finishes), in s."""
     columns = [trace.ticks.get_column(c) for c in ("start_s", "end_s")]
@@ -427,25 +467,38 @@ def recording_span(trace: Trace) -> tuple[float, float] | None:
     return min(scalar_float(c.min()) for c in present), max(scalar_float(c.max()) for c in present)
 
 
-def span_summary(costs: pl.DataFrame, span_s: float | None, shape: ModelShape | None = None,
-                 accelerator: Accelerator | None = None, price: float | None = None,
-                 unavailable: str | None = None) -> dict[str, Any]:
+def span_summary(
+    costs: pl.DataFrame,
+    span_s: float | None,
+    shape: ModelShape | None = None,
+    accelerator: Accelerator | None = None,
+    price: float | None = None,
+    unavailable: str | None = None,
+) -> dict[str, Any]:
     """The module docstring's keys over the rows of `costs` (`tick_costs` or `measured_ticks`, or a
     slice of them: a dashboard's window), `span_s` long. `price` ($ per device-hour) costs the measured
     device time and replaces the accelerator's price. Modelled keys need `tick_costs`' columns and
     `shape`; `unavailable` is the caller's reason when they are missing."""
     m = costs.select(
-        pl.len().alias("ticks"), pl.col("busy_s").sum(), (pl.col("busy_s") * pl.col("devices")).sum().alias("device_s"),
-        pl.col("processed_tokens").sum(), pl.col("output_tokens").sum(),
+        pl.len().alias("ticks"),
+        pl.col("busy_s").sum(),
+        (pl.col("busy_s") * pl.col("devices")).sum().alias("device_s"),
+        pl.col("processed_tokens").sum(),
+        pl.col("output_tokens").sum(),
     ).row(0, named=True)
     busy, device_s, processed, output = m["busy_s"], m["device_s"], m["processed_tokens"], m["output_tokens"]
     summary: dict[str, Any] = {
-        "ticks": m["ticks"], "span_s": span_s, "busy_s": busy, "device_s": device_s,
+        "ticks": m["ticks"],
+        "span_s": span_s,
+        "busy_s": busy,
+        "device_s": device_s,
         "utilization": _ratio(busy, span_s),
-        "processed_tokens": processed, "output_tokens": output,
+        "processed_tokens": processed,
+        "output_tokens": output,
         "device_s_per_token": _ratio(device_s, processed),
         "device_s_per_output_token": _ratio(device_s, output),
-        "capacity_tok_s": _ratio(processed, busy), "capacity_output_tok_s": _ratio(output, busy),
+        "capacity_tok_s": _ratio(processed, busy),
+        "capacity_output_tok_s": _ratio(output, busy),
         "served_rate_tok_s": _ratio(output, span_s),
         "price_usd_per_hour": price,
         "usd_per_mtok_measured": None if price is None else _usd_per_mtok(device_s, price, output),
@@ -459,14 +512,22 @@ def span_summary(costs: pl.DataFrame, span_s: float | None, shape: ModelShape | 
     return summary
 
 
-_MODELLED_KEYS = ("bytes_per_token", "weight_bytes_per_token", "kv_read_bytes_per_token", "flops_per_token",
-                  "arithmetic_intensity", "experts_touched_per_layer", "experts_expected_uniform")
+_MODELLED_KEYS = (
+    "bytes_per_token",
+    "weight_bytes_per_token",
+    "kv_read_bytes_per_token",
+    "flops_per_token",
+    "arithmetic_intensity",
+    "experts_touched_per_layer",
+    "experts_expected_uniform",
+)
 
 
 def _modelled(costs: pl.DataFrame, shape: ModelShape) -> dict[str, Any]:
     known = costs.filter(pl.col("bytes").is_not_null())
-    sums = pl.col("processed_tokens", "weight_bytes", "kv_bytes", "bytes", "flops", "distinct_experts",
-                  "expected_experts").sum()
+    sums = pl.col(
+        "processed_tokens", "weight_bytes", "kv_bytes", "bytes", "flops", "distinct_experts", "expected_experts"
+    ).sum()
     s = known.select(pl.len().alias("ticks"), sums).row(0, named=True)
     cells = s["ticks"] * shape.layers
     return {
@@ -490,13 +551,16 @@ def _on_accelerator(costs: pl.DataFrame, accelerator: Accelerator) -> dict[str, 
     output = int(known.get_column("output_tokens").sum())
     price = accelerator.usd_per_hour
     return {
-        "name": accelerator.name, "label": "modelled",
-        "bandwidth_bytes_s": accelerator.bandwidth_bytes_s, "peak_flop_s": accelerator.peak_flop_s,
+        "name": accelerator.name,
+        "label": "modelled",
+        "bandwidth_bytes_s": accelerator.bandwidth_bytes_s,
+        "peak_flop_s": accelerator.peak_flop_s,
         "usd_per_hour": price,
         "roofline_s": total,
         "roofline_s_per_token": _ratio(total, processed),
         "roofline_s_per_output_token": _ratio(total, output),
-        "capacity_tok_s": _ratio(processed, total), "capacity_output_tok_s": _ratio(output, total),
+        "capacity_tok_s": _ratio(processed, total),
+        "capacity_output_tok_s": _ratio(output, total),
         "memory_bound_share": _ratio(float(roofline[memory_bound].sum()), total),
         "usd_per_mtok_modelled": None if price is None else _usd_per_mtok(total, price, output),
     }

@@ -36,8 +36,9 @@ class TraceWriteError(OSError):
         super().__init__(cause.errno, cause.strerror or str(cause), path)
         self.path, self.at, self.holding = path, at, holding
         self.what = _what(cause)  # "disk full", ...
-        self.message = (f"{path}: {self.what} at byte {at:,}: the trace holds {holding}; "
-                        "the rest of the run was not recorded")
+        self.message = (
+            f"{path}: {self.what} at byte {at:,}: the trace holds {holding}; the rest of the run was not recorded"
+        )
 
     def __str__(self) -> str:
         return self.message

@@ -217,9 +217,13 @@ class EventKind:
                 raise TypeError(f"{self.name}: a shape field names its dimensions")
             if f.type == "packed":
                 source = next((g for g in self.wire if g.name == f.shape), None) if f.shape else None
-                if f.shape and (source is None or at[f.shape] > at[f.name]
-                                or not (source.type == "shape" or (source.type == "packed" and not source.shape
-                                                                   and not source.optional))):
+                if f.shape and (
+                    source is None
+                    or at[f.shape] > at[f.name]
+                    or not (
+                        source.type == "shape" or (source.type == "packed" and not source.shape and not source.optional)
+                    )
+                ):
                     raise TypeError(f"{self.name}.{f.name}: shape {f.shape!r} is not an earlier shape or 1-D array")
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "required", required)
@@ -231,31 +235,104 @@ class EventKind:
 
 # Codes are never reused; a kind added in a minor version is skipped by older readers.
 KINDS: tuple[EventKind, ...] = (
-    EventKind(1, "tick", TickEvent, (
-        *_ints("tick", "start_ns", "end_ns", "wait_ns", "seqs", "prefill_tokens", "decode_tokens",
-               "queue_depth", "running", "kv_used", "kv_capacity", "forward_ns"),
-        Field("sampled_tokens", fallback="decode_tokens"),  # since 1.3: 1.2 counted decode tokens as sampled
-    ), priority="core", ticked=True, frame="ticks"),
-    EventKind(2, "experts", ExpertsEvent, (
-        Field("tick"), _shape("layers", "experts"), _packed("counts", "<i4", "shape"),
-    ), priority="bulk", ticked=True, frame="experts"),
-    EventKind(3, "stage", StageEvent, (
-        Field("tick"), _shape("stages", "micro_batches"),
-        *(_packed(name, "<i8", "shape")
-          for name in ("measured_start_ns", "measured_end_ns", "modelled_start_ns", "modelled_end_ns")),
-        Field("modelled", "bool"),
-    ), priority="bulk", ticked=True, frame="stages"),
-    EventKind(4, "request", RequestEvent, (
-        Field("request"), Field("phase", "str"), *_ints("t_ns", "prompt_tokens", "output_tokens", "tick"),
-        Field("status", "str"), Field("reason", "text"), _packed("token_us", "<u4", optional=True),
-    ), priority="kept", ticked=False, frame="requests"),
-    EventKind(5, "mark", MarkEvent, (
-        *_ints("t_ns", "tick"), Field("text", "text"),
-    ), priority="core", ticked=False, frame="marks"),
-    EventKind(6, "batch", BatchEvent, (  # since 1.1
-        Field("tick"), _packed("requests", "<i8"), _packed("prefill_tokens", "<i4", "requests"),
-        _packed("decode_tokens", "<i4", "requests"), _packed("groups", "<i2", "requests"),
-    ), priority="core", ticked=True, frame="batches"),
+    EventKind(
+        1,
+        "tick",
+        TickEvent,
+        (
+            *_ints(
+                "tick",
+                "start_ns",
+                "end_ns",
+                "wait_ns",
+                "seqs",
+                "prefill_tokens",
+                "decode_tokens",
+                "queue_depth",
+                "running",
+                "kv_used",
+                "kv_capacity",
+                "forward_ns",
+            ),
+            Field("sampled_tokens", fallback="decode_tokens"),  # since 1.3: 1.2 counted decode tokens as sampled
+        ),
+        priority="core",
+        ticked=True,
+        frame="ticks",
+    ),
+    EventKind(
+        2,
+        "experts",
+        ExpertsEvent,
+        (
+            Field("tick"),
+            _shape("layers", "experts"),
+            _packed("counts", "<i4", "shape"),
+        ),
+        priority="bulk",
+        ticked=True,
+        frame="experts",
+    ),
+    EventKind(
+        3,
+        "stage",
+        StageEvent,
+        (
+            Field("tick"),
+            _shape("stages", "micro_batches"),
+            *(
+                _packed(name, "<i8", "shape")
+                for name in ("measured_start_ns", "measured_end_ns", "modelled_start_ns", "modelled_end_ns")
+            ),
+            Field("modelled", "bool"),
+        ),
+        priority="bulk",
+        ticked=True,
+        frame="stages",
+    ),
+    EventKind(
+        4,
+        "request",
+        RequestEvent,
+        (
+            Field("request"),
+            Field("phase", "str"),
+            *_ints("t_ns", "prompt_tokens", "output_tokens", "tick"),
+            Field("status", "str"),
+            Field("reason", "text"),
+            _packed("token_us", "<u4", optional=True),
+        ),
+        priority="kept",
+        ticked=False,
+        frame="requests",
+    ),
+    EventKind(
+        5,
+        "mark",
+        MarkEvent,
+        (
+            *_ints("t_ns", "tick"),
+            Field("text", "text"),
+        ),
+        priority="core",
+        ticked=False,
+        frame="marks",
+    ),
+    EventKind(
+        6,
+        "batch",
+        BatchEvent,
+        (  # since 1.1
+            Field("tick"),
+            _packed("requests", "<i8"),
+            _packed("prefill_tokens", "<i4", "requests"),
+            _packed("decode_tokens", "<i4", "requests"),
+            _packed("groups", "<i2", "requests"),
+        ),
+        priority="core",
+        ticked=True,
+        frame="batches",
+    ),
 )
 KIND_OF: dict[type, EventKind] = {kind.cls: kind for kind in KINDS}
 KIND_BY_CODE: dict[int, EventKind] = {kind.code: kind for kind in KINDS}

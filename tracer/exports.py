@@ -53,12 +53,30 @@ def perfetto_events(trace: Trace) -> list[dict[str, Any]]:
 
     meta(_SCHED, "scheduler", {1: "ticks", 2: "collection window"})
     for row in trace.ticks.iter_rows(named=True):
-        out.append({"ph": "X", "pid": _SCHED, "tid": 1, "name": f"tick {row['tick']}", "cat": "tick",
-                    "ts": _us(row["start_s"]), "dur": _us(row["end_s"] - row["start_s"]),
-                    "args": {k: row[k] for k in ("seqs", "prefill_tokens", "decode_tokens", "forward_s")}})
+        out.append(
+            {
+                "ph": "X",
+                "pid": _SCHED,
+                "tid": 1,
+                "name": f"tick {row['tick']}",
+                "cat": "tick",
+                "ts": _us(row["start_s"]),
+                "dur": _us(row["end_s"] - row["start_s"]),
+                "args": {k: row[k] for k in ("seqs", "prefill_tokens", "decode_tokens", "forward_s")},
+            }
+        )
         if row["wait_s"] > 0:
-            out.append({"ph": "X", "pid": _SCHED, "tid": 2, "name": "wait", "cat": "wait",
-                        "ts": _us(row["start_s"] - row["wait_s"]), "dur": _us(row["wait_s"])})
+            out.append(
+                {
+                    "ph": "X",
+                    "pid": _SCHED,
+                    "tid": 2,
+                    "name": "wait",
+                    "cat": "wait",
+                    "ts": _us(row["start_s"] - row["wait_s"]),
+                    "dur": _us(row["wait_s"]),
+                }
+            )
         ts = _us(row["start_s"])
         for counter in ("seqs", "queue_depth", "kv_used"):
             out.append({"ph": "C", "pid": _SCHED, "name": counter, "ts": ts, "args": {counter: row[counter]}})
@@ -70,29 +88,49 @@ def perfetto_events(trace: Trace) -> list[dict[str, Any]]:
         n_stages = last_stage + 1
         meta(_STAGES_MEASURED, "stages (measured)", {s: f"stage {s}" for s in range(n_stages)})
         if stages.get_column("modelled").any():
-            meta(_STAGES_MODELLED, "stages (modelled, one device per stage)",
-                 {s: f"stage {s}" for s in range(n_stages)})
+            meta(
+                _STAGES_MODELLED, "stages (modelled, one device per stage)", {s: f"stage {s}" for s in range(n_stages)}
+            )
         for row in stages.drop_nulls("tick_start_s").iter_rows(named=True):
             base = row["tick_start_s"]
             name = f"tick {row['tick']} mb {row['micro_batch']}"
             pids = [("measured", _STAGES_MEASURED)] + ([("modelled", _STAGES_MODELLED)] if row["modelled"] else [])
             for which, pid in pids:
                 start, end = row[f"{which}_start_s"], row[f"{which}_end_s"]
-                out.append({"ph": "X", "pid": pid, "tid": row["stage"], "name": name, "cat": "stage",
-                            "ts": _us(base + start), "dur": _us(end - start)})
+                out.append(
+                    {
+                        "ph": "X",
+                        "pid": pid,
+                        "tid": row["stage"],
+                        "name": name,
+                        "cat": "stage",
+                        "ts": _us(base + start),
+                        "dur": _us(end - start),
+                    }
+                )
 
     meta(_REQUESTS, "requests", {})
     for row in trace.requests.iter_rows(named=True):
         if row["arrival_s"] is None or row["finish_s"] is None:
             continue
-        common = {"pid": _REQUESTS, "tid": 0, "cat": "request", "id": row["request"],
-                  "name": f"request {row['request']}"}
-        out.append({**common, "ph": "b", "ts": _us(row["arrival_s"]),
-                    "args": {"prompt_tokens": row["prompt_tokens"]}})
+        common = {
+            "pid": _REQUESTS,
+            "tid": 0,
+            "cat": "request",
+            "id": row["request"],
+            "name": f"request {row['request']}",
+        }
+        out.append({**common, "ph": "b", "ts": _us(row["arrival_s"]), "args": {"prompt_tokens": row["prompt_tokens"]}})
         if row["first_token_s"] is not None:
             out.append({**common, "ph": "n", "ts": _us(row["first_token_s"]), "args": {"event": "first token"}})
-        out.append({**common, "ph": "e", "ts": _us(row["finish_s"]),
-                    "args": {"status": row["status"], "output_tokens": row["output_tokens"]}})
+        out.append(
+            {
+                **common,
+                "ph": "e",
+                "ts": _us(row["finish_s"]),
+                "args": {"status": row["status"], "output_tokens": row["output_tokens"]},
+            }
+        )
 
     for row in trace.marks.iter_rows(named=True):
         out.append({"ph": "i", "s": "g", "pid": _SCHED, "tid": 1, "name": row["text"], "ts": _us(row["t_s"])})
@@ -105,8 +143,11 @@ def export_perfetto(trace_or_path: Trace | str | os.PathLike[str], out_json: str
     doc = {
         "traceEvents": perfetto_events(trace),
         "displayTimeUnit": "ms",
-        "otherData": {"tool": "tickscope", "t0_wall_ns": trace.header.t0_wall_ns,
-                      "format_version": list(trace.header.format_version)},
+        "otherData": {
+            "tool": "tickscope",
+            "t0_wall_ns": trace.header.t0_wall_ns,
+            "format_version": list(trace.header.format_version),
+        },
     }
     out = Path(out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,11 +171,20 @@ def _write_frames(trace: Trace, out_dir: str | os.PathLike[str], ext: str) -> li
         paths.append(path)
     session = out / "session.json"  # the header, so the exported tables keep their context
     with atomic_path(session) as temporary:
-        temporary.write_text(json.dumps({
-            "t0_mono_ns": trace.header.t0_mono_ns, "t0_wall_ns": trace.header.t0_wall_ns,
-            "format_version": list(trace.header.format_version), "config": trace.header.config,
-            "dropped": trace.dropped,
-        }, indent=2, default=str), encoding="utf-8")
+        temporary.write_text(
+            json.dumps(
+                {
+                    "t0_mono_ns": trace.header.t0_mono_ns,
+                    "t0_wall_ns": trace.header.t0_wall_ns,
+                    "format_version": list(trace.header.format_version),
+                    "config": trace.header.config,
+                    "dropped": trace.dropped,
+                },
+                indent=2,
+                default=str,
+            ),
+            encoding="utf-8",
+        )
     return paths + [session]
 
 
@@ -158,11 +208,14 @@ class ExportFormat:
     description: str  # one line, for --help
 
 
-EXPORTS: dict[str, ExportFormat] = {f.name: f for f in (
-    ExportFormat("perfetto", export_perfetto, "file", "one JSON file, for Perfetto UI and chrome://tracing"),
-    ExportFormat("parquet", export_parquet, "directory", "a directory of Parquet files, one per frame"),
-    ExportFormat("csv", export_csv, "directory", "a directory of CSV files, one per frame"),
-)}
+EXPORTS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat("perfetto", export_perfetto, "file", "one JSON file, for Perfetto UI and chrome://tracing"),
+        ExportFormat("parquet", export_parquet, "directory", "a directory of Parquet files, one per frame"),
+        ExportFormat("csv", export_csv, "directory", "a directory of CSV files, one per frame"),
+    )
+}
 
 
 def export(trace_or_path: Trace | PathLike, to: str, out: PathLike) -> Path | list[Path]:

@@ -30,20 +30,41 @@ from tracer.reader import TraceReader, open_trace
 
 TICK_SCHEMA = {name: pl.Float64 if name.endswith("_s") else pl.Int64 for name in TICK_COLUMNS}
 REQUEST_SCHEMA = {
-    "request": pl.Int64, "arrival_s": pl.Float64, "admit_s": pl.Float64, "first_token_s": pl.Float64,
-    "finish_s": pl.Float64, "prompt_tokens": pl.Int64, "output_tokens": pl.Int64, "status": pl.String,
-    "reason": pl.String, "preemptions": pl.Int64, "ttft_s": pl.Float64, "tpot_s": pl.Float64,
-    "e2e_s": pl.Float64, "queue_wait_s": pl.Float64,
+    "request": pl.Int64,
+    "arrival_s": pl.Float64,
+    "admit_s": pl.Float64,
+    "first_token_s": pl.Float64,
+    "finish_s": pl.Float64,
+    "prompt_tokens": pl.Int64,
+    "output_tokens": pl.Int64,
+    "status": pl.String,
+    "reason": pl.String,
+    "preemptions": pl.Int64,
+    "ttft_s": pl.Float64,
+    "tpot_s": pl.Float64,
+    "e2e_s": pl.Float64,
+    "queue_wait_s": pl.Float64,
 }
 EXPERT_SCHEMA = {"tick": pl.Int64, "layer": pl.Int64, "expert": pl.Int64, "tokens": pl.Int64}
 STAGE_SCHEMA = {
-    "tick": pl.Int64, "stage": pl.Int64, "micro_batch": pl.Int64, "tick_start_s": pl.Float64,
-    "measured_start_s": pl.Float64, "measured_end_s": pl.Float64,
-    "modelled_start_s": pl.Float64, "modelled_end_s": pl.Float64, "modelled": pl.Boolean,
+    "tick": pl.Int64,
+    "stage": pl.Int64,
+    "micro_batch": pl.Int64,
+    "tick_start_s": pl.Float64,
+    "measured_start_s": pl.Float64,
+    "measured_end_s": pl.Float64,
+    "modelled_start_s": pl.Float64,
+    "modelled_end_s": pl.Float64,
+    "modelled": pl.Boolean,
 }
 MARK_SCHEMA = {"t_s": pl.Float64, "tick": pl.Int64, "text": pl.String}
-BATCH_SCHEMA = {"tick": pl.Int64, "request": pl.Int64, "prefill_tokens": pl.Int64, "decode_tokens": pl.Int64,
-                "group": pl.Int64}
+BATCH_SCHEMA = {
+    "tick": pl.Int64,
+    "request": pl.Int64,
+    "prefill_tokens": pl.Int64,
+    "decode_tokens": pl.Int64,
+    "group": pl.Int64,
+}
 _PHASES = {phase: i for i, phase in enumerate(REQUEST_PHASES)}  # request phases as small ints, for numpy
 _STAGE_ARRAYS = ("measured_start_ns", "measured_end_ns", "modelled_start_ns", "modelled_end_ns")
 _BATCH_ARRAYS = ("requests", "prefill_tokens", "decode_tokens", "groups")  # BATCH_SCHEMA's columns after its tick
@@ -154,8 +175,9 @@ def _cell_indices(dims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(rows), np.concatenate(cols)
 
 
-def _expert_rows(ticks: np.ndarray, dims: np.ndarray, counts: np.ndarray
-                 ) -> tuple[pl.DataFrame, np.ndarray, np.ndarray | None]:
+def _expert_rows(
+    ticks: np.ndarray, dims: np.ndarray, counts: np.ndarray
+) -> tuple[pl.DataFrame, np.ndarray, np.ndarray | None]:
     """`counts`: every tick's int64 [layers, experts] block, flattened and concatenated."""
     if not len(ticks):
         return pl.DataFrame(schema=EXPERT_SCHEMA), ticks, None
@@ -163,21 +185,27 @@ def _expert_rows(ticks: np.ndarray, dims: np.ndarray, counts: np.ndarray
         layers, n_exp = dims[0].tolist()
         load = counts.reshape(len(ticks), layers, n_exp)
         shape = load.shape  # broadcasting copies are much faster than np.repeat / np.tile at this size
-        df = pl.DataFrame({
-            "tick": np.broadcast_to(ticks[:, None, None], shape).ravel(),
-            "layer": np.broadcast_to(np.arange(layers)[:, None], shape).ravel(),
-            "expert": np.broadcast_to(np.arange(n_exp), shape).ravel(),
-            "tokens": counts,
-        }, schema=EXPERT_SCHEMA)
+        df = pl.DataFrame(
+            {
+                "tick": np.broadcast_to(ticks[:, None, None], shape).ravel(),
+                "layer": np.broadcast_to(np.arange(layers)[:, None], shape).ravel(),
+                "expert": np.broadcast_to(np.arange(n_exp), shape).ravel(),
+                "tokens": counts,
+            },
+            schema=EXPERT_SCHEMA,
+        )
         return df, ticks, load
     layer, expert = _cell_indices(dims)  # shapes changed mid-recording: no [ticks, ...] stack
-    df = pl.DataFrame({"tick": np.repeat(ticks, dims.prod(axis=1)), "layer": layer, "expert": expert,
-                       "tokens": counts}, schema=EXPERT_SCHEMA)
+    df = pl.DataFrame(
+        {"tick": np.repeat(ticks, dims.prod(axis=1)), "layer": layer, "expert": expert, "tokens": counts},
+        schema=EXPERT_SCHEMA,
+    )
     return df, ticks, None
 
 
-def _stage_rows(stage_ticks: np.ndarray, dims: np.ndarray, times_ns: list[np.ndarray], modelled: np.ndarray,
-                ticks: pl.DataFrame) -> pl.DataFrame:
+def _stage_rows(
+    stage_ticks: np.ndarray, dims: np.ndarray, times_ns: list[np.ndarray], modelled: np.ndarray, ticks: pl.DataFrame
+) -> pl.DataFrame:
     """`times_ns`: measured start and end, modelled start and end, each every event's cells concatenated."""
     sizes = dims.prod(axis=1)
     stage, micro_batch = _cell_indices(dims)
@@ -185,8 +213,7 @@ def _stage_rows(stage_ticks: np.ndarray, dims: np.ndarray, times_ns: list[np.nda
     for name, values in zip(("measured_start_s", "measured_end_s", "modelled_start_s", "modelled_end_s"), times_ns):
         cols[name] = values / 1e9
     cols["modelled"] = np.repeat(modelled, sizes)
-    df = pl.DataFrame(cols).join(ticks.select("tick", pl.col("start_s").alias("tick_start_s")),
-                                 on="tick", how="left")
+    df = pl.DataFrame(cols).join(ticks.select("tick", pl.col("start_s").alias("tick_start_s")), on="tick", how="left")
     return df.select([pl.col(k).cast(v) for k, v in STAGE_SCHEMA.items()])
 
 
@@ -200,8 +227,9 @@ def _batch_rows(batch_ticks: np.ndarray, seqs: np.ndarray, columns: list[np.ndar
 
 
 def _marks_frame(t_ns: list[int], tick: list[int], text: list[str], t0: int) -> pl.DataFrame:
-    return pl.DataFrame({"t_s": _ns_to_s(t_ns, t0), "tick": tick, "text": text},
-                        schema=MARK_SCHEMA).sort("t_s", maintain_order=True)  # sidecar marks interleave by time
+    return pl.DataFrame({"t_s": _ns_to_s(t_ns, t0), "tick": tick, "text": text}, schema=MARK_SCHEMA).sort(
+        "t_s", maintain_order=True
+    )  # sidecar marks interleave by time
 
 
 def _from_columns(header: SessionHeader, c: EventColumns) -> Trace:
@@ -211,22 +239,36 @@ def _from_columns(header: SessionHeader, c: EventColumns) -> Trace:
     tick_raw = np.array([ticks.fields[name] for name in TICK_FIELDS], dtype=np.int64)
     tick_df = _tick_rows(tick_raw.reshape(len(TICK_FIELDS), -1).T, t0)
     expert_df, expert_ticks, expert_load = _expert_rows(
-        experts.ints("tick"), experts.dims(), experts.packed("counts").astype(np.int64))
+        experts.ints("tick"), experts.dims(), experts.packed("counts").astype(np.int64)
+    )
     if len(stages):
-        stage_df = _stage_rows(stages.ints("tick"), stages.dims(), [stages.packed(name) for name in _STAGE_ARRAYS],
-                               np.array(stages.fields["modelled"], dtype=bool), tick_df)
+        stage_df = _stage_rows(
+            stages.ints("tick"),
+            stages.dims(),
+            [stages.packed(name) for name in _STAGE_ARRAYS],
+            np.array(stages.fields["modelled"], dtype=bool),
+            tick_df,
+        )
     else:
         stage_df = pl.DataFrame(schema=STAGE_SCHEMA)
     if len(batches):
-        batch_df = _batch_rows(batches.ints("tick"), batches.lengths("requests"),
-                               [batches.packed(name) for name in _BATCH_ARRAYS])
+        batch_df = _batch_rows(
+            batches.ints("tick"), batches.lengths("requests"), [batches.packed(name) for name in _BATCH_ARRAYS]
+        )
     else:
         batch_df = pl.DataFrame(schema=BATCH_SCHEMA)
     request_df, itl = _request_rows(c["request"].fields, t0)
     return Trace(
-        header=header, ticks=tick_df, requests=request_df, experts=expert_df, stages=stage_df,
-        marks=_marks_frame(marks.fields["t_ns"], marks.fields["tick"], marks.fields["text"], t0), itl_s=itl,
-        expert_ticks=expert_ticks, expert_load=expert_load, batches=batch_df,
+        header=header,
+        ticks=tick_df,
+        requests=request_df,
+        experts=expert_df,
+        stages=stage_df,
+        marks=_marks_frame(marks.fields["t_ns"], marks.fields["tick"], marks.fields["text"], t0),
+        itl_s=itl,
+        expert_ticks=expert_ticks,
+        expert_load=expert_load,
+        batches=batch_df,
     )
 
 
@@ -243,8 +285,9 @@ def _request_rows(fields: dict[str, list[Any]], t0: int) -> tuple[pl.DataFrame, 
     first_token, lasts the last nonzero token counts and the last finish (its status, reason and
     token_us).
     """
-    request, phase, t_ns, prompt, output = (fields[name] for name in ("request", "phase", "t_ns", "prompt_tokens",
-                                                                      "output_tokens"))
+    request, phase, t_ns, prompt, output = (
+        fields[name] for name in ("request", "phase", "t_ns", "prompt_tokens", "output_tokens")
+    )
     status, reason, token_us = fields["status"], fields["reason"], fields["token_us"]
     n = len(request)
     rid = np.array(request, dtype=np.int64)
@@ -309,14 +352,19 @@ def _request_rows(fields: dict[str, list[Any]], t0: int) -> tuple[pl.DataFrame, 
     with np.errstate(divide="ignore", invalid="ignore"):  # requests of fewer than two tokens have no TPOT
         tpot = known((e2e - ttft) / (out - 1), out >= 2)
     cols: dict[str, Any] = {
-        "request": rid[starts], "arrival_s": known((arrive - t0) / 1e9, has_arrive),
+        "request": rid[starts],
+        "arrival_s": known((arrive - t0) / 1e9, has_arrive),
         "admit_s": known((admit - t0) / 1e9, has_admit),
         "first_token_s": known((first_token - t0) / 1e9, has_first),
-        "finish_s": known((finish - t0) / 1e9, has_finish), "prompt_tokens": counts(prompt), "output_tokens": out,
+        "finish_s": known((finish - t0) / 1e9, has_finish),
+        "prompt_tokens": counts(prompt),
+        "output_tokens": out,
         "status": [None if i < 0 else status[i] or None for i in finish_event],
         "reason": [None if i < 0 else reason[i] or None for i in finish_event],
         "preemptions": np.bincount(group[code == _PHASES["preempt"]], minlength=n_requests),
-        "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e,
+        "ttft_s": ttft,
+        "tpot_s": tpot,
+        "e2e_s": e2e,
         "queue_wait_s": known((admit - arrive) / 1e9, has_admit & has_arrive),
     }
     return pl.DataFrame({k: pl.Series(k, v, dtype=REQUEST_SCHEMA[k], nan_to_null=True) for k, v in cols.items()}), itl

@@ -120,9 +120,7 @@ class FrameScanner:
                 self.problems.append(f"{what} at byte {off}: last {self.end - off} bytes ignored")
                 self.offset = self.end
                 return
-            self.problems.append(
-                f"corrupt frame ({reason}) at byte {off}: skipped {nxt - off} bytes to byte {nxt}"
-            )
+            self.problems.append(f"corrupt frame ({reason}) at byte {off}: skipped {nxt - off} bytes to byte {nxt}")
             self.offset = nxt
 
     def frame_at(self, off: int) -> Frame | tuple[str, bool]:
@@ -165,8 +163,10 @@ class FrameScanner:
             cand = pos + i
             spent += self._claimed_length(cand)
             if spent > RESYNC_BUDGET:
-                self.problems.append(f"gave up resynchronising at byte {cand}: more than "
-                                     f"{RESYNC_BUDGET >> 20} MiB of false frame starts checked")
+                self.problems.append(
+                    f"gave up resynchronising at byte {cand}: more than "
+                    f"{RESYNC_BUDGET >> 20} MiB of false frame starts checked"
+                )
                 return None
             if isinstance(self.frame_at(cand), Frame):
                 return cand

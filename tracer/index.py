@@ -176,8 +176,9 @@ def rebuild_index(f: BinaryIO, start: int, end: int, *, progress: bool | None = 
             advance()
 
     if show:
-        with Progress(TextColumn("rebuilding trace index"), BarColumn(), DownloadColumn(),
-                      TimeRemainingColumn(), transient=True) as bar:
+        with Progress(
+            TextColumn("rebuilding trace index"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), transient=True
+        ) as bar:
             task = bar.add_task("index", total=end - start)
             scan(lambda: bar.update(task, completed=scanner.offset - start))
     else:

@@ -22,9 +22,16 @@ import polars as pl
 from tracer.timeline import split_timeline
 
 STAGE_TICK_SCHEMA = {
-    "tick": pl.Int64, "stages": pl.Int64, "micro_batches": pl.Int64, "modelled": pl.Boolean,
-    "makespan_s": pl.Float64, "compute_s": pl.Float64, "warmup_s": pl.Float64, "drain_s": pl.Float64,
-    "bubble_s": pl.Float64, "bubble_share": pl.Float64,
+    "tick": pl.Int64,
+    "stages": pl.Int64,
+    "micro_batches": pl.Int64,
+    "modelled": pl.Boolean,
+    "makespan_s": pl.Float64,
+    "compute_s": pl.Float64,
+    "warmup_s": pl.Float64,
+    "drain_s": pl.Float64,
+    "bubble_s": pl.Float64,
+    "bubble_share": pl.Float64,
 }
 
 
@@ -52,11 +59,15 @@ def stage_ticks(stages: pl.DataFrame) -> pl.DataFrame:
             part = split_timeline(start[cells].reshape(-1, *shape), end[cells].reshape(-1, *shape))
         for k, v in part.items():
             split[k][ticks] = v
-    per_tick = pl.DataFrame({
-        "tick": tick[first], "stages": n_stages, "micro_batches": n_micro,
-        "modelled": stages.get_column("modelled").to_numpy()[first],
-        **{f"{k}_s": v for k, v in split.items()},
-    }).with_columns(
+    per_tick = pl.DataFrame(
+        {
+            "tick": tick[first],
+            "stages": n_stages,
+            "micro_batches": n_micro,
+            "modelled": stages.get_column("modelled").to_numpy()[first],
+            **{f"{k}_s": v for k, v in split.items()},
+        }
+    ).with_columns(
         pl.when(pl.col("makespan_s") > 0)
         .then(1 - pl.col("compute_s") / (pl.col("stages") * pl.col("makespan_s")))
         .otherwise(0.0)
@@ -76,7 +87,7 @@ def bubble_share(stages: pl.DataFrame) -> float | None:
 
 
 def timeline_kind(stages: pl.DataFrame) -> str | None:
-    """"modelled" (one device, S devices modelled), "measured" (S processes), "mixed", or None."""
+    """ "modelled" (one device, S devices modelled), "measured" (S processes), "mixed", or None."""
     if stages.height == 0:
         return None
     kinds = set(stages.get_column("modelled").unique().to_list())

@@ -81,8 +81,14 @@ def plot_timeline(a: Trace, b: Trace, names: tuple[str, str], path: str | os.Pat
         x, y = served_rate_series(trace, width)
         top.plot(x, y, color=color, label=name)
         t = trace.ticks
-        bottom.step(t.get_column("end_s").to_numpy(), t.get_column("seqs").to_numpy(),
-                    where="post", color=color, label=name, linewidth=0.8)
+        bottom.step(
+            t.get_column("end_s").to_numpy(),
+            t.get_column("seqs").to_numpy(),
+            where="post",
+            color=color,
+            label=name,
+            linewidth=0.8,
+        )
         _mark_lines(top, trace, color)
         _mark_lines(bottom, trace, color)
     top.set_ylabel(f"served rate (tok/s, {width * 1000:.0f} ms bins)")
@@ -162,9 +168,13 @@ def plot_delta_table(comparison: Comparison, path: str | os.PathLike[str]) -> No
     title = f"A: {comparison.a_name}    B: {comparison.b_name}\n" + "\n".join(textwrap.wrap(headline(comparison), 120))
     ax.set_title(_plain(title), fontsize=10, loc="left")
     # The table fills the axes, so the figure holds no empty band above and below it.
-    table = ax.table(cellText=[[_plain(c) for c in r] for r in rows], colLabels=header, cellLoc="right",
-                     bbox=Bbox.from_bounds(0, 0, 1, 1),
-                     colWidths=[0.32, 0.16, 0.16, 0.14, 0.22])  # room for the longest names
+    table = ax.table(
+        cellText=[[_plain(c) for c in r] for r in rows],
+        colLabels=header,
+        cellLoc="right",
+        bbox=Bbox.from_bounds(0, 0, 1, 1),
+        colWidths=[0.32, 0.16, 0.16, 0.14, 0.22],
+    )  # room for the longest names
     table.auto_set_font_size(False)
     table.set_fontsize(9)
     tint = {"A": "#d6e6f5", "B": "#f7d6d6"}
@@ -202,8 +212,9 @@ _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 def _ring(ax: Axes, x: float | None, y: float | None) -> None:
     if x is not None and y is not None:
-        ax.plot(x, y, "o", markersize=16, markerfacecolor="none", markeredgecolor="black", markeredgewidth=2,
-                label="knee")
+        ax.plot(
+            x, y, "o", markersize=16, markerfacecolor="none", markeredgecolor="black", markeredgewidth=2, label="knee"
+        )
 
 
 def plot_sweep(
@@ -222,13 +233,21 @@ def plot_sweep(
     (ax50, ax99), (axcap, axe) = fig.subplots(2, 2)
     caps = sorted({p.max_seqs for p in points}, key=lambda c: (c is None, c or 0))
     at_knee = points[knee] if knee is not None else None
-    panels = ((ax50, "latency_p50", "p50", "cost", cost_name),
-              (ax99, "latency_p99", "p99", "cost", cost_name),
-              (axcap, "latency_p99", "p99", "capacity", "capacity (output tok/s per busy second)"))
+    panels = (
+        (ax50, "latency_p50", "p50", "cost", cost_name),
+        (ax99, "latency_p99", "p99", "cost", cost_name),
+        (axcap, "latency_p99", "p99", "capacity", "capacity (output tok/s per busy second)"),
+    )
     for ax, attr, pct, value, value_name in panels:
         for ci, cap in enumerate(caps):
-            pts = sorted((p for p in points if p.max_seqs == cap and getattr(p, attr) is not None
-                          and getattr(p, value) is not None), key=lambda p: p.window_ms)
+            pts = sorted(
+                (
+                    p
+                    for p in points
+                    if p.max_seqs == cap and getattr(p, attr) is not None and getattr(p, value) is not None
+                ),
+                key=lambda p: p.window_ms,
+            )
             xs = [getattr(p, attr) * 1000 for p in pts]
             ys = [getattr(p, value) for p in pts]
             label = "grid" if cap is None else f"max seqs {cap}"
@@ -248,13 +267,23 @@ def plot_sweep(
         ax.legend(loc="best", fontsize=8)
     for ci, cap in enumerate(caps):
         color = _PALETTE[ci % len(_PALETTE)]
-        pts = sorted((p for p in points if p.max_seqs == cap and p.experts_touched is not None
-                      and p.experts_uniform is not None),
-                     key=lambda p: p.window_ms)
+        pts = sorted(
+            (
+                p
+                for p in points
+                if p.max_seqs == cap and p.experts_touched is not None and p.experts_uniform is not None
+            ),
+            key=lambda p: p.window_ms,
+        )
         label = "grid" if cap is None else f"max seqs {cap}"
         axe.plot([p.window_ms for p in pts], [p.experts_touched for p in pts], "o-", color=color, label=label)
-        axe.plot([p.window_ms for p in pts], [p.experts_uniform for p in pts], "--", color=color,
-                 label=f"{label}: if routed uniformly")
+        axe.plot(
+            [p.window_ms for p in pts],
+            [p.experts_uniform for p in pts],
+            "--",
+            color=color,
+            label=f"{label}: if routed uniformly",
+        )
     if at_knee is not None:
         _ring(axe, at_knee.window_ms, at_knee.experts_touched)
     # symlog: the grid usually starts at 0 ms (continuous batching) and spans orders of magnitude.

@@ -112,8 +112,7 @@ class TraceReader:
         offset = self.index.frame_for_tick(tick)
         if offset is None:
             return iter(())
-        return (ev for ev in self._events_from(offset)
-                if not (type(ev) in _TICKED and ev.tick < tick))
+        return (ev for ev in self._events_from(offset) if not (type(ev) in _TICKED and ev.tick < tick))
 
     def events_for_ticks(self, first: int, last: int) -> Iterator[Event]:
         """Events of ticks `first`..`last` (inclusive), as `events_from_tick(first)`, stopping at the

@@ -108,9 +108,10 @@ def markdown(a: Trace, b: Trace, comparison: Comparison, images: tuple[str, ...]
             lines.append(f"- **{figure_label(comparison, d.figure)}**: {d.figure.note}{judged}.")
     lines += ["", "## What differs in their configurations", ""]
     if comparison.config:
-        lines += _table(("setting", "A", "B"), [
-            (f"`{c.key}`", format_config_value(c.a), format_config_value(c.b)) for c in comparison.config
-        ])
+        lines += _table(
+            ("setting", "A", "B"),
+            [(f"`{c.key}`", format_config_value(c.a), format_config_value(c.b)) for c in comparison.config],
+        )
     else:
         lines.append("Nothing: both recordings ran the same configuration.")
     lines += ["", "## Figures", ""]
@@ -128,8 +129,14 @@ def markdown(a: Trace, b: Trace, comparison: Comparison, images: tuple[str, ...]
     return "\n".join(lines) + "\n"
 
 
-def write_report(a: Trace, b: Trace, out_dir: str | os.PathLike[str], *, names: tuple[str, str] | None = None,
-                 costing: Costing | None = None) -> Report:
+def write_report(
+    a: Trace,
+    b: Trace,
+    out_dir: str | os.PathLike[str],
+    *,
+    names: tuple[str, str] | None = None,
+    costing: Costing | None = None,
+) -> Report:
     """Compare two loaded recordings (costed as `costing` asks) and write `out_dir/report.md` with its
     PNGs; returns the paths."""
     out = Path(out_dir)

@@ -76,11 +76,16 @@ def summarize(trace: Trace, accelerator: Accelerator | None = None, price: float
     mean_seqs = trace.ticks.get_column("seqs").mean()  # None when there are no ticks
     summary = {
         **cost,
-        "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
-        "tpot_p50_s": _pct(tpot, 50), "tpot_p99_s": _pct(tpot, 99),
-        "itl_p50_s": _pct(trace.itl_s, 50), "itl_p99_s": _pct(trace.itl_s, 99),
-        "e2e_p50_s": _pct(e2e, 50), "e2e_p99_s": _pct(e2e, 99),
-        "queue_wait_p50_s": _pct(queue_wait, 50), "queue_wait_p99_s": _pct(queue_wait, 99),
+        "ttft_p50_s": _pct(ttft, 50),
+        "ttft_p99_s": _pct(ttft, 99),
+        "tpot_p50_s": _pct(tpot, 50),
+        "tpot_p99_s": _pct(tpot, 99),
+        "itl_p50_s": _pct(trace.itl_s, 50),
+        "itl_p99_s": _pct(trace.itl_s, 99),
+        "e2e_p50_s": _pct(e2e, 50),
+        "e2e_p99_s": _pct(e2e, 99),
+        "queue_wait_p50_s": _pct(queue_wait, 50),
+        "queue_wait_p99_s": _pct(queue_wait, 99),
         "slo": {k: slo[k] for k in ("ttft_s", "tpot_s", "e2e_s") if isinstance(slo, dict) and k in slo},
         "goodput_req_s": good.height / span if span > 0 else None,
         "requests_submitted": req.height,
@@ -117,8 +122,13 @@ _SECTIONS = {
     "events_dropped": "trace",
 }
 _UNITS = (
-    ("_bytes_s", "B/s"), ("_flop_s", "FLOP/s"), ("bytes_per_token", "B/tok"), ("flops_per_token", "FLOP/tok"),
-    ("arithmetic_intensity", "FLOP/B"), ("_tok_s", "tok/s"), ("_req_s", "req/s"),
+    ("_bytes_s", "B/s"),
+    ("_flop_s", "FLOP/s"),
+    ("bytes_per_token", "B/tok"),
+    ("flops_per_token", "FLOP/tok"),
+    ("arithmetic_intensity", "FLOP/B"),
+    ("_tok_s", "tok/s"),
+    ("_req_s", "req/s"),
 )
 _SHARES = ("utilization", "_frac", "_share")
 _PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"))

@@ -23,24 +23,48 @@ _BLOCK = 512  # ticks whose random draws are made together
 _SHAPES = 16  # distinct stage timelines, reused in turn: their bytes still go to the writer every tick
 
 
-def synthetic_header(*, layers: int = 4, experts: int = 16, top_k: int = 2, max_batch: int = 8, seed: int = 0,
-                     slo: dict[str, float] | None = None, name: str = "synthetic") -> SessionHeader:
+def synthetic_header(
+    *,
+    layers: int = 4,
+    experts: int = 16,
+    top_k: int = 2,
+    max_batch: int = 8,
+    seed: int = 0,
+    slo: dict[str, float] | None = None,
+    name: str = "synthetic",
+) -> SessionHeader:
     """A header with the `tiny` preset's widths at this depth and width, so cost figures have a model."""
     model: dict[str, Any] = {
         "name": "tiny", "vocab_size": 512, "hidden": 128, "layers": layers, "heads": 4, "kv_heads": 2,
         "head_dim": 32, "routed_experts": experts, "experts": experts, "moe_intermediate": 64, "top_k": top_k,
         "shared_experts": 1, "dtype": "float32",
     }  # fmt: skip
-    config = {"model": model, "device": {"name": "cpu"},
-              "scheduler": {"policy": "continuous", "window_ms": 0, "max_seqs": max_batch, "has_window": False},
-              "workload": {"name": name, "slo": slo or {}}, "seed": seed}
+    config = {
+        "model": model,
+        "device": {"name": "cpu"},
+        "scheduler": {"policy": "continuous", "window_ms": 0, "max_seqs": max_batch, "has_window": False},
+        "workload": {"name": name, "slo": slo or {}},
+        "seed": seed,
+    }
     return SessionHeader(t0_mono_ns=T0_NS, t0_wall_ns=1_700_000_000_000_000_000, config=config)
 
 
-def synthetic_events(ticks: int, *, layers: int = 4, experts: int = 16, top_k: int = 2, stages: int = 2,
-                     micro_batches: int = 2, max_batch: int = 8, queue_limit: int = 64, rate: float = 0.8,
-                     prompt_tokens: tuple[int, int] = (4, 32), output_tokens: tuple[int, int] = (1, 12),
-                     tick_ns: int = 2_000_000, seed: int = 0) -> Iterator[Event]:
+def synthetic_events(
+    ticks: int,
+    *,
+    layers: int = 4,
+    experts: int = 16,
+    top_k: int = 2,
+    stages: int = 2,
+    micro_batches: int = 2,
+    max_batch: int = 8,
+    queue_limit: int = 64,
+    rate: float = 0.8,
+    prompt_tokens: tuple[int, int] = (4, 32),
+    output_tokens: tuple[int, int] = (1, 12),
+    tick_ns: int = 2_000_000,
+    seed: int = 0,
+) -> Iterator[Event]:
     """The events of `ticks` ticks; `rate` requests arrive per tick on average, with prompt and
     output lengths uniform in the given [low, high) ranges. The session ends with every request
     still queued or running cancelled, so none is left without a finish."""
@@ -71,8 +95,9 @@ def synthetic_events(ticks: int, *, layers: int = 4, experts: int = 16, top_k: i
             for _ in range(arrivals[i]):
                 events.append(RequestEvent(next_id, "arrive", t, prompt_tokens=int(prompts[drawn])))
                 if len(waiting) >= queue_limit:  # the queue is full: turned away at once
-                    events.append(RequestEvent(next_id, "finish", t + 1_000, tick=tick, status="rejected",
-                                               reason="queue full"))
+                    events.append(
+                        RequestEvent(next_id, "finish", t + 1_000, tick=tick, status="rejected", reason="queue full")
+                    )
                 else:
                     waiting.append((next_id, t, int(lengths[drawn])))
                 next_id += 1
@@ -94,10 +119,34 @@ def synthetic_events(ticks: int, *, layers: int = 4, experts: int = 16, top_k: i
                     events.append(RequestEvent(rid, "first_token", end, tick=tick))
                 if r[0] == 0:
                     del running[rid]
-                    events.append(RequestEvent(rid, "finish", end, output_tokens=len(r[2]), tick=tick,
-                                               status="finished", token_us=np.array(r[2], dtype=np.uint32)))
-            events.append(TickEvent(tick, start, end, 200_000, seqs, admitted * 16, seqs - admitted, len(waiting),
-                                    len(running), 100 * len(running), 4096, tick_ns - 100_000, seqs))
+                    events.append(
+                        RequestEvent(
+                            rid,
+                            "finish",
+                            end,
+                            output_tokens=len(r[2]),
+                            tick=tick,
+                            status="finished",
+                            token_us=np.array(r[2], dtype=np.uint32),
+                        )
+                    )
+            events.append(
+                TickEvent(
+                    tick,
+                    start,
+                    end,
+                    200_000,
+                    seqs,
+                    admitted * 16,
+                    seqs - admitted,
+                    len(waiting),
+                    len(running),
+                    100 * len(running),
+                    4096,
+                    tick_ns - 100_000,
+                    seqs,
+                )
+            )
             tokens[i] = max(seqs + admitted * 15, 1) * top_k
             block.append(events)
             ends.append(end)
@@ -114,16 +163,37 @@ def synthetic_events(ticks: int, *, layers: int = 4, experts: int = 16, top_k: i
     for rid, _arrived, _length in waiting:
         yield RequestEvent(rid, "finish", t, tick=ticks - 1, status="cancelled", reason="session ended")
     for rid, r in running.items():
-        yield RequestEvent(rid, "finish", t, tick=ticks - 1, status="cancelled", reason="session ended",
-                           output_tokens=len(r[2]))
+        yield RequestEvent(
+            rid, "finish", t, tick=ticks - 1, status="cancelled", reason="session ended", output_tokens=len(r[2])
+        )
 
 
-def synthetic_session(ticks: int = 50, *, layers: int = 4, experts: int = 16, top_k: int = 2,
-                      stages: int = 2, micro_batches: int = 2, max_batch: int = 8,
-                      tick_ns: int = 2_000_000, seed: int = 0,
-                      slo: dict[str, float] | None = None) -> tuple[SessionHeader, list[Event]]:
+def synthetic_session(
+    ticks: int = 50,
+    *,
+    layers: int = 4,
+    experts: int = 16,
+    top_k: int = 2,
+    stages: int = 2,
+    micro_batches: int = 2,
+    max_batch: int = 8,
+    tick_ns: int = 2_000_000,
+    seed: int = 0,
+    slo: dict[str, float] | None = None,
+) -> tuple[SessionHeader, list[Event]]:
     """A short synthetic session, whole: its header and every event."""
     header = synthetic_header(layers=layers, experts=experts, top_k=top_k, max_batch=max_batch, seed=seed, slo=slo)
-    events = list(synthetic_events(ticks, layers=layers, experts=experts, top_k=top_k, stages=stages,
-                                   micro_batches=micro_batches, max_batch=max_batch, tick_ns=tick_ns, seed=seed))
+    events = list(
+        synthetic_events(
+            ticks,
+            layers=layers,
+            experts=experts,
+            top_k=top_k,
+            stages=stages,
+            micro_batches=micro_batches,
+            max_batch=max_batch,
+            tick_ns=tick_ns,
+            seed=seed,
+        )
+    )
     return header, events

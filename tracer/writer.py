@@ -54,9 +54,16 @@ class TraceWriter:
     `emit` after `close` raises ValueError, as writing to a closed file does.
     """
 
-    def __init__(self, path: str | os.PathLike[str], header: SessionHeader, *,
-                 flush_interval_s: float = 0.1, queue_max: int = 65536, block_s: float = 0.02,
-                 compress: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        header: SessionHeader,
+        *,
+        flush_interval_s: float = 0.1,
+        queue_max: int = 65536,
+        block_s: float = 0.02,
+        compress: bool = True,
+    ):
         if flush_interval_s <= 0 or queue_max < 1:
             raise ValueError("flush_interval_s and queue_max must be positive")
         self.path = os.fspath(path)
@@ -150,9 +157,10 @@ class TraceWriter:
             self._flush_asked += 1
             target = self._flush_asked
             self._wake.set()
-            return self._cond.wait_for(
-                lambda: self._flush_done >= target or not self._thread.is_alive(), timeout
-            ) and self._flush_done >= target
+            return (
+                self._cond.wait_for(lambda: self._flush_done >= target or not self._thread.is_alive(), timeout)
+                and self._flush_done >= target
+            )
 
     @property
     def error(self) -> BaseException | None:
@@ -329,10 +337,15 @@ class TraceWriter:
             self._pending, self._pending_bytes = [], 0
             self._last_index, self._frames_since_index = kept.last_index, list(kept.entries)
             now = time.monotonic_ns()
-            ending: list[Event] = [MarkEvent(now, kept.last_tick, f"{error.what} at byte {error.at:,}: "
-                                                               "the rest of the run was not recorded")]
-            ending += [RequestEvent(rid, "finish", now, status="failed", reason=f"its end was not recorded "
-                                    f"({error.what})") for rid in sorted(kept.open)]
+            ending: list[Event] = [
+                MarkEvent(
+                    now, kept.last_tick, f"{error.what} at byte {error.at:,}: the rest of the run was not recorded"
+                )
+            ]
+            ending += [
+                RequestEvent(rid, "finish", now, status="failed", reason=f"its end was not recorded ({error.what})")
+                for rid in sorted(kept.open)
+            ]
             self._append(ending)
             self._write_index()
             self._write(encode_footer(self._last_index))
@@ -356,8 +369,9 @@ class _Kept:
     requests: int = 0  # that arrived
     open: set[int] = field(default_factory=set)  # arrived, and not finished
 
-    def note(self, events: list[TickEvent | RequestEvent], offset: int, last_index: int,
-             entries: list[tuple[int, ...]]) -> None:
+    def note(
+        self, events: list[TickEvent | RequestEvent], offset: int, last_index: int, entries: list[tuple[int, ...]]
+    ) -> None:
         """A drain of these tick and request events was written whole, up to `offset`."""
         for ev in events:
             if isinstance(ev, TickEvent):
@@ -375,8 +389,11 @@ class _Kept:
         requests = f"{self.requests:,} request{'' if self.requests == 1 else 's'}"
         if self.first_tick < 0:
             return requests
-        ticks = f"tick {self.first_tick}" if self.first_tick == self.last_tick else \
-            f"ticks {self.first_tick}–{self.last_tick}"
+        ticks = (
+            f"tick {self.first_tick}"
+            if self.first_tick == self.last_tick
+            else f"ticks {self.first_tick}–{self.last_tick}"
+        )
         return f"{ticks} and {requests}"
 
 

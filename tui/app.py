@@ -44,8 +44,15 @@ class TickscopeApp(PlaybackApp):
     cursor: var[int] = var(0)  # index of the current tick in the state
     heat_span: var[int] = var(1)
 
-    def __init__(self, source: Source, mode: Mode, *, autoplay: bool = True,
-                 accelerator: Accelerator | None = None, price: float | None = None) -> None:
+    def __init__(
+        self,
+        source: Source,
+        mode: Mode,
+        *,
+        autoplay: bool = True,
+        accelerator: Accelerator | None = None,
+        price: float | None = None,
+    ) -> None:
         feed = Feed(source)
         feed.state.accelerator, feed.state.price = accelerator, price  # what-if costing (cost panel)
         super().__init__([feed], autoplay=autoplay)
@@ -212,8 +219,13 @@ class TickscopeApp(PlaybackApp):
         self.dashboard.show_frame(self._frame(self.feed, self.cursor, self.heat_span), watching)
 
 
-def run_dashboard(path: str, mode: str, *, on_quit: Callable[[], None] | None = None,
-                  costing: Callable[[dict[str, Any]], tuple[Accelerator | None, float | None]] | None = None) -> None:
+def run_dashboard(
+    path: str,
+    mode: str,
+    *,
+    on_quit: Callable[[], None] | None = None,
+    costing: Callable[[dict[str, Any]], tuple[Accelerator | None, float | None]] | None = None,
+) -> None:
     """Open `path` ("live": follow it as it grows; "replay": play it back) in the dashboard.
 
     The source is opened before the terminal is taken over, so a missing or malformed file

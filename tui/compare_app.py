@@ -58,8 +58,9 @@ class CompareApp(PlaybackApp):
     ]
     NO_MARKS = "no marks in either recording"
 
-    def __init__(self, a: TraceSide, b: TraceSide, *, autoplay: bool = True, align: str = "time",
-                 costing: Costing | None = None) -> None:
+    def __init__(
+        self, a: TraceSide, b: TraceSide, *, autoplay: bool = True, align: str = "time", costing: Costing | None = None
+    ) -> None:
         super().__init__([Feed(side, name) for side, name in zip((a, b), SIDE_NAMES)], autoplay=autoplay)
         self.costing = costing  # what the delta table's cost rows are costed on
         self.names = trace_names(a.path, b.path)
@@ -130,8 +131,10 @@ class CompareApp(PlaybackApp):
         self.comparison = message.comparison
         delta = self.compare_screen.query_one("#delta", DeltaPanel)
         growing = [f.name for f in self.feeds if not f.replay and not f.done]
-        delta.border_title = "delta over the whole recordings (d: toggle)" if not growing else (
-            f"delta so far: {' and '.join(growing)} still recording (d: toggle)"
+        delta.border_title = (
+            "delta over the whole recordings (d: toggle)"
+            if not growing
+            else (f"delta so far: {' and '.join(growing)} still recording (d: toggle)")
         )
         delta.show(message.comparison, message.error)
         self._maybe_recompare()
@@ -239,8 +242,9 @@ class CompareApp(PlaybackApp):
         ls = self.lockstep
         labels = []
         for feed, index in zip(self.feeds, indices):
-            labels.append(f"{feed.name} tick {feed.state.tick_number(index)}" if feed.state.n_ticks
-                          else f"{feed.name} —")
+            labels.append(
+                f"{feed.name} tick {feed.state.tick_number(index)}" if feed.state.n_ticks else f"{feed.name} —"
+            )
         marks = self._mark_positions()
         if ls.align == "tick":
             total = max(a.n_ticks, b.n_ticks)

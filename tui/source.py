@@ -82,9 +82,7 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-def decode_frame(
-    payload: bytes, t0_ns: int, frame: int = -1, *, detail: bool, requests: bool = True
-) -> FrameData:
+def decode_frame(payload: bytes, t0_ns: int, frame: int = -1, *, detail: bool, requests: bool = True) -> FrameData:
     """One events frame as FrameData, the fast way: tick rows straight into an array, expert and
     stage events (the bulk of a frame) as whole-frame arrays, from which each tick's distinct experts
     and busy time are taken, kept as per-tick detail only when `detail` is asked for. Without
@@ -214,8 +212,9 @@ def _bulk_detail(group: list[Any], code: int, into: FrameData, keep: bool) -> li
                 d.experts = arrays[i, 0]
             else:
                 measured_start, measured_end, modelled_start, modelled_end = arrays[i]  # the kind's packed order
-                d.stages = StageEvent(tick, measured_start, measured_end, modelled_start, modelled_end,
-                                      modelled=columns["modelled"][i])
+                d.stages = StageEvent(
+                    tick, measured_start, measured_end, modelled_start, modelled_end, modelled=columns["modelled"][i]
+                )
     return []
 
 
@@ -284,8 +283,12 @@ class ReplaySource:
         with self._lock:
             near, detailed = self._near, set(self._detailed)
         for frame in (near - 1, near + 1):
-            if (near >= 0 and 0 <= frame < len(self._entries) and self._entries[frame, Entry.N_TICKS] > 0
-                    and frame not in detailed):
+            if (
+                near >= 0
+                and 0 <= frame < len(self._entries)
+                and self._entries[frame, Entry.N_TICKS] > 0
+                and frame not in detailed
+            ):
                 return frame
         return None
 

@@ -86,7 +86,7 @@ class HttpTarget:
             await asyncio.wait_for(consume(), self.timeout_s)
         except asyncio.CancelledError:
             req.sink.on_finish("cancelled", "cancelled by the client", time.monotonic_ns())
-        except (HttpError, asyncio.TimeoutError, ValueError) as exc:  # TimeoutError first: it is an OSError
+        except (TimeoutError, HttpError, ValueError) as exc:  # TimeoutError first: it is an OSError
             # Nothing came back: the server did not take it. Part came back: it was cut off.
             status: RequestStatus = "cancelled" if received else "rejected"
             req.sink.on_finish(status, _reason(exc), time.monotonic_ns())

@@ -105,9 +105,7 @@ async def run_load(
     run = _Run(engine, spec, recorder, vocab_size)
     deadline_ns = run.start_ns + int(duration * NS) if duration else None
     sender = asyncio.create_task(run.send_then_drain(deadline_ns))
-    reporter = (
-        asyncio.create_task(run.report(on_progress, progress_interval_s)) if on_progress else None
-    )
+    reporter = asyncio.create_task(run.report(on_progress, progress_interval_s)) if on_progress else None
     stopper = asyncio.create_task(stop.wait()) if stop is not None else None
     try:
         waiting = {sender} if stopper is None else {sender, stopper}
@@ -157,9 +155,7 @@ async def _cancel_tasks(*tasks: asyncio.Task[object] | None) -> None:
 class _Run:
     """The state of one run, all of it owned by the event loop."""
 
-    def __init__(
-        self, engine: EngineLike, spec: WorkloadSpec, recorder: Recorder, vocab_size: int
-    ) -> None:
+    def __init__(self, engine: EngineLike, spec: WorkloadSpec, recorder: Recorder, vocab_size: int) -> None:
         self.engine = engine
         self.spec = spec
         self.recorder = recorder
@@ -181,10 +177,7 @@ class _Run:
         """Send until the deadline or the request count, then wait for what is in flight."""
         try:
             if self.spec.arrivals.kind == "closed":
-                users = [
-                    asyncio.create_task(self._user(i, deadline_ns))
-                    for i in range(self.spec.arrivals.users)
-                ]
+                users = [asyncio.create_task(self._user(i, deadline_ns)) for i in range(self.spec.arrivals.users)]
                 try:
                     await asyncio.gather(*users)
                 finally:
@@ -236,15 +229,11 @@ class _Run:
     def send(self, planned_ns: int) -> StreamingSink:
         rid = self.records_sent()
         prompt, max_new = self.maker.next()
-        sink = StreamingSink(
-            self.loop, rid, on_first_token=self._first_token, on_done=self._done
-        )
+        sink = StreamingSink(self.loop, rid, on_first_token=self._first_token, on_done=self._done)
         record = RequestRecord(rid, len(prompt), max_new, planned_ns, sent_ns=time.monotonic_ns())
         self.in_flight[rid] = (record, sink)
         self.idle.clear()
-        self.recorder.emit(
-            RequestEvent(rid, "arrive", record.sent_ns, prompt_tokens=len(prompt))
-        )
+        self.recorder.emit(RequestEvent(rid, "arrive", record.sent_ns, prompt_tokens=len(prompt)))
         try:
             self.engine.submit(Request(rid, prompt, max_new, sink))
         except Exception as exc:
@@ -259,8 +248,11 @@ class _Run:
         record, _ = self.in_flight[sink.request_id]
         self.recorder.emit(
             RequestEvent(
-                sink.request_id, "first_token", sink.token_ns[0],
-                prompt_tokens=record.prompt_tokens, output_tokens=1,
+                sink.request_id,
+                "first_token",
+                sink.token_ns[0],
+                prompt_tokens=record.prompt_tokens,
+                output_tokens=1,
             )
         )
 
@@ -276,7 +268,9 @@ class _Run:
         token_us = (np.asarray(record.token_ns, dtype=np.int64) - record.sent_ns) // 1000
         self.recorder.emit(
             RequestEvent(
-                record.id, "finish", record.finish_ns,
+                record.id,
+                "finish",
+                record.finish_ns,
                 prompt_tokens=record.prompt_tokens,
                 output_tokens=record.output_tokens,
                 status=record.status,

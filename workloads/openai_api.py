@@ -23,8 +23,15 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 class ApiError(Exception):
     """An answer other than 200, with OpenAI's error body."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -58,8 +65,14 @@ class ServedModel:
 
     def card(self, created: int) -> dict[str, Any]:
         """Its /v1/models entry; `vocab_size` and `max_model_len` tell a load generator what to send."""
-        return {"id": self.name, "object": "model", "created": created, "owned_by": "tickscope",
-                "vocab_size": self.tokenizer.vocab_size, "max_model_len": self.context_tokens}
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": created,
+            "owned_by": "tickscope",
+            "vocab_size": self.tokenizer.vocab_size,
+            "max_model_len": self.context_tokens,
+        }
 
 
 def parse_completion(raw: bytes, served: ServedModel) -> CompletionRequest:
@@ -73,8 +86,12 @@ def parse_completion(raw: bytes, served: ServedModel) -> CompletionRequest:
         raise _invalid("The request body must be a JSON object.")
     model = body.get("model", served.name)
     if model != served.name:
-        raise ApiError(404, f"The model `{model}` does not exist (this server serves `{served.name}`).",
-                       param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"The model `{model}` does not exist (this server serves `{served.name}`).",
+            param="model",
+            code="model_not_found",
+        )
     prompt = _prompt(body.get("prompt"), served.tokenizer)
     max_tokens = body.get("max_tokens", DEFAULT_MAX_TOKENS)
     if max_tokens is None:
@@ -85,7 +102,8 @@ def parse_completion(raw: bytes, served: ServedModel) -> CompletionRequest:
         raise _invalid(
             f"This model's maximum context length is {served.context_tokens} tokens. However, you requested "
             f"{len(prompt) + max_tokens} tokens ({len(prompt)} in your prompt; {max_tokens} for the completion).",
-            "max_tokens")
+            "max_tokens",
+        )
     for key in ("n", "best_of"):
         if body.get(key, 1) not in (None, 1):
             raise _invalid(f"{key} must be 1: this server returns one completion per request.", key)
@@ -119,11 +137,15 @@ def _prompt(value: Any, tokenizer: ByteTokenizer) -> list[int]:
     return tokens
 
 
-def completion(cid: str, created: int, model: str, text: str, prompt_tokens: int,
-               completion_tokens: int) -> dict[str, Any]:
+def completion(
+    cid: str, created: int, model: str, text: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
     # finish_reason is always "length": generation runs to max_tokens
     return {
-        "id": cid, "object": "text_completion", "created": created, "model": model,
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
         "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}],
         "usage": usage(prompt_tokens, completion_tokens),
     }
@@ -131,19 +153,31 @@ def completion(cid: str, created: int, model: str, text: str, prompt_tokens: int
 
 def chunk(cid: str, created: int, model: str, text: str, finish_reason: str | None = None) -> dict[str, Any]:
     return {
-        "id": cid, "object": "text_completion", "created": created, "model": model,
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
         "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
     }
 
 
 def usage_chunk(cid: str, created: int, model: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    return {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": [],
-            "usage": usage(prompt_tokens, completion_tokens)}
+    return {
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def rejection(reason: str) -> ApiError:

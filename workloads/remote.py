@@ -46,28 +46,33 @@ async def fetch_model(url: str) -> dict[str, Any]:
                 listing = await response.json(content_type=None)
         card: dict[str, Any] = listing["data"][0]  # JSON as the server sent it: not checked to be an object
         return card
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise ConfigError(f"cannot reach the target {url}: {exc or type(exc).__name__}") from None
     except (ValueError, KeyError, IndexError, TypeError):
         raise ConfigError(f"the target {url} does not list its models at /v1/models") from None
 
 
-def record_remote(plan: RecordingPlan, target: str,
-                  on_progress: Callable[[Progress], None] | None = None) -> RecordingResult:
+def record_remote(
+    plan: RecordingPlan, target: str, on_progress: Callable[[Progress], None] | None = None
+) -> RecordingResult:
     """Run `plan`'s workload against the server at `target`, writing the client's trace to `plan.out`."""
     spec = load_workload(plan.workload)
     if plan.seed is not None:
         spec = dataclasses.replace(spec, seed=plan.seed)
     HttpTarget(target)  # checks the URL before anything is contacted or written
     card = asyncio.run(fetch_model(target))
-    header = SessionHeader(time.monotonic_ns(), time.time_ns(), {
-        "target": target,
-        "model": card,
-        "workload": spec.to_dict(),
-        "seed": spec.seed,
-        "duration_s": spec.duration_s if plan.duration_s is None else plan.duration_s,
-        "versions": software_versions(),
-    })
+    header = SessionHeader(
+        time.monotonic_ns(),
+        time.time_ns(),
+        {
+            "target": target,
+            "model": card,
+            "workload": spec.to_dict(),
+            "seed": spec.seed,
+            "duration_s": spec.duration_s if plan.duration_s is None else plan.duration_s,
+            "versions": software_versions(),
+        },
+    )
     writer = TraceWriter(plan.out, header)
     try:
         load, lost = asyncio.run(_drive(target, card, spec, writer, plan.duration_s, on_progress))
@@ -87,9 +92,14 @@ def record_remote(plan: RecordingPlan, target: str,
     )
 
 
-async def _drive(target: str, card: dict[str, Any], spec: WorkloadSpec, writer: TraceWriter,
-                 duration_s: float | None, on_progress: Callable[[Progress], None] | None,
-                 ) -> tuple[LoadResult, TargetLost | None]:
+async def _drive(
+    target: str,
+    card: dict[str, Any],
+    spec: WorkloadSpec,
+    writer: TraceWriter,
+    duration_s: float | None,
+    on_progress: Callable[[Progress], None] | None,
+) -> tuple[LoadResult, TargetLost | None]:
     """The run, and whether the target went away during it."""
     http = HttpTarget(target, model=str(card.get("id", "tickscope")))
     # Servers that do not say their vocabulary still take every byte-level id.
@@ -99,8 +109,9 @@ async def _drive(target: str, card: dict[str, Any], spec: WorkloadSpec, writer: 
         with stop_on_signals() as stop:
             watchdog = asyncio.create_task(stop_on_fault(stop, http, writer))
             try:
-                load = await run_load(http, spec, writer, vocab_size=vocab_size, duration_s=duration_s,
-                                      on_progress=on_progress, stop=stop)
+                load = await run_load(
+                    http, spec, writer, vocab_size=vocab_size, duration_s=duration_s, on_progress=on_progress, stop=stop
+                )
             finally:
                 watchdog.cancel()
         return load, http.error

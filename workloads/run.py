@@ -93,8 +93,13 @@ class Recording:
         # Ranks start before the trace file exists: one that cannot start leaves no file behind.
         self.stages = launch_stages(model_cfg, sched_cfg, plan.device, plan.seed or 0) if plan.distributed else None
         try:
-            self.engine = Engine(model_cfg, sched_cfg, device=plan.device, seed=plan.seed or 0,
-                                 stage_group=self.stages.group if self.stages else None)
+            self.engine = Engine(
+                model_cfg,
+                sched_cfg,
+                device=plan.device,
+                seed=plan.seed or 0,
+                stage_group=self.stages.group if self.stages else None,
+            )
         except BaseException:
             self.close()
             raise
@@ -130,7 +135,9 @@ class Recording:
             t0_mono_ns=time.monotonic_ns(),
             t0_wall_ns=time.time_ns(),
             config=session_config(
-                engine, plan.preset, plan.seed,
+                engine,
+                plan.preset,
+                plan.seed,
                 workload=spec.to_dict(),
                 duration_s=spec.duration_s if plan.duration_s is None else plan.duration_s,
             ),
@@ -175,7 +182,9 @@ async def _drive(
         watchdog = asyncio.create_task(stop_on_fault(stop, engine, writer))
         try:
             return await run_load(
-                engine, spec, writer,
+                engine,
+                spec,
+                writer,
                 vocab_size=engine.model_cfg.vocab_size,
                 duration_s=duration_s,
                 on_progress=on_progress,
@@ -204,8 +213,7 @@ async def stop_on_fault(stop: asyncio.Event, *watched: Fallible) -> None:
 def fault_line(fault: BaseException, failed: int, writer: TraceWriter) -> str:
     """A run's one line after a fault, once its trace is closed: what happened, what became of the
     requests in flight, what the trace holds."""
-    return (f"{fault}: {failed} request{'' if failed == 1 else 's'} in flight failed; "
-            f"{writer.path} holds {writer.holds}")
+    return f"{fault}: {failed} request{'' if failed == 1 else 's'} in flight failed; {writer.path} holds {writer.holds}"
 
 
 def leave_a_core_free() -> None:
@@ -220,8 +228,13 @@ def session_config(engine: Engine, preset: str, seed: int | None, **more: Any) -
     the software it ran on, the device's measured roofline (engine/probe.py, for costing the recording
     on its own device) and what the caller adds (the workload, the serving address)."""
     config = engine.describe()
-    config.update(preset=preset, seed=seed or 0, versions=software_versions(),
-                  device_probe=probe(engine.device, engine.dtype), **more)
+    config.update(
+        preset=preset,
+        seed=seed or 0,
+        versions=software_versions(),
+        device_probe=probe(engine.device, engine.dtype),
+        **more,
+    )
     return config
 
 

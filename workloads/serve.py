@@ -140,8 +140,13 @@ class Server:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
         # keepalive_timeout: between two requests of a connection, as long as before its first
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                                     shutdown_timeout=_SHUTDOWN_S, keepalive_timeout=HEAD_TIMEOUT_S)
+        self._runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=_SHUTDOWN_S,
+            keepalive_timeout=HEAD_TIMEOUT_S,
+        )
         await self._runner.setup()
         server = self._runner.server
         assert server is not None  # made by setup()
@@ -172,9 +177,17 @@ class Server:
         if failure is not None and self._writer is not None:
             raise RunFailed(fault_line(failure, self.counts["failed"], self._writer)) from failure
         dropped = self._writer.dropped if self._writer is not None else 0
-        return ServeResult(self.plan.trace, self.engine.ticks, self._next_id, self.counts["finished"],
-                           self.counts["rejected"], self.counts["cancelled"], self.counts["failed"],
-                           self.engine.tokens_generated, dropped)
+        return ServeResult(
+            self.plan.trace,
+            self.engine.ticks,
+            self._next_id,
+            self.counts["finished"],
+            self.counts["rejected"],
+            self.counts["cancelled"],
+            self.counts["failed"],
+            self.engine.tokens_generated,
+            dropped,
+        )
 
     async def __aenter__(self) -> str:
         return await self.start()
@@ -217,9 +230,10 @@ class Server:
     async def _completions(self, http: web.Request) -> web.StreamResponse:
         try:
             body = await asyncio.wait_for(http.read(), BODY_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise ApiError(408, f"The request body did not arrive within {BODY_TIMEOUT_S:g} s.",
-                           code="timeout") from None
+        except TimeoutError:
+            raise ApiError(
+                408, f"The request body did not arrive within {BODY_TIMEOUT_S:g} s.", code="timeout"
+            ) from None
         req = parse_completion(body, self.served)
         sink = self._submit(req)
         try:
@@ -228,8 +242,14 @@ class Server:
             await sink.done
             if sink.status != "finished":
                 raise _unfinished(sink)
-            answer = completion(_cid(sink), self._created, self.served.name,
-                                self.served.tokenizer.decode(sink.tokens), len(req.prompt), len(sink.tokens))
+            answer = completion(
+                _cid(sink),
+                self._created,
+                self.served.name,
+                self.served.tokenizer.decode(sink.tokens),
+                len(req.prompt),
+                len(sink.tokens),
+            )
             return web.json_response(answer)
         finally:
             # reached when the client went away (the handler is cancelled) or a write to it failed
@@ -263,8 +283,7 @@ class Server:
     def _submit(self, req: CompletionRequest) -> StreamingSink:
         rid = self._next_id
         self._next_id += 1
-        sink = StreamingSink(asyncio.get_running_loop(), rid, on_first_token=self._first_token,
-                             on_done=self._done)
+        sink = StreamingSink(asyncio.get_running_loop(), rid, on_first_token=self._first_token, on_done=self._done)
         sent_ns = time.monotonic_ns()
         self._live[rid] = sent_ns
         self._idle.clear()
@@ -281,10 +300,17 @@ class Server:
         assert status is not None  # set before on_done is called
         self.counts[status] += 1
         token_us = (np.asarray(sink.token_ns, dtype=np.int64) - sent_ns) // 1000
-        self.engine.recorder.emit(RequestEvent(
-            sink.request_id, "finish", sink.finish_ns, output_tokens=len(sink.tokens), status=status,
-            reason=sink.reason, token_us=np.minimum(token_us, _MAX_TOKEN_US).astype(np.uint32),
-        ))
+        self.engine.recorder.emit(
+            RequestEvent(
+                sink.request_id,
+                "finish",
+                sink.finish_ns,
+                output_tokens=len(sink.tokens),
+                status=status,
+                reason=sink.reason,
+                token_us=np.minimum(token_us, _MAX_TOKEN_US).astype(np.uint32),
+            )
+        )
         if not self._live:
             self._idle.set()
 
@@ -328,13 +354,21 @@ class _Door:
 class _Busy(asyncio.Protocol):
     """A connection past MAX_CONNECTIONS: answered 503 in OpenAI's error body, and closed."""
 
-    RESPONSE = json.dumps(ApiError(503, "The server has too many open connections; retry later.", type="server_error",
-                                   code="too_many_connections").body()).encode()
+    RESPONSE = json.dumps(
+        ApiError(
+            503,
+            "The server has too many open connections; retry later.",
+            type="server_error",
+            code="too_many_connections",
+        ).body()
+    ).encode()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(self.RESPONSE), self.RESPONSE))
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(self.RESPONSE), self.RESPONSE)
+        )
         transport.close()
 
 

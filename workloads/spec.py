@@ -23,12 +23,11 @@ command line can print it as it is. The keys (all optional unless marked):
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
-
-import tomllib
 
 from engine.choices import GROUPINGS, Grouping
 from engine.errors import ConfigError
@@ -152,11 +151,7 @@ class WorkloadSpec:
 
 def list_workloads() -> list[str]:
     """Names of the shipped presets."""
-    return sorted(
-        Path(entry.name).stem
-        for entry in _presets().iterdir()
-        if entry.name.endswith(".toml")
-    )
+    return sorted(Path(entry.name).stem for entry in _presets().iterdir() if entry.name.endswith(".toml"))
 
 
 def load_workload(name_or_path: str | Path) -> WorkloadSpec:

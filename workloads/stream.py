@@ -28,8 +28,17 @@ class StreamingSink:
     """
 
     __slots__ = (
-        "request_id", "tokens", "token_ns", "status", "reason", "finish_ns", "done",
-        "_loop", "_on_first_token", "_on_done", "_changed",
+        "request_id",
+        "tokens",
+        "token_ns",
+        "status",
+        "reason",
+        "finish_ns",
+        "done",
+        "_loop",
+        "_on_first_token",
+        "_on_done",
+        "_changed",
     )
 
     def __init__(

@@ -44,8 +44,10 @@ from workloads.run import Recording, RecordingPlan
 
 KNEE_LATENCY_FACTOR = 2.0
 LATENCY_NAME = "TTFT"
-KNEE_RULE = (f"knee: the cheapest point whose p99 {LATENCY_NAME} is within {KNEE_LATENCY_FACTOR:g}× of the "
-             f"sweep's lowest p99 {LATENCY_NAME}")
+KNEE_RULE = (
+    f"knee: the cheapest point whose p99 {LATENCY_NAME} is within {KNEE_LATENCY_FACTOR:g}× of the "
+    f"sweep's lowest p99 {LATENCY_NAME}"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +63,8 @@ class GridPoint:
 
     def scheduler_overrides(self) -> dict[str, Any]:
         overrides: dict[str, Any] = (
-            {"policy": Continuous.name, "window_ms": 0.0} if self.window_ms == 0
+            {"policy": Continuous.name, "window_ms": 0.0}
+            if self.window_ms == 0
             else {"policy": Window.name, "window_ms": self.window_ms}
         )
         if self.max_seqs is not None:
@@ -118,8 +121,9 @@ class CostMeasure:
 def cost_measure(summaries: Sequence[dict[str, Any]], costing: Costing) -> CostMeasure:
     """The cost the curve shows: modelled $ on the accelerator, else measured $ at the price, else
     measured device time per output token; the first that some point has."""
-    modelled = [s["accelerator"]["name"] for s in summaries
-                if summary_value(s, "accelerator.usd_per_mtok_modelled") is not None]
+    modelled = [
+        s["accelerator"]["name"] for s in summaries if summary_value(s, "accelerator.usd_per_mtok_modelled") is not None
+    ]
     if modelled:
         return CostMeasure("accelerator.usd_per_mtok_modelled", f"$/M output tok on {modelled[0]}, modelled")
     if costing.price is not None:

@@ -32,8 +32,9 @@ class ByteTokenizer:
 
     def __post_init__(self) -> None:
         if self.vocab_size < BYTE_TOKENS:
-            raise ValueError(f"a byte-level tokenizer needs a vocabulary of at least {BYTE_TOKENS}, "
-                             f"not {self.vocab_size}")
+            raise ValueError(
+                f"a byte-level tokenizer needs a vocabulary of at least {BYTE_TOKENS}, not {self.vocab_size}"
+            )
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))

@@ -29,8 +29,9 @@ def _registry() -> dict[str, type[Policy]]:
         for obj in vars(importlib.import_module(f"{__name__}.{module}")).values():
             if isinstance(obj, type) and issubclass(obj, Policy) and obj.__module__ == f"{__name__}.{module}":
                 if obj.name in policies:  # two modules claiming one name would make the choice ambiguous
-                    raise RuntimeError(f"policy '{obj.name}' is defined twice "
-                                       f"({policies[obj.name].__module__}, {module})")
+                    raise RuntimeError(
+                        f"policy '{obj.name}' is defined twice ({policies[obj.name].__module__}, {module})"
+                    )
                 policies[obj.name] = obj
     return policies
 

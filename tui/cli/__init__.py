@@ -30,8 +30,10 @@ from tui.cli.sweep import cmd_sweep
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="tickscope",
-                    description="Record, watch and compare how a Mixture-of-Experts model is served, tick by tick.")
+    parser = Parser(
+        prog="tickscope",
+        description="Record, watch and compare how a Mixture-of-Experts model is served, tick by tick.",
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=Parser, metavar="VERB")
 
     def verb(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -42,22 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("demo", cmd_demo, "record the tiny engine on this machine's best device and watch it live")
     add_recording_options(p, workload="demo")
     p.add_argument("--distributed", action="store_true", help=DISTRIBUTED_HELP)
-    p.add_argument("--duration", type=positive_seconds,
-                   help="stop recording after this many seconds (default: until you quit)")
+    p.add_argument(
+        "--duration", type=positive_seconds, help="stop recording after this many seconds (default: until you quit)"
+    )
     p.add_argument("--out", help="trace file (default: tickscope-demo-DATE-TIME.msgpack here)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
     p = verb("record", cmd_record, "record a session headless to a trace file")
     add_recording_options(p, workload="smoke")
     p.add_argument("--distributed", action="store_true", help=DISTRIBUTED_HELP)
-    p.add_argument("--duration", type=positive_seconds,
-                   help="seconds to run (default: the workload's; Ctrl-C stops cleanly)")
+    p.add_argument(
+        "--duration", type=positive_seconds, help="seconds to run (default: the workload's; Ctrl-C stops cleanly)"
+    )
     p.add_argument("--out", required=True, help="trace file to write (.msgpack)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress line")
-    p.add_argument("--target", metavar="URL",
-                   help="drive a running `tickscope serve` (or any OpenAI-compatible server) at URL over HTTP; "
-                        "--out then gets the client-side trace")
+    p.add_argument(
+        "--target",
+        metavar="URL",
+        help="drive a running `tickscope serve` (or any OpenAI-compatible server) at URL over HTTP; "
+        "--out then gets the client-side trace",
+    )
 
     p = verb("serve", cmd_serve, "serve an OpenAI-compatible /v1/completions on the engine, tracing every tick")
     add_recording_options(p, workload=None)
@@ -77,26 +84,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("compare", cmd_compare, "two recordings side by side, or a report of how they differ")
     p.add_argument("a", help="trace A (the baseline)")
     p.add_argument("b", help="trace B")
-    p.add_argument("--report", metavar="DIR",
-                   help="write DIR/report.md and PNG figures instead of opening the dashboard")
-    p.add_argument("--align", choices=["time", "tick"], default="time",
-                   help="dashboard: align by time since start or by tick (default: time; `t` toggles)")
+    p.add_argument(
+        "--report", metavar="DIR", help="write DIR/report.md and PNG figures instead of opening the dashboard"
+    )
+    p.add_argument(
+        "--align",
+        choices=["time", "tick"],
+        default="time",
+        help="dashboard: align by time since start or by tick (default: time; `t` toggles)",
+    )
     add_cost_options(p)
 
-    p = verb("sweep", cmd_sweep, "record a grid of collection windows (x max sequences), then a table and a plot of "
-                                 "what a token costs against time to first token")
+    p = verb(
+        "sweep",
+        cmd_sweep,
+        "record a grid of collection windows (x max sequences), then a table and a plot of "
+        "what a token costs against time to first token",
+    )
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     p.add_argument("--workload", required=True, help="workload preset name or TOML file")
-    p.add_argument("--window", type=number_list(non_negative_ms), required=True,
-                   help="collection windows in ms, e.g. 0,5,20,50,200 (0 = continuous batching)")
-    p.add_argument("--max-seqs", type=number_list(positive_int),
-                   help="max sequences per tick, e.g. 32,128 (default: the workload's)")
+    p.add_argument(
+        "--window",
+        type=number_list(non_negative_ms),
+        required=True,
+        help="collection windows in ms, e.g. 0,5,20,50,200 (0 = continuous batching)",
+    )
+    p.add_argument(
+        "--max-seqs",
+        type=number_list(positive_int),
+        help="max sequences per tick, e.g. 32,128 (default: the workload's)",
+    )
     p.add_argument("--duration", type=positive_seconds, help="seconds per grid point (default: the workload's)")
-    p.add_argument("--out", required=True,
-                   help="directory for the traces (w5_s32.msgpack, ...) and sweep.png")
+    p.add_argument("--out", required=True, help="directory for the traces (w5_s32.msgpack, ...) and sweep.png")
     p.add_argument("--layers", type=positive_int, help="decoder layers (default: the preset's)")
-    p.add_argument("--device", default="auto", choices=DEVICES,
-                   help="where the engine runs (default: the best present)")
+    p.add_argument(
+        "--device", default="auto", choices=DEVICES, help="where the engine runs (default: the best present)"
+    )
     p.add_argument("--seed", type=int, help="seed for the weights and the load (default: as record)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_cost_options(p)
@@ -111,12 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("export", cmd_export, "export a trace for other tools")
     p.add_argument("file")
-    p.add_argument("--to", required=True, choices=list(EXPORTS),
-                   help="; ".join(f"{f.name}: {f.description}" for f in EXPORTS.values()))
-    made = {output: ", ".join(f.name for f in EXPORTS.values() if f.output == output)
-            for output in ("file", "directory")}
-    p.add_argument("out",
-                   help="output " + " or ".join(f"{output} ({names})" for output, names in made.items() if names))
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=list(EXPORTS),
+        help="; ".join(f"{f.name}: {f.description}" for f in EXPORTS.values()),
+    )
+    made = {
+        output: ", ".join(f.name for f in EXPORTS.values() if f.output == output) for output in ("file", "directory")
+    }
+    p.add_argument(
+        "out", help="output " + " or ".join(f"{output} ({names})" for output, names in made.items() if names)
+    )
     return parser
 
 

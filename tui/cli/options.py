@@ -104,29 +104,52 @@ def add_recording_options(p: argparse.ArgumentParser, *, workload: str | None) -
     default = f"default: {workload}" if workload else "only its [scheduler] knobs are used; default: the engine's"
     p.add_argument("--workload", default=workload, help=f"workload preset name or TOML file ({default})")
     p.add_argument("--layers", type=positive_int, help="decoder layers (default: the preset's)")
-    p.add_argument("--device", default="auto", choices=DEVICES,
-                   help="where the engine runs (default: the best present)")
-    p.add_argument("--seed", type=int,
-                   help="seed for the weights and the load (default: weights from 0, load from the workload)")
+    p.add_argument(
+        "--device", default="auto", choices=DEVICES, help="where the engine runs (default: the best present)"
+    )
+    p.add_argument(
+        "--seed", type=int, help="seed for the weights and the load (default: weights from 0, load from the workload)"
+    )
     p.add_argument("--policy", choices=policy_names(), help="scheduler policy (overrides the workload's)")
     p.add_argument("--window-ms", type=non_negative_ms, help="collection window in ms (overrides the workload's)")
     p.add_argument("--max-seqs", type=positive_int, help="max sequences per tick (overrides the workload's)")
     p.add_argument("--max-tokens", type=positive_int, help="max tokens per tick (overrides the workload's)")
-    p.add_argument("--stages", type=positive_int,
-                   help="pipeline stages the layers are split into, balanced by weight bytes (default: 1)")
-    p.add_argument("--stage-layers", type=stage_layers, metavar="N,N,...",
-                   help="layers of each stage, first to last, e.g. 3,3,2 (sets --stages)")
-    p.add_argument("--decode-graphs", choices=DECODE_GRAPHS,
-                   help="replay decode-only ticks as CUDA graphs, padded to batch and context buckets (auto: on "
-                        "CUDA with one stage and ragged attention; on: also on the CPU, eagerly)")
-    p.add_argument("--decode-compile", choices=DECODE_COMPILE,
-                   help="torch.compile the decode graphs' forward pass (inductor: fused kernels; the first ticks "
-                        "wait for the compiles; default: off)")
+    p.add_argument(
+        "--stages",
+        type=positive_int,
+        help="pipeline stages the layers are split into, balanced by weight bytes (default: 1)",
+    )
+    p.add_argument(
+        "--stage-layers",
+        type=stage_layers,
+        metavar="N,N,...",
+        help="layers of each stage, first to last, e.g. 3,3,2 (sets --stages)",
+    )
+    p.add_argument(
+        "--decode-graphs",
+        choices=DECODE_GRAPHS,
+        help="replay decode-only ticks as CUDA graphs, padded to batch and context buckets (auto: on "
+        "CUDA with one stage and ragged attention; on: also on the CPU, eagerly)",
+    )
+    p.add_argument(
+        "--decode-compile",
+        choices=DECODE_COMPILE,
+        help="torch.compile the decode graphs' forward pass (inductor: fused kernels; the first ticks "
+        "wait for the compiles; default: off)",
+    )
     batching = p.add_mutually_exclusive_group()
-    batching.add_argument("--micro-batches", type=positive_int, metavar="M",
-                          help="micro-batches each tick's batch is split into (default: 1)")
-    batching.add_argument("--micro-batch-size", type=positive_int, metavar="N",
-                          help="sequences per micro-batch: the count follows the batch")
+    batching.add_argument(
+        "--micro-batches",
+        type=positive_int,
+        metavar="M",
+        help="micro-batches each tick's batch is split into (default: 1)",
+    )
+    batching.add_argument(
+        "--micro-batch-size",
+        type=positive_int,
+        metavar="N",
+        help="sequences per micro-batch: the count follows the batch",
+    )
 
 
 positive_price = _checked(float, "a price in dollars per hour", lambda v: v > 0, "a positive price in dollars per hour")
@@ -134,13 +157,19 @@ positive_price = _checked(float, "a price in dollars per hour", lambda v: v > 0,
 
 def add_cost_options(p: argparse.ArgumentParser) -> None:
     """What-if costing of a recording's ticks (summary, compare, sweep, replay)."""
-    p.add_argument("--accelerator", metavar="NAME",
-                   help="also cost the recording's very ticks (same batches, same expert activations) on this "
-                        "accelerator, labelled modelled: H100-SXM, H200, A100-80GB, L40S, MI300X, this-device, or "
-                        "one from the TOML file in $TICKSCOPE_ACCELERATORS")
-    p.add_argument("--price", type=positive_price, metavar="USD_PER_HOUR",
-                   help="dollars per device-hour: prices the measured device time, and replaces the accelerator's "
-                        "default price")
+    p.add_argument(
+        "--accelerator",
+        metavar="NAME",
+        help="also cost the recording's very ticks (same batches, same expert activations) on this "
+        "accelerator, labelled modelled: H100-SXM, H200, A100-80GB, L40S, MI300X, this-device, or "
+        "one from the TOML file in $TICKSCOPE_ACCELERATORS",
+    )
+    p.add_argument(
+        "--price",
+        type=positive_price,
+        metavar="USD_PER_HOUR",
+        help="dollars per device-hour: prices the measured device time, and replaces the accelerator's default price",
+    )
 
 
 def cost_options(args: argparse.Namespace, config: dict[str, Any]) -> tuple[Accelerator | None, float | None]:
@@ -183,15 +212,16 @@ def stage_layers(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-DISTRIBUTED_HELP = ("run each of the --stages in its own process on torch.distributed (gloo on the CPU, NCCL "
-                     "with a GPU per rank); spawns the ranks, or joins a torchrun job")
+DISTRIBUTED_HELP = (
+    "run each of the --stages in its own process on torch.distributed (gloo on the CPU, NCCL "
+    "with a GPU per rank); spawns the ranks, or joins a torchrun job"
+)
 
 
 # flags that set the engine's pipeline, as SchedulerConfig fields
 PIPELINE_FLAGS = ("stages", "stage_layers", "micro_batches", "micro_batch_size")
 # every flag that sets a SchedulerConfig field, and every flag that configures the engine
-SCHEDULER_FLAGS = ("policy", "window_ms", "max_seqs", "max_tokens", "decode_graphs", "decode_compile",
-                   *PIPELINE_FLAGS)
+SCHEDULER_FLAGS = ("policy", "window_ms", "max_seqs", "max_tokens", "decode_graphs", "decode_compile", *PIPELINE_FLAGS)
 ENGINE_FLAGS = ("layers", *SCHEDULER_FLAGS)
 
 

@@ -99,9 +99,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_out(trace, args.force)
     knobs = plan_from_args(args, trace, None)
     plan = ServePlan(
-        trace=trace, preset=knobs.preset, workload=knobs.workload, host=args.host, port=args.port,
-        device=knobs.device, seed=knobs.seed, model_name=args.model_name,
-        scheduler_overrides=knobs.scheduler_overrides, model_overrides=knobs.model_overrides,
+        trace=trace,
+        preset=knobs.preset,
+        workload=knobs.workload,
+        host=args.host,
+        port=args.port,
+        device=knobs.device,
+        seed=knobs.seed,
+        model_name=args.model_name,
+        scheduler_overrides=knobs.scheduler_overrides,
+        model_overrides=knobs.model_overrides,
     )
 
     def on_ready(url: str) -> None:
@@ -109,9 +116,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serving {url}/v1 (model '{plan.model_name}'), tracing to {trace}; Ctrl-C stops", flush=True)
 
     result = serve(plan, on_ready)
-    print(f"wrote {trace}: {result.ticks} ticks, {result.finished} of {result.requests} requests finished "
-          f"({result.rejected} rejected, {result.cancelled} cancelled, {result.failed} failed), "
-          f"{result.tokens_generated} tokens")
+    print(
+        f"wrote {trace}: {result.ticks} ticks, {result.finished} of {result.requests} requests finished "
+        f"({result.rejected} rejected, {result.cancelled} cancelled, {result.failed} failed), "
+        f"{result.tokens_generated} tokens"
+    )
     return 0
 
 

@@ -47,8 +47,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     grid = plan.grid()
     columns = [
-        TextColumn("[bold]{task.fields[point]}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[note]}"),
+        TextColumn("[bold]{task.fields[point]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
     ]
     with Progress(*columns, console=console, disable=args.quiet) as progress:
         task = progress.add_task("sweep", total=len(grid), point="", note="")
@@ -62,8 +65,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         def on_progress(stats: LoadProgress) -> None:
             share = min(stats.elapsed_s / args.duration, 1.0) if args.duration else 0.0
-            progress.update(task, completed=current + share,
-                            note=f"{stats.finished} requests done, {stats.tokens_per_s:,.0f} tok/s served")
+            progress.update(
+                task,
+                completed=current + share,
+                note=f"{stats.finished} requests done, {stats.tokens_per_s:,.0f} tok/s served",
+            )
 
         rows = run_sweep(plan, costing=costing, on_point=on_point, on_progress=on_progress)
         progress.update(task, completed=len(grid), point="done", note="")
@@ -124,7 +130,9 @@ def _sweep_table(rows: Sequence[SweepRow], knee_at: int | None, costing: Costing
         table.add_column(name, justify="left" if name in ("point", "", "run") else "right", no_wrap=True)
     for i, row in enumerate(rows):
         table.add_row(
-            row.point.name, *(cell(row.summary) for _, cell in cells),
-            "[bold yellow]◀ knee[/]" if i == knee_at else "", "kept" if row.skipped else "new",
+            row.point.name,
+            *(cell(row.summary) for _, cell in cells),
+            "[bold yellow]◀ knee[/]" if i == knee_at else "",
+            "kept" if row.skipped else "new",
         )
     return table

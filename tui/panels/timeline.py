@@ -32,8 +32,11 @@ hidden. The yellow column is the current tick."""
 # (label, series, colour): the charts every view shows, then the ones only the dashboard has room
 # for (and only on its taller screens: the `taller` class).
 CHARTS = (("tokens/s", "throughput", "cyan"), ("batch seqs", "seqs", "green"))
-TALLER_CHARTS = (("batch tokens", "batch_tokens", "magenta"), ("queue", "queue_depth", "yellow"),
-                 ("KV used", "kv_used", "blue"))
+TALLER_CHARTS = (
+    ("batch tokens", "batch_tokens", "magenta"),
+    ("queue", "queue_depth", "yellow"),
+    ("KV used", "kv_used", "blue"),
+)
 
 
 def build(compact: bool, *, id: str, classes: str) -> Widget:

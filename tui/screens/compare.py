@@ -40,8 +40,7 @@ class SidePanels(Vertical):
         super().__init__(id=f"side-{side}", classes="side")
         self.side = side
         self.panels = {
-            panel.key: panel.make(True, id=f"{side}-{panel.key}", classes=f"panel side-{panel.key}")
-            for panel in PANELS
+            panel.key: panel.make(True, id=f"{side}-{panel.key}", classes=f"panel side-{panel.key}") for panel in PANELS
         }
 
     def compose(self) -> ComposeResult:

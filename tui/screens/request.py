@@ -39,8 +39,11 @@ def strip(life: RequestLife, width: int) -> Text:
     cells: list[tuple[str, str]] = [(" ", "")] * width
     admit = life.admit_s if life.admit_s is not None else end
     first = life.first_token_s if life.first_token_s is not None else end
-    for a, b, phase, char in ((life.arrive_s, admit, "queued", "·"), (admit, first, "prefill", "▬"),
-                              (first, end, "decode", "─")):
+    for a, b, phase, char in (
+        (life.arrive_s, admit, "queued", "·"),
+        (admit, first, "prefill", "▬"),
+        (first, end, "decode", "─"),
+    ):
         for c in range(col(a), col(b) + 1):
             cells[c] = (char, PHASE_STYLES[phase])
     for t in life.token_s.tolist():

@@ -87,8 +87,15 @@ class FrameData:
 
     def detail_only(self) -> FrameData:
         """The same block with only its detail: for ticks whose rows the state already has."""
-        return FrameData(self.ticks[:0], request_block((), 0), details=self.details, has_stages=self.has_stages,
-                         partial=self.partial, distinct=self.distinct, busy=self.busy)
+        return FrameData(
+            self.ticks[:0],
+            request_block((), 0),
+            details=self.details,
+            has_stages=self.has_stages,
+            partial=self.partial,
+            distinct=self.distinct,
+            busy=self.busy,
+        )
 
     def find_partial(self) -> None:
         self.partial = set(self.details).difference(self.ticks[:, 0].tolist())
@@ -121,7 +128,15 @@ def frame_from_events(events: Iterable[Any], t0_ns: int, frame: int = -1) -> Fra
         elif isinstance(ev, MarkEvent):
             marks.append(ev)
     raw = np.array(ticks, dtype=np.int64).reshape(-1, len(TICK_FIELDS))
-    data = FrameData(tick_seconds(raw, t0_ns), request_block(requests, t0_ns), marks, details, has_stages, frame,
-                     distinct=distinct, busy=busy)
+    data = FrameData(
+        tick_seconds(raw, t0_ns),
+        request_block(requests, t0_ns),
+        marks,
+        details,
+        has_stages,
+        frame,
+        distinct=distinct,
+        busy=busy,
+    )
     data.find_partial()
     return data

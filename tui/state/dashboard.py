@@ -190,8 +190,10 @@ class DashboardState:
 
     def _place_cost_figures(self) -> None:
         """Write the pending figures of ticks whose rows are in place; keep the rest for later."""
-        for pending, names in ((self._pending_distinct, ("distinct_experts",)),
-                               (self._pending_busy, ("busy_s", "devices"))):
+        for pending, names in (
+            (self._pending_distinct, ("distinct_experts",)),
+            (self._pending_busy, ("busy_s", "devices")),
+        ):
             if not pending or self.n_ticks == 0:
                 continue
             ticks = np.fromiter(pending, np.float64, len(pending))
@@ -336,15 +338,17 @@ class DashboardState:
         rows = slice(lo, upto + 1)
         tick = self.ticks.col
         read = np.isfinite(tick("sampled_tokens")[rows])
-        measured = pl.DataFrame({
-            "tick": tick("tick")[rows][read].astype(np.int64),
-            "start_s": tick("start_s")[rows][read],
-            "end_s": tick("end_s")[rows][read],
-            "busy_s": self._cost.col("busy_s")[rows][read],
-            "devices": self._cost.col("devices")[rows][read].astype(np.int64),
-            "processed_tokens": (tick("prefill_tokens")[rows] + tick("decode_tokens")[rows])[read].astype(np.int64),
-            "output_tokens": tick("sampled_tokens")[rows][read].astype(np.int64),
-        })
+        measured = pl.DataFrame(
+            {
+                "tick": tick("tick")[rows][read].astype(np.int64),
+                "start_s": tick("start_s")[rows][read],
+                "end_s": tick("end_s")[rows][read],
+                "busy_s": self._cost.col("busy_s")[rows][read],
+                "devices": self._cost.col("devices")[rows][read].astype(np.int64),
+                "processed_tokens": (tick("prefill_tokens")[rows] + tick("decode_tokens")[rows])[read].astype(np.int64),
+                "output_tokens": tick("sampled_tokens")[rows][read].astype(np.int64),
+            }
+        )
         if model is not None:
             distinct = self._cost.col("distinct_experts")[rows][read]
             measured = modelled_columns(measured, tick("kv_used")[rows][read], distinct, model, self.accelerator)

@@ -49,11 +49,7 @@ def expert_stats(counts: np.ndarray, top: int = 3) -> ExpertStats:
     figures = load_figures(stack)
     mean = stack.mean(axis=0)
     flat = np.argsort(-mean, axis=None, kind="stable")[:top]  # ties: lowest layer/expert first
-    hottest = [
-        (int(i // mean.shape[1]), int(i % mean.shape[1]), float(mean.flat[i]))
-        for i in flat
-        if mean.flat[i] > 0
-    ]
+    hottest = [(int(i // mean.shape[1]), int(i % mean.shape[1]), float(mean.flat[i])) for i in flat if mean.flat[i] > 0]
     per_layer = mean.argmax(axis=1)
     return ExpertStats(
         active_share=figures.active_share or 0.0,

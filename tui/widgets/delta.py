@@ -20,7 +20,7 @@ def _short(value: object) -> str:
 
 
 def differences_text(diffs: tuple[ConfigDifference, ...]) -> Text:
-    """"differs: scheduler.window_ms 5 → 200 · workload.name a → b" (or "same configuration")."""
+    """ "differs: scheduler.window_ms 5 → 200 · workload.name a → b" (or "same configuration")."""
     text = Text(no_wrap=True, overflow="ellipsis")
     if not diffs:
         text.append(" same configuration", style="dim")

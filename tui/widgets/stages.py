@@ -62,8 +62,17 @@ def key(span_ns: int, cols: int) -> list[tuple[str, Style]]:
     """The time scale under the rows (0 to the tick's makespan) with the glyphs' meaning."""
     dim = _style("dim")
     end = f"{span_ns / 1e6:.2f} ms"
-    parts = [("micro-batch ", dim), ("█", _style(CELL_COLORS[0])), ("█", _style(CELL_COLORS[1])),
-             (" warmup ", dim), _cell(WARMUP), (" drain ", dim), _cell(DRAIN), (" bubble ", dim), _cell(BUBBLE)]
+    parts = [
+        ("micro-batch ", dim),
+        ("█", _style(CELL_COLORS[0])),
+        ("█", _style(CELL_COLORS[1])),
+        (" warmup ", dim),
+        _cell(WARMUP),
+        (" drain ", dim),
+        _cell(DRAIN),
+        (" bubble ", dim),
+        _cell(BUBBLE),
+    ]
     legend = sum(len(text) for text, _ in parts)
     cells = [(c, dim) for c in " " * GUTTER + "0"]
     if cols - 1 - len(end) >= legend + 2:

@@ -172,15 +172,33 @@ class CostPanel(Panel, Static):
         rows = [("per token", "tick", f"{LATENCY_WINDOW_S:g}s", "")]
         rows += [(label, fmt(tick[key], tick), fmt(window[key], window), note) for label, key, fmt, note in COST_ROWS]
         if state.price is not None:
-            rows.append(("$/Mtok", fmt_usd(tick["usd_per_mtok_measured"]), fmt_usd(window["usd_per_mtok_measured"]),
-                         f"measured, at ${state.price:g} per device-hour"))
+            rows.append(
+                (
+                    "$/Mtok",
+                    fmt_usd(tick["usd_per_mtok_measured"]),
+                    fmt_usd(window["usd_per_mtok_measured"]),
+                    f"measured, at ${state.price:g} per device-hour",
+                )
+            )
         if window["accelerator"] is not None:
             on_tick, on_window = tick["accelerator"], window["accelerator"]
             name = on_window["name"]
-            rows.append((name, fmt_s(on_tick["roofline_s_per_token"]), fmt_s(on_window["roofline_s_per_token"]),
-                         "modelled: roofline time per token"))
-            rows.append((f"{name} $/Mtok", fmt_usd(on_tick["usd_per_mtok_modelled"]),
-                         fmt_usd(on_window["usd_per_mtok_modelled"]), "modelled"))
+            rows.append(
+                (
+                    name,
+                    fmt_s(on_tick["roofline_s_per_token"]),
+                    fmt_s(on_window["roofline_s_per_token"]),
+                    "modelled: roofline time per token",
+                )
+            )
+            rows.append(
+                (
+                    f"{name} $/Mtok",
+                    fmt_usd(on_tick["usd_per_mtok_modelled"]),
+                    fmt_usd(on_window["usd_per_mtok_modelled"]),
+                    "modelled",
+                )
+            )
         if window["unavailable"]:
             rows.append(("", "", "", window["unavailable"]))
         table = Table.grid(padding=(0, 1))
