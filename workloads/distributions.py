@@ -66,14 +66,22 @@ class RequestMaker:
 
     def next(self) -> tuple[list[int], int]:
         """(prompt token ids, max new tokens) of the next request."""
-        prompt_len, max_new = next(self._pairs)
+        prompt_len, max_new = self.lengths()
+        return self.prompt(prompt_len), max_new
+
+    def lengths(self) -> tuple[int, int]:
+        """(prompt tokens, max new tokens) of the next request, drawn from the workload's distributions."""
+        return next(self._pairs)
+
+    def prompt(self, prompt_len: int) -> list[int]:
+        """Token ids of a prompt this long."""
         if self._pos + prompt_len > len(self._pool):
             size = max(_TOKEN_BLOCK, prompt_len)
             self._pool = self._tokens.integers(0, self._vocab_size, size=size)
             self._pos = 0
-        prompt = self._pool[self._pos : self._pos + prompt_len].tolist()
+        prompt: list[int] = self._pool[self._pos : self._pos + prompt_len].tolist()
         self._pos += prompt_len
-        return prompt, max_new
+        return prompt
 
     @staticmethod
     def _pairs_of(spec: WorkloadSpec, streams: RandomStreams) -> Iterator[tuple[int, int]]:

@@ -15,7 +15,6 @@ says so in one line.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +29,7 @@ from workloads.http_target import HttpTarget, TargetLost
 from workloads.loadgen import LoadResult, Progress, run_load
 from workloads.run import RecordingPlan, RecordingResult, fault_line, software_versions, stop_on_fault
 from workloads.signals import stop_on_signals
-from workloads.spec import WorkloadSpec, load_workload
+from workloads.spec import WorkloadSpec
 from workloads.tokenizer import BYTE_TOKENS
 
 _MODELS_TIMEOUT_S = 10.0
@@ -56,11 +55,12 @@ def record_remote(
     plan: RecordingPlan, target: str, on_progress: Callable[[Progress], None] | None = None
 ) -> RecordingResult:
     """Run `plan`'s workload against the server at `target`, writing the client's trace to `plan.out`."""
-    spec = load_workload(plan.workload)
-    if plan.seed is not None:
-        spec = dataclasses.replace(spec, seed=plan.seed)
+    spec = plan.workload_spec()
     HttpTarget(target)  # checks the URL before anything is contacted or written
     card = asyncio.run(fetch_model(target))
+    # A trace is clipped to the context the server says it takes, if it says.
+    context = card.get("max_model_len")
+    spec = spec.with_context(context if type(context) is int and context > 1 else None)
     header = SessionHeader(
         time.monotonic_ns(),
         time.time_ns(),
@@ -89,6 +89,7 @@ def record_remote(
         tokens_generated=sum(r.output_tokens for r in load.records),
         dropped_events=writer.dropped,
         interrupted=load.stopped,
+        traffic=spec.arrivals.traffic,
     )
 
 

@@ -19,6 +19,7 @@ from tui.cli.options import (
     Parser,
     add_cost_options,
     add_recording_options,
+    add_traffic_options,
     non_negative_ms,
     number_list,
     positive_int,
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="drive a running `tickscope serve` (or any OpenAI-compatible server) at URL over HTTP; "
         "--out then gets the client-side trace",
     )
+    add_traffic_options(p)
 
     p = verb("serve", cmd_serve, "serve an OpenAI-compatible /v1/completions on the engine, tracing every tick")
     add_recording_options(p, workload=None)

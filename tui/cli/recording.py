@@ -24,6 +24,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from workloads.run import Recording
+    from workloads.traffic import summary_line
 
     if args.distributed and _torchrun_worker():
         return _serve_stage(args)
@@ -64,6 +65,8 @@ def cmd_record(args: argparse.Namespace) -> int:
             f"[green]wrote[/] {out}: {what}, {result.requests_finished} of {result.requests_submitted} "
             f"requests finished, {result.tokens_generated} tokens" + (" (interrupted)" if result.interrupted else "")
         )
+        if result.traffic is not None:
+            console.print(f"traffic {summary_line(result.traffic)}")
     return 0
 
 
