@@ -154,6 +154,25 @@ def test_the_window_is_read_as_a_stream_that_stops_at_its_end(tmp_path):
         scan(spec_of(path), None)
 
 
+def test_sending_starts_reading_where_the_window_starts(tmp_path):
+    path = write(tmp_path, "a.csv", AZURE)
+    spec = scan(spec_of(path, start_s=1.5), None)
+    # offsets 2.8194100 (failed, skipped) and 4.3194100 are in the window; 1.3194099 is not
+    assert spec.scan is not None and spec.scan.first_line == 7
+    # the rows before the window are not read again: spoilt after the scan (byte for byte), they change nothing
+    text = path.read_text()
+    path.write_text(text.replace("374,44", "xxx,44").replace("23:59:58.6805901", "23:59:5x.6805901"))
+    assert list(replay(spec)) == [(pytest.approx(4.31941 - 1.5), 300, 20)]
+
+
+def test_crlf_lines_a_byte_order_mark_and_quoted_fields(tmp_path):
+    path = tmp_path / "b.csv"
+    text = BURSTGPT.replace("ChatGPT,472", '"ChatGPT",472').replace("\n", "\r\n")
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert detect_format(path) == "burstgpt"
+    assert list(replay(spec_of(path)))[:2] == [(0.0, 472, 18), (40.125, 1009, 325)]
+
+
 def test_time_scale_multiplies_every_offset(tmp_path):
     path = write(tmp_path, "m.jsonl", MOONCAKE)
     plain = [t for t, _, _ in replay(spec_of(path))]
@@ -243,7 +262,7 @@ def test_a_window_without_rows_is_an_error(tmp_path):
 def test_not_utf8_and_missing_files(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_bytes(AZURE.encode() + b"2023-11-17 00:00:04,\xff\xfe,1\n")
-    with pytest.raises(ConfigError, match="bad.csv is not UTF-8 text"):
+    with pytest.raises(ConfigError, match="bad.csv line 8: not UTF-8 text"):
         scan(spec_of(path), None)
     with pytest.raises(ConfigError, match="cannot read traffic file"):
         spec_of(tmp_path / "nope.csv")

@@ -155,6 +155,8 @@ class WorkloadSpec:
         arrivals["times_s"] = len(self.arrivals.times_s)
         prompt["values"] = len(self.prompt.values)
         output["values"] = len(self.output.values)
+        if self.arrivals.traffic is not None:
+            arrivals["traffic"] = self.arrivals.traffic.to_dict()
         return d
 
     def with_context(self, context_tokens: int | None) -> WorkloadSpec:

@@ -14,9 +14,10 @@ Time zero is the file's first row. The window is [start_s, start_s + duration_s)
 and a request's send offset is its row's time from the window's start times the scale: the
 `time_scale` given, or the one that makes the window's mean rate `rate`. Rows must come in time
 order, so the file is read as a stream that stops at the window's end: the window of a week-long
-trace never holds the week in memory. The file is read twice, once when the run is prepared
-(`scan`: how many rows the window sends, how many were clipped to the model's context, the scale)
-and once while sending (`replay`).
+trace never holds the week in memory. The file is read twice: once when the run is prepared
+(`scan`: how many rows the window sends, how many were clipped to the model's context, the scale,
+and where in the file the window starts), and once while sending (`replay`), from there: a window
+late in a long trace starts on time.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import functools
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Any
@@ -99,6 +100,7 @@ class TrafficScan:
     scale: float  # replay seconds per trace second
     first_line: int  # the file's lines of the first and last rows sent
     last_line: int
+    resume: _Resume = field(repr=False)  # where sending starts reading: not part of the header
 
     @property
     def replay_s(self) -> float:
@@ -121,6 +123,22 @@ class TrafficSpec:
     keep_failed: bool
     scan: TrafficScan | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the trace header."""
+        d = dataclasses.asdict(self)
+        if d["scan"] is not None:
+            del d["scan"]["resume"]
+        return d
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """Where the window's first row is in the file, and the file's time zero (its first row's time)."""
+
+    byte: int
+    line: int
+    zero_ns: int
+
 
 def traffic_spec(file: str, path: Path, options: dict[str, Any]) -> TrafficSpec:
     """A replay of the trace at `path` with `options` (keys of TRAFFIC_OPTIONS, already checked);
@@ -132,10 +150,13 @@ def traffic_spec(file: str, path: Path, options: dict[str, Any]) -> TrafficSpec:
 
 def detect_format(path: Path, given: str = "auto") -> str:
     """`given` if it names a format, else the one the file's first line is the header (or first row) of."""
-    with _open(path) as f:
-        first = next(_lines(path, f)) if given == "auto" else ""
     if given != "auto":
+        _open(path).close()  # a file that cannot be read says so now
         return given
+    with _open(path) as f:
+        first = _decode(path, 1, f.readline())
+    if not first:
+        raise ConfigError(f"traffic file {path} is empty")
     if first.lstrip().startswith("{"):
         return "mooncake"
     names = {name.strip().lower() for name in next(csv.reader([first]), [])}
@@ -153,11 +174,11 @@ def scan(spec: TrafficSpec, context_tokens: int | None) -> TrafficSpec:
     request may hold; None: not clipped), and the scale the rate asks for."""
     counts = _Counts()
     rows = first_line = last_line = last_offset_ns = 0
-    for line, offset_ns, _, _ in _window(spec, context_tokens, counts):
+    for line, offset_ns, _, _ in _window(spec, context_tokens, counts, None):
         rows += 1
         first_line = first_line or line
         last_line, last_offset_ns = line, offset_ns
-    if not rows:
+    if not rows or counts.resume is None:
         what = f"{counts.failed} failed rows skipped, " if counts.failed else ""
         raise ConfigError(
             f"traffic file {spec.path} sends no requests from {spec.start_s:g} s"
@@ -180,6 +201,7 @@ def scan(spec: TrafficSpec, context_tokens: int | None) -> TrafficSpec:
         scale=scale,
         first_line=first_line,
         last_line=last_line,
+        resume=counts.resume,
     )
     return dataclasses.replace(spec, scan=found)
 
@@ -189,7 +211,7 @@ def replay(spec: TrafficSpec) -> Iterator[tuple[float, int, int]]:
     An unscanned spec is scanned first, without clipping."""
     found = spec.scan if spec.scan is not None else scan(spec, None).scan
     assert found is not None
-    for _, offset_ns, prompt, output in _window(spec, found.context_tokens, _Counts()):
+    for _, offset_ns, prompt, output in _window(spec, found.context_tokens, _Counts(), found.resume):
         yield offset_ns * found.scale / NS, prompt, output
 
 
@@ -222,30 +244,36 @@ class _Counts:
     clipped: int = 0
     empty_prompts: int = 0
     past_end: bool = False  # the file has a row at or after the window's end
+    resume: _Resume | None = None  # where the window's rows begin
 
 
-def _window(spec: TrafficSpec, context: int | None, counts: _Counts) -> Iterator[tuple[int, int, int, int]]:
-    """(line, offset from the window's start in ns, prompt, output) of each row the window sends."""
+def _window(
+    spec: TrafficSpec, context: int | None, counts: _Counts, resume: _Resume | None
+) -> Iterator[tuple[int, int, int, int]]:
+    """(line, offset from the window's start in ns, prompt, output) of each row the window sends;
+    from the top of the file, or from where `scan` found the window starts."""
     start_ns = round(spec.start_s * NS)
     end_ns = start_ns + round(spec.duration_s * NS) if spec.duration_s else None
-    first_ns: int | None = None
-    last_ns, last_line = 0, 0
-    for line, t_ns, prompt, output in _ROWS[spec.format](Path(spec.path)):
-        if first_ns is None:
-            first_ns = t_ns
+    zero_ns = None if resume is None else resume.zero_ns
+    last_ns, last_line = zero_ns or 0, 0
+    for line, byte, t_ns, prompt, output in _ROWS[spec.format](Path(spec.path), resume=resume):
+        if zero_ns is None:
+            zero_ns = t_ns
         elif t_ns < last_ns:
             raise ConfigError(
                 f"traffic file {spec.path} line {line}: arrives before line {last_line}; a trace is "
                 "replayed as a stream and its rows must be in time order"
             )
         last_ns, last_line = t_ns, line
-        offset_ns = t_ns - first_ns
+        offset_ns = t_ns - zero_ns
         if offset_ns < start_ns:
             counts.before += 1
             continue
         if end_ns is not None and offset_ns >= end_ns:
             counts.past_end = True
             return
+        if counts.resume is None:
+            counts.resume = _Resume(byte, line, zero_ns)
         if not output:
             counts.failed += 1
             if not spec.keep_failed:
@@ -260,66 +288,76 @@ def _window(spec: TrafficSpec, context: int | None, counts: _Counts) -> Iterator
         yield line, offset_ns - start_ns, prompt, output
 
 
-def _open(path: Path) -> IO[str]:
+def _open(path: Path) -> IO[bytes]:
+    # Bytes, not text: a line's byte offset is where sending resumes, and a bad byte names its line.
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise ConfigError(f"cannot read traffic file {path}: {exc.strerror or exc}") from None
+
+
+def _decode(path: Path, line: int, raw: bytes) -> str:
     try:
         # utf-8-sig: a file saved with a byte-order mark still has its header as the first line.
-        return path.open(encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise ConfigError(f"cannot read traffic file {path}: {exc.strerror or exc}") from None
-
-
-def _lines(path: Path, f: IO[str]) -> Iterator[str]:
-    """The file's lines; what cannot be read says where."""
-    n = 0
-    try:
-        for line in f:
-            n += 1
-            yield line
+        return raw.decode("utf-8-sig" if line == 1 else "utf-8")
     except UnicodeDecodeError:
-        # Text is decoded a block at a time, so the bad byte may lie some lines further on.
-        raise ConfigError(f"traffic file {path} is not UTF-8 text (from line {n + 1} on)") from None
+        raise ConfigError(f"traffic file {path} line {line}: not UTF-8 text") from None
+
+
+def _lines(path: Path, f: IO[bytes], line: int, resume: _Resume | None) -> Iterator[tuple[int, int, str]]:
+    """(line number, byte offset, text) of each line that is not blank, from line `line` where `f`
+    stands, or from `resume`."""
+    if resume is not None:
+        f.seek(resume.byte)
+        line = resume.line
+    byte = f.tell()
+    try:
+        for raw in f:
+            text = _decode(path, line, raw)
+            if text.strip():
+                yield line, byte, text
+            line += 1
+            byte += len(raw)
     except OSError as exc:
         raise ConfigError(f"cannot read traffic file {path}: {exc.strerror or exc}") from None
-    if n == 0:
-        raise ConfigError(f"traffic file {path} is empty")
 
 
-def _csv_rows(path: Path, fmt: str) -> Iterator[tuple[int, int, int, int]]:
+def _fields(text: str) -> list[str]:
+    # The traces quote nothing; a line that does quote is read by the csv module.
+    return next(csv.reader([text])) if '"' in text else text.rstrip("\r\n").split(",")
+
+
+def _csv_rows(path: Path, fmt: str, resume: _Resume | None) -> Iterator[tuple[int, int, int, int, int]]:
     columns = _FIELDS[fmt]
     to_ns: Callable[[str, str], int] = _azure_ns if fmt == "azure" else functools.partial(_decimal_ns, unit_ns=NS)
     with _open(path) as f:
-        reader = csv.reader(_lines(path, f))
+        first = _decode(path, 1, f.readline())
+        if not first:
+            raise ConfigError(f"traffic file {path} is empty")
+        line = 1
         try:
-            header = next(reader)
+            header = _fields(first)
             names = [name.strip().lower() for name in header]
             missing = [c for c in columns if c.lower() not in names]
             if missing:
-                raise _Bad(f"no column {missing[0]!r} for the {fmt} format (header: {','.join(header)})")
+                raise _Bad(f"no column {missing[0]!r} for the {fmt} format (header: {first.strip()})")
             ti, pi, oi = (names.index(c.lower()) for c in columns)
-            for row in reader:
-                if not row:
-                    continue
+            for line, byte, text in _lines(path, f, 2, resume):
+                row = _fields(text)
                 if len(row) != len(header):
                     raise _Bad(f"{len(row)} fields where the header has {len(header)}")
-                yield (
-                    reader.line_num,
-                    to_ns(row[ti], columns[0]),
-                    _tokens(row[pi], columns[1]),
-                    _tokens(row[oi], columns[2]),
-                )
+                yield line, byte, to_ns(row[ti], columns[0]), _tokens(row[pi], columns[1]), _tokens(row[oi], columns[2])
         except (_Bad, csv.Error) as exc:
-            raise ConfigError(f"traffic file {path} line {reader.line_num}: {exc}") from None
+            raise ConfigError(f"traffic file {path} line {line}: {exc}") from None
 
 
-def _jsonl_rows(path: Path, fmt: str) -> Iterator[tuple[int, int, int, int]]:
+def _jsonl_rows(path: Path, fmt: str, resume: _Resume | None) -> Iterator[tuple[int, int, int, int, int]]:
     keys = _FIELDS[fmt]
     with _open(path) as f:
-        for n, line in enumerate(_lines(path, f), 1):
-            if not line.strip():
-                continue
+        for line, byte, text in _lines(path, f, 1, resume):
             try:
                 try:
-                    row = json.loads(line, parse_float=Decimal)  # times read exactly, as in the text
+                    row = json.loads(text, parse_float=Decimal)  # times read exactly, as in the text
                 except json.JSONDecodeError:
                     raise _Bad("not JSON") from None
                 if not isinstance(row, dict):
@@ -328,9 +366,9 @@ def _jsonl_rows(path: Path, fmt: str) -> Iterator[tuple[int, int, int, int]]:
                 if missing:
                     raise _Bad(f"no key {missing[0]!r} for the {fmt} format")
                 t_ns = _decimal_ns(row[keys[0]], keys[0], unit_ns=NS // 1000)
-                yield n, t_ns, _count(row[keys[1]], keys[1]), _count(row[keys[2]], keys[2])
+                yield line, byte, t_ns, _count(row[keys[1]], keys[1]), _count(row[keys[2]], keys[2])
             except _Bad as exc:
-                raise ConfigError(f"traffic file {path} line {n}: {exc}") from None
+                raise ConfigError(f"traffic file {path} line {line}: {exc}") from None
 
 
 _ROWS = {
