@@ -4,6 +4,7 @@ downloaded."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import tracer
 from engine.errors import ConfigError
 from tui.cli import main
+from workloads.serve import ServePlan, Server
 from workloads.spec import load_workload
 from workloads.traffic import TrafficSpec, detect_format, replay, scan, traffic_spec
 
@@ -349,3 +351,21 @@ def test_record_sends_each_row_at_its_time_with_its_lengths(tmp_path, capsys):
         assert arrival - arrivals[0] == pytest.approx((t - expected[0][0]) * 0.5, abs=0.1)
     scanned = tracer.load(out).header.config["workload"]["arrivals"]["traffic"]["scan"]
     assert (scanned["rows"], scanned["clipped"], scanned["failed"], scanned["context_tokens"]) == (3, 1, 1, 1024)
+
+
+async def test_record_target_clips_to_the_context_the_server_lists(tmp_path):
+    trace = write(tmp_path, "conversation_trace.jsonl", MOONCAKE.replace("6755", "100").replace("500", "5"))
+    server = Server(ServePlan(trace=tmp_path / "served.msgpack", port=0, device="cpu"))
+    async with server:
+        out = tmp_path / "client.msgpack"
+        argv = ["record", "--target", server.url, "--traffic", str(trace), "--traffic-rate", "4", "--out", str(out)]
+        assert await asyncio.to_thread(main, [*argv, "--quiet"]) == 0
+    client = tracer.load(out)
+    scanned = client.header.config["workload"]["arrivals"]["traffic"]["scan"]
+    # the tiny model's /v1/models lists max_model_len 1024: the row of 9000 + 30 tokens is cut to it
+    assert scanned["context_tokens"] == 1024 and scanned["clipped"] == 1 and scanned["rows"] == 4
+    requests = client.requests.sort("request")
+    assert requests["status"].to_list() == ["finished"] * 4
+    cut = 9000 * 1024 // 9030
+    assert requests["prompt_tokens"].to_list() == [100, 300, cut, 128]
+    assert requests["output_tokens"].to_list() == [5, 12, 1024 - cut, 64]
