@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tracer
 from engine.errors import ConfigError
+from engine.request import Request
+from tracer.recorder import ListRecorder
 from tui.cli import main
+from workloads.loadgen import run_load
 from workloads.serve import ServePlan, Server
 from workloads.spec import load_workload
 from workloads.traffic import TrafficSpec, detect_format, replay, scan, traffic_spec
@@ -53,6 +58,11 @@ def spec_of(path: Path, **options: object) -> TrafficSpec:
     return traffic_spec(str(path), path, options)
 
 
+def sent(spec: TrafficSpec) -> list[tuple[float, int, int]]:
+    """(offset, prompt, output) of each request the replay sends."""
+    return [(t, p, o) for t, p, o, _ in replay(spec)]
+
+
 def seconds_of_day(stamp: str) -> Decimal:
     """An Azure time of day in seconds, from its digits (the test's own reading of the format)."""
     day, clock = stamp.split(" ")
@@ -75,7 +85,7 @@ def azure_rows() -> list[tuple[Decimal, int, int]]:
 def test_azure_times_are_read_to_the_hundred_nanoseconds_across_midnight(tmp_path):
     path = write(tmp_path, "AzureLLMInferenceTrace_code.csv", AZURE)
     spec = scan(spec_of(path, keep_failed=True), None)
-    got = list(replay(spec))
+    got = sent(spec)
     want = [(t, p, max(o, 1)) for t, p, o in azure_rows()]
     assert [(p, o) for _, p, o in got] == [(p, o) for _, p, o in want]
     for (offset, _, _), (t, _, _) in zip(got, want, strict=True):
@@ -96,17 +106,17 @@ def test_azure_time_zones_and_extra_columns(tmp_path):
         "2024-05-10 02:00:01.250000+02:00,0,50,5\n",
     )
     assert detect_format(path) == "azure"
-    assert list(replay(spec_of(path))) == [(0.0, 900, 120), (1.25, 50, 5)]
+    assert sent(spec_of(path)) == [(0.0, 900, 120), (1.25, 50, 5)]
 
 
 def test_burstgpt_failed_rows_are_skipped_or_kept(tmp_path):
     path = write(tmp_path, "BurstGPT_1.csv", BURSTGPT)
     skipped = scan(spec_of(path), None)
-    assert list(replay(skipped)) == [(0.0, 472, 18), (40.125, 1009, 325), (55.5, 1, 120)]
+    assert sent(skipped) == [(0.0, 472, 18), (40.125, 1009, 325), (55.5, 1, 120)]
     assert skipped.scan is not None
     assert (skipped.scan.rows, skipped.scan.failed, skipped.scan.empty_prompts) == (3, 2, 1)
     kept = scan(spec_of(path, keep_failed=True), None)
-    assert [(t, p, o) for t, p, o in replay(kept)] == [
+    assert sent(kept) == [
         (0.0, 472, 18),
         (0.25, 1193, 1),
         (40.125, 1009, 325),
@@ -124,13 +134,43 @@ def test_burstgpt_six_column_release(tmp_path):
         "0.5,GPT-4,100,50,150,Conversation log\n1,ChatGPT,200,30,230,API log\n",
     )
     assert detect_format(path) == "burstgpt"
-    assert list(replay(spec_of(path))) == [(0.0, 100, 50), (0.5, 200, 30)]
+    assert sent(spec_of(path)) == [(0.0, 100, 50), (0.5, 200, 30)]
 
 
 def test_mooncake_times_are_milliseconds(tmp_path):
     path = write(tmp_path, "conversation_trace.jsonl", MOONCAKE)
     assert detect_format(path) == "mooncake"
-    assert list(replay(spec_of(path))) == [(0.0, 6755, 500), (1.5005, 300, 12), (2.0, 9000, 30), (7.00025, 128, 64)]
+    assert sent(spec_of(path)) == [(0.0, 6755, 500), (1.5005, 300, 12), (2.0, 9000, 30), (7.00025, 128, 64)]
+
+
+class Capture:
+    """An engine that keeps what it is sent and answers nothing (each request ends rejected at once)."""
+
+    def __init__(self) -> None:
+        self.prompts: list[list[int]] = []
+
+    def submit(self, req: Request) -> None:
+        self.prompts.append(req.prompt)
+        req.sink.on_finish("rejected", "captured", time.monotonic_ns())
+
+
+async def test_mooncake_blocks_are_shared_prompt_prefixes(tmp_path):
+    lines = [
+        {"timestamp": 0, "input_length": 1100, "output_length": 4, "hash_ids": [0, 1, 2]},
+        {"timestamp": 10, "input_length": 1300, "output_length": 4, "hash_ids": [0, 1, 5]},
+        {"timestamp": 20, "input_length": 300, "output_length": 4, "hash_ids": [0]},
+        {"timestamp": 30, "input_length": 600, "output_length": 4, "hash_ids": [9]},
+    ]
+    trace = write(tmp_path, "m.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+    assert [b for *_, b in replay(spec_of(trace))] == [(0, 1, 2), (0, 1, 5), (0,), (9,)]
+    toml = write(tmp_path, "w.toml", '[arrivals]\nkind = "trace"\nfile = "m.jsonl"\n')
+    engine = Capture()
+    await run_load(engine, load_workload(toml).with_context(4096), ListRecorder(), vocab_size=512)
+    a, b, c, d = (np.array(p) for p in engine.prompts)
+    assert [len(p) for p in (a, b, c, d)] == [1100, 1300, 300, 600]
+    assert (a[:1024] == b[:1024]).all() and (c == a[:300]).all()  # blocks 0 and 1, then block 0 alone
+    # block 2 differs from block 5, and block 9 from block 0: a 1-in-512 match per token at random
+    assert (a[1024:] != b[1024:1100]).mean() > 0.9 and (d[:512] != a[:512]).mean() > 0.9
 
 
 # --- window, time, rate, context ----------------------------------------------------------------
@@ -140,7 +180,7 @@ def test_window_selects_rows_and_restarts_the_clock(tmp_path):
     path = write(tmp_path, "b.csv", BURSTGPT)
     spec = scan(spec_of(path, start_s=0.25, duration_s=45, keep_failed=True), None)
     # trace offsets 0.25, 40.125 and 41 fall in [0.25, 45.25); 55.5 does not
-    assert list(replay(spec)) == [(0.0, 1193, 1), (39.875, 1009, 325), (40.75, 44, 1)]
+    assert sent(spec) == [(0.0, 1193, 1), (39.875, 1009, 325), (40.75, 44, 1)]
     assert spec.scan is not None and spec.scan.window_s == 45 and spec.scan.rows == 3
     # a window past the file's end covers up to its last row
     tail = scan(spec_of(path, start_s=40, duration_s=100), None)
@@ -164,7 +204,7 @@ def test_sending_starts_reading_where_the_window_starts(tmp_path):
     # the rows before the window are not read again: spoilt after the scan (byte for byte), they change nothing
     text = path.read_text()
     path.write_text(text.replace("374,44", "xxx,44").replace("23:59:58.6805901", "23:59:5x.6805901"))
-    assert list(replay(spec)) == [(pytest.approx(4.31941 - 1.5), 300, 20)]
+    assert sent(spec) == [(pytest.approx(4.31941 - 1.5), 300, 20)]
 
 
 def test_crlf_lines_a_byte_order_mark_and_quoted_fields(tmp_path):
@@ -172,14 +212,14 @@ def test_crlf_lines_a_byte_order_mark_and_quoted_fields(tmp_path):
     text = BURSTGPT.replace("ChatGPT,472", '"ChatGPT",472').replace("\n", "\r\n")
     path.write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert detect_format(path) == "burstgpt"
-    assert list(replay(spec_of(path)))[:2] == [(0.0, 472, 18), (40.125, 1009, 325)]
+    assert sent(spec_of(path))[:2] == [(0.0, 472, 18), (40.125, 1009, 325)]
 
 
 def test_time_scale_multiplies_every_offset(tmp_path):
     path = write(tmp_path, "m.jsonl", MOONCAKE)
-    plain = [t for t, _, _ in replay(spec_of(path))]
+    plain = [t for t, _, _ in sent(spec_of(path))]
     fast = scan(spec_of(path, time_scale=0.5), None)
-    assert [t for t, _, _ in replay(fast)] == pytest.approx([t / 2 for t in plain])
+    assert [t for t, _, _ in sent(fast)] == pytest.approx([t / 2 for t in plain])
     assert fast.scan is not None and fast.scan.replay_s == pytest.approx(7.00025 / 2)
 
 
@@ -188,7 +228,7 @@ def test_rate_rescales_the_window_to_its_mean(tmp_path):
     spec = scan(spec_of(path, rate=2.0), None)
     # 4 rows over 7.00025 s of trace: scaled so that they take 4 / 2 = 2 s
     factor = 4 / (7.00025 * 2.0)
-    assert [t for t, _, _ in replay(spec)] == pytest.approx([0.0, 1.5005 * factor, 2.0 * factor, 7.00025 * factor])
+    assert [t for t, _, _ in sent(spec)] == pytest.approx([0.0, 1.5005 * factor, 2.0 * factor, 7.00025 * factor])
     assert spec.scan is not None and spec.scan.replay_s == pytest.approx(2.0)
     # with a window cut by its duration, the rate is over the whole window
     cut = scan(spec_of(path, duration_s=5.0, rate=1.0), None)
@@ -198,7 +238,7 @@ def test_rate_rescales_the_window_to_its_mean(tmp_path):
 def test_rows_are_clipped_to_the_context_and_counted(tmp_path):
     path = write(tmp_path, "m.jsonl", MOONCAKE)
     spec = scan(spec_of(path), 1024)
-    got = list(replay(spec))
+    got = sent(spec)
     raw = [(6755, 500), (300, 12), (9000, 30), (128, 64)]
     clipped = 0
     for (_, p, o), (p0, o0) in zip(got, raw, strict=True):
@@ -222,7 +262,7 @@ def test_format_is_detected_or_named(tmp_path):
     moon = write(tmp_path, "m.txt", "\n" + MOONCAKE)
     with pytest.raises(ConfigError, match="none of the trace formats"):
         detect_format(moon)
-    assert [p for _, p, _ in replay(spec_of(moon, format="mooncake"))] == [6755, 300, 9000, 128]
+    assert [p for _, p, _ in sent(spec_of(moon, format="mooncake"))] == [6755, 300, 9000, 128]
 
 
 @pytest.mark.parametrize(
@@ -241,6 +281,7 @@ def test_format_is_detected_or_named(tmp_path):
         ("m.jsonl", MOONCAKE.replace('"output_length": 12', '"output_len": 12'), {}, "line 2: no key 'output_length'"),
         ("m.jsonl", MOONCAKE.replace("9000", '"9000"'), {}, "m.jsonl line 4: input_length is '9000', not a whole"),
         ("m.jsonl", MOONCAKE + "[1, 2]\n", {}, "m.jsonl line 6: not a JSON object"),
+        ("m.jsonl", MOONCAKE.replace("[0]", "[-1]"), {}, "m.jsonl line 2: hash_ids is [-1], not a list of block ids"),
         ("a.csv", AZURE.replace("23:59:59.9999999", "23:59:57.0"), {}, "a.csv line 4: arrives before line 3"),
         ("a.csv", "", {"format": "azure"}, "a.csv is empty"),
     ],
@@ -284,7 +325,7 @@ def test_a_workload_file_replays_a_trace_beside_it(tmp_path):
     spec = load_workload(toml).with_context(2048)
     traffic = spec.arrivals.traffic
     assert traffic is not None and traffic.format == "mooncake" and traffic.path == str(tmp_path / traffic.file)
-    assert list(replay(traffic)) == pytest.approx([(1.001, 300, 12), (2.0, 2041, 7), (12.0005, 128, 64)])
+    assert sent(traffic) == pytest.approx([(1.001, 300, 12), (2.0, 2041, 7), (12.0005, 128, 64)])
     header = json.loads(json.dumps(spec.to_dict()))  # plain data, as the trace header stores it
     assert header["arrivals"]["traffic"]["scan"]["clipped"] == 1 and header["prompt"]["kind"] == "trace"
 

@@ -29,7 +29,7 @@ from workloads.distributions import RandomStreams, RequestMaker
 from workloads.metrics import NS, LoadMetrics, RequestRecord, summarize
 from workloads.spec import WorkloadSpec
 from workloads.stream import StreamingSink
-from workloads.traffic import replay
+from workloads.traffic import Blocks, replay
 
 # A run that is stopped gives the engine this long to confirm its cancellations before the
 # client ends what is left itself.
@@ -195,18 +195,18 @@ class _Run:
         sent = self.records_sent()
         return (deadline_ns is None or planned_ns < deadline_ns) and (not limit or sent < limit)
 
-    def _schedule(self) -> Iterator[tuple[float, int, int]]:
-        """(send offset in seconds, prompt tokens, max new tokens) of each open-loop request: a trace's
-        rows, or arrivals and lengths drawn from the workload's distributions."""
+    def _schedule(self) -> Iterator[tuple[float, int, int, Blocks]]:
+        """(send offset in seconds, prompt tokens, max new tokens, prompt blocks) of each open-loop
+        request: a trace's rows, or arrivals and lengths drawn from the workload's distributions."""
         if self.spec.arrivals.traffic is not None:
             yield from replay(self.spec.arrivals.traffic)
             return
         for offset_s in send_times(self.spec.arrivals, self.streams.arrivals):
-            yield (offset_s, *self.maker.lengths())
+            yield (offset_s, *self.maker.lengths(), ())
 
     async def _open_loop(self, deadline_ns: int | None) -> None:
         back_to_back = 0
-        for offset_s, prompt_len, max_new in self._schedule():
+        for offset_s, prompt_len, max_new, blocks in self._schedule():
             planned_ns = self.start_ns + int(offset_s * NS)
             if not self._more(planned_ns, deadline_ns):
                 return
@@ -218,7 +218,7 @@ class _Run:
                 back_to_back = 0
             if self.slots is not None:
                 await self.slots.acquire()
-            self.send(planned_ns, prompt_len, max_new)
+            self.send(planned_ns, prompt_len, max_new, blocks)
 
     async def _user(self, index: int, deadline_ns: int | None) -> None:
         think_ns = int(self.spec.arrivals.think_s * NS)
@@ -236,9 +236,9 @@ class _Run:
     def records_sent(self) -> int:
         return len(self.records) + len(self.in_flight)
 
-    def send(self, planned_ns: int, prompt_len: int, max_new: int) -> StreamingSink:
+    def send(self, planned_ns: int, prompt_len: int, max_new: int, blocks: Blocks = ()) -> StreamingSink:
         rid = self.records_sent()
-        prompt = self.maker.prompt(prompt_len)
+        prompt = self.maker.prompt(prompt_len, blocks)
         sink = StreamingSink(self.loop, rid, on_first_token=self._first_token, on_done=self._done)
         record = RequestRecord(rid, len(prompt), max_new, planned_ns, sent_ns=time.monotonic_ns())
         self.in_flight[rid] = (record, sink)

@@ -7,8 +7,10 @@ Three formats, told apart by the file's first line or named outright:
   2024), absolute times like `2023-11-16 18:15:46.6805900`, read exactly to the nanosecond;
 - `burstgpt`: CSV with `Timestamp` (seconds), `Request tokens` and `Response tokens` among its
   columns; a failed request has 0 response tokens;
-- `mooncake`: JSON Lines with `timestamp` (ms), `input_length` and `output_length` (its `hash_ids`
-  name shared prompt blocks, which an engine without a prefix cache has no use for).
+- `mooncake`: JSON Lines with `timestamp` (ms), `input_length`, `output_length` and `hash_ids`,
+  the ids of the prompt's blocks of `MOONCAKE_BLOCK` tokens: two requests that name the same
+  blocks are sent the same tokens there, so a server with a prefix cache finds what it found
+  in production.
 
 Time zero is the file's first row. The window is [start_s, start_s + duration_s) of trace time,
 and a request's send offset is its row's time from the window's start times the scale: the
@@ -38,6 +40,7 @@ from engine.errors import ConfigError
 
 NS = 1_000_000_000
 FORMATS = ("azure", "burstgpt", "mooncake")
+MOONCAKE_BLOCK = 512  # tokens per hash id of a Mooncake trace
 
 # The columns (CSV) or keys (JSON Lines) a format's rows are read from: time, prompt, output.
 _FIELDS = {
@@ -46,6 +49,10 @@ _FIELDS = {
     "mooncake": ("timestamp", "input_length", "output_length"),
 }
 _AZURE_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)?")
+
+
+Blocks = tuple[int, ...]  # ids of a prompt's blocks of MOONCAKE_BLOCK tokens, first to last (Mooncake's hash_ids)
+_Row = tuple[int, int, int, int, int, Blocks]  # line, byte offset, time in ns, prompt, output, blocks
 
 
 @dataclass(frozen=True)
@@ -174,7 +181,7 @@ def scan(spec: TrafficSpec, context_tokens: int | None) -> TrafficSpec:
     request may hold; None: not clipped), and the scale the rate asks for."""
     counts = _Counts()
     rows = first_line = last_line = last_offset_ns = 0
-    for line, offset_ns, _, _ in _window(spec, context_tokens, counts, None):
+    for line, offset_ns, *_ in _window(spec, context_tokens, counts, None):
         rows += 1
         first_line = first_line or line
         last_line, last_offset_ns = line, offset_ns
@@ -206,13 +213,13 @@ def scan(spec: TrafficSpec, context_tokens: int | None) -> TrafficSpec:
     return dataclasses.replace(spec, scan=found)
 
 
-def replay(spec: TrafficSpec) -> Iterator[tuple[float, int, int]]:
-    """(send offset in seconds, prompt tokens, output tokens) of each request of the window, in order.
-    An unscanned spec is scanned first, without clipping."""
+def replay(spec: TrafficSpec) -> Iterator[tuple[float, int, int, Blocks]]:
+    """(send offset in seconds, prompt tokens, output tokens, prompt blocks) of each request of the
+    window, in order. An unscanned spec is scanned first, without clipping."""
     found = spec.scan if spec.scan is not None else scan(spec, None).scan
     assert found is not None
-    for _, offset_ns, prompt, output in _window(spec, found.context_tokens, _Counts(), found.resume):
-        yield offset_ns * found.scale / NS, prompt, output
+    for _, offset_ns, prompt, output, blocks in _window(spec, found.context_tokens, _Counts(), found.resume):
+        yield offset_ns * found.scale / NS, prompt, output, blocks
 
 
 def fit(prompt: int, output: int, context: int) -> tuple[int, int]:
@@ -249,14 +256,14 @@ class _Counts:
 
 def _window(
     spec: TrafficSpec, context: int | None, counts: _Counts, resume: _Resume | None
-) -> Iterator[tuple[int, int, int, int]]:
-    """(line, offset from the window's start in ns, prompt, output) of each row the window sends;
+) -> Iterator[tuple[int, int, int, int, Blocks]]:
+    """(line, offset from the window's start in ns, prompt, output, blocks) of each row the window sends;
     from the top of the file, or from where `scan` found the window starts."""
     start_ns = round(spec.start_s * NS)
     end_ns = start_ns + round(spec.duration_s * NS) if spec.duration_s else None
     zero_ns = None if resume is None else resume.zero_ns
     last_ns, last_line = zero_ns or 0, 0
-    for line, byte, t_ns, prompt, output in _ROWS[spec.format](Path(spec.path), resume=resume):
+    for line, byte, t_ns, prompt, output, blocks in _ROWS[spec.format](Path(spec.path), resume=resume):
         if zero_ns is None:
             zero_ns = t_ns
         elif t_ns < last_ns:
@@ -285,7 +292,7 @@ def _window(
         if context is not None and prompt + output > context:
             counts.clipped += 1
             prompt, output = fit(prompt, output, context)
-        yield line, offset_ns - start_ns, prompt, output
+        yield line, offset_ns - start_ns, prompt, output, blocks
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -327,7 +334,7 @@ def _fields(text: str) -> list[str]:
     return next(csv.reader([text])) if '"' in text else text.rstrip("\r\n").split(",")
 
 
-def _csv_rows(path: Path, fmt: str, resume: _Resume | None) -> Iterator[tuple[int, int, int, int, int]]:
+def _csv_rows(path: Path, fmt: str, resume: _Resume | None) -> Iterator[_Row]:
     columns = _FIELDS[fmt]
     to_ns: Callable[[str, str], int] = _azure_ns if fmt == "azure" else functools.partial(_decimal_ns, unit_ns=NS)
     with _open(path) as f:
@@ -346,12 +353,17 @@ def _csv_rows(path: Path, fmt: str, resume: _Resume | None) -> Iterator[tuple[in
                 row = _fields(text)
                 if len(row) != len(header):
                     raise _Bad(f"{len(row)} fields where the header has {len(header)}")
-                yield line, byte, to_ns(row[ti], columns[0]), _tokens(row[pi], columns[1]), _tokens(row[oi], columns[2])
+                t_ns, prompt, output = (
+                    to_ns(row[ti], columns[0]),
+                    _tokens(row[pi], columns[1]),
+                    _tokens(row[oi], columns[2]),
+                )
+                yield line, byte, t_ns, prompt, output, ()
         except (_Bad, csv.Error) as exc:
             raise ConfigError(f"traffic file {path} line {line}: {exc}") from None
 
 
-def _jsonl_rows(path: Path, fmt: str, resume: _Resume | None) -> Iterator[tuple[int, int, int, int, int]]:
+def _jsonl_rows(path: Path, fmt: str, resume: _Resume | None) -> Iterator[_Row]:
     keys = _FIELDS[fmt]
     with _open(path) as f:
         for line, byte, text in _lines(path, f, 1, resume):
@@ -366,7 +378,8 @@ def _jsonl_rows(path: Path, fmt: str, resume: _Resume | None) -> Iterator[tuple[
                 if missing:
                     raise _Bad(f"no key {missing[0]!r} for the {fmt} format")
                 t_ns = _decimal_ns(row[keys[0]], keys[0], unit_ns=NS // 1000)
-                yield line, byte, t_ns, _count(row[keys[1]], keys[1]), _count(row[keys[2]], keys[2])
+                blocks = _blocks(row.get("hash_ids", []))
+                yield line, byte, t_ns, _count(row[keys[1]], keys[1]), _count(row[keys[2]], keys[2]), blocks
             except _Bad as exc:
                 raise ConfigError(f"traffic file {path} line {line}: {exc}") from None
 
@@ -376,6 +389,12 @@ _ROWS = {
     "burstgpt": functools.partial(_csv_rows, fmt="burstgpt"),
     "mooncake": functools.partial(_jsonl_rows, fmt="mooncake"),
 }
+
+
+def _blocks(value: object) -> Blocks:
+    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
+        raise _Bad(f"hash_ids is {value!r}, not a list of block ids (whole numbers >= 0)")
+    return tuple(value)
 
 
 class _Bad(Exception):

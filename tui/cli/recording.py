@@ -32,13 +32,18 @@ def cmd_record(args: argparse.Namespace) -> int:
     check_out(out, args.force)
     plan = plan_from_args(args, out, args.duration)
     run: Callable[[Callable[[LoadProgress], None] | None], RecordingResult]
+    total = plan.duration_s
     if args.target:
         from workloads.remote import record_remote
 
         _check_target_options(args)
         run = functools.partial(record_remote, plan, args.target)
     else:
-        run = Recording(plan).run
+        recording = Recording(plan)
+        run = recording.run
+        traffic = recording.spec.arrivals.traffic
+        if total is None and traffic is not None and traffic.scan is not None:
+            total = traffic.scan.replay_s  # a trace's window ends the run, unless --duration does first
     console = Console(stderr=True)
 
     if args.quiet:
@@ -53,7 +58,7 @@ def cmd_record(args: argparse.Namespace) -> int:
             TextColumn("{task.fields[tok_s]:,.0f} tok/s"),
         ]
         with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("record", total=plan.duration_s, done=0, tok_s=0.0)
+            task = progress.add_task("record", total=total, done=0, tok_s=0.0)
 
             def on_progress(stats: LoadProgress) -> None:
                 progress.update(task, completed=stats.elapsed_s, done=stats.finished, tok_s=stats.tokens_per_s)
