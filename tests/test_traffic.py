@@ -337,6 +337,7 @@ def test_a_workload_file_replays_a_trace_beside_it(tmp_path):
         ('format = "parquet"\n', "'arrivals.format' is 'parquet' (choose from: auto, azure, burstgpt, mooncake)"),
         ("keep_failed = 1\n", "'arrivals.keep_failed' must be true or false"),
         ("start_s = -1\n", "'arrivals.start_s' is negative"),
+        ("rate = 0\n", "'arrivals.rate' must be greater than 0"),
         ("column = 'x'\n", "unknown key 'arrivals.column'"),
         ("[prompt]\nkind = 'fixed'\nvalue = 3\n", "a trace gives each request's lengths: drop [prompt]"),
     ],

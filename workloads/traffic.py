@@ -84,7 +84,7 @@ TRAFFIC_OPTIONS = (
         "rate",
         0.0,
         "scales time so that the window's mean rate is this many requests/s (instead of time_scale)",
-        at_least=0,
+        above=0,
     ),
     TrafficOption(
         "keep_failed",

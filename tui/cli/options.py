@@ -180,11 +180,11 @@ def _traffic_number(option: TrafficOption) -> Callable[[str], float]:
 
 def traffic_table(args: argparse.Namespace) -> dict[str, Any] | None:
     """The trace the flags ask for, as the keys of a trace's [arrivals]; None without --traffic."""
-    given = {
-        option.key: value
-        for option in TRAFFIC_OPTIONS
-        if (value := getattr(args, option.flag.removeprefix("--").replace("-", "_"), None)) not in (None, False)
-    }
+    given: dict[str, Any] = {}
+    for option in TRAFFIC_OPTIONS:
+        value = getattr(args, option.flag.removeprefix("--").replace("-", "_"), None)
+        if value is not None and value is not False:  # False: a switch not given
+            given[option.key] = value
     if getattr(args, "traffic", None) is None:
         if given:
             flag = next(o.flag for o in TRAFFIC_OPTIONS if o.key in given)
