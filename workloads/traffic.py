@@ -48,7 +48,9 @@ _FIELDS = {
     "burstgpt": ("Timestamp", "Request tokens", "Response tokens"),
     "mooncake": ("timestamp", "input_length", "output_length"),
 }
-_AZURE_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)?")
+# An Azure time: its whole second, then the fraction (up to 9 digits) and an optional UTC offset.
+_AZURE_SECOND = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)")
+_AZURE_REST = re.compile(r"(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)?")
 
 
 Blocks = tuple[int, ...]  # ids of a prompt's blocks of MOONCAKE_BLOCK tokens, first to last (Mooncake's hash_ids)
@@ -401,27 +403,31 @@ class _Bad(Exception):
     """A row that cannot be read: the reader adds the file and the line."""
 
 
-@functools.lru_cache(maxsize=64)
-def _day(year: str, month: str, day: str) -> int:
-    """Days from 0001-01-01; one call per distinct date, so millions of rows parse a few dates."""
-    return datetime.date(int(year), int(month), int(day)).toordinal()
+@functools.lru_cache(maxsize=256)
+def _whole_seconds(clock: str) -> int | None:
+    """`YYYY-MM-DD HH:MM:SS` in seconds since 0001-01-01, or None if it is no such time. Cached: a
+    trace's rows come a few to a few hundred per second, so most rows' seconds were just read."""
+    m = _AZURE_SECOND.fullmatch(clock)
+    if m is None:
+        return None
+    year, month, day, h, mi, s = map(int, m.groups())
+    try:
+        days = datetime.date(year, month, day).toordinal()
+    except ValueError:
+        return None
+    if h > 23 or mi > 59 or s > 59:
+        return None
+    return days * 86_400 + h * 3600 + mi * 60 + s
 
 
 def _azure_ns(text: str, column: str) -> int:
     """An Azure timestamp in ns since 0001-01-01 UTC, exactly: the fraction's digits are the ns's."""
-    m = _AZURE_TIME.fullmatch(text.strip())
-    problem = f"{column} {text!r} is not a time like 2023-11-16 18:15:46.6805900"
-    if m is None:
-        raise _Bad(problem)
-    year, month, day, hour, minute, second, fraction, zone = m.groups()
-    try:
-        days = _day(year, month, day)
-    except ValueError:
-        raise _Bad(problem) from None
-    h, mi, s = int(hour), int(minute), int(second)
-    if h > 23 or mi > 59 or s > 59:
-        raise _Bad(problem)
-    seconds = days * 86_400 + h * 3600 + mi * 60 + s
+    text = text.strip()
+    seconds = _whole_seconds(text[:19])
+    m = _AZURE_REST.fullmatch(text, 19)
+    if seconds is None or m is None:
+        raise _Bad(f"{column} {text!r} is not a time like 2023-11-16 18:15:46.6805900")
+    fraction, zone = m.groups()
     if zone and zone != "Z":
         sign = 1 if zone[0] == "+" else -1
         digits = zone[1:].replace(":", "")
