@@ -411,3 +411,15 @@ async def test_record_target_clips_to_the_context_the_server_lists(tmp_path):
     cut = 9000 * 1024 // 9030
     assert requests["prompt_tokens"].to_list() == [100, 300, cut, 128]
     assert requests["output_tokens"].to_list() == [5, 12, 1024 - cut, 64]
+
+
+def test_a_sweep_over_a_trace_needs_no_duration(tmp_path, capsys):
+    rows = [{"timestamp": 100 * i, "input_length": 8, "output_length": 3, "hash_ids": []} for i in range(3)]
+    write(tmp_path, "short.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    toml = write(tmp_path, "short.toml", '[arrivals]\nkind = "trace"\nfile = "short.jsonl"\n')
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--workload", str(toml), "--window", "0,20", "--device", "cpu", "--out", str(out), "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    for point in out.glob("*.msgpack"):
+        assert len(tracer.load(point).requests) == 3
+    assert len(list(out.glob("*.msgpack"))) == 2

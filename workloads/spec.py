@@ -147,6 +147,12 @@ class WorkloadSpec:
     slo: SLO = SLO()
     scheduler: SchedulerKnobs = SchedulerKnobs()
 
+    @property
+    def ends_by_itself(self) -> bool:
+        """Sending stops without a stop or --duration: at duration_s, after `requests`, or where a
+        production trace's rows end."""
+        return bool(self.duration_s or self.requests or self.arrivals.traffic is not None)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the trace header; data read from files is given by count, not copied."""
         d = asdict(self)
