@@ -19,9 +19,10 @@ import pytest_asyncio
 
 import tracer
 from engine.errors import ConfigError
+from tui.cli import main as cli_main
 from workloads.chat import PlainChatTemplate
-from workloads.openai_api import ApiError, ServedModel, parse_chat, parse_completion
-from workloads.serve import API_KEY_ENV, ServePlan, Server, reachable_from_outside
+from workloads.openai_api import API_KEY_ENV, ApiError, ServedModel, parse_chat, parse_completion
+from workloads.serve import ServePlan, Server, reachable_from_outside
 from workloads.tokenizer import ByteTokenizer
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")  # the async tests share the module's server
@@ -329,3 +330,17 @@ async def test_serve_cli_on_every_address_warns_without_a_key_and_takes_one_from
     serve_config = tracer.load(tmp_path / "keyed.msgpack").header.config["serve"]
     assert serve_config["api_key"] is True and "from-env" not in json.dumps(serve_config)
     assert serve_config["max_prompt_tokens"] == 8
+
+
+@on_module_loop
+async def test_record_target_sends_the_key_from_the_environment(server, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "client.msgpack"
+    argv = ["record", "--target", server.url, "--workload", "smoke", "--duration", "0.5", "--quiet", "--out"]
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert await asyncio.to_thread(cli_main, [*argv, str(out)]) == 2
+    assert f"wants an API key: set {API_KEY_ENV}" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setenv(API_KEY_ENV, KEY)
+    before = server._next_id
+    assert await asyncio.to_thread(cli_main, [*argv, str(out)]) == 0
+    reqs = tracer.load(out).requests
+    assert reqs.height > 0 and set(reqs["status"]) == {"finished"} and server._next_id - before == reqs.height

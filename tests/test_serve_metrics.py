@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import tracer
 from tracer.cost import cost_summary
+from workloads.serve import ServePlan, Server
 from workloads.server_metrics import (
     ITERATION_TOKENS_BUCKETS,
     ITL_BUCKETS,
@@ -21,7 +22,6 @@ from workloads.server_metrics import (
     TICK_BUCKETS,
     TTFT_BUCKETS,
 )
-from workloads.serve import ServePlan, Server
 
 MODEL = "traced-moe"
 

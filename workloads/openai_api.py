@@ -21,6 +21,7 @@ from workloads.tokenizer import Tokenizer
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 MAX_BODY_BYTES = 4 << 20  # serve's default body limit: a prompt of a million token ids as JSON fits
+API_KEY_ENV = "TICKSCOPE_API_KEY"  # serve's API key when --api-key is not given, and the key record --target sends
 
 
 class ApiError(Exception):

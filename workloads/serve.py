@@ -68,7 +68,6 @@ from workloads.spec import load_workload
 from workloads.stream import StreamingSink
 from workloads.tokenizer import ByteTokenizer
 
-API_KEY_ENV = "TICKSCOPE_API_KEY"  # the API key when --api-key is not given
 _MAX_TOKEN_US = 2**32 - 1  # token_us is uint32 (as in the load generator)
 # At shutdown: how long in-flight handlers get to send their last bytes once the engine has
 # cancelled them, and how long the engine's cancellations get to reach the event loop.

@@ -94,7 +94,8 @@ def _check_target_options(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from workloads.serve import API_KEY_ENV, ServePlan, reachable_from_outside, serve
+    from workloads.openai_api import API_KEY_ENV
+    from workloads.serve import ServePlan, reachable_from_outside, serve
 
     trace = Path(args.trace)
     check_out(trace, args.force)
