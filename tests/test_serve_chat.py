@@ -256,7 +256,7 @@ async def test_a_body_past_the_limit_is_413(server, http):
     body = json.dumps({"prompt": [1] * 2000, "max_tokens": 1}).encode()
     assert len(body) > 4096
     status, answer = await post(http, server.url + "/v1/completions", body)
-    assert status == 413 and answer["error"]["message"]
+    assert status == 413 and "4096" in answer["error"]["message"]
     assert server._next_id == before
 
 

@@ -1,7 +1,9 @@
-"""`tickscope serve`: an OpenAI-compatible completions endpoint in front of a traced engine.
+"""`tickscope serve`: OpenAI-compatible completions and chat completions in front of a traced engine.
 
 Real clients and load tools (curl, the `openai` package, `tickscope record --target`, vLLM's
-benchmark) drive the engine over HTTP while every tick is traced. The front writes a request's
+benchmark, AIPerf, GuideLLM) drive the engine over HTTP while every tick is traced; `/health`
+answers their probes and `/metrics` their scrapers, in vLLM's names (workloads/server_metrics.py,
+read from the same events the trace gets). The front writes a request's
 client-side moments as the load generator does — `arrive` when the request is submitted,
 `first_token`, and `finish` with every token's time — so a trace from `serve` reads like one from
 `record`; the engine adds its ticks, admissions and preemptions to the same file.
@@ -16,7 +18,9 @@ answered 500 in OpenAI's error body (an error event, in a stream already under w
 server: `close` raises RunFailed once the trace is closed. A trace the disk no longer takes stops it
 too (the writer's TraceWriteError). At the door, abusive clients are bounded: at most MAX_CONNECTIONS
 open connections (past them a 503 and a close), HEAD_TIMEOUT_S for a connection to send a whole
-request head, BODY_TIMEOUT_S for the body after it (408), a 400 for JSON nested too deeply.
+request head, BODY_TIMEOUT_S for the body after it (408), a 400 for JSON nested too deeply; the plan's
+body limit (413) and prompt limit (400). With an API key, /v1/* wants it as OpenAI clients send it
+(401 otherwise).
 """
 
 from __future__ import annotations
@@ -115,6 +119,12 @@ class Server:
     `start` opens both, `close` ends every request, stops the engine and closes the trace."""
 
     def __init__(self, plan: ServePlan) -> None:
+        if plan.max_body_bytes < 1:
+            raise ConfigError(f"the request body limit must be at least 1 byte, not {plan.max_body_bytes}")
+        if plan.max_prompt_tokens is not None and plan.max_prompt_tokens < 1:
+            raise ConfigError(f"the prompt limit must be at least 1 token, not {plan.max_prompt_tokens}")
+        if plan.api_key == "":
+            raise ConfigError("the API key is empty")
         knobs = load_workload(plan.workload).scheduler.overrides() if plan.workload else {}
         sched_cfg = SchedulerConfig(**{**knobs, **plan.scheduler_overrides})
         model_cfg = get_preset(plan.preset, **plan.model_overrides)
@@ -123,12 +133,6 @@ class Server:
             leave_a_core_free()
         self.engine = Engine(model_cfg, sched_cfg, device=plan.device, seed=plan.seed or 0)
         context = min(model_cfg.max_seq_len, self.engine.kv.allocator.capacity_tokens)
-        if plan.max_body_bytes < 1:
-            raise ConfigError(f"the request body limit must be at least 1 byte, not {plan.max_body_bytes}")
-        if plan.max_prompt_tokens is not None and plan.max_prompt_tokens < 1:
-            raise ConfigError(f"the prompt limit must be at least 1 token, not {plan.max_prompt_tokens}")
-        if plan.api_key == "":
-            raise ConfigError("the API key is empty")
         self.served = ServedModel(
             plan.model_name,
             ByteTokenizer(model_cfg.vocab_size),
@@ -507,7 +511,9 @@ async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        message = f"{exc.reason}: {request.method} {request.path}"
+        # a body too large says the limit and the size (aiohttp's text); the rest, what was asked
+        detail = exc.text if exc.status == 413 and exc.text else f"{request.method} {request.path}"
+        message = f"{exc.reason}: {detail}"
         return web.json_response(ApiError(exc.status, message).body(), status=exc.status)
 
 
