@@ -21,6 +21,7 @@ import tracer
 from engine.errors import ConfigError
 from tui.cli import main as cli_main
 from workloads.chat import PlainChatTemplate
+from workloads.errors import RunFailed
 from workloads.openai_api import API_KEY_ENV, ApiError, ServedModel, parse_chat, parse_completion
 from workloads.serve import ServePlan, Server, reachable_from_outside
 from workloads.tokenizer import ByteTokenizer
@@ -344,3 +345,26 @@ async def test_record_target_sends_the_key_from_the_environment(server, tmp_path
     assert await asyncio.to_thread(cli_main, [*argv, str(out)]) == 0
     reqs = tracer.load(out).requests
     assert reqs.height > 0 and set(reqs["status"]) == {"finished"} and server._next_id - before == reqs.height
+
+
+@on_module_loop
+async def test_health_answers_503_once_a_tick_has_failed(tmp_path, monkeypatch):
+    server = Server(ServePlan(trace=tmp_path / "failed.msgpack", port=0, device="cpu"))
+
+    def failing(plan, tick, tick_start):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(server.engine, "_forward", failing)
+    await server.start()  # no watchdog: the server answers on after the engine has failed
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.url + "/health") as r:
+                assert r.status == 200
+            status, answer = await post(http, server.url + "/v1/completions", {"prompt": "hi", "max_tokens": 2})
+            assert status == 500 and answer["error"]["code"] == "engine_failed"
+            async with http.get(server.url + "/health") as r:
+                error = (await r.json())["error"]
+            assert r.status == 503 and error["code"] == "engine_failed" and "injected fault" in error["message"]
+    finally:
+        with pytest.raises(RunFailed):
+            await server.close()
