@@ -5,6 +5,9 @@ tracer.cost), computed from the trace independently."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -157,3 +160,42 @@ async def test_metrics_before_any_tick_have_no_ratios(tmp_path):
     assert metrics["tickscope:device_seconds_total", ()] == 0 and metrics["vllm:prompt_tokens_total", ()] == 0
     assert not any(name.endswith("_per_token") or name.endswith("_per_output_token") for name, _ in metrics)
     assert metrics["vllm:time_to_first_token_seconds_count", ()] == 0
+
+
+_LEAN_SERVE = """
+import asyncio, importlib.abc, sys, urllib.request
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] in ("polars", "textual", "matplotlib", "pyarrow"):
+            raise ImportError(f"No module named {name!r}")
+sys.meta_path.insert(0, Absent())
+from workloads.serve import ServePlan, Server
+
+def get(url, body=None):
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.read().decode()
+
+async def main():
+    async with Server(ServePlan(trace=sys.argv[1], port=0, device="cpu")) as url:
+        await asyncio.to_thread(get, url + "/v1/completions", b'{"prompt": "hi", "max_tokens": 3}')
+        print(await asyncio.to_thread(get, url + "/metrics"))
+
+asyncio.run(main())
+"""
+
+
+def test_serve_and_its_metrics_need_no_polars(tmp_path):
+    """A GPU host may have torch but not the dashboard's packages: it serves and is scraped, without
+    the figures that need the trace's cost model (tracer.cost reads polars frames)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _LEAN_SERVE, str(tmp_path / "lean.msgpack")],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = {s.name: s.value for f in text_string_to_metric_families(result.stdout) for s in f.samples}
+    assert metrics["vllm:generation_tokens_total"] >= 2 and metrics["tickscope:device_seconds_total"] > 0
+    assert "tickscope:bytes_per_token" not in metrics and "tickscope:device_seconds_per_output_token" in metrics

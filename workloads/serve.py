@@ -47,7 +47,6 @@ from engine.engine import Engine, resolve_device
 from engine.errors import ConfigError, EngineFailed
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
-from tracer.cost import CostUnavailable, ModelShape
 from tracer.events import RequestEvent, SessionHeader
 from tracer.writer import TraceWriter
 from workloads.chat import PlainChatTemplate
@@ -66,7 +65,7 @@ from workloads.openai_api import (
     usage_chunk,
 )
 from workloads.run import fault_line, leave_a_core_free, session_config, stop_on_fault
-from workloads.server_metrics import CONTENT_TYPE, ServerMetrics
+from workloads.server_metrics import CONTENT_TYPE, ServerMetrics, model_shape
 from workloads.signals import stop_on_signals
 from workloads.spec import load_workload
 from workloads.stream import StreamingSink
@@ -162,12 +161,8 @@ class Server:
         self.url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         header = SessionHeader(time.monotonic_ns(), time.time_ns(), self._session_config(port))
         self._writer = TraceWriter(self.plan.trace, header)
-        try:
-            shape: ModelShape | None = ModelShape.from_config(header.config)
-        except CostUnavailable:
-            shape = None
         # every event goes on to the trace through the metrics, which read it on the way
-        self.metrics = ServerMetrics(self._writer, self.plan.model_name, shape)
+        self.metrics = ServerMetrics(self._writer, self.plan.model_name, model_shape(header.config))
         self.engine.recorder = self.metrics
         self.engine.start()
         app = web.Application(

@@ -40,15 +40,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tracer.cost import ModelShape, distinct_experts
 from tracer.events import Event, ExpertsEvent, RequestEvent, StageEvent, TickEvent
 from tracer.recorder import Recorder
+
+if TYPE_CHECKING:  # tracer.cost needs polars, which a lean serving host may lack (see model_shape)
+    from tracer.cost import ModelShape
 
 # vLLM's buckets (vllm/v1/metrics/loggers.py)
 TTFT_BUCKETS = (
@@ -70,6 +73,20 @@ TICK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.
 FINISHED_REASONS = {"finished": "length", "cancelled": "abort", "failed": "error"}
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the Prometheus text format
+
+
+def model_shape(config: dict[str, Any]) -> ModelShape | None:
+    """The model shape the modelled cost needs, from a session header's config; None when the header
+    has none, or when tracer.cost cannot be loaded (no polars): then `tickscope:bytes_per_token` and
+    `tickscope:routed_experts` are left out."""
+    try:
+        from tracer.cost import CostUnavailable, ModelShape
+    except ImportError:
+        return None
+    try:
+        return ModelShape.from_config(config)
+    except CostUnavailable:
+        return None
 
 
 class ServerMetrics:
@@ -149,7 +166,7 @@ class ServerMetrics:
         elif isinstance(event, RequestEvent):
             self._request(event)
         elif isinstance(event, ExpertsEvent):
-            active = distinct_experts(event.counts)
+            active = (event.counts > 0).sum(axis=1)  # as tracer.cost's distinct_experts counts them
             for layer, n in enumerate(active.tolist()):
                 self.experts_active.labels(self._model, str(layer)).set(n)
             self.cost.experts(event.tick, int(active.sum()))
