@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import signal
 import subprocess
 import sys
@@ -101,11 +102,22 @@ def _check_target_options(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from workloads.serve import ServePlan, serve
+    from workloads.openai_api import API_KEY_ENV
+    from workloads.serve import ServePlan, reachable_from_outside, serve
 
     trace = Path(args.trace)
     check_out(trace, args.force)
     knobs = plan_from_args(args, trace, None)
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    if api_key is not None and not api_key.strip():
+        raise CommandError("--api-key must not be empty")
+    if api_key is None and reachable_from_outside(args.host):
+        print(
+            f"tickscope serve: warning: listening on {args.host} without an API key: anyone who can reach this "
+            f"port can use the engine (pass --api-key or set {API_KEY_ENV})",
+            file=sys.stderr,
+            flush=True,
+        )
     plan = ServePlan(
         trace=trace,
         preset=knobs.preset,
@@ -117,6 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         scheduler_overrides=knobs.scheduler_overrides,
         model_overrides=knobs.model_overrides,
+        api_key=api_key,
+        max_body_bytes=args.max_body_bytes,
+        max_prompt_tokens=args.max_prompt_tokens,
     )
 
     def on_ready(url: str) -> None:
