@@ -9,7 +9,7 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from engine.errors import ConfigError
-from tests.tiny_tokenizer import CORPUS, write_tokenizer
+from tiny_tokenizer import CORPUS, write_tokenizer
 from workloads.hf_tokenizer import HFTokenizer, load_tokenizer
 
 CHATS = [
