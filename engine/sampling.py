@@ -1,0 +1,120 @@
+"""Next tokens from logits: greedy, or sampled with a temperature, top-k and top-p, per request.
+
+A tick's rows may each ask for something different, and are sampled in one call. Sampling uses the
+Gumbel-max trick: argmax(logits / T + g) is a draw from softmax(logits / T) when g is Gumbel noise.
+The noise of (request seed, position, token id) comes from a hash, not a generator's stream, so a
+request draws the same tokens whichever requests share its ticks, in whatever order, and a token
+recomputed after preemption is the same token. The hash is integer arithmetic on the device: no
+per-request generator, no host round trip, one kernel sequence for the batch.
+
+A tick in which every row is greedy takes the argmax alone, as before sampling existed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+_M32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How one request picks its tokens. temperature 0 (the default) is greedy, as is top_k 1."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0  # keep the most likely tokens whose mass reaches top_p (1: all)
+    top_k: int = 0  # keep the k most likely tokens (0: all)
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+    def problem(self) -> str | None:
+        """What is wrong with these parameters, in a few words, or None."""
+        if not self.temperature >= 0:  # NaN included
+            return f"temperature must be 0 or more, got {self.temperature}"
+        if not 0 < self.top_p <= 1:
+            return f"top_p must be in (0, 1], got {self.top_p}"
+        if self.top_k < 0:
+            return f"top_k must be 0 (all) or more, got {self.top_k}"
+        if not 0 <= self.seed < 2**64:
+            return f"seed must be in [0, 2**64), got {self.seed}"
+        return None
+
+
+GREEDY = SamplingParams()
+
+
+@dataclass
+class SamplingBatch:
+    """The sampling rows of one tick, as device tensors [S]."""
+
+    greedy: Tensor  # bool
+    temperature: Tensor  # float32; 1 on greedy rows, so that dividing by it is safe
+    top_p: Tensor  # float32
+    top_k: Tensor  # int64, 0 = all
+    key: Tensor  # int64 in [0, 2**32): the hash of (seed, position) each row's noise starts from
+    filtered: bool  # some row has a top-k or top-p to apply
+
+    @classmethod
+    def of(cls, params: list[SamplingParams], positions: list[int], device: torch.device) -> SamplingBatch | None:
+        """The batch for rows with `params`, each predicting the token at `positions` of its sequence;
+        None when every row is greedy."""
+        if all(p.greedy for p in params):
+            return None
+        greedy = [p.greedy for p in params]
+        seeds = torch.tensor([[p.seed & _M32, p.seed >> 32] for p in params], dtype=torch.int64)
+        key = _mix(_mix(seeds[:, 0] ^ _mix(seeds[:, 1])) ^ torch.tensor(positions, dtype=torch.int64))
+        return cls(
+            greedy=torch.tensor(greedy, device=device),
+            temperature=torch.tensor([1.0 if g else p.temperature for p, g in zip(params, greedy)], device=device),
+            top_p=torch.tensor([p.top_p for p in params], device=device),
+            top_k=torch.tensor([p.top_k for p in params], dtype=torch.int64, device=device),
+            key=key.to(device),
+            filtered=any(not g and (p.top_p < 1 or p.top_k > 0) for p, g in zip(params, greedy)),
+        )
+
+
+def pick_tokens(logits: Tensor, batch: SamplingBatch | None) -> Tensor:
+    """The next token of every row of `logits` [S, vocab] (int64 [S]): its argmax, or a draw as its
+    row of `batch` asks."""
+    best = logits.argmax(dim=-1)
+    if batch is None:
+        return best
+    scores = logits.float() / batch.temperature[:, None]
+    vocab = logits.shape[-1]
+    if batch.filtered:
+        # as transformers and vLLM do: top-k first, then top-p over what top-k kept, renormalised
+        scores, order = scores.sort(dim=-1, descending=True)
+        rank = torch.arange(vocab, device=logits.device)
+        k = torch.where(batch.top_k > 0, batch.top_k, vocab)
+        scores = scores.masked_fill(rank >= k[:, None], float("-inf"))
+        probs = scores.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        scores = scores.masked_fill(mass_before >= batch.top_p[:, None], float("-inf"))
+        drawn = order.gather(1, (scores + _gumbel(batch.key, order)).argmax(dim=-1, keepdim=True)).squeeze(1)
+    else:
+        ids = torch.arange(vocab, device=logits.device).expand(len(scores), vocab)
+        drawn = (scores + _gumbel(batch.key, ids)).argmax(dim=-1)
+    return torch.where(batch.greedy, best, drawn)
+
+
+def _mix(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (Wellons' lowbias32) of int64 values in [0, 2**32): products past 2**63
+    wrap, and the mask keeps their low 32 bits, which is all the hash uses."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def _gumbel(key: Tensor, ids: Tensor) -> Tensor:
+    """Gumbel noise [S, n] for token ids [S, n] of rows whose keys are [S]."""
+    h = _mix(key[:, None] ^ _mix(ids))
+    u = ((h >> 8).float() + 0.5) / (1 << 24)  # 24 bits: exact in float32, never 0 or 1
+    return -torch.log(-torch.log(u))
