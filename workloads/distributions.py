@@ -53,10 +53,17 @@ def sample_lengths(spec: LengthSpec, rng: np.random.Generator, n: int) -> np.nda
 class RequestMaker:
     """Makes the n-th request's prompt and output budget, the same for the same seed."""
 
-    def __init__(self, spec: WorkloadSpec, streams: RandomStreams, vocab_size: int) -> None:
+    def __init__(
+        self, spec: WorkloadSpec, streams: RandomStreams, vocab_size: int, prompts: list[list[int]] | None = None
+    ) -> None:
+        """`prompts`: the token ids of a `text` prompt spec's prompts, sent in turn, round and round."""
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be positive, not {vocab_size}")
+        if (prompts is None) != (spec.prompt.kind != "text"):
+            raise ValueError("token ids are given for text prompts, and for them only")
         self._vocab_size = vocab_size
+        self._prompts = prompts
+        self._sent = 0
         self._tokens = streams.prompt_tokens
         self._pairs = self._pairs_of(spec, streams)
         # Token ids are cut from a pre-drawn block: one numpy call per request costs more than
@@ -67,6 +74,10 @@ class RequestMaker:
     def next(self) -> tuple[list[int], int]:
         """(prompt token ids, max new tokens) of the next request."""
         prompt_len, max_new = next(self._pairs)
+        if self._prompts is not None:
+            prompt = self._prompts[self._sent % len(self._prompts)]
+            self._sent += 1
+            return list(prompt), max_new
         if self._pos + prompt_len > len(self._pool):
             size = max(_TOKEN_BLOCK, prompt_len)
             self._pool = self._tokens.integers(0, self._vocab_size, size=size)
@@ -78,6 +89,9 @@ class RequestMaker:
     @staticmethod
     def _pairs_of(spec: WorkloadSpec, streams: RandomStreams) -> Iterator[tuple[int, int]]:
         while True:
-            prompts = sample_lengths(spec.prompt, streams.prompt_lengths, _BLOCK)
+            if spec.prompt.kind == "text":  # the prompts are given: no length to draw
+                prompts = np.zeros(_BLOCK, dtype=np.int64)
+            else:
+                prompts = sample_lengths(spec.prompt, streams.prompt_lengths, _BLOCK)
             outputs = sample_lengths(spec.output, streams.output_lengths, _BLOCK)
             yield from zip(prompts.tolist(), outputs.tolist())

@@ -112,6 +112,13 @@ class HFTokenizer:
             ids.insert(0, self._bos_id)
         return ids
 
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of the prompt the chat template makes of `messages` (ValueError without one, or
+        when the template refuses them)."""
+        if self.chat_template is None:
+            raise ValueError("the tokenizer has no chat template")
+        return self.encode(self.chat_template.render(messages), special=False)
+
     def decode_token(self, token: int) -> str:
         """One token's text on its own (a character split across tokens shows as U+FFFD); use
         `stream()` for a sequence's text token by token."""

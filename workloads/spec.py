@@ -12,9 +12,11 @@ command line can print it as it is. The keys (all optional unless marked):
                 gamma: cv (coefficient of variation of the gaps; 1 = Poisson)
                 replay: file (required; .csv/.jsonl/text, relative to this file), column
                 closed: users (required), think_s
-    [prompt], [output] (both required)  kind (required): fixed | uniform | lognormal | file
+    [prompt], [output] (both required)  kind (required): fixed | uniform | lognormal | file | text
                 fixed: value; uniform: min, max; lognormal: mean, sigma (of log length);
                 file: file, column; min and max also clip lognormal and file
+                text ([prompt] only): real prompts, sent in file order: file (required; one per
+                line, or .jsonl), column (the JSONL key: a string, or chat messages; "prompt")
     [slo]       ttft_s, tpot_s, e2e_s
     [scheduler] policy, window_ms, max_seqs, max_tokens, prefill_chunk, kv_capacity_tokens,
                 queue_limit, attention, kv_block_size (engine defaults where absent)
@@ -33,12 +35,13 @@ from engine.choices import GROUPINGS, Grouping
 from engine.errors import ConfigError
 from engine.policies import policy_names
 from workloads.datafiles import read_column
+from workloads.prompts import Prompt, read_prompts
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 ARRIVAL_KINDS = ("poisson", "gamma", "constant", "replay", "closed")
-LENGTH_KINDS = ("fixed", "uniform", "lognormal", "file")
+LENGTH_KINDS = ("fixed", "uniform", "lognormal", "file", "text")
 MAX_LENGTH = 1 << 20  # tokens: far past any model we run, small enough to catch unit mistakes
 
 Choice = TypeVar("Choice", bound=str)  # a Literal alias of engine/choices.py, or plain str
@@ -81,7 +84,8 @@ class ArrivalSpec:
 
 @dataclass(frozen=True)
 class LengthSpec:
-    """A distribution of token counts (prompt or output length), always clipped to [min, max]."""
+    """A distribution of token counts (prompt or output length), always clipped to [min, max]; or,
+    for prompts of kind `text`, the prompts themselves (tokenized when the model is known)."""
 
     kind: str
     value: int = 0  # fixed
@@ -92,6 +96,7 @@ class LengthSpec:
     file: str = ""  # file: sample uniformly from these values
     column: str = ""
     values: tuple[int, ...] = field(default=(), repr=False)
+    prompts: tuple[Prompt, ...] = field(default=(), repr=False)  # text
 
 
 @dataclass(frozen=True)
@@ -144,8 +149,8 @@ class WorkloadSpec:
         arrivals, prompt, output = d["arrivals"], d["prompt"], d["output"]
         arrivals["steps"] = [dict(s) for s in arrivals["steps"]]
         arrivals["times_s"] = len(self.arrivals.times_s)
-        prompt["values"] = len(self.prompt.values)
-        output["values"] = len(self.output.values)
+        prompt["values"], prompt["prompts"] = len(self.prompt.values), len(self.prompt.prompts)
+        output["values"], output["prompts"] = len(self.output.values), 0
         return d
 
 
@@ -184,7 +189,7 @@ def parse_workload(
     top = _Table(data, "", origin)
     arrivals = _arrivals(top.table("arrivals", required=True), base_dir)
     prompt = _lengths(top.table("prompt", required=True), base_dir)
-    output = _lengths(top.table("output", required=True), base_dir)
+    output = _lengths(top.table("output", required=True), base_dir, texts=False)
     slo_t = top.table("slo")
     slo = SLO(
         ttft_s=slo_t.number("ttft_s", None, above=0),
@@ -277,10 +282,19 @@ def _steps(t: _Table) -> tuple[RateStep, ...]:
     return tuple(steps)
 
 
-def _lengths(t: _Table, base_dir: Path | None) -> LengthSpec:
+def _lengths(t: _Table, base_dir: Path | None, texts: bool = True) -> LengthSpec:
     kind = t.choice("kind", LENGTH_KINDS, None)
     if kind is None:
         t.fail("missing key 'kind'")
+    if kind == "text":
+        if not texts:
+            t.fail("kind 'text' gives prompts: it is for [prompt] only")
+        if "min" in t.data or "max" in t.data:
+            t.fail("text prompts are sent whole: no 'min' or 'max'")
+        file, column = t.string("file", None, required=True), t.string("column", "prompt")
+        spec = LengthSpec(kind, file=file, column=column, prompts=read_prompts(_data_path(file, base_dir), column))
+        t.done()
+        return spec
     lo = t.integer("min", 1, at_least=1)
     hi = t.integer("max", MAX_LENGTH, at_least=1)
     if hi > MAX_LENGTH:
