@@ -18,11 +18,14 @@ import torch
 from torch import Tensor
 
 _M32 = 0xFFFFFFFF
+# Temperatures below this are greedy (as vLLM has it): dividing by them overflows float32 logits.
+_MIN_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How one request picks its tokens. temperature 0 (the default) is greedy, as is top_k 1."""
+    """How one request picks its tokens. temperature 0 (the default; below 1e-5 too) is greedy, as
+    is top_k 1."""
 
     temperature: float = 0.0
     top_p: float = 1.0  # keep the most likely tokens whose mass reaches top_p (1: all)
@@ -31,7 +34,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        return self.temperature < _MIN_TEMPERATURE or self.top_k == 1
 
     def problem(self) -> str | None:
         """What is wrong with these parameters, in a few words, or None."""
@@ -69,12 +72,21 @@ class SamplingBatch:
         greedy = [p.greedy for p in params]
         seeds = torch.tensor([[p.seed & _M32, p.seed >> 32] for p in params], dtype=torch.int64)
         key = _mix(_mix(seeds[:, 0] ^ _mix(seeds[:, 1])) ^ torch.tensor(positions, dtype=torch.int64))
+        columns = [
+            greedy,
+            [1.0 if g else p.temperature for p, g in zip(params, greedy)],
+            [p.top_p for p in params],
+            [min(p.top_k, 1 << 31) for p in params],  # past the vocabulary, all the same
+            key.tolist(),
+        ]
+        # one copy to the device: float64 holds every column exactly (keys and top_k are below 2**53)
+        rows = torch.tensor(columns, dtype=torch.float64).to(device, non_blocking=True)
         return cls(
-            greedy=torch.tensor(greedy, device=device),
-            temperature=torch.tensor([1.0 if g else p.temperature for p, g in zip(params, greedy)], device=device),
-            top_p=torch.tensor([p.top_p for p in params], device=device),
-            top_k=torch.tensor([p.top_k for p in params], dtype=torch.int64, device=device),
-            key=key.to(device),
+            greedy=rows[0].bool(),
+            temperature=rows[1].float(),
+            top_p=rows[2].float(),
+            top_k=rows[3].long(),
+            key=rows[4].long(),
             filtered=any(not g and (p.top_p < 1 or p.top_k > 0) for p, g in zip(params, greedy)),
         )
 

@@ -71,6 +71,7 @@ def test_greedy_limits_and_mixed_rows() -> None:
     logits = torch.randn(5, 300, generator=torch.Generator().manual_seed(0))
     best = logits.argmax(dim=-1)
     assert SamplingParams(temperature=0.0, top_p=0.5, seed=9).greedy and SamplingParams(2.0, top_k=1).greedy
+    assert SamplingParams(temperature=1e-7).greedy and not SamplingParams(temperature=1e-4).greedy
     assert SamplingBatch.of([GREEDY, SamplingParams(top_k=1, temperature=1.5)], [0, 1], CPU) is None
     # a nearly-zero top_p keeps the likeliest token alone, through the filtering path
     rows = [GREEDY, SamplingParams(temperature=1.0, top_p=1e-6, seed=1), GREEDY, SamplingParams(1.0, top_k=1)]
