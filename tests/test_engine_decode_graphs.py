@@ -159,6 +159,7 @@ def test_sampled_requests_draw_the_same_tokens_from_replayed_graphs():
     eager = mixed_run("cpu", "off", sampled=sampled)
     replayed = mixed_run("cpu", "on", setup=FakeCuda, sampled=sampled)
     assert replayed.engine.graphs.buckets_used and replayed.tokens == eager.tokens
+    assert mixed_run("cpu", "on", sampled=sampled).tokens == eager.tokens  # padded, not captured
     greedy = mixed_run("cpu", "off")
     assert replayed.tokens[0::2] == greedy.tokens[0::2] and replayed.tokens[1::2] != greedy.tokens[1::2]
 
