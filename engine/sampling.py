@@ -54,10 +54,10 @@ GREEDY = SamplingParams()
 
 @dataclass
 class SamplingBatch:
-    """The sampling rows of one tick, as device tensors [S]."""
+    """The rows of one tick that draw rather than take the argmax, as device tensors [D]."""
 
-    greedy: Tensor  # bool
-    temperature: Tensor  # float32; 1 on greedy rows, so that dividing by it is safe
+    rows: Tensor  # int64: which rows of the tick's logits draw
+    temperature: Tensor  # float32
     top_p: Tensor  # float32
     top_k: Tensor  # int64, 0 = all
     key: Tensor  # int64 in [0, 2**32): the hash of (seed, position) each row's noise starts from
@@ -67,38 +67,40 @@ class SamplingBatch:
     def of(cls, params: list[SamplingParams], positions: list[int], device: torch.device) -> SamplingBatch | None:
         """The batch for rows with `params`, each predicting the token at `positions` of its sequence;
         None when every row is greedy."""
-        if all(p.greedy for p in params):
+        rows = [i for i, p in enumerate(params) if not p.greedy]
+        if not rows:
             return None
-        greedy = [p.greedy for p in params]
-        seeds = torch.tensor([[p.seed & _M32, p.seed >> 32] for p in params], dtype=torch.int64)
-        key = _mix(_mix(seeds[:, 0] ^ _mix(seeds[:, 1])) ^ torch.tensor(positions, dtype=torch.int64))
+        drawing = [params[i] for i in rows]
+        seeds = torch.tensor([[p.seed & _M32, p.seed >> 32] for p in drawing], dtype=torch.int64)
+        at = torch.tensor([positions[i] for i in rows], dtype=torch.int64)
+        key = _mix(_mix(seeds[:, 0] ^ _mix(seeds[:, 1])) ^ at)
         columns = [
-            greedy,
-            [1.0 if g else p.temperature for p, g in zip(params, greedy)],
-            [p.top_p for p in params],
-            [min(p.top_k, 1 << 31) for p in params],  # past the vocabulary, all the same
+            rows,
+            [p.temperature for p in drawing],
+            [p.top_p for p in drawing],
+            [min(p.top_k, 1 << 31) for p in drawing],  # past the vocabulary, all the same
             key.tolist(),
         ]
         # one copy to the device: float64 holds every column exactly (keys and top_k are below 2**53)
-        rows = torch.tensor(columns, dtype=torch.float64).to(device, non_blocking=True)
+        values = torch.tensor(columns, dtype=torch.float64).to(device, non_blocking=True)
         return cls(
-            greedy=rows[0].bool(),
-            temperature=rows[1].float(),
-            top_p=rows[2].float(),
-            top_k=rows[3].long(),
-            key=rows[4].long(),
-            filtered=any(not g and (p.top_p < 1 or p.top_k > 0) for p, g in zip(params, greedy)),
+            rows=values[0].long(),
+            temperature=values[1].float(),
+            top_p=values[2].float(),
+            top_k=values[3].long(),
+            key=values[4].long(),
+            filtered=any(p.top_p < 1 or p.top_k > 0 for p in drawing),
         )
 
 
 def pick_tokens(logits: Tensor, batch: SamplingBatch | None) -> Tensor:
-    """The next token of every row of `logits` [S, vocab] (int64 [S]): its argmax, or a draw as its
-    row of `batch` asks."""
+    """The next token of every row of `logits` [S, vocab] (int64 [S]): its argmax, or a draw where
+    `batch` says. Only the drawing rows are worked on: each makes a few [vocab] temporaries."""
     best = logits.argmax(dim=-1)
     if batch is None:
         return best
-    scores = logits.float() / batch.temperature[:, None]
-    vocab = logits.shape[-1]
+    scores = logits.index_select(0, batch.rows).float() / batch.temperature[:, None]
+    drawing, vocab = scores.shape
     if batch.filtered:
         # as transformers and vLLM do: top-k first, then top-p over what top-k kept, renormalised
         scores, order = scores.sort(dim=-1, descending=True)
@@ -110,9 +112,9 @@ def pick_tokens(logits: Tensor, batch: SamplingBatch | None) -> Tensor:
         scores = scores.masked_fill(mass_before >= batch.top_p[:, None], float("-inf"))
         drawn = order.gather(1, (scores + _gumbel(batch.key, order)).argmax(dim=-1, keepdim=True)).squeeze(1)
     else:
-        ids = torch.arange(vocab, device=logits.device).expand(len(scores), vocab)
+        ids = torch.arange(vocab, device=logits.device).expand(drawing, vocab)
         drawn = (scores + _gumbel(batch.key, ids)).argmax(dim=-1)
-    return torch.where(batch.greedy, best, drawn)
+    return best.index_copy(0, batch.rows, drawn)
 
 
 def _mix(x: Tensor) -> Tensor:
