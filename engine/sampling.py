@@ -18,6 +18,9 @@ import torch
 from torch import Tensor
 
 _M32 = 0xFFFFFFFF
+# The peak of a draw's temporaries, per logit of a drawing row: 44 bytes with top-k or top-p (the sort,
+# its token order, the masks, the hashed noise), 28 without; measured (tests/test_sampling.py).
+SAMPLING_BYTES_PER_LOGIT = 44
 # Temperatures below this are greedy (as vLLM has it): dividing by them overflows float32 logits.
 _MIN_TEMPERATURE = 1e-5
 

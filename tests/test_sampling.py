@@ -3,8 +3,12 @@ seeded draws that do not depend on the batch, and a stop token ending a real run
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +17,7 @@ import torch
 from engine.config import get_preset
 from engine.engine import Engine
 from engine.request import Request
-from engine.sampling import GREEDY, SamplingBatch, SamplingParams, pick_tokens
+from engine.sampling import GREEDY, SAMPLING_BYTES_PER_LOGIT, SamplingBatch, SamplingParams, pick_tokens
 from engine.scheduler import SchedulerConfig
 
 CPU = torch.device("cpu")
@@ -161,3 +165,36 @@ def test_bad_sampling_is_rejected_with_its_reason(params: SamplingParams, messag
     sink = run([(0, [1, 2, 3], 4, params, frozenset())])[0]
     assert len(sink.finishes) == 1 and sink.finishes[0][0] == "rejected"
     assert re.match(message, sink.finishes[0][1])
+
+
+_PEAK = """
+import torch
+from engine.sampling import SamplingBatch, SamplingParams, pick_tokens
+
+torch.set_num_threads(1)
+rows, vocab = 64, 100_000
+logits = torch.randn(rows, vocab)
+cpu = torch.device("cpu")
+
+def status_kb(field):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(field)).split()[1])
+
+for params in (SamplingParams(1.0, seed=1), SamplingParams(1.0, top_p=0.9, top_k=50, seed=1)):
+    pick_tokens(logits[:2], SamplingBatch.of([params] * 2, [0, 1], cpu))  # lazy allocations made
+    batch = SamplingBatch.of([params] * rows, list(range(rows)), cpu)
+    with open("/proc/self/clear_refs", "w") as f:  # the peak (VmHWM) starts again from the resident size
+        f.write("5")
+    before = status_kb("VmRSS:")
+    pick_tokens(logits, batch)
+    print((status_kb("VmHWM:") - before) * 1024 / (rows * vocab))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak through Linux's /proc")
+def test_the_memory_check_counts_what_a_draw_takes() -> None:
+    # glibc returns freed blocks of 128 KiB or more to the system: the resident size follows the tensors
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _PEAK], cwd=root, capture_output=True, text=True, check=True, env=env)
+    plain, filtered = (float(x) for x in out.stdout.split())
+    assert plain < filtered <= SAMPLING_BYTES_PER_LOGIT * 1.05 and filtered > SAMPLING_BYTES_PER_LOGIT * 0.8
