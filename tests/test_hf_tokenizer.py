@@ -119,3 +119,17 @@ def test_errors_name_the_file(tmp_path: Path, change: object, message: str) -> N
     change(tmp_path)  # type: ignore[operator]
     with pytest.raises(ConfigError, match=message):
         load_tokenizer(tmp_path)
+
+
+def test_a_template_saved_beside_the_config(tmp_path: Path) -> None:
+    """Newer transformers saves the chat template as chat_template.jinja, not in tokenizer_config.json."""
+    write_tokenizer(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "chat_template.jinja").write_text(config.pop("chat_template"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_tokenizer(tmp_path)
+    hf = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    assert tok.chat_template is not None
+    assert tok.chat_template.render(CHATS[1]) == hf.apply_chat_template(
+        CHATS[1], tokenize=False, add_generation_prompt=True
+    )
