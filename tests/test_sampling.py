@@ -16,9 +16,13 @@ import torch
 
 from engine.config import get_preset
 from engine.engine import Engine
+from engine.errors import ConfigError
 from engine.request import Request
 from engine.sampling import GREEDY, SAMPLING_BYTES_PER_LOGIT, SamplingBatch, SamplingParams, pick_tokens
 from engine.scheduler import SchedulerConfig
+from tracer.recorder import ListRecorder
+from workloads.loadgen import run_load
+from workloads.spec import parse_workload
 
 CPU = torch.device("cpu")
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, 3.0])
@@ -198,3 +202,33 @@ def test_the_memory_check_counts_what_a_draw_takes() -> None:
     out = subprocess.run([sys.executable, "-c", _PEAK], cwd=root, capture_output=True, text=True, check=True, env=env)
     plain, filtered = (float(x) for x in out.stdout.split())
     assert plain < filtered <= SAMPLING_BYTES_PER_LOGIT * 1.05 and filtered > SAMPLING_BYTES_PER_LOGIT * 0.8
+
+
+class Recorded:
+    """An engine stand-in that ends every request at once, keeping what it was sent."""
+
+    def __init__(self) -> None:
+        self.submitted: list[Request] = []
+
+    def submit(self, req: Request) -> None:
+        self.submitted.append(req)
+        req.sink.on_finish("finished", "length", 0)
+
+
+_WORKLOAD = "requests = 3\n[arrivals]\nkind = 'constant'\nrate = 1000\n[prompt]\nkind = 'fixed'\nvalue = 4\n"
+_WORKLOAD += "[output]\nkind = 'fixed'\nvalue = 2\n"
+
+
+async def test_a_workload_samples_each_request_with_its_own_seed() -> None:
+    spec = parse_workload(_WORKLOAD + "[sampling]\ntemperature = 0.7\ntop_p = 0.9\nseed = 100\n", "w.toml")
+    engine = Recorded()
+    await run_load(engine, spec, ListRecorder(), vocab_size=512)
+    assert [r.sampling for r in engine.submitted] == [SamplingParams(0.7, 0.9, 0, 100 + n) for n in range(3)]
+    assert spec.to_dict()["sampling"] == {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 100}
+    engine = Recorded()
+    await run_load(engine, parse_workload(_WORKLOAD, "w.toml"), ListRecorder(), vocab_size=512)
+    assert all(r.sampling.greedy for r in engine.submitted)
+    with pytest.raises(ConfigError, match=r"top_p must be in \(0, 1\], got 1.5 in \[sampling\] of w.toml"):
+        parse_workload(_WORKLOAD + "[sampling]\ntemperature = 1\ntop_p = 1.5\n", "w.toml")
+    with pytest.raises(ConfigError, match=r"unknown key 'sampling.temp' in w.toml"):
+        parse_workload(_WORKLOAD + "[sampling]\ntemp = 1\n", "w.toml")

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -250,7 +250,8 @@ class _Run:
         self.idle.clear()
         self.recorder.emit(RequestEvent(rid, "arrive", record.sent_ns, prompt_tokens=len(prompt)))
         try:
-            self.engine.submit(Request(rid, prompt, max_new, sink, stop_tokens=self.stop_tokens))
+            sampling = replace(self.spec.sampling, seed=self.spec.sampling.seed + rid)
+            self.engine.submit(Request(rid, prompt, max_new, sink, sampling, self.stop_tokens))
         except Exception as exc:
             # Not the engine's way to refuse (that is on_finish "rejected"), but the request
             # was sent and must still end.

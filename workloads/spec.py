@@ -18,6 +18,7 @@ command line can print it as it is. The keys (all optional unless marked):
                 text ([prompt] only): real prompts, sent in file order: file (required; one per
                 line, or .jsonl), column (the JSONL key: a string, or chat messages; "prompt")
     [slo]       ttft_s, tpot_s, e2e_s
+    [sampling]  temperature (0 = greedy, the default), top_p, top_k, seed (request n draws with seed + n)
     [scheduler] policy, window_ms, max_seqs, max_tokens, prefill_chunk, kv_capacity_tokens,
                 queue_limit, attention, kv_block_size (engine defaults where absent)
 """
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from engine.choices import GROUPINGS, Grouping
 from engine.errors import ConfigError
 from engine.policies import policy_names
+from engine.sampling import GREEDY, SamplingParams
 from workloads.datafiles import read_column
 from workloads.prompts import Prompt, read_prompts
 
@@ -142,6 +144,7 @@ class WorkloadSpec:
     cooldown_s: float = 0.0  # ... and those arriving in the last cooldown_s of sending
     slo: SLO = SLO()
     scheduler: SchedulerKnobs = SchedulerKnobs()
+    sampling: SamplingParams = GREEDY  # how every request picks its tokens; its seed is the first's
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the trace header; data read from files is given by count, not copied."""
@@ -211,6 +214,16 @@ def parse_workload(
         kv_block_size=sched_t.integer("kv_block_size", None, at_least=1),
     )
     sched_t.done()
+    sampling_t = top.table("sampling")
+    sampling = SamplingParams(
+        temperature=sampling_t.number("temperature", 0.0, at_least=0),
+        top_p=sampling_t.number("top_p", 1.0, above=0),
+        top_k=sampling_t.integer("top_k", 0, at_least=0),
+        seed=sampling_t.integer("seed", 0, at_least=0),
+    )
+    sampling_t.done()
+    if (problem := sampling.problem()) is not None:
+        sampling_t.fail(problem)
     spec = WorkloadSpec(
         name=top.string("name", default_name),
         description=top.string("description", ""),
@@ -225,6 +238,7 @@ def parse_workload(
         cooldown_s=top.number("cooldown_s", 0.0, at_least=0),
         slo=slo,
         scheduler=sched,
+        sampling=sampling,
     )
     top.done()
     if spec.arrivals.kind == "closed" and spec.concurrency:
