@@ -55,10 +55,17 @@ def sample_lengths(spec: LengthSpec, rng: np.random.Generator, n: int) -> np.nda
 class RequestMaker:
     """Makes the n-th request's prompt and output budget, the same for the same seed."""
 
-    def __init__(self, spec: WorkloadSpec, streams: RandomStreams, vocab_size: int) -> None:
+    def __init__(
+        self, spec: WorkloadSpec, streams: RandomStreams, vocab_size: int, prompts: list[list[int]] | None = None
+    ) -> None:
+        """`prompts`: the token ids of a `text` prompt spec's prompts, sent in turn, round and round."""
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be positive, not {vocab_size}")
+        if (prompts is None) != (spec.prompt.kind != "text"):
+            raise ValueError("token ids are given for text prompts, and for them only")
         self._vocab_size = vocab_size
+        self._prompts = prompts
+        self._sent = 0
         self._tokens = streams.prompt_tokens
         self._pairs = self._pairs_of(spec, streams)
         self._seed = spec.seed
@@ -79,7 +86,11 @@ class RequestMaker:
 
     def prompt(self, prompt_len: int, blocks: Blocks = ()) -> list[int]:
         """Token ids of a prompt this long: the tokens of its trace's `blocks` first, as far as they
-        reach, the rest fresh."""
+        reach, the rest fresh; or a `text` spec's next prompt, whatever its length."""
+        if self._prompts is not None:
+            given = self._prompts[self._sent % len(self._prompts)]
+            self._sent += 1
+            return list(given)
         shared = [self._block(block) for block in blocks[: -(-prompt_len // MOONCAKE_BLOCK)]]
         head = np.concatenate(shared)[:prompt_len] if shared else self._pool[:0]
         fresh = prompt_len - len(head)
@@ -105,6 +116,9 @@ class RequestMaker:
     @staticmethod
     def _pairs_of(spec: WorkloadSpec, streams: RandomStreams) -> Iterator[tuple[int, int]]:
         while True:
-            prompts = sample_lengths(spec.prompt, streams.prompt_lengths, _BLOCK)
+            if spec.prompt.kind == "text":  # the prompts are given: no length to draw
+                prompts = np.zeros(_BLOCK, dtype=np.int64)
+            else:
+                prompts = sample_lengths(spec.prompt, streams.prompt_lengths, _BLOCK)
             outputs = sample_lengths(spec.output, streams.output_lengths, _BLOCK)
             yield from zip(prompts.tolist(), outputs.tolist())

@@ -14,10 +14,13 @@ command line can print it as it is. The keys (all optional unless marked):
                 trace: file (required; a production trace, workloads/traffic.py), format, start_s,
                        duration_s, time_scale or rate, keep_failed; its rows give the lengths too
                 closed: users (required), think_s
-    [prompt], [output] (both required but with a trace)  kind (required): fixed | uniform | lognormal | file
+    [prompt], [output] (both required but with a trace)  kind (required): fixed | uniform | lognormal | file | text
                 fixed: value; uniform: min, max; lognormal: mean, sigma (of log length);
                 file: file, column; min and max also clip lognormal and file
+                text ([prompt] only): real prompts, sent in file order: file (required; one per
+                line, or .jsonl), column (the JSONL key: a string, or chat messages; "prompt")
     [slo]       ttft_s, tpot_s, e2e_s
+    [sampling]  temperature (0 = greedy, the default), top_p, top_k, seed (request n draws with seed + n)
     [scheduler] policy, window_ms, max_seqs, max_tokens, prefill_chunk, kv_capacity_tokens,
                 queue_limit, attention, kv_block_size (engine defaults where absent)
 """
@@ -34,14 +37,16 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from engine.choices import GROUPINGS, Grouping
 from engine.errors import ConfigError
 from engine.policies import policy_names
+from engine.sampling import GREEDY, SamplingParams
 from workloads.datafiles import read_column
+from workloads.prompts import Prompt, read_prompts
 from workloads.traffic import TRAFFIC_OPTIONS, TrafficSpec, scan, traffic_spec
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 ARRIVAL_KINDS = ("poisson", "gamma", "constant", "replay", "trace", "closed")
-LENGTH_KINDS = ("fixed", "uniform", "lognormal", "file")
+LENGTH_KINDS = ("fixed", "uniform", "lognormal", "file", "text")
 MAX_LENGTH = 1 << 20  # tokens: far past any model we run, small enough to catch unit mistakes
 
 Choice = TypeVar("Choice", bound=str)  # a Literal alias of engine/choices.py, or plain str
@@ -86,7 +91,8 @@ class ArrivalSpec:
 
 @dataclass(frozen=True)
 class LengthSpec:
-    """A distribution of token counts (prompt or output length), always clipped to [min, max]."""
+    """A distribution of token counts (prompt or output length), always clipped to [min, max]; or,
+    for prompts of kind `text`, the prompts themselves (tokenized when the model is known)."""
 
     kind: str
     value: int = 0  # fixed
@@ -97,6 +103,7 @@ class LengthSpec:
     file: str = ""  # file: sample uniformly from these values
     column: str = ""
     values: tuple[int, ...] = field(default=(), repr=False)
+    prompts: tuple[Prompt, ...] = field(default=(), repr=False)  # text
 
 
 # The lengths of a workload whose trace gives each request's own (kind "trace" is no [prompt] kind).
@@ -146,6 +153,7 @@ class WorkloadSpec:
     cooldown_s: float = 0.0  # ... and those arriving in the last cooldown_s of sending
     slo: SLO = SLO()
     scheduler: SchedulerKnobs = SchedulerKnobs()
+    sampling: SamplingParams = GREEDY  # how every request picks its tokens; its seed is the first's
 
     @property
     def ends_by_itself(self) -> bool:
@@ -159,8 +167,8 @@ class WorkloadSpec:
         arrivals, prompt, output = d["arrivals"], d["prompt"], d["output"]
         arrivals["steps"] = [dict(s) for s in arrivals["steps"]]
         arrivals["times_s"] = len(self.arrivals.times_s)
-        prompt["values"] = len(self.prompt.values)
-        output["values"] = len(self.output.values)
+        prompt["values"], prompt["prompts"] = len(self.prompt.values), len(self.prompt.prompts)
+        output["values"], output["prompts"] = len(self.output.values), 0
         if self.arrivals.traffic is not None:
             arrivals["traffic"] = self.arrivals.traffic.to_dict()
         return d
@@ -215,7 +223,7 @@ def parse_workload(
         prompt = output = TRACE_LENGTHS
     else:
         prompt = _lengths(top.table("prompt", required=True), base_dir)
-        output = _lengths(top.table("output", required=True), base_dir)
+        output = _lengths(top.table("output", required=True), base_dir, texts=False)
     slo_t = top.table("slo")
     slo = SLO(
         ttft_s=slo_t.number("ttft_s", None, above=0),
@@ -237,6 +245,16 @@ def parse_workload(
         kv_block_size=sched_t.integer("kv_block_size", None, at_least=1),
     )
     sched_t.done()
+    sampling_t = top.table("sampling")
+    sampling = SamplingParams(
+        temperature=sampling_t.number("temperature", 0.0, at_least=0),
+        top_p=sampling_t.number("top_p", 1.0, above=0),
+        top_k=sampling_t.integer("top_k", 0, at_least=0),
+        seed=sampling_t.integer("seed", 0, at_least=0),
+    )
+    sampling_t.done()
+    if (problem := sampling.problem()) is not None:
+        sampling_t.fail(problem)
     spec = WorkloadSpec(
         name=top.string("name", default_name),
         description=top.string("description", ""),
@@ -251,6 +269,7 @@ def parse_workload(
         cooldown_s=top.number("cooldown_s", 0.0, at_least=0),
         slo=slo,
         scheduler=sched,
+        sampling=sampling,
     )
     top.done()
     if spec.arrivals.kind == "closed" and spec.concurrency:
@@ -346,10 +365,19 @@ def _steps(t: _Table) -> tuple[RateStep, ...]:
     return tuple(steps)
 
 
-def _lengths(t: _Table, base_dir: Path | None) -> LengthSpec:
+def _lengths(t: _Table, base_dir: Path | None, texts: bool = True) -> LengthSpec:
     kind = t.choice("kind", LENGTH_KINDS, None)
     if kind is None:
         t.fail("missing key 'kind'")
+    if kind == "text":
+        if not texts:
+            t.fail("kind 'text' gives prompts: it is for [prompt] only")
+        if "min" in t.data or "max" in t.data:
+            t.fail("text prompts are sent whole: no 'min' or 'max'")
+        file, column = t.string("file", None, required=True), t.string("column", "prompt")
+        spec = LengthSpec(kind, file=file, column=column, prompts=read_prompts(_data_path(file, base_dir), column))
+        t.done()
+        return spec
     lo = t.integer("min", 1, at_least=1)
     hi = t.integer("max", MAX_LENGTH, at_least=1)
     if hi > MAX_LENGTH:
