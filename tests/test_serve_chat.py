@@ -19,6 +19,7 @@ import pytest_asyncio
 
 import tracer
 from engine.errors import ConfigError
+from engine.sampling import GREEDY, SamplingParams
 from tui.cli import main as cli_main
 from workloads.chat import PlainChatTemplate
 from workloads.errors import RunFailed
@@ -113,6 +114,30 @@ def test_max_completion_tokens_is_read_and_wins_over_max_tokens(parse):
     assert bad.value.param == "max_completion_tokens"
 
 
+def test_sampling_fields_are_read_and_greedy_is_the_default():
+    read = lambda **kw: parse_completion(json.dumps({"prompt": "hi", **kw}).encode(), SERVED).sampling  # noqa: E731
+    assert read() == GREEDY and read(temperature=0) == GREEDY and read(temperature=None, top_p=0.5) == GREEDY
+    assert read(temperature=0.7, top_p=0.9, top_k=40, seed=3) == SamplingParams(0.7, 0.9, 40, 3)
+    assert read(temperature=1, top_k=-1, seed=1).top_k == 0  # vLLM's "all"
+    assert read(temperature=1).seed != read(temperature=1).seed  # no seed: a fresh one each time
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": 1, "top_p": 0}, "top_p"),
+        ({"temperature": 1, "top_k": 2.5}, "top_k"),
+        ({"temperature": 1, "seed": "x"}, "seed"),
+    ],
+)
+def test_bad_sampling_fields_are_400_naming_the_field(fields, param):
+    with pytest.raises(ApiError) as bad:
+        parse_chat(json.dumps({"messages": [{"role": "user", "content": "hi"}], **fields}).encode(), SERVED)
+    assert bad.value.status == 400 and bad.value.param == param
+
+
 BAD_CHATS = [
     pytest.param({}, "messages", id="no-messages"),
     pytest.param({"messages": []}, "messages", id="empty-messages"),
@@ -205,6 +230,17 @@ async def test_a_conversation_carries_the_answer_back_as_one_token_per_character
     _, again = await post(http, url, {"messages": second, "max_tokens": 1})
     ascii_text = "user: Hi\nassistant: \nuser: More\nassistant:"  # the template around the reply
     assert again["usage"]["prompt_tokens"] == len(ascii_text) + 8
+
+
+@on_module_loop
+async def test_a_seeded_request_draws_the_same_answer_and_greedy_is_repeatable(server, http):
+    url = server.url + "/v1/completions"
+    seeded = {"prompt": "Tell me", "max_tokens": 12, "temperature": 1.5, "seed": 11}
+    answers = [(await post(http, url, seeded))[1]["choices"][0]["text"] for _ in range(2)]
+    other = (await post(http, url, {**seeded, "seed": 12}))[1]["choices"][0]["text"]
+    greedy = [(await post(http, url, {"prompt": "Tell me", "max_tokens": 12}))[1]["choices"][0]["text"] for _ in "ab"]
+    assert answers[0] == answers[1] and greedy[0] == greedy[1]
+    assert len({answers[0], other, greedy[0]}) == 3  # 12 draws at T=1.5 over 512 tokens: never all alike
 
 
 @on_module_loop

@@ -5,17 +5,22 @@ Nothing here touches the network or the engine, so every malformed-request answe
 as plain data. Errors carry the status and the `{"error": {...}}` body OpenAI clients expect: 400
 `invalid_request_error` for a body they could have got right, 404 for an unknown model, 401 for
 a missing or wrong API key.
-Sampling is greedy and generation always runs to `max_tokens` (the engine ignores EOS, as serving
-benchmarks do), so `temperature`, `top_p`, `stop` and the like are accepted and ignored; `n` and
-`best_of` above 1 change the response's shape and are refused.
+`temperature`, `top_p`, `top_k` (vLLM's extension) and `seed` choose how tokens are drawn; without a
+temperature a request is greedy, tickscope's default (random weights say nothing either way), and a
+sampled request without a seed gets a random one. A sequence ends at its model's EOS (`finish_reason`
+"stop"; a random-weights model has none) or at `max_tokens` ("length"). `stop` strings, penalties
+and the like are accepted and ignored; `n` and `best_of` above 1 change the response's shape and
+are refused.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from engine.sampling import GREEDY, SamplingParams
 from workloads.chat import ROLES, ChatTemplate, PlainChatTemplate
 from workloads.tokenizer import Tokenizer
 
@@ -63,6 +68,7 @@ class CompletionRequest:
     stream: bool
     include_usage: bool  # stream_options.include_usage: a last chunk with the token counts
     endpoint: Endpoint = "completion"
+    sampling: SamplingParams = GREEDY
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ def parse_chat(raw: bytes, served: ServedModel) -> CompletionRequest:
     """A `/v1/chat/completions` body: its messages rendered by the served model's chat template."""
     body = _body(raw, served)
     text = served.chat_template.render(_messages(body.get("messages")))
-    prompt = served.tokenizer.encode(text)
+    prompt = served.tokenizer.encode(text, special=False)  # the template wrote the special tokens
     _check_prompt_length(prompt, served, "messages")
     # OpenAI's chat default is "as many as fit", as vLLM reads it: the rest of the context
     return _request(body, prompt, served, "chat", served.context_tokens - len(prompt))
@@ -156,7 +162,38 @@ def _request(
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise _invalid("stream_options must be an object.", "stream_options")
-    return CompletionRequest(prompt, max_tokens, stream, bool(options.get("include_usage")), endpoint)
+    include_usage = bool(options.get("include_usage"))
+    return CompletionRequest(prompt, max_tokens, stream, include_usage, endpoint, _sampling(body))
+
+
+def _sampling(body: dict[str, Any]) -> SamplingParams:
+    temperature = _number(body, "temperature", 0.0)
+    if temperature == 0.0:
+        return GREEDY
+    top_k = body.get("top_k")
+    if top_k is None or top_k == -1:  # vLLM's spelling of "all"
+        top_k = 0
+    if type(top_k) is not int:
+        raise _invalid(f"top_k must be a whole number, not {top_k!r}.", "top_k")
+    seed = body.get("seed")
+    if seed is None:
+        seed = random.getrandbits(63)
+    if type(seed) is not int:
+        raise _invalid(f"seed must be a whole number, not {seed!r}.", "seed")
+    params = SamplingParams(temperature, _number(body, "top_p", 1.0), top_k, seed)
+    problem = params.problem()
+    if problem is not None:
+        raise _invalid(f"{problem}.", problem.split()[0])
+    return params
+
+
+def _number(body: dict[str, Any], key: str, default: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if type(value) not in (int, float):
+        raise _invalid(f"{key} must be a number, not {value!r}.", key)
+    return float(value)
 
 
 def _prompt(value: Any, served: ServedModel) -> list[int]:
@@ -224,9 +261,16 @@ _OBJECTS = {  # endpoint -> the `object` of its answer and of its stream's chunk
 
 
 def completion(
-    endpoint: Endpoint, cid: str, created: int, model: str, text: str, prompt_tokens: int, completion_tokens: int
+    endpoint: Endpoint,
+    cid: str,
+    created: int,
+    model: str,
+    text: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    finish_reason: str,
 ) -> dict[str, Any]:
-    """The whole answer. finish_reason is always "length": generation runs to max_tokens."""
+    """The whole answer."""
     if endpoint == "chat":
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
     else:
@@ -236,7 +280,7 @@ def completion(
         "object": _OBJECTS[endpoint][0],
         "created": created,
         "model": model,
-        "choices": [{**choice, "logprobs": None, "finish_reason": "length"}],
+        "choices": [{**choice, "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage(prompt_tokens, completion_tokens),
     }
 

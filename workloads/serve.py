@@ -318,6 +318,7 @@ class Server:
                 self.served.tokenizer.decode(sink.tokens),
                 len(req.prompt),
                 len(sink.tokens),
+                sink.reason,
             )
             return web.json_response(answer)
         finally:
@@ -332,15 +333,18 @@ class Server:
             raise _unfinished(sink)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(http)
-        cid, model, decode = _cid(req, sink), self.served.name, self.served.tokenizer.decode_token
+        cid, model, text = _cid(req, sink), self.served.name, self.served.tokenizer.stream()
         shape = functools.partial(chunk, req.endpoint, cid, self._created, model, include_usage=req.include_usage)
         if req.endpoint == "chat":
             await _event(response, shape(None))  # the role first, as OpenAI's chat stream opens
-        await _event(response, shape(decode(first)))
+        # a checkpoint's token may hold part of a character: it is sent with the token that ends it
+        if piece := text.step(first):
+            await _event(response, shape(piece))
         async for token in tokens:
-            await _event(response, shape(decode(token)))
+            if piece := text.step(token):
+                await _event(response, shape(piece))
         if sink.status == "finished":
-            await _event(response, shape("", "length"))
+            await _event(response, shape("", sink.reason))
             if req.include_usage:
                 counts = len(req.prompt), len(sink.tokens)
                 await _event(response, usage_chunk(req.endpoint, cid, self._created, model, *counts))
@@ -361,7 +365,8 @@ class Server:
         self._live[rid] = sent_ns
         self._idle.clear()
         self.engine.recorder.emit(RequestEvent(rid, "arrive", sent_ns, prompt_tokens=len(req.prompt)))
-        self.engine.submit(Request(rid, req.prompt, req.max_tokens, sink))
+        stop = frozenset(self.served.tokenizer.eos_token_ids)
+        self.engine.submit(Request(rid, req.prompt, req.max_tokens, sink, req.sampling, stop))
         return sink
 
     def _first_token(self, sink: StreamingSink) -> None:

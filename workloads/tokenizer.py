@@ -34,17 +34,40 @@ BYTE_TOKENS = 256
 FIRST_LETTER = 0x100  # the letters start here: above ASCII and Latin-1, so none is a byte's own character
 
 
+class TextStream(Protocol):
+    """One answer's text, token by token: `step` gives what a token adds (may be "" while a
+    character is incomplete)."""
+
+    def step(self, token: int) -> str: ...
+
+
 class Tokenizer(Protocol):
-    """What the serving front needs of a tokenizer."""
+    """What the serving front needs of a tokenizer: this module's, or a checkpoint's
+    (workloads/hf_tokenizer.py)."""
 
     @property
     def vocab_size(self) -> int: ...
 
-    def encode(self, text: str) -> list[int]: ...
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]: ...
+
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of `text`; `special=False` for text that already holds its special tokens
+        (a rendered chat template)."""
 
     def decode_token(self, token: int) -> str: ...
 
     def decode(self, tokens: list[int]) -> str: ...
+
+    def stream(self) -> TextStream: ...
+
+
+@dataclass(frozen=True)
+class _PieceStream:
+    pieces: tuple[str, ...]
+
+    def step(self, token: int) -> str:
+        return self.pieces[token]
 
 
 def _printable_ascii(token: int) -> bool:
@@ -79,7 +102,12 @@ class ByteTokenizer:
         object.__setattr__(self, "_pieces", pieces)
         object.__setattr__(self, "_ids", {piece: token for token, piece in enumerate(pieces)})
 
-    def encode(self, text: str) -> list[int]:
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return ()  # random weights: generation runs to max_tokens, as serving benchmarks want
+
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Bytes have no special tokens: `special` changes nothing."""
         tokens: list[int] = []
         for char in text:
             token = self._ids.get(char)
@@ -94,3 +122,6 @@ class ByteTokenizer:
 
     def decode(self, tokens: list[int]) -> str:
         return "".join(self._pieces[t] for t in tokens)
+
+    def stream(self) -> TextStream:
+        return _PieceStream(self._pieces)
