@@ -6,8 +6,8 @@ model.safetensors.index.json, and perhaps generation_config.json. Its architectu
 adapter (engine/families/) that turns config.json into a ModelConfig and names where each tensor goes.
 
 Loading never holds a CPU copy of the model: shard by shard, tensor by tensor, each is read from its
-file straight to the model's device and copied into its place in the model's dtype, so the extra
-memory is one tensor. Everything that can be checked first is: a missing shard before a byte is read,
+(memory-mapped) file and copied into its place on the model's device, in the model's dtype, so the
+extra memory is one tensor. Everything that can be checked first is: a missing shard before a byte is read,
 a tensor's shape before it is copied, and at the end every parameter filled.
 """
 
@@ -135,10 +135,11 @@ def load_weights(model: Transformer, checkpoint: Checkpoint, progress: bool | No
     targets: dict[str, torch.Tensor] = {**dict(model.named_buffers()), **dict(model.named_parameters())}
     filled = dict.fromkeys(dict(model.named_parameters()), 0)
     placed: set[tuple[str, str]] = set()
-    device = model.norm.weight.device
     with _progress(checkpoint, progress) as advance, torch.no_grad():
         for shard in checkpoint.shards:
-            with safe_open(str(shard), framework="pt", device=str(device)) as f:
+            # read to the host one tensor at a time (the file is mapped, not read whole); copy_ takes it
+            # to the parameter's device and dtype in one step
+            with safe_open(str(shard), framework="pt") as f:
                 for key in f.keys():
                     places = _places(family, key, cfg, shard, checkpoint.architecture)
                     shape = tuple(f.get_slice(key).get_shape())

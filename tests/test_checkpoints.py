@@ -272,12 +272,15 @@ def test_a_parameter_never_filled_is_named(saved, tmp_path):
         _engine(path)
 
 
-def test_a_tensor_of_no_known_place_is_named(saved, tmp_path):
+def test_a_tensor_of_no_known_place_is_named_and_rope_caches_are_skipped(saved, tmp_path):
     from safetensors.torch import load_file, save_file
 
     path = _copy(saved, "mixtral", tmp_path)
     shard = sorted(path.glob("*.safetensors"))[0]
     tensors = load_file(str(shard))
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.zeros(8)  # older checkpoints hold these
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    _engine(path)
     tensors["model.layers.0.mystery.weight"] = torch.zeros(3)
     save_file(tensors, str(shard), metadata={"format": "pt"})
     with pytest.raises(
@@ -307,3 +310,71 @@ def test_first_layers_only_load_with_fewer_layers(saved):
     assert torch.equal(ours[: theirs.shape[0]], theirs)
     with pytest.raises(ConfigError, match="has 2 layers; cannot keep 3"):
         checkpoint.model_config(layers=3)
+
+
+# --- the command line -----------------------------------------------------------------------------------
+
+
+def test_record_with_a_checkpoint_names_it_in_the_trace_header(saved, tmp_path, capsys):
+    import hashlib
+
+    import tracer
+    from tui.cli import main
+
+    path, _ = saved["mixtral"]
+    out = tmp_path / "mixtral.msgpack"
+    args = ["record", "--model", str(path), "--workload", "smoke", "--duration", "1", "--device", "cpu"]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    trace = tracer.load(out)
+    config = trace.header.config
+    assert config["checkpoint"] == {
+        "name": path.name,
+        "architecture": "MixtralForCausalLM",
+        "config_sha256": hashlib.sha256((path / "config.json").read_bytes()).hexdigest(),
+        "dtype": "float32",
+    }
+    assert config["preset"] is None and config["model"]["name"] == path.name
+    assert trace.ticks.height > 0 and trace.experts["expert"].max() < 8
+
+
+def test_record_refuses_a_checkpoint_with_a_preset_or_distributed(saved, tmp_path, capsys):
+    from tui.cli import main
+
+    path, _ = saved["olmoe"]
+    out = tmp_path / "x.msgpack"
+    args = ["record", "--model", str(path), "--workload", "smoke", "--device", "cpu", "--out", str(out)]
+    with pytest.raises(SystemExit) as exited:  # argparse's own error: exit code 2
+        main([*args, "--preset", "tiny"])
+    assert exited.value.code == 2
+    assert "argument --preset: not allowed with argument --model" in capsys.readouterr().err
+    assert main([*args, "--distributed", "--stages", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot be combined with --distributed" in err
+    assert not out.exists()
+
+
+def test_record_says_a_broken_checkpoint_in_one_line(saved, tmp_path, capsys):
+    from tui.cli import main
+
+    path = _copy(saved, "qwen3_moe", tmp_path)
+    _edit_config(path, architectures=["GPT2LMHeadModel"])
+    out = tmp_path / "x.msgpack"
+    assert main(["record", "--model", str(path), "--workload", "smoke", "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tickscope record: error: unsupported architecture GPT2LMHeadModel (supported: ")
+    assert len(err.splitlines()) == 1 and not out.exists()
+    assert main(["record", "--model", str(tmp_path / "nowhere"), "--workload", "smoke", "--out", str(out)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_serve_and_sweep_take_a_checkpoint(saved, tmp_path):
+    from workloads.serve import ServePlan, Server
+    from workloads.sweep import SweepPlan
+
+    path, _ = saved["qwen2_moe"]
+    server = Server(ServePlan(trace=tmp_path / "served.msgpack", port=0, device="cpu", model=str(path)))
+    config = server._session_config(0)
+    assert config["checkpoint"]["architecture"] == "Qwen2MoeForCausalLM" and config["preset"] is None
+    assert server.engine.model_cfg.shared_gate and server.engine.model_cfg.attention_bias
+    sweep = SweepPlan("tiny", "smoke", [0, 5], tmp_path, model=str(path))
+    assert {sweep.recording_plan(point).model for point in sweep.grid()} == {str(path)}

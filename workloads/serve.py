@@ -35,7 +35,6 @@ import numpy as np
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from engine.config import get_preset
 from engine.engine import Engine, resolve_device
 from engine.errors import ConfigError, EngineFailed
 from engine.request import Request
@@ -53,7 +52,7 @@ from workloads.openai_api import (
     rejection,
     usage_chunk,
 )
-from workloads.run import fault_line, leave_a_core_free, session_config, stop_on_fault
+from workloads.run import fault_line, leave_a_core_free, model_of, session_config, stop_on_fault
 from workloads.signals import stop_on_signals
 from workloads.spec import load_workload
 from workloads.stream import StreamingSink
@@ -84,6 +83,7 @@ class ServePlan:
     model_name: str = "tickscope"
     scheduler_overrides: dict[str, Any] = field(default_factory=dict)
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # a checkpoint directory: its weights instead of the preset's random ones
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,11 @@ class Server:
     def __init__(self, plan: ServePlan) -> None:
         knobs = load_workload(plan.workload).scheduler.overrides() if plan.workload else {}
         sched_cfg = SchedulerConfig(**{**knobs, **plan.scheduler_overrides})
-        model_cfg = get_preset(plan.preset, **plan.model_overrides)
+        model_cfg, checkpoint = model_of(plan.preset, plan.model, plan.model_overrides)
         self.plan = plan
         if resolve_device(plan.device).type == "cpu":
             leave_a_core_free()
-        self.engine = Engine(model_cfg, sched_cfg, device=plan.device, seed=plan.seed or 0)
+        self.engine = Engine(model_cfg, sched_cfg, device=plan.device, seed=plan.seed or 0, checkpoint=checkpoint)
         context = min(model_cfg.max_seq_len, self.engine.kv.allocator.capacity_tokens)
         self.served = ServedModel(plan.model_name, ByteTokenizer(model_cfg.vocab_size), context)
         self.url = ""
@@ -213,7 +213,7 @@ class Server:
         more: dict[str, Any] = {"serve": {"host": plan.host, "port": port, "model": plan.model_name}}
         if plan.workload:
             more["workload"] = load_workload(plan.workload).to_dict()
-        return session_config(self.engine, plan.preset, plan.seed, **more)
+        return session_config(self.engine, None if plan.model else plan.preset, plan.seed, **more)
 
     # --- handlers ----------------------------------------------------------------------------------
 

@@ -171,3 +171,5 @@ def expert_placements(
 
 
 HUB_PROJECTIONS = {"gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
+# RoPE's inverse frequencies, which older checkpoints saved with the weights: we compute our own
+ROTARY_CACHE = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)

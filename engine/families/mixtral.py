@@ -7,7 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 from engine.config import ModelConfig
-from engine.families.base import Family, Placement, decoder_fields, decoder_placements, expert_placements, read_int
+from engine.families.base import (
+    ROTARY_CACHE,
+    Family,
+    Placement,
+    decoder_fields,
+    decoder_placements,
+    expert_placements,
+    read_int,
+)
 
 _PROJECTIONS = {"w1": "gate", "w3": "up", "w2": "down"}
 
@@ -34,4 +42,4 @@ def placements(name: str, cfg: ModelConfig) -> list[Placement] | None:
     return found
 
 
-FAMILY = Family(("MixtralForCausalLM",), model_config, placements)
+FAMILY = Family(("MixtralForCausalLM",), model_config, placements, ROTARY_CACHE)

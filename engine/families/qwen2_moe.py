@@ -12,6 +12,7 @@ from engine.config import ModelConfig
 from engine.errors import ConfigError
 from engine.families.base import (
     HUB_PROJECTIONS,
+    ROTARY_CACHE,
     Family,
     Placement,
     decoder_fields,
@@ -65,4 +66,4 @@ def placements(name: str, cfg: ModelConfig) -> list[Placement] | None:
     return None if rows is None else [Placement(f"{here}.shared_w13", (rows,))]
 
 
-FAMILY = Family(("Qwen2MoeForCausalLM",), model_config, placements)
+FAMILY = Family(("Qwen2MoeForCausalLM",), model_config, placements, ROTARY_CACHE)

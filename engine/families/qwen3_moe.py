@@ -9,6 +9,7 @@ from engine.config import ModelConfig
 from engine.errors import ConfigError
 from engine.families.base import (
     HUB_PROJECTIONS,
+    ROTARY_CACHE,
     Family,
     Placement,
     decoder_fields,
@@ -41,4 +42,4 @@ def placements(name: str, cfg: ModelConfig) -> list[Placement] | None:
     return found if found is not None else expert_placements(name, cfg, "mlp", "gate", HUB_PROJECTIONS)
 
 
-FAMILY = Family(("Qwen3MoeForCausalLM",), model_config, placements)
+FAMILY = Family(("Qwen3MoeForCausalLM",), model_config, placements, ROTARY_CACHE)

@@ -18,6 +18,7 @@ from tui.cli.options import (
     CommandError,
     Parser,
     add_cost_options,
+    add_model_options,
     add_recording_options,
     non_negative_ms,
     number_list,
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "record a grid of collection windows (x max sequences), then a table and a plot of "
         "what a token costs against time to first token",
     )
-    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    add_model_options(p)
     p.add_argument("--workload", required=True, help="workload preset name or TOML file")
     p.add_argument(
         "--window",
@@ -116,7 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--duration", type=positive_seconds, help="seconds per grid point (default: the workload's)")
     p.add_argument("--out", required=True, help="directory for the traces (w5_s32.msgpack, ...) and sweep.png")
-    p.add_argument("--layers", type=positive_int, help="decoder layers (default: the preset's)")
     p.add_argument(
         "--device", default="auto", choices=DEVICES, help="where the engine runs (default: the best present)"
     )

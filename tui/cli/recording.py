@@ -101,6 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     plan = ServePlan(
         trace=trace,
         preset=knobs.preset,
+        model=knobs.model,
         workload=knobs.workload,
         host=args.host,
         port=args.port,
@@ -137,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_out(out, args.force)
     prepare(plan_from_args(args, out, args.duration))  # a bad flag is said here, not in the child's log
     command = [sys.executable, "-m", "tui.cli", "record", "--quiet", "--out", str(out)]
-    for flag in ("preset", "workload", "device", "seed", *ENGINE_FLAGS):
+    for flag in ("preset", "model", "workload", "device", "seed", *ENGINE_FLAGS):
         value = getattr(args, flag)
         if value is not None:
             text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
