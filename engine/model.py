@@ -196,7 +196,9 @@ class MoE(nn.Module):
         scores = logits.softmax(-1) if self.softmax else torch.sigmoid(logits)
         chosen = torch.topk(scores + self.popularity_bias, self.top_k, dim=-1).indices
         weights = scores.gather(1, chosen)
-        return chosen, weights / weights.sum(-1, keepdim=True) if self.norm_topk_prob else weights
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return chosen, weights
 
     def forward(self, x: Tensor, counted: Tensor | None = None, fixed_shapes: bool = False) -> tuple[Tensor, Tensor]:
         """Output [T, H] and tokens per expert [E] (int32, on the device), of the rows `counted`

@@ -144,18 +144,25 @@ class Collect(list[int]):
     def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_engine_decodes_the_same_tokens_as_transformers_generate(saved, family):
-    """A mixed batch: prompts of different lengths, prefilled in chunks of 8 while others decode."""
+@pytest.mark.parametrize(
+    "family, decode_graphs",
+    [*((family, "off") for family in FAMILIES), *((family, "on") for family in ("qwen3_moe", "qwen2_moe", "olmoe"))],
+)
+def test_engine_decodes_the_same_tokens_as_transformers_generate(saved, family, decode_graphs):
+    """A mixed batch: prompts of different lengths, prefilled in chunks of 8 while others decode. With
+    decode graphs "on", decode-only ticks take the padded fixed-shape path (eagerly, on the CPU): the
+    families' switches (QK-norm, biases, the shared gate) must hold on padding rows too."""
     path, hf = saved[family]
     checkpoint = open_checkpoint(path)
-    engine = Engine(checkpoint.model_config(), SchedulerConfig(prefill_chunk=8), device="cpu", checkpoint=checkpoint)
+    sched = SchedulerConfig(prefill_chunk=8, decode_graphs=decode_graphs, kv_capacity_tokens=1024)
+    engine = Engine(checkpoint.model_config(), sched, device="cpu", checkpoint=checkpoint)
     prompts = _prompts()
     sinks = [Collect() for _ in prompts]
     for i, (p, s) in enumerate(zip(prompts, sinks)):
         engine.submit(Request(i, p, NEW_TOKENS, s))
     while engine.scheduler.running or engine.scheduler.waiting:
         engine.step()
+    assert bool(engine.graphs is not None and engine.graphs.buckets_used) == (decode_graphs == "on")
     for p, s in zip(prompts, sinks):
         with torch.no_grad():
             out = hf.generate(

@@ -151,7 +151,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with open(log_path, "wb") as log:
         child = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
     try:
-        if _wait_for_file(out, child):
+        # a checkpoint's weights are read before the trace starts: tens of GB take minutes
+        if _wait_for_file(out, child, 120 if args.model is None else 1800):
             run_dashboard(str(out), "live")
     finally:
         if child.poll() is None:
@@ -171,14 +172,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_for_file(path: Path, child: subprocess.Popen[bytes]) -> bool:
+def _wait_for_file(path: Path, child: subprocess.Popen[bytes], limit_s: int) -> bool:
     """Whether the recording created its trace: the dashboard could follow a file that is not there
     yet, but a child that failed before creating it should say why at once."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + limit_s
     while not path.exists():
         if child.poll() is not None:
             return False
         if time.monotonic() > deadline:
-            raise CommandError(f"the recording did not create {path} within 120 s")
+            raise CommandError(f"the recording did not create {path} within {limit_s} s")
         time.sleep(0.05)
     return True
