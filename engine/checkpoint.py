@@ -28,6 +28,7 @@ import torch
 from engine.config import ModelConfig
 from engine.errors import ConfigError
 from engine.families import Family, Placement, family_for
+from engine.kernels import choose_expert_matmuls
 from engine.model import Transformer
 
 INDEX = "model.safetensors.index.json"
@@ -126,40 +127,61 @@ def _shards(root: Path) -> tuple[Path, ...]:
 # --- weights ----------------------------------------------------------------------------------------
 
 
+def check_weights(checkpoint: Checkpoint, cfg: ModelConfig) -> None:
+    """Every tensor's place and shape, and every parameter filled, from the shards' headers alone,
+    against a model on the meta device: nothing is read but the headers and nothing is allocated, so
+    a broken checkpoint is refused before minutes of loading (or a trace file) are spent on it."""
+    meta = torch.device("meta")
+    model = Transformer(
+        cfg, meta, torch.float32, seed=None, expert_matmuls=choose_expert_matmuls(cfg, meta, torch.float32, False)
+    )
+    _fill(model, checkpoint, None)
+
+
 def load_weights(model: Transformer, checkpoint: Checkpoint, progress: bool | None = None) -> None:
     """Fill `model` (built with no seed: empty) from the checkpoint's shards. `progress`: show a bar on
     stderr (default: when stderr is a terminal)."""
+    with _progress(checkpoint, progress) as advance, torch.no_grad():
+        _fill(model, checkpoint, advance)
+
+
+def _fill(model: Transformer, checkpoint: Checkpoint, advance: Callable[[int], None] | None) -> None:
+    """Place every tensor of the checkpoint in `model`, checking it; copy it there unless `advance` is
+    None (a check only). `advance` is told the bytes of each tensor read."""
     from safetensors import safe_open
 
     cfg, family = model.cfg, checkpoint.family
     targets: dict[str, torch.Tensor] = {**dict(model.named_buffers()), **dict(model.named_parameters())}
     filled = dict.fromkeys(dict(model.named_parameters()), 0)
     placed: set[tuple[str, str]] = set()
-    with _progress(checkpoint, progress) as advance, torch.no_grad():
-        for shard in checkpoint.shards:
-            # read to the host one tensor at a time (the file is mapped, not read whole); copy_ takes it
-            # to the parameter's device and dtype in one step
-            with safe_open(str(shard), framework="pt") as f:
-                for key in f.keys():
-                    places = _places(family, key, cfg, shard, checkpoint.architecture)
-                    shape = tuple(f.get_slice(key).get_shape())
-                    views = [_view(targets, place, key, shape, shard) for place in places]
+    for shard in checkpoint.shards:
+        # read to the host one tensor at a time (the file is mapped, not read whole); copy_ takes it
+        # to the parameter's device and dtype in one step
+        with safe_open(str(shard), framework="pt") as f:
+            for key in f.keys():
+                places = _places(family, key, cfg, shard, checkpoint.architecture)
+                header = f.get_slice(key)
+                shape = tuple(header.get_shape())
+                views = [_view(targets, place, key, shape, shard) for place in places]
+                for place, view in zip(places, views):
+                    where = (place.param, repr(place.index))
+                    if where in placed:
+                        raise ConfigError(f"{shard.name}: tensor {key} fills {place.param} a second time")
+                    placed.add(where)
+                    if place.param in filled:
+                        filled[place.param] += view.numel()
+                if advance is not None:
                     if views:
                         tensor = f.get_tensor(key)
                         for place, view in zip(places, views):
-                            where = (place.param, repr(place.index))
-                            if where in placed:
-                                raise ConfigError(f"{shard.name}: tensor {key} fills {place.param} a second time")
-                            placed.add(where)
                             view.copy_(tensor.T if place.transpose else tensor)
-                            if place.param in filled:
-                                filled[place.param] += view.numel()
                         del tensor
-                    advance(_nbytes(shape, f.get_slice(key).get_dtype()))
-        if filled.get("lm_head") == 0 and checkpoint.config.get("tie_word_embeddings") and model.embed is not None:
-            assert model.lm_head is not None
+                    advance(_nbytes(shape, header.get_dtype()))
+    if filled.get("lm_head") == 0 and checkpoint.config.get("tie_word_embeddings") and model.embed is not None:
+        assert model.lm_head is not None
+        if advance is not None:
             model.lm_head.copy_(model.embed)
-            filled["lm_head"] = model.lm_head.numel()
+        filled["lm_head"] = model.lm_head.numel()
     for name, param in model.named_parameters():
         if filled[name] != param.numel():
             raise ConfigError(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from engine.batch import SeqChunk, attention_groups
-from engine.checkpoint import Checkpoint, load_weights
+from engine.checkpoint import Checkpoint, check_weights, load_weights
 from engine.config import ModelConfig, check_fits
 from engine.decode_graphs import DecodeGraphs
 from engine.distributed import StageGroup
@@ -77,6 +77,8 @@ class Engine:
         model_cfg.validate()
         if checkpoint is not None and stage_group is not None:
             raise ConfigError("a checkpoint (--model) runs in one process; it cannot be combined with --distributed")
+        if checkpoint is not None:
+            check_weights(checkpoint, model_cfg)
         sched_cfg.validate()
         self.pipeline = plan_pipeline(
             model_cfg,

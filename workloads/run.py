@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
-from engine.checkpoint import Checkpoint, open_checkpoint
+from engine.checkpoint import Checkpoint, check_weights, open_checkpoint
 from engine.config import ModelConfig, check_fits, get_preset
 from engine.engine import Engine, resolve_device
 from engine.errors import ConfigError, EngineFailed, StageLost
@@ -80,11 +80,14 @@ class Prepared:
 
 
 def model_of(preset: str, model: str | None, overrides: dict[str, Any]) -> tuple[ModelConfig, Checkpoint | None]:
-    """The model a plan asks for: a checkpoint directory's (its config read, nothing loaded), else the preset's."""
+    """The model a plan asks for: a checkpoint directory's (its config read and its shards' headers
+    checked, nothing loaded), else the preset's."""
     if model is None:
         return get_preset(preset, **overrides), None
     checkpoint = open_checkpoint(model)
-    return checkpoint.model_config(**overrides), checkpoint
+    model_cfg = checkpoint.model_config(**overrides)
+    check_weights(checkpoint, model_cfg)
+    return model_cfg, checkpoint
 
 
 def prepare(plan: RecordingPlan) -> Prepared:
