@@ -7,8 +7,9 @@ adapter (engine/families/) that turns config.json into a ModelConfig and names w
 
 Loading never holds a CPU copy of the model: shard by shard, tensor by tensor, each is read from its
 (memory-mapped) file and copied into its place on the model's device, in the model's dtype, so the
-extra memory is one tensor. Everything that can be checked first is: a missing shard before a byte is read,
-a tensor's shape before it is copied, and at the end every parameter filled.
+extra memory is one tensor. Everything that can be checked is checked first (`check_weights`), from the
+shards' headers and a model on the meta device: every tensor's place and shape, and every parameter
+filled, before memory is taken or a weight read.
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ class Checkpoint:
         unknown = sorted(set(overrides) - set(ModelConfig.__dataclass_fields__))
         if unknown:
             raise ConfigError(f"unknown model setting '{unknown[0]}'")
-        cfg = replace(self.family.model_config(self.config), name=self.name, **overrides)
-        if cfg.layers > read_layers(self.config):
-            raise ConfigError(f"{self.name} has {read_layers(self.config)} layers; cannot keep {cfg.layers}")
+        whole = self.family.model_config(self.config)
+        cfg = replace(whole, name=self.name, **overrides)
+        if cfg.layers > whole.layers:
+            raise ConfigError(f"{self.name} has {whole.layers} layers; cannot keep {cfg.layers}")
         cfg.validate()
         return cfg
 
@@ -68,11 +70,6 @@ class Checkpoint:
             "config_sha256": self.config_sha256,
             "dtype": str(dtype).removeprefix("torch."),
         }
-
-
-def read_layers(config: dict[str, Any]) -> int:
-    layers = config.get("num_hidden_layers")
-    return layers if isinstance(layers, int) else 0
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
@@ -148,7 +145,7 @@ def load_weights(model: Transformer, checkpoint: Checkpoint, progress: bool | No
 def _fill(model: Transformer, checkpoint: Checkpoint, advance: Callable[[int], None] | None) -> None:
     """Place every tensor of the checkpoint in `model`, checking it; copy it there unless `advance` is
     None (a check only). `advance` is told the bytes of each tensor read."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError
 
     cfg, family = model.cfg, checkpoint.family
     targets: dict[str, torch.Tensor] = {**dict(model.named_buffers()), **dict(model.named_parameters())}
@@ -157,7 +154,11 @@ def _fill(model: Transformer, checkpoint: Checkpoint, advance: Callable[[int], N
     for shard in checkpoint.shards:
         # read to the host one tensor at a time (the file is mapped, not read whole); copy_ takes it
         # to the parameter's device and dtype in one step
-        with safe_open(str(shard), framework="pt") as f:
+        try:
+            f = _open_shard(shard)
+        except SafetensorError as error:
+            raise ConfigError(f"{shard.name}: not a readable safetensors file ({error})") from None
+        with f:
             for key in f.keys():
                 places = _places(family, key, cfg, shard, checkpoint.architecture)
                 header = f.get_slice(key)
@@ -188,6 +189,12 @@ def _fill(model: Transformer, checkpoint: Checkpoint, advance: Callable[[int], N
                 f"{checkpoint.path}: no tensor filled {name} "
                 f"({filled[name]:,} of {param.numel():,} values): the checkpoint lacks a weight its config needs"
             )
+
+
+def _open_shard(shard: Path) -> Any:
+    from safetensors import safe_open
+
+    return safe_open(str(shard), framework="pt")
 
 
 def _places(family: Family, key: str, cfg: ModelConfig, shard: Path, architecture: str) -> list[Placement]:

@@ -390,3 +390,11 @@ def test_serve_and_sweep_take_a_checkpoint(saved, tmp_path):
     assert server.engine.model_cfg.shared_gate and server.engine.model_cfg.attention_bias
     sweep = SweepPlan("tiny", "smoke", [0, 5], tmp_path, model=str(path))
     assert {sweep.recording_plan(point).model for point in sweep.grid()} == {str(path)}
+
+
+def test_a_shard_that_is_no_safetensors_file_is_named(saved, tmp_path):
+    path = _copy(saved, "mixtral", tmp_path)
+    shard = sorted(path.glob("*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:-100])  # cut short, as an interrupted download leaves it
+    with pytest.raises(ConfigError, match=rf"^{shard.name}: not a readable safetensors file \("):
+        _engine(path)
