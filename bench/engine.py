@@ -6,6 +6,7 @@ Run it as a module from the repository root (as a script, this file would shadow
     python -m bench.engine                                  # tiny on this machine's best device
     python -m bench.engine --preset ds2-lite --layers 8 --batches 1,8,32,128,256 --prompt 256
     python -m bench.engine --preset ds2-lite --layers 2 --device cpu --batches 1,8,32 --steps 10 --peer
+    python -m bench.engine --model ~/models/OLMoE-1B-7B-0924 --batches 1,8,32,128    # a real checkpoint
 
 For each batch size: B requests with a prompt of --prompt tokens are prefilled, then --steps decode
 ticks are timed (wall clock of `Engine.step`, which includes scheduling and the tick's one host sync).
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from engine.checkpoint import Checkpoint, open_checkpoint
 from engine.choices import DecodeCompile, DecodeGraphs
 from engine.config import ModelConfig, get_preset
 from engine.engine import Engine
@@ -153,6 +155,7 @@ def bench_batch(
     decode_compile: DecodeCompile,
     peers: tuple[str, ...] = (),
     profile_rows: int = 0,
+    checkpoint: Checkpoint | None = None,
 ) -> dict[str, Any]:
     rec = ListRecorder()
     decode = 2 * steps + 2 * overhead_pairs + 12
@@ -170,7 +173,7 @@ def bench_batch(
         decode_graphs=decode_graphs,
         decode_compile=decode_compile,
     )
-    engine = Engine(cfg, sched, device=device, recorder=rec)
+    engine = Engine(cfg, sched, device=device, recorder=rec, checkpoint=checkpoint)
     start_decoding(engine, batch, prompt, decode)
     for _ in range(3):  # warm up the decode shapes (and capture their graph)
         engine.step()
@@ -283,7 +286,9 @@ def tracer_on_off(engine: Engine, pairs: int) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="tiny")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--preset", default="tiny")
+    model.add_argument("--model", metavar="DIR", help="a local Hugging Face checkpoint directory instead of a preset")
     p.add_argument("--layers", type=int)
     p.add_argument("--batches", default="1,8,32,64")
     p.add_argument("--prompt", type=int, default=64)
@@ -319,12 +324,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"layers": args.layers} if args.layers else {}
-    cfg = get_preset(args.preset, **overrides)
+    if args.model and args.peer:
+        raise SystemExit(
+            "--peer copies a preset's random weights into transformers; it cannot be combined with --model"
+        )
+    checkpoint = open_checkpoint(args.model) if args.model else None
+    cfg = get_preset(args.preset, **overrides) if checkpoint is None else checkpoint.model_config(**overrides)
     peers = PEERS if args.peer else ()
 
     # an untimed first run: the process's first ticks are slow (allocator, kernel and library setup)
     graphs, compile_backend = cast(DecodeGraphs, args.decode_graphs), cast(DecodeCompile, args.decode_compile)
-    bench_batch(cfg, args.device, 1, args.prompt, 20, 2, graphs, compile_backend)
+    bench_batch(cfg, args.device, 1, args.prompt, 20, 2, graphs, compile_backend, checkpoint=checkpoint)
     rows = []
     for b in (int(x) for x in args.batches.split(",")):
         rows.append(
@@ -341,6 +351,7 @@ def main() -> None:
                     compile_backend,
                     peers,
                     args.profile,
+                    checkpoint,
                 ),
             )
         )

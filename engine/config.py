@@ -13,6 +13,8 @@ from engine.errors import ConfigError
 from engine.sampling import SAMPLING_BYTES_PER_LOGIT
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ROUTINGS = ("sigmoid", "softmax")  # engine/model.py MoE
+QK_NORMS = ("none", "head", "whole")  # engine/model.py Attention
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,12 @@ class ModelConfig:
     router_skew: float = 0.0
     # "auto": bfloat16 on CUDA, float32 on the CPU (where bf16 matmuls are slow)
     dtype: str = "auto"
+    # The families' switches (engine/families/); the defaults are the presets' DeepSeek-style decoder.
+    routing: str = "sigmoid"  # expert scores: "sigmoid" (DeepSeek-V3) or "softmax" over all experts
+    norm_topk_prob: bool = True  # the chosen experts' scores renormalised to sum to 1
+    qk_norm: str = "none"  # RMSNorm of q and k: "head" (each head, Qwen3), "whole" (the projection, OLMoE)
+    attention_bias: bool = False  # a bias on the q, k and v projections (Qwen2)
+    shared_gate: bool = False  # the shared experts' output times sigmoid(x . w) (Qwen2-MoE)
 
     def validate(self) -> None:
         positive = (
@@ -67,6 +75,12 @@ class ModelConfig:
             raise ConfigError(f"model router_skew must be 0 or more, got {self.router_skew}")
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise ConfigError(f"unknown dtype '{self.dtype}' (choose from: auto, {', '.join(_DTYPES)})")
+        if self.routing not in ROUTINGS:
+            raise ConfigError(f"unknown routing '{self.routing}' (choose from: {', '.join(ROUTINGS)})")
+        if self.qk_norm not in QK_NORMS:
+            raise ConfigError(f"unknown qk_norm '{self.qk_norm}' (choose from: {', '.join(QK_NORMS)})")
+        if self.shared_gate and not self.shared_experts:
+            raise ConfigError("model shared_gate needs shared experts (shared_experts 0)")
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype == "auto":
@@ -75,11 +89,19 @@ class ModelConfig:
 
     def param_count(self) -> int:
         h, i = self.hidden, self.moe_intermediate
-        attention = h * (self.heads + 2 * self.kv_heads) * self.head_dim + self.heads * self.head_dim * h
+        qkv = (self.heads + 2 * self.kv_heads) * self.head_dim
+        attention = h * qkv + self.heads * self.head_dim * h
+        attention += qkv * self.attention_bias + self.qk_norm_width()
         routed = self.routed_experts * 3 * h * i
-        shared = 3 * h * i * self.shared_experts
+        shared = 3 * h * i * self.shared_experts + h * self.shared_gate
         per_layer = attention + h * self.routed_experts + routed + shared + 2 * h  # + router, 2 norms
         return 2 * self.vocab_size * h + h + self.layers * per_layer  # embed, lm_head, final norm
+
+    def qk_norm_width(self) -> int:
+        """The weights of one layer's q and k norms."""
+        if self.qk_norm == "head":
+            return 2 * self.head_dim
+        return (self.heads + self.kv_heads) * self.head_dim if self.qk_norm == "whole" else 0
 
     def param_bytes(self, dtype: torch.dtype) -> int:
         return self.param_count() * dtype.itemsize
@@ -223,7 +245,7 @@ def check_fits(cfg: ModelConfig, device: torch.device, tick: TickLimits, padded_
     have = available_bytes(device)
     if params + kv + activations > have:
         raise ConfigError(
-            f"preset '{cfg.name}' needs {_gb(params + kv + activations)} on {device} (weights {_gb(params)} + "
+            f"model '{cfg.name}' needs {_gb(params + kv + activations)} on {device} (weights {_gb(params)} + "
             f"KV cache {_gb(kv)} + the largest tick's activations {_gb(activations)}) but only {_gb(have)} is "
             f"available; use fewer layers, a smaller KV capacity or smaller ticks (max_tokens, max_seqs)"
         )

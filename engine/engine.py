@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from engine.batch import SeqChunk, attention_groups
+from engine.checkpoint import Checkpoint, check_weights, load_weights
 from engine.config import ModelConfig, check_fits
 from engine.decode_graphs import DecodeGraphs
 from engine.distributed import StageGroup
@@ -57,6 +58,9 @@ class Engine:
     engine stopped; called on the submitting thread), "cancelled" (by `cancel` or `stop`), or "failed"
     (a tick raised: no tick runs after it, see `_fail`).
 
+    With a `checkpoint` (engine/checkpoint.py) the weights are its, and `model_cfg` its
+    `model_config()`; else they are random from `seed`.
+
     With a `stage_group` (rank 0 of a distributed pipeline, engine/launch.py) this process holds only
     stage 0's layers and their KV cache on the group's device; the other ranks run the rest.
     """
@@ -70,8 +74,13 @@ class Engine:
         seed: int = 0,
         recorder: Recorder = _UNTRACED,
         stage_group: StageGroup | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         model_cfg.validate()
+        if checkpoint is not None and stage_group is not None:
+            raise ConfigError("a checkpoint (--model) runs in one process; it cannot be combined with --distributed")
+        if checkpoint is not None:
+            check_weights(checkpoint, model_cfg)
         sched_cfg.validate()
         self.pipeline = plan_pipeline(
             model_cfg,
@@ -95,7 +104,12 @@ class Engine:
         else:
             check_stage_fits(model_cfg, self.device, owned, sched_cfg)
         self.recorder = recorder
-        self.model = Transformer(model_cfg, self.device, self.dtype, seed, owned=owned, expert_matmuls=matmuls)
+        self.checkpoint = checkpoint
+        # a checkpoint's model is built empty (nothing drawn) and filled from its files
+        weights_seed = None if checkpoint is not None else seed
+        self.model = Transformer(model_cfg, self.device, self.dtype, weights_seed, owned=owned, expert_matmuls=matmuls)
+        if checkpoint is not None:
+            load_weights(self.model, checkpoint)
         self.kv = KVCache(
             model_cfg,
             sched_cfg.kv_capacity_tokens,
@@ -223,6 +237,7 @@ class Engine:
             "decode_graphs": "off" if self.graphs is None else "cuda graphs" if self.graphs.capture else "eager",
             "stage_layers": [[r.start, r.stop] for r in self.pipeline.stage_layers],
             "pipeline_schedule": self.pipeline.schedule.name,
+            **({} if self.checkpoint is None else {"checkpoint": self.checkpoint.describe(self.dtype)}),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             **distributed,

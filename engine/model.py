@@ -5,7 +5,9 @@ sequences and one decode token of each running sequence, all of different length
 goes into the paged cache (kv_cache.py) first; attention then reads each sequence's keys back by block.
 
 Weights are random from a seed, created directly on the target device and dtype: the point is the
-memory traffic and the expert dispatch of a real MoE, not what it says. They are stored [out, in], as
+memory traffic and the expert dispatch of a real MoE, not what it says. Without a seed they are left
+empty, for a checkpoint to fill (engine/checkpoint.py); the families' switches (ModelConfig: routing,
+qk_norm, attention_bias, shared_gate) are off for the presets. Weights are stored [out, in], as
 nn.Linear keeps them; engine/kernels.py has the products and chooses the expert one.
 """
 
@@ -24,9 +26,13 @@ from engine.kernels import ExpertMatmuls, choose_expert_matmuls, linear
 # ---------------------------------------------------------------------------------------------------
 
 
-def _weight(gen: torch.Generator, device: torch.device, dtype: torch.dtype, *shape: int, fan_in: int) -> nn.Parameter:
+def _weight(
+    gen: torch.Generator | None, device: torch.device, dtype: torch.dtype, *shape: int, fan_in: int
+) -> nn.Parameter:
     """A weight [..., out, in], drawn as [..., in, out]: the order the model's weights have always been
-    drawn in, so that a seed keeps giving the same model."""
+    drawn in, so that a seed keeps giving the same model. Without a generator: empty, to be filled."""
+    if gen is None:
+        return nn.Parameter(torch.empty(*shape[:-2], shape[-1], shape[-2], device=device, dtype=dtype), False)
     w = torch.randn(shape, generator=gen, device=device, dtype=dtype).mul_(fan_in**-0.5)
     return nn.Parameter(w.transpose(-2, -1).contiguous(), requires_grad=False)
 
@@ -59,20 +65,49 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Grouped-query attention over the paged KV cache."""
+    """Grouped-query attention over the paged KV cache.
 
-    def __init__(self, cfg: ModelConfig, gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> None:
+    Switches of the families (all off for the presets): a bias on the q, k and v projections (Qwen2),
+    and RMSNorm of q and k before RoPE, over each head (`qk_norm` "head", Qwen3) or over the whole
+    projection (`qk_norm` "whole", OLMoE)."""
+
+    def __init__(self, cfg: ModelConfig, gen: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
         qkv_width = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim
         self.wqkv = _weight(gen, device, dtype, cfg.hidden, qkv_width, fan_in=cfg.hidden)
         self.wo = _weight(gen, device, dtype, cfg.heads * cfg.head_dim, cfg.hidden, fan_in=cfg.heads * cfg.head_dim)
+        self.bqkv = (
+            nn.Parameter(torch.zeros(qkv_width, device=device, dtype=dtype), requires_grad=False)
+            if cfg.attention_bias
+            else None
+        )
+        self.qk_norm = cfg.qk_norm
+        D = cfg.head_dim
+        q_width, k_width = {"none": (0, 0), "head": (D, D), "whole": (cfg.heads * D, cfg.kv_heads * D)}[cfg.qk_norm]
+        self.q_norm = RMSNorm(q_width, cfg.norm_eps, device, dtype) if q_width else None
+        self.k_norm = RMSNorm(k_width, cfg.norm_eps, device, dtype) if k_width else None
+
+    def _project(self, x: Tensor) -> Tensor:
+        """q, k and v of every row, [T, heads + 2 * kv_heads, head_dim], normed as the family asks."""
+        T, H, KVH, D = x.shape[0], self.heads, self.kv_heads, self.head_dim
+        qkv = linear(x, self.wqkv)
+        if self.bqkv is not None:
+            qkv = qkv + self.bqkv
+        if self.q_norm is None or self.k_norm is None:
+            return qkv.view(T, H + 2 * KVH, D)
+        q, k, v = torch.split(qkv, [H * D, KVH * D, KVH * D], dim=-1)
+        if self.qk_norm == "whole":
+            q, k = self.q_norm(q), self.k_norm(k)
+        else:
+            q, k = self.q_norm(q.view(T, H, D)).view(T, -1), self.k_norm(k.view(T, KVH, D)).view(T, -1)
+        return torch.cat([q, k, v], dim=-1).view(T, H + 2 * KVH, D)
 
     def forward(
         self, x: Tensor, batch: ForwardBatch, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor
     ) -> Tensor:
         T, H, D = x.shape[0], self.heads, self.head_dim
-        qkv = linear(x, self.wqkv).view(T, H + 2 * self.kv_heads, D)
+        qkv = self._project(x)
         rotated = apply_rope(qkv[:, : H + self.kv_heads], cos, sin)
         q, k = rotated[:, :H], rotated[:, H:]
         k_cache.index_copy_(0, batch.slots, k)
@@ -121,21 +156,30 @@ class Attention(nn.Module):
 class MoE(nn.Module):
     """Router -> top-k of E routed SwiGLU experts, plus shared experts every token goes through.
 
-    Routing is DeepSeek-V3's: sigmoid scores, top-k chosen on score + a per-expert bias, the chosen
-    scores renormalised as weights. Our bias is `router_skew`'s popularity: expert of popularity rank r
-    gets -skew * log(1 + r), a Zipf-like head of favourites, different in every layer.
+    Routing (`routing`) is DeepSeek-V3's by default: sigmoid scores, top-k chosen on score + a
+    per-expert bias, the chosen scores renormalised as weights. "softmax" (Qwen, OLMoE, Mixtral) takes
+    a softmax over all experts instead, its chosen probabilities renormalised only with `norm_topk_prob`
+    (Mixtral's "softmax over the chosen" is exactly that). The bias is `router_skew`'s popularity:
+    expert of popularity rank r gets -skew * log(1 + r), a Zipf-like head of favourites, different in
+    every layer; zero for a checkpoint. With `shared_gate` (Qwen2-MoE) the shared experts' output is
+    scaled by a sigmoid of the token.
     """
 
     popularity_bias: Tensor
 
     def __init__(
-        self, cfg: ModelConfig, gen: torch.Generator, device: torch.device, dtype: torch.dtype, matmuls: ExpertMatmuls
+        self,
+        cfg: ModelConfig,
+        gen: torch.Generator | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        matmuls: ExpertMatmuls,
     ) -> None:
         super().__init__()
         h, i, e = cfg.hidden, cfg.moe_intermediate, cfg.routed_experts
-        self.top_k = cfg.top_k
+        self.top_k, self.softmax, self.norm_topk_prob = cfg.top_k, cfg.routing == "softmax", cfg.norm_topk_prob
         self.router = _weight(gen, device, torch.float32, h, e, fan_in=h)
-        rank = torch.randperm(e, generator=gen, device=device)
+        rank = torch.arange(e, device=device) if gen is None else torch.randperm(e, generator=gen, device=device)
         self.register_buffer("popularity_bias", -cfg.router_skew * torch.log1p(rank.float()))
         # stacked so that one grouped GEMM serves all experts: [gate | up] and down
         self.w13 = _weight(gen, device, dtype, e, h, 2 * i, fan_in=h)
@@ -143,14 +187,18 @@ class MoE(nn.Module):
         shared = i * cfg.shared_experts
         self.shared_w13 = _weight(gen, device, dtype, h, 2 * shared, fan_in=h) if shared else None
         self.shared_w2 = _weight(gen, device, dtype, shared, h, fan_in=shared) if shared else None
+        self.shared_gate = _weight(gen, device, dtype, h, 1, fan_in=h) if cfg.shared_gate else None
         self.matmul, self.fixed_matmul = matmuls.eager.fn, matmuls.fixed.fn
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Chosen experts [T, k] and their weights [T, k] (float32)."""
-        scores = torch.sigmoid(linear(x.float(), self.router))
+        logits = linear(x.float(), self.router)
+        scores = logits.softmax(-1) if self.softmax else torch.sigmoid(logits)
         chosen = torch.topk(scores + self.popularity_bias, self.top_k, dim=-1).indices
         weights = scores.gather(1, chosen)
-        return chosen, weights / weights.sum(-1, keepdim=True)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return chosen, weights
 
     def forward(self, x: Tensor, counted: Tensor | None = None, fixed_shapes: bool = False) -> tuple[Tensor, Tensor]:
         """Output [T, H] and tokens per expert [E] (int32, on the device), of the rows `counted`
@@ -176,13 +224,21 @@ class MoE(nn.Module):
 
         if self.shared_w13 is not None and self.shared_w2 is not None:
             gate, up = linear(x, self.shared_w13).chunk(2, dim=-1)
-            out = out + linear(F.silu(gate) * up, self.shared_w2)
+            shared_out = linear(F.silu(gate) * up, self.shared_w2)
+            if self.shared_gate is not None:
+                shared_out = torch.sigmoid(linear(x, self.shared_gate)) * shared_out
+            out = out + shared_out
         return out, load
 
 
 class Block(nn.Module):
     def __init__(
-        self, cfg: ModelConfig, gen: torch.Generator, device: torch.device, dtype: torch.dtype, matmuls: ExpertMatmuls
+        self,
+        cfg: ModelConfig,
+        gen: torch.Generator | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        matmuls: ExpertMatmuls,
     ) -> None:
         super().__init__()
         self.attention_norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
@@ -213,7 +269,8 @@ class Transformer(nn.Module):
     """The whole decoder, or with `owned` only those layers (a pipeline stage in its own process): the
     embedding only on the stage holding layer 0, the LM head only on the one holding the last.
 
-    `expert_matmuls`: the expert products (engine/kernels.py), by default those of eager ticks only."""
+    `expert_matmuls`: the expert products (engine/kernels.py), by default those of eager ticks only.
+    `seed` None: weights left empty (no drawing), for a checkpoint to fill."""
 
     rope_cos: Tensor
     rope_sin: Tensor
@@ -223,7 +280,7 @@ class Transformer(nn.Module):
         cfg: ModelConfig,
         device: torch.device,
         dtype: torch.dtype,
-        seed: int = 0,
+        seed: int | None = 0,
         owned: range | None = None,
         expert_matmuls: ExpertMatmuls | None = None,
     ) -> None:
@@ -231,13 +288,20 @@ class Transformer(nn.Module):
         self.cfg = cfg
         owned = range(cfg.layers) if owned is None else owned
         self.expert_matmuls = expert_matmuls or choose_expert_matmuls(cfg, device, dtype, fixed_shapes=False)
-        gen = torch.Generator(device=device).manual_seed(seed)
+        gen = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         # Every weight is drawn, owned or not, so that the generator reaches each layer in the same
         # state on every stage; one not owned is dropped at once (peak memory: one extra layer).
-        embed = torch.randn(cfg.vocab_size, cfg.hidden, generator=gen, device=device, dtype=dtype)
+        embed = (
+            torch.empty(cfg.vocab_size, cfg.hidden, device=device, dtype=dtype)
+            if gen is None
+            else torch.randn(cfg.vocab_size, cfg.hidden, generator=gen, device=device, dtype=dtype)
+        )
         self.embed = nn.Parameter(embed, requires_grad=False) if owned.start == 0 else None
         blocks: list[nn.Module] = []
         for i in range(cfg.layers):
+            if i not in owned and gen is None:  # nothing to draw: an empty layer need not be made at all
+                blocks.append(_Elsewhere(i))
+                continue
             block = Block(cfg, gen, device, dtype, self.expert_matmuls)
             blocks.append(block if i in owned else _Elsewhere(i))
             del block

@@ -16,8 +16,8 @@ from workloads.run import RecordingPlan, prepare
 def serve_rank(plan: RecordingPlan) -> int:
     """Serve this rank's stage; returns the ticks served. RunFailed when the pipeline broke (rank 0,
     or the rank before or after this one, was lost)."""
-    model_cfg, sched_cfg, _spec = prepare(plan)
+    prepared = prepare(plan)
     try:
-        return serve_from_env(model_cfg, sched_cfg, plan.device, plan.seed or 0)
+        return serve_from_env(prepared.model_cfg, prepared.sched_cfg, plan.device, plan.seed or 0)
     except StageLost as lost:
         raise RunFailed(str(lost)) from lost

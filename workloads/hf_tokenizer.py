@@ -25,6 +25,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
+from engine.checkpoint import Checkpoint
 from engine.errors import ConfigError
 
 # The special tokens transformers hands a chat template, by their tokenizer_config.json keys.
@@ -202,3 +203,10 @@ def _eos_ids(directory: Path, tokenizer: Tokenizer, eos_token: str | None) -> tu
         return tuple(ids)
     eos = None if eos_token is None else tokenizer.token_to_id(eos_token)
     return () if eos is None else (eos,)
+
+
+def checkpoint_tokenizer(checkpoint: Checkpoint | None) -> HFTokenizer | None:
+    """The tokenizer of the checkpoint a run loads (--model), if it ships one; None for random weights."""
+    if checkpoint is None or not (checkpoint.path / "tokenizer.json").is_file():
+        return None
+    return load_tokenizer(checkpoint.path)

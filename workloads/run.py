@@ -25,9 +25,10 @@ from typing import Any, Protocol
 
 import torch
 
+from engine.checkpoint import Checkpoint, check_weights, open_checkpoint
 from engine.config import ModelConfig, check_fits, get_preset
 from engine.engine import Engine, resolve_device
-from engine.errors import EngineFailed, StageLost
+from engine.errors import ConfigError, EngineFailed, StageLost
 from engine.kv_cache import BlockAllocator
 from engine.launch import launch_stages
 from engine.probe import probe
@@ -35,6 +36,7 @@ from engine.scheduler import SchedulerConfig
 from tracer.events import SessionHeader
 from tracer.writer import TraceWriter
 from workloads.errors import RunFailed
+from workloads.hf_tokenizer import HFTokenizer, checkpoint_tokenizer
 from workloads.loadgen import LoadResult, Progress, run_load
 from workloads.signals import stop_on_signals
 from workloads.spec import WorkloadSpec, load_workload, traffic_workload
@@ -56,6 +58,7 @@ class RecordingPlan:
     scheduler_overrides: dict[str, Any] = field(default_factory=dict)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     distributed: bool = False  # one pipeline stage per process on torch.distributed (engine/launch.py)
+    model: str | None = None  # a checkpoint directory: its weights instead of the preset's random ones
     # a production trace to send instead of the workload's load: the keys of a trace's [arrivals]
     traffic: dict[str, Any] | None = None
 
@@ -79,17 +82,40 @@ class RecordingResult:
     traffic: TrafficSpec | None = None  # the trace replayed, with what its window sent and clipped
 
 
-def prepare(plan: RecordingPlan) -> tuple[ModelConfig, SchedulerConfig, WorkloadSpec]:
+@dataclass(frozen=True)
+class Prepared:
+    """A plan resolved and checked, before anything is allocated."""
+
+    model_cfg: ModelConfig
+    sched_cfg: SchedulerConfig
+    spec: WorkloadSpec
+    checkpoint: Checkpoint | None  # with --model: where the weights come from
+
+
+def model_of(preset: str, model: str | None, overrides: dict[str, Any]) -> tuple[ModelConfig, Checkpoint | None]:
+    """The model a plan asks for: a checkpoint directory's (its config read and its shards' headers
+    checked, nothing loaded), else the preset's."""
+    if model is None:
+        return get_preset(preset, **overrides), None
+    checkpoint = open_checkpoint(model)
+    model_cfg = checkpoint.model_config(**overrides)
+    check_weights(checkpoint, model_cfg)
+    return model_cfg, checkpoint
+
+
+def prepare(plan: RecordingPlan) -> Prepared:
     """Resolve and validate the plan's configuration without allocating anything."""
     spec = plan.workload_spec()
-    model_cfg = get_preset(plan.preset, **plan.model_overrides)
+    model_cfg, checkpoint = model_of(plan.preset, plan.model, plan.model_overrides)
+    if checkpoint is not None and plan.distributed:
+        raise ConfigError("a checkpoint (--model) runs in one process; it cannot be combined with --distributed")
     sched_cfg = SchedulerConfig(**{**spec.scheduler.overrides(), **plan.scheduler_overrides})
     sched_cfg.validate()
     spec = spec.with_context(context_tokens(model_cfg, sched_cfg))
     device = resolve_device(plan.device)
     if not plan.distributed:  # a distributed rank holds only its stage; the ranks check that themselves
         check_fits(model_cfg, device, sched_cfg)
-    return model_cfg, sched_cfg, spec
+    return Prepared(model_cfg, sched_cfg, spec, checkpoint)
 
 
 class Recording:
@@ -97,7 +123,10 @@ class Recording:
     creates no file; `run` writes the trace."""
 
     def __init__(self, plan: RecordingPlan) -> None:
-        model_cfg, sched_cfg, self.spec = prepare(plan)
+        prepared = prepare(plan)
+        model_cfg, sched_cfg, self.spec = prepared.model_cfg, prepared.sched_cfg, prepared.spec
+        # a checkpoint's tokenizer reads a workload's text prompts, and its EOS ends a sequence
+        self.tokenizer = checkpoint_tokenizer(prepared.checkpoint)
         self.plan = plan
         if resolve_device(plan.device).type == "cpu":
             leave_a_core_free()
@@ -110,6 +139,7 @@ class Recording:
                 device=plan.device,
                 seed=plan.seed or 0,
                 stage_group=self.stages.group if self.stages else None,
+                checkpoint=prepared.checkpoint,
             )
         except BaseException:
             self.close()
@@ -147,7 +177,7 @@ class Recording:
             t0_wall_ns=time.time_ns(),
             config=session_config(
                 engine,
-                plan.preset,
+                None if plan.model else plan.preset,
                 plan.seed,
                 workload=spec.to_dict(),
                 duration_s=spec.duration_s if plan.duration_s is None else plan.duration_s,
@@ -158,7 +188,7 @@ class Recording:
         try:
             engine.start()
             try:
-                load = asyncio.run(_drive(engine, spec, writer, plan.duration_s, on_progress))
+                load = asyncio.run(_drive(engine, spec, writer, plan.duration_s, on_progress, self.tokenizer))
             finally:
                 fault = self._stop()
         finally:
@@ -196,6 +226,7 @@ async def _drive(
     writer: TraceWriter,
     duration_s: float | None,
     on_progress: Callable[[Progress], None] | None,
+    tokenizer: HFTokenizer | None,
 ) -> LoadResult:
     with stop_on_signals() as stop:
         watchdog = asyncio.create_task(stop_on_fault(stop, engine, writer))
@@ -208,6 +239,7 @@ async def _drive(
                 duration_s=duration_s,
                 on_progress=on_progress,
                 stop=stop,
+                tokenizer=tokenizer,
             )
         finally:
             watchdog.cancel()
@@ -242,8 +274,9 @@ def leave_a_core_free() -> None:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1)))
 
 
-def session_config(engine: Engine, preset: str, seed: int | None, **more: Any) -> dict[str, Any]:
-    """The trace header's configuration: the engine's own description, what it was built from,
+def session_config(engine: Engine, preset: str | None, seed: int | None, **more: Any) -> dict[str, Any]:
+    """The trace header's configuration: the engine's own description (with a checkpoint, its
+    `checkpoint` entry names it), what it was built from (the preset: None for a checkpoint),
     the software it ran on, the device's measured roofline (engine/probe.py, for costing the recording
     on its own device) and what the caller adds (the workload, the serving address)."""
     config = engine.describe()

@@ -42,7 +42,6 @@ import numpy as np
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from engine.config import get_preset
 from engine.engine import Engine, resolve_device
 from engine.errors import ConfigError, EngineFailed
 from engine.request import Request
@@ -51,6 +50,7 @@ from tracer.events import RequestEvent, SessionHeader
 from tracer.writer import TraceWriter
 from workloads.chat import PlainChatTemplate
 from workloads.errors import RunFailed
+from workloads.hf_tokenizer import checkpoint_tokenizer
 from workloads.openai_api import (
     MAX_BODY_BYTES,
     ApiError,
@@ -64,12 +64,12 @@ from workloads.openai_api import (
     unauthorized,
     usage_chunk,
 )
-from workloads.run import fault_line, leave_a_core_free, session_config, stop_on_fault
+from workloads.run import fault_line, leave_a_core_free, model_of, session_config, stop_on_fault
 from workloads.server_metrics import CONTENT_TYPE, ServerMetrics, model_shape
 from workloads.signals import stop_on_signals
 from workloads.spec import load_workload
 from workloads.stream import StreamingSink
-from workloads.tokenizer import ByteTokenizer
+from workloads.tokenizer import BYTE_TOKENS, ByteTokenizer
 
 _MAX_TOKEN_US = 2**32 - 1  # token_us is uint32 (as in the load generator)
 # At shutdown: how long in-flight handlers get to send their last bytes once the engine has
@@ -77,6 +77,7 @@ _MAX_TOKEN_US = 2**32 - 1  # token_us is uint32 (as in the load generator)
 _SHUTDOWN_S = 2.0
 # Bounds on what one client can hold. Each open connection costs a file descriptor and, idle, about
 # 10 KiB (README, "When things go wrong").
+DEFAULT_MODEL_NAME = "tickscope"  # the served name of a random-weights preset
 MAX_CONNECTIONS = 1024  # open at once; past this a new connection is answered 503 and closed
 HEAD_TIMEOUT_S = 10.0  # a connection that has not sent a whole request head by then is closed
 BODY_TIMEOUT_S = 10.0  # a body not whole this long after its head is answered 408
@@ -89,15 +90,16 @@ class ServePlan:
     preset: str = "tiny"
     workload: str | None = None  # a workload whose [scheduler] knobs to use; None: the engine's defaults
     host: str = "127.0.0.1"
-    port: int = 8000  # 0: any free port (the URL handed to `on_ready` says which)
+    port: int = 8000  # 0: any free port (the URL handed to `on_ready`, with the served name, says which)
     device: str = "auto"
     seed: int | None = None  # weights from this seed (default 0)
-    model_name: str = "tickscope"
+    model_name: str | None = None  # what clients ask for; None: the checkpoint's directory name, or DEFAULT_MODEL_NAME
     scheduler_overrides: dict[str, Any] = field(default_factory=dict)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     api_key: str | None = None  # clients must send `Authorization: Bearer KEY` to /v1/*; None: no key
     max_body_bytes: int = MAX_BODY_BYTES  # a larger request body is answered 413
     max_prompt_tokens: int | None = None  # a longer prompt is answered 400; None: as the context allows
+    model: str | None = None  # a checkpoint directory: its weights instead of the preset's random ones
 
 
 @dataclass(frozen=True)
@@ -126,17 +128,20 @@ class Server:
             raise ConfigError("the API key is empty")
         knobs = load_workload(plan.workload).scheduler.overrides() if plan.workload else {}
         sched_cfg = SchedulerConfig(**{**knobs, **plan.scheduler_overrides})
-        model_cfg = get_preset(plan.preset, **plan.model_overrides)
+        model_cfg, checkpoint = model_of(plan.preset, plan.model, plan.model_overrides)
         self.plan = plan
         if resolve_device(plan.device).type == "cpu":
             leave_a_core_free()
-        self.engine = Engine(model_cfg, sched_cfg, device=plan.device, seed=plan.seed or 0)
+        self.engine = Engine(model_cfg, sched_cfg, device=plan.device, seed=plan.seed or 0, checkpoint=checkpoint)
         context = min(model_cfg.max_seq_len, self.engine.kv.allocator.capacity_tokens)
+        own = checkpoint_tokenizer(checkpoint)
+        if own is None and model_cfg.vocab_size < BYTE_TOKENS:
+            raise ConfigError(f"model '{model_cfg.name}' has no tokenizer.json and too few ids for bytes")
         self.served = ServedModel(
-            plan.model_name,
-            ByteTokenizer(model_cfg.vocab_size),
+            plan.model_name or (checkpoint.name if checkpoint else DEFAULT_MODEL_NAME),
+            own or ByteTokenizer(model_cfg.vocab_size),
             context,
-            PlainChatTemplate(),
+            own.chat_template if own and own.chat_template else PlainChatTemplate(),
             plan.max_prompt_tokens,
         )
         self.metrics: ServerMetrics | None = None
@@ -162,7 +167,7 @@ class Server:
         header = SessionHeader(time.monotonic_ns(), time.time_ns(), self._session_config(port))
         self._writer = TraceWriter(self.plan.trace, header)
         # every event goes on to the trace through the metrics, which read it on the way
-        self.metrics = ServerMetrics(self._writer, self.plan.model_name, model_shape(header.config))
+        self.metrics = ServerMetrics(self._writer, self.served.name, model_shape(header.config))
         self.engine.recorder = self.metrics
         self.engine.start()
         app = web.Application(
@@ -230,11 +235,11 @@ class Server:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] | None = None) -> ServeResult:
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[str, str], None] | None = None) -> ServeResult:
         """Serve until `stop` is set, the engine fails or the trace cannot be written."""
         await self.start()
         if on_ready is not None:
-            on_ready(self.url)
+            on_ready(self.url, self.served.name)
         assert self._writer is not None
         watchdog = asyncio.create_task(stop_on_fault(stop, self.engine, self._writer))
         try:
@@ -249,7 +254,7 @@ class Server:
             "serve": {
                 "host": plan.host,
                 "port": port,
-                "model": plan.model_name,
+                "model": self.served.name,
                 "api_key": plan.api_key is not None,  # whether one was required; never the key itself
                 "max_body_bytes": plan.max_body_bytes,
                 "max_prompt_tokens": self.served.prompt_limit,
@@ -257,7 +262,7 @@ class Server:
         }
         if plan.workload:
             more["workload"] = load_workload(plan.workload).to_dict()
-        return session_config(self.engine, plan.preset, plan.seed, **more)
+        return session_config(self.engine, None if plan.model else plan.preset, plan.seed, **more)
 
     # --- handlers ----------------------------------------------------------------------------------
 
@@ -517,7 +522,7 @@ async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return web.json_response(ApiError(exc.status, message).body(), status=exc.status)
 
 
-def serve(plan: ServePlan, on_ready: Callable[[str], None] | None = None) -> ServeResult:
+def serve(plan: ServePlan, on_ready: Callable[[str, str], None] | None = None) -> ServeResult:
     """Check, build and serve until SIGINT or SIGTERM; the trace is closed on every way out."""
     server = Server(plan)
 

@@ -83,6 +83,7 @@ class SweepPlan:
     device: str = "auto"
     seed: int | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # a checkpoint directory instead of the preset
 
     def grid(self) -> list[GridPoint]:
         """Every (window, max_seqs) combination, windows varying fastest within each cap."""
@@ -102,6 +103,7 @@ class SweepPlan:
             seed=self.seed,
             scheduler_overrides=point.scheduler_overrides(),
             model_overrides=dict(self.model_overrides),
+            model=self.model,
         )
 
 

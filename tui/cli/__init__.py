@@ -18,6 +18,7 @@ from tui.cli.options import (
     CommandError,
     Parser,
     add_cost_options,
+    add_model_options,
     add_recording_options,
     add_traffic_options,
     non_negative_ms,
@@ -79,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace --trace if it exists")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
-    p.add_argument("--model-name", default="tickscope", help="the model id clients ask for (default: tickscope)")
+    p.add_argument(
+        "--model-name", help="the model id clients ask for (default: the --model directory's name, else tickscope)"
+    )
     from workloads.openai_api import MAX_BODY_BYTES  # no torch behind it
 
     p.add_argument(
@@ -126,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "record a grid of collection windows (x max sequences), then a table and a plot of "
         "what a token costs against time to first token",
     )
-    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    add_model_options(p)
     p.add_argument("--workload", required=True, help="workload preset name or TOML file")
     p.add_argument(
         "--window",
@@ -141,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--duration", type=positive_seconds, help="seconds per grid point (default: the workload's)")
     p.add_argument("--out", required=True, help="directory for the traces (w5_s32.msgpack, ...) and sweep.png")
-    p.add_argument("--layers", type=positive_int, help="decoder layers (default: the preset's)")
     p.add_argument(
         "--device", default="auto", choices=DEVICES, help="where the engine runs (default: the best present)"
     )

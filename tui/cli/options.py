@@ -101,10 +101,9 @@ def check_followable(path: Path) -> None:
 
 
 def add_recording_options(p: argparse.ArgumentParser, *, workload: str | None) -> None:
-    p.add_argument("--preset", default="tiny", help="model preset: tiny, ds2-lite, v3-slice (default: tiny)")
+    add_model_options(p)
     default = f"default: {workload}" if workload else "only its [scheduler] knobs are used; default: the engine's"
     p.add_argument("--workload", default=workload, help=f"workload preset name or TOML file ({default})")
-    p.add_argument("--layers", type=positive_int, help="decoder layers (default: the preset's)")
     p.add_argument(
         "--device", default="auto", choices=DEVICES, help="where the engine runs (default: the best present)"
     )
@@ -193,6 +192,20 @@ def traffic_table(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"file": args.traffic, **given}
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Which model: a preset with random weights, or a checkpoint directory (engine/checkpoint.py)."""
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--preset", help="model preset with random weights: tiny, ds2-lite, v3-slice (default: tiny)")
+    model.add_argument(
+        "--model",
+        metavar="DIR",
+        help="a local Hugging Face checkpoint directory (config.json, *.safetensors), for its weights",
+    )
+    p.add_argument(
+        "--layers", type=positive_int, help="decoder layers (default: the preset's; with --model, its first N)"
+    )
+
+
 positive_price = _checked(float, "a price in dollars per hour", lambda v: v > 0, "a positive price in dollars per hour")
 
 
@@ -273,7 +286,8 @@ def plan_from_args(args: argparse.Namespace, out: Path, duration_s: float | None
     if args.stage_layers and args.stages is None:
         overrides["stages"] = len(args.stage_layers)
     return RecordingPlan(
-        preset=args.preset,
+        preset=args.preset or "tiny",
+        model=args.model,
         workload=args.workload,
         out=out,
         duration_s=duration_s,

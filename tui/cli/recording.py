@@ -121,6 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     plan = ServePlan(
         trace=trace,
         preset=knobs.preset,
+        model=knobs.model,
         workload=knobs.workload,
         host=args.host,
         port=args.port,
@@ -134,9 +135,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_prompt_tokens=args.max_prompt_tokens,
     )
 
-    def on_ready(url: str) -> None:
+    def on_ready(url: str, name: str) -> None:
         # the URL on stdout, flushed: a script that asked for --port 0 reads the port from it
-        print(f"serving {url}/v1 (model '{plan.model_name}'), tracing to {trace}; Ctrl-C stops", flush=True)
+        print(f"serving {url}/v1 (model '{name}'), tracing to {trace}; Ctrl-C stops", flush=True)
 
     result = serve(plan, on_ready)
     print(
@@ -160,7 +161,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_out(out, args.force)
     prepare(plan_from_args(args, out, args.duration))  # a bad flag is said here, not in the child's log
     command = [sys.executable, "-m", "tui.cli", "record", "--quiet", "--out", str(out)]
-    for flag in ("preset", "workload", "device", "seed", *ENGINE_FLAGS):
+    for flag in ("preset", "model", "workload", "device", "seed", *ENGINE_FLAGS):
         value = getattr(args, flag)
         if value is not None:
             text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
@@ -173,7 +174,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with open(log_path, "wb") as log:
         child = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
     try:
-        if _wait_for_file(out, child):
+        # a checkpoint's weights are read before the trace starts: tens of GB take minutes
+        if _wait_for_file(out, child, 120 if args.model is None else 1800):
             run_dashboard(str(out), "live")
     finally:
         if child.poll() is None:
@@ -193,14 +195,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_for_file(path: Path, child: subprocess.Popen[bytes]) -> bool:
+def _wait_for_file(path: Path, child: subprocess.Popen[bytes], limit_s: int) -> bool:
     """Whether the recording created its trace: the dashboard could follow a file that is not there
     yet, but a child that failed before creating it should say why at once."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + limit_s
     while not path.exists():
         if child.poll() is not None:
             return False
         if time.monotonic() > deadline:
-            raise CommandError(f"the recording did not create {path} within 120 s")
+            raise CommandError(f"the recording did not create {path} within {limit_s} s")
         time.sleep(0.05)
     return True

@@ -30,7 +30,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise CommandError(f"{out} is a file; --out takes a directory")
     costing = costing_options(args)
     plan = SweepPlan(
-        preset=args.preset,
+        preset=args.preset or "tiny",
+        model=args.model,
         workload=args.workload,
         windows_ms=args.window,
         out_dir=out,
@@ -41,7 +42,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         model_overrides={"layers": args.layers} if args.layers else {},
     )
     for point in plan.grid():  # every knob checked before the first recording starts
-        _, _, spec = prepare(plan.recording_plan(point))
+        spec = prepare(plan.recording_plan(point)).spec
         if args.duration is None and not spec.ends_by_itself:
             raise CommandError(f"workload {args.workload} runs until stopped; give --duration")
     console = Console(stderr=True)

@@ -1,0 +1,69 @@
+"""Qwen2-MoE (Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B): a bias on the q, k and v projections, softmax routing
+(top-k renormalised when `norm_topk_prob`), and one shared expert behind a sigmoid gate. The shared
+expert's width is a whole number of routed experts' (4 x 1408 in Qwen1.5-MoE-A2.7B): ours is
+`shared_experts` routed widths fused into one SwiGLU."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from engine.config import ModelConfig
+from engine.errors import ConfigError
+from engine.families.base import (
+    HUB_PROJECTIONS,
+    ROTARY_CACHE,
+    Family,
+    Placement,
+    decoder_fields,
+    decoder_placements,
+    every_layer_sparse,
+    expert_placements,
+    read_int,
+)
+
+_SHARED = re.compile(r"model\.layers\.(\d+)\.mlp\.shared_expert(?:_gate|\.(\w+)_proj)\.weight")
+
+
+def model_config(config: dict[str, Any]) -> ModelConfig:
+    every_layer_sparse(config)
+    inter = read_int(config, "moe_intermediate_size")
+    shared = read_int(config, "shared_expert_intermediate_size", default=0)
+    if shared % inter:
+        raise ConfigError(
+            f"config.json: shared_expert_intermediate_size {shared} is not a multiple of moe_intermediate_size {inter}"
+        )
+    return ModelConfig(
+        name="qwen2_moe",
+        **decoder_fields(config),
+        routed_experts=read_int(config, "num_experts", "num_local_experts"),
+        moe_intermediate=inter,
+        top_k=read_int(config, "num_experts_per_tok"),
+        shared_experts=shared // inter,
+        routing="softmax",
+        norm_topk_prob=bool(config.get("norm_topk_prob", False)),
+        attention_bias=bool(config.get("qkv_bias", True)),
+        shared_gate=shared > 0,
+    )
+
+
+def placements(name: str, cfg: ModelConfig) -> list[Placement] | None:
+    found = decoder_placements(name, cfg)
+    if found is not None:
+        return found
+    shared = _SHARED.fullmatch(name)
+    if shared is None:
+        return expert_placements(name, cfg, "mlp", "gate", HUB_PROJECTIONS)
+    i, which = int(shared.group(1)), shared.group(2)
+    if i >= cfg.layers:
+        return []
+    here, width = f"layers.{i}.moe", cfg.shared_experts * cfg.moe_intermediate
+    if which is None:
+        return [Placement(f"{here}.shared_gate")]
+    if which == "down":
+        return [Placement(f"{here}.shared_w2")]
+    rows = slice(0, width) if which == "gate" else slice(width, 2 * width) if which == "up" else None
+    return None if rows is None else [Placement(f"{here}.shared_w13", (rows,))]
+
+
+FAMILY = Family(("Qwen2MoeForCausalLM",), model_config, placements, ROTARY_CACHE)
