@@ -25,7 +25,7 @@ from tui.cli.options import (
     positive_seconds,
 )
 from tui.cli.reading import cmd_compare, cmd_export, cmd_live, cmd_replay, cmd_summary
-from tui.cli.recording import cmd_demo, cmd_record, cmd_serve
+from tui.cli.recording import cmd_demo, cmd_record, cmd_serve, cmd_watch
 from tui.cli.sweep import cmd_sweep
 
 
@@ -73,6 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
     p.add_argument("--model-name", default="tickscope", help="the model id clients ask for (default: tickscope)")
+
+    p = verb(
+        "watch",
+        cmd_watch,
+        "record a running vLLM, SGLang or tickscope server's Prometheus metrics as a trace, and watch it live",
+    )
+    p.add_argument("url", help="the server (its /metrics is scraped) or its metrics page, e.g. http://127.0.0.1:8000")
+    p.add_argument("--out", help="trace file to write, headless (default: a temporary file, followed in the dashboard)")
+    p.add_argument(
+        "--interval", type=positive_seconds, default=0.5, help="seconds between scrapes; each is a tick (default: 0.5)"
+    )
+    p.add_argument("--duration", type=positive_seconds, help="stop after this many seconds (default: Ctrl-C stops)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no start and end lines")
 
     p = verb("live", cmd_live, "follow a trace that is being written")
     p.add_argument("file")

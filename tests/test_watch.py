@@ -1,0 +1,195 @@
+"""`tickscope watch`: a server's /metrics scraped into a trace, checked against the pages it served.
+
+The servers are loopback fixtures (tests/metrics_fixtures.py) serving vLLM's, SGLang's and
+tickscope's documented metric names, with counters that grow between scrapes; every tick, rate and
+percentile of the trace is recomputed here from what each scrape was served.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tracer
+from metrics_fixtures import LATENCY_BOUNDS, MetricsServer, quantile_by_hand
+from tracer.events import TICK_FIELDS, absent_fields
+from tui.cli import main
+from workloads.metrics_text import Histogram, NotPrometheus, parse
+from workloads.watch import metrics_url, watch
+
+INTERVAL = 0.05
+
+
+def test_histogram_quantile_as_prometheus_computes_it():
+    # Worked by hand: buckets le 0.1, 0.5, 1 and +Inf holding 10, 20, 10 and 0 observations.
+    h = Histogram(np.array([0.1, 0.5, 1.0, math.inf]), np.array([10.0, 30.0, 40.0, 40.0]))
+    assert h.quantile(0.5) == pytest.approx(0.1 + 0.4 * (20 - 10) / 20)  # 0.3
+    assert h.quantile(0.99) == pytest.approx(0.5 + 0.5 * (39.6 - 30) / 10)  # 0.98
+    assert h.quantile(0.1) == pytest.approx(0.1 * 4 / 10)  # the first bucket starts at 0
+    spilled = Histogram(np.array([0.1, 1.0, math.inf]), np.array([10.0, 40.0, 50.0]))
+    assert spilled.quantile(0.99) == 1.0  # in +Inf: the largest finite bound
+    assert math.isnan(Histogram(np.array([1.0, math.inf]), np.zeros(2)).quantile(0.5))  # nothing counted
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_quantiles_of_an_interval_equal_a_computation_from_the_observations(seed):
+    rng = np.random.default_rng(seed)
+    before, during = (rng.lognormal(0, 1, n) * 0.1 for n in (rng.integers(0, 50), rng.integers(1, 80)))
+    bounds = np.array([*LATENCY_BOUNDS, math.inf])
+
+    def scrape(values: np.ndarray) -> Histogram:
+        return Histogram(bounds, np.array([(values <= b).sum() for b in bounds], dtype=np.float64), values.sum())
+
+    interval = scrape(np.concatenate([before, during])).since(scrape(before))
+    assert interval is not None
+    for q in (0.5, 0.9, 0.99):
+        assert interval.quantile(q) == pytest.approx(quantile_by_hand(during.tolist(), LATENCY_BOUNDS, q), rel=1e-12)
+    assert interval.mean() == pytest.approx(during.mean())
+
+
+def test_a_counter_that_went_down_counts_from_the_restart():
+    bounds = np.array([1.0, math.inf])
+    restarted = Histogram(bounds, np.array([2.0, 3.0])).since(Histogram(bounds, np.array([5.0, 9.0])))
+    assert restarted is not None and restarted.counts.tolist() == [2.0, 3.0]
+
+
+def served_trace(source: str, tmp_path: Path, duration: float = 0.6) -> tuple[tracer.Trace, MetricsServer]:
+    out = tmp_path / f"{source}.msgpack"
+    with MetricsServer(source) as server:
+        result = watch(server.url, out, INTERVAL, duration)
+    trace = tracer.load(out)
+    assert result.scrapes == trace.ticks.height == len(server.served) >= 4
+    return trace, server
+
+
+def column(trace: tracer.Trace, frame: str, name: str) -> list[float]:
+    """A column with nulls as NaN, for comparing with a computation that has no value there."""
+    return [math.nan if v is None else v for v in getattr(trace, frame)[name].to_list()]
+
+
+def same(got: float, expected: float) -> bool:
+    return (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("source", ["vllm", "sglang", "tickscope"])
+def test_every_scrape_is_a_tick_equal_to_what_the_server_served(source, tmp_path):
+    trace, server = served_trace(source, tmp_path)
+    watched = trace.header.config["watch"]
+    assert watched["source"] == source and watched["url"] == server.url + "/metrics"
+    assert watched["interval_s"] == INTERVAL
+    assert ("sglang:num_running_reqs" if source == "sglang" else "vllm:num_requests_running") in watched["metrics"]
+    ticks, scrapes = trace.ticks, trace.scrapes
+    assert ticks["tick"].to_list() == scrapes["tick"].to_list() == list(range(ticks.height))
+    assert scrapes["t_s"].to_list() == ticks["end_s"].to_list()
+    starts, ends = ticks["start_s"].to_list(), ticks["end_s"].to_list()
+    assert starts[1:] == ends[:-1]  # each interval runs from the previous answer to this one
+    kv_known = source != "sglang"  # SGLang's page says its KV share, not its size in tokens
+    absent = ticks["absent"].to_list()
+    for i, (counters, gauges, counts) in enumerate(server.served):
+        row = ticks.row(i, named=True)
+        missing = {"wait_ns", "forward_ns"} | (set() if kv_known else {"kv_used", "kv_capacity"})
+        if i == 0:  # no interval before the first scrape: its counts are unknown, not 0
+            missing |= {"prefill_tokens", "decode_tokens", "sampled_tokens"}
+        assert set(absent_fields(absent[i])) == missing, i
+        assert row["running"] == row["seqs"] == gauges["running"] and row["queue_depth"] == gauges["waiting"]
+        if kv_known:
+            assert row["kv_capacity"] == 16000 and row["kv_used"] == round(gauges["kv_usage"] * 16000)
+        assert column(trace, "scrapes", "kv_usage")[i] == gauges["kv_usage"]
+        if i == 0:
+            assert all(math.isnan(column(trace, "scrapes", name)[0]) for name in ("prompt_tokens_s", "ttft_p50_s"))
+            continue
+        before, before_counts = server.served[i - 1][0], server.served[i - 1][2]
+        seconds = ends[i] - starts[i]
+        prompt, generated = (counters[k] - before[k] for k in ("prompt", "generation"))
+        assert (row["prefill_tokens"], row["decode_tokens"], row["sampled_tokens"]) == (prompt, generated, generated)
+        expected = {
+            "prompt_tokens_s": prompt / seconds,
+            "generation_tokens_s": generated / seconds,
+            "requests_s": sum(counters[k] - before[k] for k in ("stop", "length")) / seconds,
+            "preemptions_s": (counters["preemptions"] - before["preemptions"]) / seconds
+            if source != "sglang"
+            else math.nan,
+            "gen_throughput": gauges.get("gen_throughput", math.nan),
+        }
+        observations = server.state.observations
+        for role, levels in (("ttft", (50, 90, 99)), ("itl", (50, 90, 99)), ("e2e", (50, 90, 99)), ("queue", (50, 99))):
+            during = observations[role][before_counts[role] : counts[role]] if role in observations else []
+            for level in levels:
+                expected[f"{role}_p{level}_s"] = quantile_by_hand(during, LATENCY_BOUNDS, level / 100)
+        tick_times = observations.get("tick", [])[before_counts.get("tick", 0) : counts.get("tick", 0)]
+        expected["tick_p50_s"] = quantile_by_hand(tick_times, LATENCY_BOUNDS, 0.5)
+        iterations = observations.get("iteration", [])[before_counts.get("iteration", 0) : counts.get("iteration", 0)]
+        expected["iterations_s"] = len(iterations) / seconds if "iteration" in observations else math.nan
+        expected["iteration_tokens"] = float(np.mean(iterations)) if iterations else math.nan
+        for name, value in expected.items():
+            assert same(column(trace, "scrapes", name)[i], value), (i, name, column(trace, "scrapes", name)[i], value)
+
+
+def test_a_watched_trace_summarises_and_exports_like_any_recording(tmp_path):
+    trace, _ = served_trace("vllm", tmp_path)
+    out = tmp_path / "csv"
+    tracer.export_csv(trace, out)
+    assert (out / "scrapes.csv").read_text().partition("\n")[0].startswith("tick,t_s,kv_usage,")
+    assert main(["summary", str(tmp_path / "vllm.msgpack")]) == 0
+
+
+def test_metrics_url_takes_a_server_or_its_page():
+    assert metrics_url("http://127.0.0.1:8000") == "http://127.0.0.1:8000/metrics"
+    assert metrics_url("http://h:9/custom/metrics") == "http://h:9/custom/metrics"
+
+
+def test_text_that_is_not_prometheus_is_refused():
+    with pytest.raises(NotPrometheus):
+        parse("<html><body>Not here</body></html>")
+    assert TICK_FIELDS[-1] == "absent"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize(
+    "server, message",
+    [
+        (None, "cannot reach http://127.0.0.1:{port}/metrics (ClientConnectorError"),
+        (MetricsServer(body="<html><body>hello</body></html>"), "is not a Prometheus metrics page: it not Prometheus"),
+        (MetricsServer(body="Not Found", status=404), "is not a Prometheus metrics page: it answered 404 Not Found"),
+        (MetricsServer(body="node_cpu_seconds_total 12.5\n"), "exports none of vLLM's, SGLang's or tickscope's"),
+    ],
+    ids=["unreachable", "html", "404", "unknown-server"],
+)
+def test_a_url_that_is_no_servers_metrics_is_one_line_and_no_file(server, message, tmp_path, capsys):
+    out = tmp_path / "w.msgpack"
+    if server is None:
+        port = free_port()
+        code = main(["watch", f"http://127.0.0.1:{port}", "--out", str(out)])
+        message = message.format(port=port)
+    else:
+        with server:
+            code = main(["watch", server.url, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("tickscope watch: error: ")
+    assert message in err and not out.exists()
+
+
+def test_a_server_that_dies_mid_watch_ends_it_with_the_trace_closed(tmp_path, capsys):
+    out = tmp_path / "w.msgpack"
+    with MetricsServer(die_after=5) as server:
+        code = main(["watch", server.url, "--out", str(out), "--interval", str(INTERVAL), "--duration", "30"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    n = len(server.served)  # 5, or 6 when a scrape came in as it was closing
+    assert f"the server at {server.url}/metrics went away (" in err and f"{out} holds its {n} scrapes" in err
+    with tracer.open_trace(out) as reader:
+        assert reader.closed_cleanly
+    trace = tracer.load(out)
+    assert trace.ticks.height == n >= 5 and not trace.problems
+    (mark,) = trace.marks.rows(named=True)  # the trace says what ended it, at the last tick
+    assert mark["tick"] == n - 1 and mark["text"].startswith(f"the server at {server.url}/metrics went away (")
