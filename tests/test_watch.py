@@ -7,8 +7,10 @@ percentile of the trace is recomputed here from what each scrape was served.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +19,25 @@ import pytest
 import tracer
 from metrics_fixtures import LATENCY_BOUNDS, MetricsServer, quantile_by_hand
 from tracer.events import TICK_FIELDS, absent_fields
+from tui.app import TickscopeApp
 from tui.cli import main
+from tui.source import LiveSource, ReplaySource
+from tui.widgets.charts import SeriesChart, fmt_value
+from tui.widgets.panel import Panel
+from tui.widgets.stats import QueuePanel
 from workloads.metrics_text import Histogram, NotPrometheus, parse
 from workloads.watch import metrics_url, watch
 
 INTERVAL = 0.05
+
+
+async def until(pilot, condition, tries: int = 400) -> None:
+    """Let the app run until `condition()` holds (bounded, so a broken app fails, not hangs)."""
+    for _ in range(tries):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    assert condition()
 
 
 def test_histogram_quantile_as_prometheus_computes_it():
@@ -193,3 +209,62 @@ def test_a_server_that_dies_mid_watch_ends_it_with_the_trace_closed(tmp_path, ca
     assert trace.ticks.height == n >= 5 and not trace.problems
     (mark,) = trace.marks.rows(named=True)  # the trace says what ended it, at the last tick
     assert mark["tick"] == n - 1 and mark["text"].startswith(f"the server at {server.url}/metrics went away (")
+
+
+def shown(widget) -> str:
+    """What a panel part shows: a line widget's strips (a wrapped line joined again), or a Static's content."""
+    lines = getattr(widget, "_lines", None)
+    if lines is not None:
+        return "".join(strip.text for strip in lines)
+    return str(widget.render())
+
+
+def no_data_panels(app) -> dict[str, str]:
+    """Each panel part on screen that says it has no data, by its class (and series)."""
+    found = {}
+    for widget in app.screen.query("*"):
+        if isinstance(widget, Panel) and widget.display and shown(widget).startswith("no data"):
+            found[getattr(widget, "series_name", type(widget).__name__)] = shown(widget)
+    return found
+
+
+async def test_the_dashboard_says_no_data_where_the_server_has_none(tmp_path):
+    trace, _ = await asyncio.to_thread(served_trace, "sglang", tmp_path)  # watch runs its own event loop
+    app = TickscopeApp(ReplaySource(str(tmp_path / "sglang.msgpack")), "replay", autoplay=False)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await until(pilot, lambda: app.status == "loaded" and app.state.n_ticks == trace.ticks.height)
+        await pilot.press("end")
+        await pilot.pause()
+        found = no_data_panels(app)
+        assert set(found) == {"ExpertHeatmap", "RequestTable", "LatencyPanel", "CostPanel", "kv_used"}
+        assert found["CostPanel"] == "no data: the watched sglang server reports no forward time"
+        assert found["kv_used"] == "no data: the watched sglang server reports no KV cache size in tokens"
+        assert "no expert load" in found["ExpertHeatmap"] and "not in the trace" in found["RequestTable"]
+        queue = shown(app.screen.query_one(QueuePanel))  # the lines it has data for, and the ones it has not
+        last = trace.ticks.row(-1, named=True)
+        assert f"queue {last['queue_depth']}" in queue and f"running {last['running']}" in queue
+        assert "KV no data: the watched sglang server reports no KV cache size" in queue
+        assert "done no data: the watched sglang server's requests are not in the trace" in queue
+        throughput = next(w for w in app.screen.query(SeriesChart) if w.series_name == "throughput")
+        expected = last["sampled_tokens"] / (last["end_s"] - last["start_s"])
+        assert f"now {fmt_value(expected)}" in shown(throughput)  # drawn: the server counts its tokens
+
+
+async def test_the_dashboard_follows_a_watch_live(tmp_path):
+    out = tmp_path / "live.msgpack"
+    with MetricsServer("vllm") as server:
+        thread = threading.Thread(target=watch, args=(server.url, out, INTERVAL, 1.5))
+        thread.start()
+        while not out.exists():
+            await asyncio.sleep(0.01)
+        app = TickscopeApp(LiveSource(str(out)), "live")
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: app.state.n_ticks >= 3)
+            seen = app.state.n_ticks
+            await until(pilot, lambda: app.state.n_ticks > seen)  # it grows as the server is scraped
+            await pilot.pause()
+            found = no_data_panels(app)
+            assert set(found) == {"ExpertHeatmap", "RequestTable", "LatencyPanel", "CostPanel"}  # vLLM says its KV
+            thread.join()
+            await until(pilot, lambda: app.status == "ended")
+            assert app.state.n_ticks == len(server.served)

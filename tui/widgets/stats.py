@@ -46,6 +46,8 @@ class LatencyPanel(LinesWidget):
     """TTFT and TPOT percentiles over the last seconds of recording and, where there is room,
     their distributions over the recording so far (side by side on a wide panel)."""
 
+    needs = ("requests",)
+
     def show(self, frame: Frame) -> None:
         state, index = frame.state, frame.index
         stats = state.latency(index)
@@ -110,8 +112,10 @@ def meter(used: float, capacity: float, width: int) -> Text:
 
 
 class QueuePanel(Panel, Static):
-    """Queue depth, running sequences, KV use, and requests finished / rejected / preempted."""
+    """Queue depth, running sequences, KV use, and requests finished / rejected / preempted; a line
+    the recording has no data for says so (DashboardState.missing, the panels' rule)."""
 
+    needs = ("queue_depth",)
     _shown = False
 
     def show(self, frame: Frame) -> None:
@@ -129,15 +133,22 @@ class QueuePanel(Panel, Static):
         text.append("  batch ", style="dim")
         text.append(f"{row['seqs']:.0f} seq {row['prefill_tokens'] + row['decode_tokens']:.0f} tok")
         text.append("\nKV ", style="dim")
-        bar = max(min(self.size.width - 22, 30), 4)
-        text.append_text(meter(row["kv_used"], row["kv_capacity"], bar))
-        text.append(f" {row['kv_used']:.0f}/{row['kv_capacity']:.0f}")
+        no_kv, no_requests = state.missing(("kv_used",)), state.missing(("requests",))
+        if no_kv is None:
+            bar = max(min(self.size.width - 22, 30), 4)
+            text.append_text(meter(row["kv_used"], row["kv_capacity"], bar))
+            text.append(f" {row['kv_used']:.0f}/{row['kv_capacity']:.0f}")
+        else:
+            text.append(no_kv, style="dim italic")
         text.append("\ndone ", style="dim")
-        text.append(f"{counts['finished']}", style="bold green")
-        text.append("  rejected ", style="dim")
-        text.append(f"{counts['rejected']}", style="bold red" if counts["rejected"] else "bold")
-        text.append("  preempted ", style="dim")
-        text.append(f"{counts['preempted']}", style="bold yellow" if counts["preempted"] else "bold")
+        if no_requests is None:
+            text.append(f"{counts['finished']}", style="bold green")
+            text.append("  rejected ", style="dim")
+            text.append(f"{counts['rejected']}", style="bold red" if counts["rejected"] else "bold")
+            text.append("  preempted ", style="dim")
+            text.append(f"{counts['preempted']}", style="bold yellow" if counts["preempted"] else "bold")
+        else:
+            text.append(no_requests, style="dim italic")
         self.update(text, layout=not self._shown)  # always three lines once shown
         self._shown = True
 
@@ -160,6 +171,8 @@ class CostPanel(Panel, Static):
     token and capacity (tokens per busy second), modelled bytes per token and the experts each layer
     touched against uniform routing's expectation, and $ per million output tokens when a price or
     an accelerator is given. Rows come most telling first, so a short panel keeps those."""
+
+    needs = ("forward_ns",)
 
     def show(self, frame: Frame) -> None:
         state, index = frame.state, frame.index
