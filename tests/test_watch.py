@@ -22,6 +22,7 @@ from tracer.events import TICK_FIELDS, absent_fields
 from tui.app import TickscopeApp
 from tui.cli import main
 from tui.source import LiveSource, ReplaySource
+from tui.state import DashboardState
 from tui.widgets.charts import SeriesChart, fmt_value
 from tui.widgets.panel import Panel
 from tui.widgets.stats import QueuePanel
@@ -268,3 +269,78 @@ async def test_the_dashboard_follows_a_watch_live(tmp_path):
             thread.join()
             await until(pilot, lambda: app.status == "ended")
             assert app.state.n_ticks == len(server.served)
+
+
+class ServedInThread:
+    """The real `tickscope serve` front (workloads/serve.py) on the tiny CPU engine, in a thread."""
+
+    def __init__(self, trace: Path) -> None:
+        self.trace = trace
+        self.url = ""
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        from workloads.serve import ServePlan, Server
+
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+
+        def ready(url: str) -> None:
+            self.url = url
+            self._ready.set()
+
+        await Server(ServePlan(trace=self.trace, port=0, device="cpu")).run(self._stop, ready)
+
+    def __enter__(self) -> ServedInThread:
+        self._thread.start()
+        assert self._ready.wait(60)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+
+LIGHT_LOAD = """
+seed = 3
+duration_s = 0.6
+[arrivals]
+kind = "poisson"
+rate = 30.0
+[prompt]
+kind = "uniform"
+min = 2
+max = 6
+[output]
+kind = "fixed"
+value = 4
+"""
+
+
+def test_record_target_watch_puts_requests_and_scrapes_in_one_trace(tmp_path, capsys):
+    workload = tmp_path / "light.toml"
+    workload.write_text(LIGHT_LOAD)
+    out = tmp_path / "both.msgpack"
+    with ServedInThread(tmp_path / "served.msgpack") as served, MetricsServer("vllm") as metrics:
+        code = main(
+            ["record", "--target", served.url, "--watch", metrics.url, "--interval", str(INTERVAL)]
+            + ["--workload", str(workload), "--out", str(out), "--quiet"]
+        )
+    assert code == 0, capsys.readouterr().err
+    trace = tracer.load(out)
+    config = trace.header.config
+    assert config["target"] == served.url and config["watch"]["url"] == metrics.url + "/metrics"
+    assert trace.requests.height > 0 and set(trace.requests["status"]) == {"finished"}
+    assert trace.ticks.height == trace.scrapes.height == len(metrics.served) >= 5
+    # one clock: the scrapes span the requests' lives, the first before the first arrival
+    assert trace.ticks["start_s"][0] <= trace.requests["arrival_s"].min()
+    assert trace.ticks["end_s"][-1] >= trace.requests["finish_s"].max()
+    state = DashboardState()
+    state.set_header(trace.header)
+    assert state.missing(("requests",)) is None and state.missing(("experts",)) is not None
+
+
+def test_record_watch_needs_a_target(tmp_path, capsys):
+    assert main(["record", "--watch", "--out", str(tmp_path / "x.msgpack")]) == 2
+    assert "--watch scrapes the server that --target drives" in capsys.readouterr().err
+    assert not (tmp_path / "x.msgpack").exists()

@@ -250,19 +250,23 @@ def _or_nan(value: float | None) -> float:
     return math.nan if value is None else value
 
 
+class ServerGone(Exception):
+    """The watched server went away, or stopped answering metrics. One line."""
+
+
 @dataclass
 class Watcher:
     """Scrapes `url` every `interval_s` into `recorder` as ticks, until stopped or the server goes.
 
     Runs in the caller's event loop (`run`), so `record --target --watch` scrapes beside its load.
-    `error` is the line that ended it, when the server went away or stopped answering metrics."""
+    `error` is what ended it (ServerGone), when the server went away or stopped answering metrics."""
 
     url: str
     source: str
     interval_s: float
     recorder: Recorder
     first: Scrape  # the scrape that recognised the server: tick 0
-    error: str | None = None
+    error: ServerGone | None = None
     scrapes: int = 0
     _previous: Scrape | None = field(default=None, repr=False)
 
@@ -279,7 +283,8 @@ class Watcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Scrape on a fixed cadence (a slow answer skips the slots it overran) until `stop` is set
-        or a scrape fails; then one last scrape when stopped, so the end of the run is in."""
+        or a scrape fails; then one last scrape when stopped, so the end of the run is in. Records
+        the first scrape first: start it before anything else is recorded."""
         self.record(self.first)
         timeout = aiohttp.ClientTimeout(total=min(SCRAPE_TIMEOUT_S, max(self.interval_s * 4, 2.0)))
         async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -310,7 +315,7 @@ class Watcher:
 
     def _gone(self, line: str, last: bool) -> bool:
         if not last:  # the last scrape of a watch stopped on purpose may find the server stopping too
-            self.error = line
+            self.error = ServerGone(line)
             self.recorder.emit(MarkEvent(time.monotonic_ns(), self.scrapes - 1, line))
         return False
 

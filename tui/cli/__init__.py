@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="drive a running `tickscope serve` (or any OpenAI-compatible server) at URL over HTTP; "
         "--out then gets the client-side trace",
     )
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const="",
+        metavar="METRICS_URL",
+        help="with --target: also scrape the server's /metrics (or METRICS_URL) into the same trace, "
+        "as `tickscope watch` does",
+    )
+    p.add_argument(
+        "--interval", type=positive_seconds, default=0.5, help="with --watch: seconds between scrapes (default: 0.5)"
+    )
 
     p = verb("serve", cmd_serve, "serve an OpenAI-compatible /v1/completions on the engine, tracing every tick")
     add_recording_options(p, workload=None)

@@ -33,11 +33,14 @@ def cmd_record(args: argparse.Namespace) -> int:
     plan = plan_from_args(args, out, args.duration)
     run: Callable[[Callable[[LoadProgress], None] | None], RecordingResult]
     if args.target:
-        from workloads.remote import record_remote
+        from workloads.remote import WatchPlan, record_remote
 
         _check_target_options(args)
-        run = functools.partial(record_remote, plan, args.target)
+        watch = None if args.watch is None else WatchPlan(args.watch or args.target, args.interval)
+        run = functools.partial(record_remote, plan, args.target, watch=watch)
     else:
+        if args.watch is not None:
+            raise CommandError("--watch scrapes the server that --target drives; give --target URL too")
         run = Recording(plan).run
     console = Console(stderr=True)
 
