@@ -24,7 +24,7 @@ import polars as pl
 
 from tracer.columns import TICK_COLUMNS
 from tracer.cost import Accelerator, CostUnavailable, ModelShape, modelled_columns, span_summary
-from tracer.events import TICK_FIELDS, MarkEvent, SessionHeader
+from tracer.events import SCRAPE_SERIES, TICK_FIELDS, MarkEvent, SessionHeader
 from tracer.index import Entry
 from tui.state.blocks import NS, Detail, FrameData, frame_from_events
 from tui.state.columns import Columns
@@ -91,6 +91,7 @@ class DashboardState:
         self._dirty: list[tuple[int, int, int]] = []  # (version, first row, end row), oldest first
         self._buckets: dict[tuple[str, int], _Buckets] = {}
         self._absent = (-1, 0)  # (version, the tick fields absent from every tick read so far)
+        self._scrapes: dict[int, np.ndarray] = {}  # a watched server's scrape values, by tick number
 
     # -- ingest ---------------------------------------------------------------------------------
 
@@ -155,6 +156,7 @@ class DashboardState:
         self.has_stages = self.has_stages or data.has_stages
         self._pending_distinct.update(data.distinct)
         self._pending_busy.update(data.busy)
+        self._scrapes.update(data.scrapes)
         if data.frame >= 0 and self.laid_out:
             if data.frame >= len(self._frame_loaded) or self._frame_loaded[data.frame]:
                 self._place_cost_figures()
@@ -320,7 +322,8 @@ class DashboardState:
         is missing when every tick read so far marks it absent (a watched server's metrics have no
         forward time, say); `experts` and `requests` are missing from a watched server's trace
         (`tickscope watch`), which has no expert load, and no requests unless `record --target
-        --watch` sent them. A panel never draws zeros for data the source does not have."""
+        --watch` sent them; `latency` (the requests', or else the server's own) only until its
+        first scrape. A panel never draws zeros for data the source does not have."""
         config = self.header.config if self.header is not None else {}
         watched = config.get("watch") if isinstance(config.get("watch"), dict) else None
         who = f"the watched {watched.get('source', '')} server".replace("  ", " ") if watched else "this trace"
@@ -328,11 +331,22 @@ class DashboardState:
         for need in needs:
             if need == "experts" and watched:
                 return f"no data: {who} reports no expert load"
+            if need == "latency" and watched and "target" not in config and not self._scrapes:
+                return f"no data: {who} has not been scraped yet"
             if need == "requests" and watched and "target" not in config:
                 return f"no data: {who}'s requests are not in the trace (record --target URL --watch sends them)"
             if need in TICK_FIELDS and absent >> TICK_FIELDS.index(need) & 1:
                 return f"no data: {who} reports no {_FIELD_WORDS.get(need, 'token counts')}"
         return None
+
+    def server_latency(self, index: int) -> dict[str, float] | None:
+        """A watched server's own figures at the tick at `index` (its scrape's SCRAPE_SERIES, NaN
+        where it has none), when the trace has no requests to take latencies from; else None."""
+        if not self._scrapes or self.missing(("requests",)) is None or not 0 <= index < self.n_ticks:
+            return None
+        values = self._scrapes.get(self.tick_number(index))
+        known = [] if values is None else values.tolist()
+        return {name: known[i] if i < len(known) else float("nan") for i, name in enumerate(SCRAPE_SERIES)}
 
     def _absent_fields(self) -> int:
         """The absent bits common to every tick read so far (0 before any): as of the last ingest."""

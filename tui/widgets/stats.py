@@ -16,6 +16,15 @@ from tui.widgets.lines import LinesWidget, text_lines
 from tui.widgets.panel import Frame, Panel
 
 
+def _known(value: float) -> float | None:
+    """NaN (the server had nothing to say) as None, which shows as a dash."""
+    return None if np.isnan(value) else value
+
+
+def _rate(value: float) -> str:
+    return "—" if np.isnan(value) else f"{value:,.1f}"
+
+
 def fmt_s(seconds: float | None) -> str:
     """Latency in the unit that keeps three digits: 51ns, 850µs, 12.3ms, 1.52s."""
     if seconds is None:
@@ -44,12 +53,17 @@ def log_histogram(values: np.ndarray, bins: int) -> tuple[np.ndarray, float, flo
 
 class LatencyPanel(LinesWidget):
     """TTFT and TPOT percentiles over the last seconds of recording and, where there is room,
-    their distributions over the recording so far (side by side on a wide panel)."""
+    their distributions over the recording so far (side by side on a wide panel). A watched server
+    without requests in the trace: its own percentiles over the interval that ends at the tick."""
 
-    needs = ("requests",)
+    needs = ("latency",)
 
     def show(self, frame: Frame) -> None:
         state, index = frame.state, frame.index
+        server = state.server_latency(index)
+        if server is not None:
+            self._show_server(server)
+            return
         stats = state.latency(index)
         width, height = self.size.width, self.size.height
         wide = width >= 60  # room for a p90 column
@@ -83,6 +97,24 @@ class LatencyPanel(LinesWidget):
                     lines += self._distribution("TPOT so far", stats.tpot_all, width, room - each, "magenta")
         self.border_subtitle = f"last {LATENCY_WINDOW_S:g}s · n={stats.samples}"
         self.set_lines(lines)
+
+    def _show_server(self, figures: dict[str, float]) -> None:
+        """The scrape's percentiles (server-side: as the server timed its requests)."""
+        wide = self.size.width >= 60
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="dim")
+        for _ in range(3 if wide else 2):
+            table.add_column(justify="right", style="bold")
+        table.add_row("", *(("p50", "p90", "p99") if wide else ("p50", "p99")))
+        for label, name in (("TTFT", "ttft"), ("ITL", "itl"), ("E2E", "e2e")):
+            levels = ("p50", "p90", "p99") if wide else ("p50", "p99")
+            table.add_row(label, *(fmt_s(_known(figures[f"{name}_{level}_s"])) for level in levels))
+        for label, name in (("req/s", "requests_s"), ("tok/s", "generation_tokens_s")):
+            table.add_row(label, _rate(figures[name]))
+        self.border_subtitle = "server-side · the interval to this scrape"
+        console = self.app.console
+        options = console.options.update(width=max(self.size.width, 1), height=None)
+        self.set_lines([Strip(line) for line in console.render_lines(table, options, pad=False, new_lines=False)])
 
     def _distribution(self, label: str, values: np.ndarray, width: int, height: int, color: str) -> list[Strip]:
         """A titled bar chart of `values` `height` rows high: title, bars, and the range under them
