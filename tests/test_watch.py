@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +353,32 @@ def test_record_watch_needs_a_target(tmp_path, capsys):
     assert main(["record", "--watch", "--out", str(tmp_path / "x.msgpack")]) == 2
     assert "--watch scrapes the server that --target drives" in capsys.readouterr().err
     assert not (tmp_path / "x.msgpack").exists()
+
+
+def test_watch_without_out_follows_a_temporary_trace_as_demo_does(tmp_path, monkeypatch, capsys):
+    """The recording runs in a child process; the dashboard (here a stand-in that waits for a few
+    ticks, as a user would watch them) follows its file; quitting stops the child cleanly."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    followed = []
+
+    def dashboard(path: str, mode: str) -> None:
+        tail = tracer.TraceTail(path)
+        ticks: list[tracer.TickEvent] = []
+        for _ in range(1000):
+            ticks += [ev for ev in tail.poll() if isinstance(ev, tracer.TickEvent)]
+            if len(ticks) >= 3:
+                break
+            time.sleep(0.01)
+        followed.append((path, mode, len(ticks)))
+
+    monkeypatch.setattr("tui.app.run_dashboard", dashboard)
+    with MetricsServer("sglang") as server:
+        assert main(["watch", server.url, "--interval", str(INTERVAL)]) == 0
+    ((path, mode, seen),) = followed
+    assert mode == "live" and seen >= 3 and Path(path).parent == tmp_path
+    assert capsys.readouterr().out.strip() == f"trace written to {path}"
+    trace = tracer.load(path)
+    assert trace.header.config["watch"]["source"] == "sglang" and trace.ticks.height >= 3
+    with tracer.open_trace(path) as reader:
+        assert reader.closed_cleanly
+    assert not Path(path + ".log").exists()

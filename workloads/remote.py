@@ -34,10 +34,11 @@ from tracer.writer import TraceWriter
 from workloads.errors import RunFailed
 from workloads.http_target import HttpTarget, TargetLost
 from workloads.loadgen import LoadResult, Progress, run_load
-from workloads.run import RecordingPlan, RecordingResult, fault_line, software_versions, stop_on_fault
+from workloads.run import RecordingPlan, RecordingResult, fault_line, stop_on_fault
 from workloads.signals import stop_on_signals
 from workloads.spec import WorkloadSpec, load_workload
 from workloads.tokenizer import BYTE_TOKENS
+from workloads.versions import software_versions
 from workloads.watch import Scrape, ServerGone, Watcher, first_scrape, metrics_url, watch_config
 
 _MODELS_TIMEOUT_S = 10.0

@@ -35,6 +35,7 @@ from tracer.writer import TraceWriter
 from workloads.errors import RunFailed
 from workloads.metrics_text import Exposition, Histogram, NotPrometheus, parse
 from workloads.signals import stop_on_signals
+from workloads.versions import software_versions
 
 SCRAPE_TIMEOUT_S = 10.0
 MAX_BODY = 32 << 20  # a metrics page past this is not one
@@ -363,8 +364,6 @@ def watch(
     """Record the server's metrics at `url` into `out` until `duration_s` has passed, SIGINT or
     SIGTERM (a clean end) or the server goes away (RunFailed, once the trace is closed with what it
     had)."""
-    from workloads.run import software_versions  # the engine's module: imported only when watching
-
     if not interval_s > 0:
         raise ConfigError(f"--interval must be a positive number of seconds, not {interval_s}")
     target = metrics_url(url)
