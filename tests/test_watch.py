@@ -154,6 +154,12 @@ def test_a_watched_trace_summarises_and_exports_like_any_recording(tmp_path):
     tracer.export_csv(trace, out)
     assert (out / "scrapes.csv").read_text().partition("\n")[0].startswith("tick,t_s,kv_usage,")
     assert main(["summary", str(tmp_path / "vllm.msgpack")]) == 0
+    figures = tracer.summarize(trace)
+    # what the server's metrics cannot say is unknown, not 0: its device time and its request counts
+    assert figures["busy_s"] is None and figures["device_s_per_token"] is None and figures["capacity_tok_s"] is None
+    assert figures["requests_submitted"] is None and figures["goodput_req_s"] is None and figures["preemptions"] is None
+    assert figures["output_tokens"] == trace.ticks["sampled_tokens"].sum() > 0
+    assert figures["mean_batch_seqs"] == pytest.approx(trace.ticks["running"].mean())
 
 
 def test_metrics_url_takes_a_server_or_its_page():
