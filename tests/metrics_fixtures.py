@@ -94,7 +94,8 @@ class ServerState:
             scale = 20.0 if role == "iteration" else 0.1
             values.extend((rng.lognormal(0, 1, n) * scale).tolist())
 
-    def page(self) -> str:
+    def page(self, copies: int = 1) -> str:
+        """The page; `copies` > 1 serves every sample once per model (a server of several engines)."""
         names = NAMES[self.source]
         lines: list[str] = []
 
@@ -127,6 +128,12 @@ class ServerState:
             lines.append(f'{name}_bucket{{le="+Inf",{MODEL}}} {float(len(values))!r}')
             lines.append(f"{name}_count{{{MODEL}}} {float(len(values))!r}")
             lines.append(f"{name}_sum{{{MODEL}}} {sum(values)!r}")
+        if copies > 1:
+            lines = [
+                line.replace(MODEL, MODEL.replace('"org/model', f'"org/model-{i}'))
+                for line in lines
+                for i in range(copies if MODEL in line else 1)
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -142,9 +149,16 @@ class MetricsServer:
     it stops listening. `body` / `status`: answer that instead of metrics."""
 
     def __init__(
-        self, source: str = "vllm", *, die_after: int | None = None, body: str | None = None, status: int = 200
+        self,
+        source: str = "vllm",
+        *,
+        die_after: int | None = None,
+        body: str | None = None,
+        status: int = 200,
+        copies: int = 1,
     ) -> None:
         self.state = ServerState(source)
+        self.copies = copies
         self.served: list[tuple[dict[str, float], dict[str, float], dict[str, int]]] = []
         self.die_after = die_after
         self.body, self.status = body, status
@@ -161,7 +175,7 @@ class MetricsServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.body is not None:
             return web.Response(text=self.body, status=self.status, content_type="text/html")
-        page = self.state.page()
+        page = self.state.page(self.copies)
         self.served.append(
             (
                 dict(self.state.counters),

@@ -388,3 +388,27 @@ def test_watch_without_out_follows_a_temporary_trace_as_demo_does(tmp_path, monk
     with tracer.open_trace(path) as reader:
         assert reader.closed_cleanly
     assert not Path(path + ".log").exists()
+
+
+def test_a_server_of_many_engines_is_one_server_and_a_big_page_is_read_whole(tmp_path):
+    copies = 300  # every sample once per model: a page of about a megabyte
+    out = tmp_path / "many.msgpack"
+    with MetricsServer("vllm", copies=copies) as server:
+        watch(server.url, out, INTERVAL, 0.3)
+    trace = tracer.load(out)
+    assert trace.ticks.height == len(server.served) >= 3
+    for i, (counters, gauges, _) in enumerate(server.served):
+        row, scrape = trace.ticks.row(i, named=True), trace.scrapes.row(i, named=True)
+        assert row["running"] == copies * gauges["running"]  # counts add up over engines...
+        assert scrape["kv_usage"] == pytest.approx(gauges["kv_usage"])  # ...a share is their mean
+        if i:
+            assert row["prefill_tokens"] == copies * (counters["prompt"] - server.served[i - 1][0]["prompt"])
+    single = tmp_path / "one.msgpack"
+    with MetricsServer("vllm") as server:  # the same traffic on one engine: the same percentiles
+        watch(server.url, single, INTERVAL, 0.3)
+    one = tracer.load(single).scrapes
+    n = min(one.height, trace.scrapes.height)
+    for name in ("ttft_p50_s", "e2e_p99_s"):
+        assert column(trace, "scrapes", name)[:n] == pytest.approx(
+            [math.nan if v is None else v for v in one[name].to_list()[:n]], nan_ok=True
+        )

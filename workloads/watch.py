@@ -141,10 +141,13 @@ async def fetch(session: aiohttp.ClientSession, url: str) -> Exposition:
     async with session.get(url, headers={"Accept": "text/plain"}) as response:
         if response.status != 200:
             raise NotPrometheus(f"answered {response.status} {response.reason or ''}".rstrip())
-        body = await response.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            raise NotPrometheus(f"answered more than {MAX_BODY >> 20} MiB")
-    return parse(body.decode("utf-8", errors="replace"))
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise NotPrometheus(f"answered more than {MAX_BODY >> 20} MiB")
+            chunks.append(chunk)
+    return parse(b"".join(chunks).decode("utf-8", errors="replace"))
 
 
 @dataclass
