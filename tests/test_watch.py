@@ -412,3 +412,19 @@ def test_a_server_of_many_engines_is_one_server_and_a_big_page_is_read_whole(tmp
         assert column(trace, "scrapes", name)[:n] == pytest.approx(
             [math.nan if v is None else v for v in one[name].to_list()[:n]], nan_ok=True
         )
+
+
+async def test_two_watched_servers_compare_side_by_side(tmp_path):
+    from tui.compare_app import CompareApp
+    from tui.compare_source import TraceSide
+
+    for source in ("vllm", "sglang"):
+        await asyncio.to_thread(served_trace, source, tmp_path)
+    app = CompareApp(TraceSide(str(tmp_path / "vllm.msgpack")), TraceSide(str(tmp_path / "sglang.msgpack")))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await until(pilot, lambda: app.status == "loaded" and app.comparison is not None)
+        await pilot.press("end")
+        await pilot.pause()
+        found = no_data_panels(app)
+        assert "ExpertHeatmap" in found  # on both sides, each saying so
+        assert all(text.startswith("no data: the watched ") for text in found.values())
