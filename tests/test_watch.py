@@ -426,5 +426,5 @@ async def test_two_watched_servers_compare_side_by_side(tmp_path):
         await pilot.press("end")
         await pilot.pause()
         found = no_data_panels(app)
-        assert "ExpertHeatmap" in found  # on both sides, each saying so
+        assert "ExpertHeatmap" in found
         assert all(text.startswith("no data: the watched ") for text in found.values())
