@@ -48,7 +48,7 @@ NAMES = {
         "e2e": "sglang:e2e_request_latency_seconds",
     },
 }
-NAMES["tickscope"] = {**NAMES["vllm"], "tick": "tickscope:tick_seconds"}
+NAMES["tickscope"] = {**NAMES["vllm"], "tick": "tickscope:tick_seconds", "device": "tickscope:device_seconds"}
 BLOCKS, BLOCK_SIZE = 1000, 16  # vLLM's cache_config_info
 
 
@@ -66,9 +66,9 @@ class ServerState:
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
         names = NAMES[self.source]
-        for role in ("prompt", "generation", "preemptions"):
+        for role in ("prompt", "generation", "preemptions", "device"):
             if role in names:
-                self.counters[role] = 1000.0 * (role != "preemptions")  # a server that has run before
+                self.counters[role] = 1000.0 * (role in ("prompt", "generation"))  # a server that has run before
         self.counters["stop"] = self.counters["length"] = 0.0
         for role in ("ttft", "itl", "e2e", "queue", "iteration", "tick"):
             if role in names:
@@ -87,6 +87,8 @@ class ServerState:
         self.counters["generation"] += int(rng.integers(0, 800))
         if "preemptions" in names:
             self.counters["preemptions"] += int(rng.integers(0, 3))
+        if "device" in names:
+            self.counters["device"] += float(rng.uniform(0, 0.05))
         self.counters["stop"] += int(rng.integers(0, 6))
         self.counters["length"] += int(rng.integers(0, 6))
         for role, values in self.observations.items():
@@ -112,7 +114,7 @@ class ServerState:
             if self.source == "tickscope":
                 head("tickscope:experts_active", "gauge")
                 lines.extend(f'tickscope:experts_active{{layer="{i}",{MODEL}}} {3 + i}.0' for i in range(2))
-        for role in ("prompt", "generation", "preemptions"):
+        for role in ("prompt", "generation", "preemptions", "device"):
             if role in names:
                 head(names[role] + "_total", "counter")
                 lines.append(f"{names[role]}_total{{{MODEL}}} {self.counters[role]!r}")

@@ -62,6 +62,7 @@ class SourceMetrics:
     queue: tuple[str, ...] = ()
     iteration_tokens: tuple[str, ...] = ()  # histogram: tokens per scheduler iteration
     tick: tuple[str, ...] = ()  # histogram: tickscope's tick time, seconds
+    busy_seconds: tuple[str, ...] = ()  # counter: device time the ticks kept busy (tickscope's)
 
 
 _VLLM = SourceMetrics(
@@ -83,7 +84,10 @@ _VLLM = SourceMetrics(
 # Which server a page comes from: the first whose prefix one of its metrics has (tickscope's pages
 # carry vLLM's names too, so its own prefix is looked for first).
 SOURCES: dict[str, tuple[str, SourceMetrics]] = {
-    "tickscope": ("tickscope:", dataclasses.replace(_VLLM, tick=("tickscope:tick_seconds",))),
+    "tickscope": (
+        "tickscope:",
+        dataclasses.replace(_VLLM, tick=("tickscope:tick_seconds",), busy_seconds=("tickscope:device_seconds",)),
+    ),
     "vllm": ("vllm:", _VLLM),
     "sglang": (
         "sglang:",
@@ -185,7 +189,7 @@ def to_events(
     and rates are absent."""
     page = scrape.page
     before = previous.page if previous is not None else None
-    absent: set[str] = {"wait_ns", "forward_ns"}
+    absent: set[str] = {"wait_ns"}
 
     def whole(value: float | None, *fields: str) -> int:
         if value is None or not math.isfinite(value):
@@ -202,6 +206,7 @@ def to_events(
     usage = page.share(*names.kv_usage)
     capacity = _kv_capacity(page, names)
     prompt, generated = counter(names.prompt_tokens), counter(names.generation_tokens)
+    busy = counter(names.busy_seconds)  # tickscope's own: the interval's busy device time, as its ticks' forward time
     start_ns = previous.got_ns if previous is not None else scrape.sent_ns
     seconds = (scrape.got_ns - start_ns) / 1e9
     tick_event = TickEvent(
@@ -216,7 +221,7 @@ def to_events(
         running=whole(running, "running"),
         kv_used=whole(None if usage is None or capacity is None else usage * capacity, "kv_used"),
         kv_capacity=whole(capacity if usage is not None else None, "kv_capacity"),
-        forward_ns=0,
+        forward_ns=whole(None if busy is None else busy * 1e9, "forward_ns"),
         sampled_tokens=whole(generated, "sampled_tokens"),
     )
     tick_event.absent = absent_mask(absent)
