@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import torch
 
 from engine.errors import ConfigError
+from engine.sampling import SAMPLING_BYTES_PER_LOGIT
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -207,7 +208,8 @@ def activation_bytes(cfg: ModelConfig, dtype: torch.dtype, tick: TickLimits, pad
     experts = rows * (2 * h + 4 * i) * item + t * cfg.routed_experts * 4 + t * 3 * i * cfg.shared_experts * item
     if padded_experts:
         experts += cfg.routed_experts * tick.max_seqs * k * (h + 2 * i) * item
-    logits = tick.max_seqs * cfg.vocab_size * 4
+    # float32 logits, and the temporaries of drawing from them when every row samples
+    logits = tick.max_seqs * cfg.vocab_size * (4 + SAMPLING_BYTES_PER_LOGIT)
     return residual + projections + max(decodes, prefill) + experts + logits
 
 

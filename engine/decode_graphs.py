@@ -42,6 +42,7 @@ from torch import Tensor
 from engine.batch import AttnCall, ForwardBatch, KVSlots, SeqChunk
 from engine.kv_cache import KVCache
 from engine.model import Transformer
+from engine.sampling import SamplingBatch, pick_tokens
 
 # Shortest context bucket: below it, a graph per size would buy nothing measurable.
 _MIN_CONTEXT = 64
@@ -112,6 +113,8 @@ class DecodeGraphs:
         self._host, self._host_np = host, host.numpy()
         # on the CPU the forward pass reads the host buffer itself; on CUDA a copy of it
         self._inputs = torch.empty(size, dtype=torch.int64, device=self.device) if self.capture else host
+        # where replayed graphs leave their logits for the draws made after them; made by `warm_up`
+        self._logits = torch.empty(0)
         self._buckets: dict[tuple[int, int], _Bucket] = {}
         self.captured: list[tuple[int, int]] = []  # (batch, context) of each graph, in capture order
         self.used: set[tuple[int, int]] = set()  # (batch, context) of every bucket a tick ran in
@@ -131,9 +134,11 @@ class DecodeGraphs:
             return False
         return max(c.start for c in chunks) + 1 <= self.context_buckets[-1]
 
-    def run(self, chunks: list[SeqChunk]) -> Tensor:
-        """The tick's greedy tokens [B'] then expert load [layers * experts], int32, on the device; the
-        first len(chunks) tokens are the real rows'. Check `takes` first."""
+    def run(self, chunks: list[SeqChunk], sampling: SamplingBatch | None = None) -> Tensor:
+        """The tick's tokens [B'] then expert load [layers * experts], int32, on the device; the first
+        len(chunks) tokens are the real rows'. Check `takes` first. The step takes greedy tokens; with
+        `sampling` the real rows' tokens are drawn after it from the logits it left (engine/sampling.py
+        runs outside the graphs: one capture per bucket serves every mix of requests)."""
         self.note = ""
         if self.capture and not self.captured:
             self.warm_up()
@@ -146,10 +151,15 @@ class DecodeGraphs:
         self._fill(bucket, chunks, context)
         self._send(bucket)
         if bucket.graph is None:  # the CPU
-            return self._step(bucket)
-        bucket.graph.replay()
-        assert bucket.out is not None
-        return bucket.out
+            out, logits = self._step(bucket)
+        else:
+            bucket.graph.replay()
+            assert bucket.out is not None
+            out, logits = bucket.out, self._logits[: bucket.seqs]
+        if sampling is None:
+            return out
+        n = len(chunks)
+        return torch.cat([pick_tokens(logits[:n], sampling).to(torch.int32), out[n:]])
 
     def turn_off(self, reason: str) -> None:
         """No decode tick goes to the graphs from now on; those captured are released."""
@@ -163,6 +173,11 @@ class DecodeGraphs:
         """Capture every bucket, smallest first. Their inputs are padding rows only, so the runs that
         capture them write K/V to the scratch block alone; replays read the real inputs."""
         start = time.monotonic()
+        # one buffer that every graph leaves its logits in: one output [B', vocab] per graph would
+        # hold hundreds of MB for a real vocabulary, for the draws of a single tick at a time
+        self._logits = torch.empty(
+            self.batch_buckets[-1], self.model.cfg.vocab_size, dtype=self.kv.k.dtype, device=self.device
+        )
         for seqs in self.batch_buckets:
             for context in self.context_buckets:
                 bucket = self._bucket(seqs, context)
@@ -207,8 +222,9 @@ class DecodeGraphs:
         host[3 * b + n : 4 * b] = 1
         table[n:, 0] = self.kv.scratch_slot // self.block_size
 
-    def _forward(self, bucket: _Bucket) -> Tensor:
-        """The captured region: fixed shapes, no host synchronisation."""
+    def _forward(self, bucket: _Bucket) -> tuple[Tensor, Tensor]:
+        """The captured region: fixed shapes, no host synchronisation. Greedy tokens [B'] then the
+        expert load, and the logits [B', vocab]."""
         attention = AttnCall(None, bucket.block_table, bucket.context_len, 1, None)
         batch = ForwardBatch(
             bucket.tokens,
@@ -221,7 +237,13 @@ class DecodeGraphs:
             fixed_shapes=True,
         )
         logits, counts = self.model(batch, self.kv.k, self.kv.v)
-        return torch.cat([logits.argmax(dim=-1).to(torch.int32), counts.flatten()])
+        return torch.cat([logits.argmax(dim=-1).to(torch.int32), counts.flatten()]), logits
+
+    def _region(self, bucket: _Bucket) -> Tensor:
+        """What a graph captures: the step, and its logits copied to the buffer the draws read."""
+        out, logits = self._step(bucket)
+        self._logits[: bucket.seqs].copy_(logits)
+        return out
 
     def _capture(self, bucket: _Bucket) -> None:
         """Capture `bucket`'s forward pass on a side stream that first runs it once uncaptured (cuBLAS
@@ -236,11 +258,11 @@ class DecodeGraphs:
         graph = cuda.CUDAGraph()
         cuda.set_stream(side)
         try:
-            self._step(bucket)
+            self._region(bucket)
             # thread_local: the load generator and the trace writer run on other threads meanwhile
             graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
             try:
-                out = self._step(bucket)
+                out = self._region(bucket)
             finally:
                 graph.capture_end()  # ends the capture even when the region failed (it then raises)
         finally:

@@ -28,6 +28,7 @@ from engine.distributed import StageGroup
 from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.pipeline import PipelinePlan, split_micro_batches
+from engine.sampling import SamplingBatch
 from engine.scheduler import SchedulerConfig
 from engine.stage_wire import decode_tick, encode_tick
 from engine.stages import CellClock, ForwardResult
@@ -100,7 +101,11 @@ class DistributedExecutor:
         self.model, self.kv, self.plan, self.grouping, self.group = model, kv, plan, grouping, group
         self._peer: int | None = None  # the rank the message under way is to or from (None: all of them)
 
-    def run(self, chunks: list[SeqChunk], tick: int, tick_start_ns: int) -> ForwardResult:
+    def run(
+        self, chunks: list[SeqChunk], tick: int, tick_start_ns: int, sampling: SamplingBatch | None = None
+    ) -> ForwardResult:
+        """Tokens are greedy: the last rank picks them, and the engine refuses requests that sample."""
+        assert sampling is None, "the engine admits greedy requests only to a distributed pipeline"
         self._peer = None
         try:
             return self._run(chunks, tick, tick_start_ns)

@@ -25,6 +25,7 @@ from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.pipeline import check_stage_fits, plan_pipeline, split_micro_batches
 from engine.request import Request
+from engine.sampling import SamplingBatch
 from engine.scheduler import Scheduler, SchedulerConfig, Sequence, TickPlan
 from engine.stages import ForwardResult, StageExecutor
 from tracer.events import BatchEvent, ExpertsEvent, MarkEvent, RequestEvent, RequestStatus, TickEvent
@@ -50,8 +51,9 @@ def resolve_device(device: str) -> torch.device:
 class Engine:
     """Serves requests from a queue, one tick (one forward pass) at a time, on a thread of its own.
 
-    Every request submitted ends exactly once through its sink: "finished" at max_new_tokens (EOS is
-    ignored, as serving benchmarks do), "rejected" at once by `submit` (queue full, impossible request,
+    Every request submitted ends exactly once through its sink: "finished" at one of its stop tokens
+    (reason "stop"; a request without any runs to the end, as serving benchmarks do) or at
+    max_new_tokens ("length"), "rejected" at once by `submit` (queue full, impossible request,
     engine stopped; called on the submitting thread), "cancelled" (by `cancel` or `stop`), or "failed"
     (a tick raised: no tick runs after it, see `_fail`).
 
@@ -238,6 +240,10 @@ class Engine:
             return f"prompt + max_new_tokens = {total} exceeds the KV capacity {self.kv.allocator.capacity_tokens}"
         if min(req.prompt) < 0 or max(req.prompt) >= self.model_cfg.vocab_size:
             return f"token ids must be in [0, {self.model_cfg.vocab_size})"
+        if (problem := req.sampling.problem()) is not None:
+            return problem
+        if not req.sampling.greedy and self.stage_group is not None:
+            return "a distributed pipeline decodes greedily only (temperature 0)"
         return None
 
     # --- the tick loop, on the engine thread ---------------------------------------------------------
@@ -321,7 +327,7 @@ class Engine:
         for e, token in zip((e for e in plan.entries if e.samples), next_tokens):
             e.seq.request.sink.on_token(token, end)
         for seq in finished:
-            seq.request.sink.on_finish("finished", "", end)
+            seq.request.sink.on_finish("finished", seq.finish_reason, end)
 
         self.ticks += 1
         self.tokens_generated += len(next_tokens)
@@ -352,8 +358,8 @@ class Engine:
         return True
 
     def _forward(self, plan: TickPlan, tick: int, tick_start: int) -> ForwardResult:
-        """One forward pass and greedy sampling: next tokens, expert load [layers, experts], the
-        forward's device time in ns, and the tick's pipeline cells when there is a pipeline."""
+        """One forward pass and each request's sampling: next tokens, expert load [layers, experts],
+        the forward's device time in ns, and the tick's pipeline cells when there is a pipeline."""
         alloc = self.kv.allocator
         bs = alloc.block_size
         chunks = [
@@ -366,7 +372,10 @@ class Engine:
             )
             for e in plan.entries
         ]
-        return self.executor.run(chunks, tick, tick_start)
+        rows = [e.seq for e in plan.entries if e.samples]
+        # each row predicts the token at the position after its known ones: the noise of a draw
+        sampling = SamplingBatch.of([s.request.sampling for s in rows], [len(s.tokens) for s in rows], self.device)
+        return self.executor.run(chunks, tick, tick_start, sampling)
 
     def _batch_event(self, tick: int, plan: TickPlan) -> BatchEvent:
         """Who ran in this tick, with what, in which attention call: the trace's link from requests

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from engine.sampling import GREEDY, SamplingParams
 from tracer.events import RequestStatus
 
 
@@ -14,7 +15,8 @@ class RequestSink(Protocol):
     def on_token(self, token: int, t_ns: int) -> None: ...
 
     def on_finish(self, status: RequestStatus, reason: str, t_ns: int) -> None:
-        """Called exactly once; status is "finished", "rejected", "cancelled" or "failed"."""
+        """Called exactly once; status is "finished", "rejected", "cancelled" or "failed". The reason
+        of "finished" is "stop" (a stop token was sampled) or "length" (max_new_tokens were)."""
 
 
 @dataclass(slots=True)
@@ -23,3 +25,6 @@ class Request:
     prompt: list[int]  # token ids
     max_new_tokens: int
     sink: RequestSink
+    sampling: SamplingParams = GREEDY
+    # sampling one of these ends the sequence; it is still a token of the output (as EOS is)
+    stop_tokens: frozenset[int] = frozenset()

@@ -90,6 +90,7 @@ class Sequence:
     computed: int = 0  # leading tokens whose K/V is in the cache
     generated: int = 0
     prefill_end: int = 0  # positions before this are prefill work: the prompt, or all known tokens on recompute
+    finish_reason: str = ""  # once finished: "stop" (a stop token) or "length" (max_new_tokens)
 
     @property
     def id(self) -> int:
@@ -197,17 +198,24 @@ class Scheduler:
 
     def commit(self, plan: TickPlan, next_tokens: list[int]) -> list[Sequence]:
         """Apply a tick's results: `next_tokens` holds one token per sampling entry, in order.
-        Returns the sequences that reached max_new_tokens, already removed and freed."""
+        Returns the sequences that sampled a stop token or reached max_new_tokens, already removed
+        and freed, with their `finish_reason` set."""
         finished = []
         sampled = iter(next_tokens)
         for e in plan.entries:
             e.seq.computed += e.count
             if e.samples:
-                e.seq.tokens.append(next(sampled))
+                token = next(sampled)
+                e.seq.tokens.append(token)
                 e.seq.generated += 1
-                if e.seq.generated >= e.seq.request.max_new_tokens:
-                    self.remove(e.seq)
-                    finished.append(e.seq)
+                if token in e.seq.request.stop_tokens:
+                    e.seq.finish_reason = "stop"
+                elif e.seq.generated >= e.seq.request.max_new_tokens:
+                    e.seq.finish_reason = "length"
+                else:
+                    continue
+                self.remove(e.seq)
+                finished.append(e.seq)
         return finished
 
     def remove(self, seq: Sequence) -> None:

@@ -22,6 +22,7 @@ from engine.decode_graphs import DecodeGraphs
 from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.pipeline import PipelinePlan, split_micro_batches
+from engine.sampling import SamplingBatch, pick_tokens
 from tracer.events import StageEvent
 from tracer.timeline import modelled_timeline, run_order
 
@@ -30,7 +31,7 @@ from tracer.timeline import modelled_timeline, run_order
 class ForwardResult:
     """One tick's forward pass, as the engine needs it."""
 
-    tokens: list[int]  # the greedy next token of every sampling chunk, in chunk order
+    tokens: list[int]  # the next token of every sampling chunk, in chunk order
     counts: np.ndarray  # expert load [layers, experts]
     forward_ns: int  # device time of the forward pass
     stage: StageEvent | None  # the pipeline cells, when there is a pipeline
@@ -103,25 +104,30 @@ class StageExecutor:
         self.grouping, self.device = grouping, device
         self.graphs = graphs
 
-    def run(self, chunks: list[SeqChunk], tick: int, tick_start_ns: int) -> ForwardResult:
-        """Decode-only ticks go to the decode graphs, when there are any; the rest run as cells.
-        Graphs the engine chose by itself (`auto`) that fail to capture are turned off, and the
-        run goes on eagerly; asked for (`on`), their failure ends it."""
+    def run(
+        self, chunks: list[SeqChunk], tick: int, tick_start_ns: int, sampling: SamplingBatch | None = None
+    ) -> ForwardResult:
+        """Tokens are picked as `sampling` says (engine/sampling.py; None: greedy). Decode-only ticks
+        go to the decode graphs, when there are any; the rest run as cells. Graphs the engine chose
+        by itself (`auto`) that fail to capture are turned off, and the run goes on eagerly; asked
+        for (`on`), their failure ends it."""
         graphs = self.graphs
         if graphs is not None and graphs.takes(chunks):
             try:
-                return self._run_graph(graphs, chunks)
+                return self._run_graph(graphs, chunks, sampling)
             except RuntimeError as error:
                 if graphs.required:
                     raise
                 graphs.turn_off(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
-                result = self._run_cells(chunks, tick, tick_start_ns)
+                result = self._run_cells(chunks, tick, tick_start_ns, sampling)
                 result.note = f"decode graphs off from here on: capturing one failed ({graphs.failed})"
                 return result
-        return self._run_cells(chunks, tick, tick_start_ns)
+        return self._run_cells(chunks, tick, tick_start_ns, sampling)
 
-    def _run_cells(self, chunks: list[SeqChunk], tick: int, tick_start_ns: int) -> ForwardResult:
-        """The embedding runs in stage 0's cells, the LM head in the last's; tokens are greedy."""
+    def _run_cells(
+        self, chunks: list[SeqChunk], tick: int, tick_start_ns: int, sampling: SamplingBatch | None
+    ) -> ForwardResult:
+        """The embedding runs in stage 0's cells, the LM head in the last's."""
         plan, model = self.plan, self.model
         micro = plan.micro_batches_for(len(chunks))
         parts = [make_batch(p, self.device, self.grouping) for p in split_micro_batches(chunks, micro)]
@@ -142,7 +148,7 @@ class StageExecutor:
             if s == last:
                 logits[m] = model.logits(hidden[m], batch)
             clock.mark()
-        next_tokens = torch.cat([x for x in logits if x is not None]).argmax(dim=-1).to(torch.int32)
+        next_tokens = pick_tokens(torch.cat([x for x in logits if x is not None]), sampling).to(torch.int32)
         host = read_back(torch.cat([next_tokens, counts.flatten()]))
         n = len(next_tokens)
         marks = clock.read()
@@ -154,10 +160,10 @@ class StageExecutor:
             stage = StageEvent(tick, start + offset, end + offset, modelled_start + offset, modelled_end + offset)
         return ForwardResult(host[:n].tolist(), host[n:].reshape(counts.shape), int(marks[-1]), stage)
 
-    def _run_graph(self, graphs: DecodeGraphs, chunks: list[SeqChunk]) -> ForwardResult:
+    def _run_graph(self, graphs: DecodeGraphs, chunks: list[SeqChunk], sampling: SamplingBatch | None) -> ForwardResult:
         clock = CellClock(self.device)
         clock.mark()
-        out = graphs.run(chunks)
+        out = graphs.run(chunks, sampling)
         clock.mark()
         host = read_back(out)
         cfg = self.model.cfg

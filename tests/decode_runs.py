@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -11,6 +11,7 @@ from engine.config import get_preset
 from engine.decode_graphs import DecodeGraphs
 from engine.engine import Engine
 from engine.request import Request
+from engine.sampling import GREEDY, SamplingParams
 from engine.scheduler import SchedulerConfig
 from tracer.events import ExpertsEvent, MarkEvent, TickEvent
 from tracer.recorder import ListRecorder
@@ -42,10 +43,12 @@ def mixed_run(
     decode_compile: str = "off",
     dtype: str = "auto",
     setup: Callable[[DecodeGraphs], None] | None = None,
+    sampled: SamplingParams = GREEDY,
 ) -> MixedRun:
     """Eleven requests of mixed lengths through an engine of 8 slots, run to the end: admissions,
     prefills and finishes interleave with decode-only ticks, and contexts cross several context
-    buckets. `setup` may adjust the engine's decode graphs before the first tick."""
+    buckets. `setup` may adjust the engine's decode graphs before the first tick. Every other
+    request picks its tokens as `sampled` says, with its index added to the seed."""
     rec = ListRecorder()
     sched = SchedulerConfig(
         max_seqs=8, kv_capacity_tokens=4096, decode_graphs=decode_graphs, decode_compile=decode_compile
@@ -57,7 +60,8 @@ def mixed_run(
     sinks = [Tokens() for _ in range(11)]
     for i, sink in enumerate(sinks):
         prompt = rng.integers(0, 512, int(rng.integers(1, 90))).tolist()
-        eng.submit(Request(i, prompt, int(rng.integers(1, 40)), sink))
+        params = replace(sampled, seed=sampled.seed + i) if i % 2 else GREEDY
+        eng.submit(Request(i, prompt, int(rng.integers(1, 40)), sink, sampling=params))
     while eng.step():
         pass
     ticks = [e for e in rec.events if isinstance(e, TickEvent)]

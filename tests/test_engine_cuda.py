@@ -17,6 +17,7 @@ from decode_runs import MixedRun, Tokens, mixed_run
 from engine.config import activation_bytes, get_preset
 from engine.engine import Engine
 from engine.request import Request
+from engine.sampling import SamplingParams
 from engine.scheduler import SchedulerConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -53,6 +54,19 @@ def test_graph_replay_is_the_padded_path_exactly():
     assert run.engine.graphs.captured == [] and len(run.engine.graphs.buckets_used) > 2
     assert replayed.tokens == run.tokens
     assert all((a == b).all() for a, b in zip(replayed.load, run.load, strict=True))
+
+
+def test_seeded_draws_after_replayed_graphs_are_the_padded_paths():
+    """The draws read the logits a replayed graph left in the shared buffer: the same tokens as the
+    padded path run uncaptured, and unlike the greedy ones."""
+
+    def uncaptured(graphs):
+        graphs.capture = False
+
+    sampled = SamplingParams(temperature=0.8, top_p=0.95, seed=11)
+    replayed, run = mixed_run("cuda", "on", sampled=sampled), mixed_run("cuda", "on", setup=uncaptured, sampled=sampled)
+    assert_replayed(replayed)
+    assert replayed.tokens == run.tokens and replayed.tokens[1::2] != mixed_run("cuda", "on").tokens[1::2]
 
 
 def test_float32_graphs_capture_the_padded_product_and_give_the_eager_tokens_and_load():

@@ -22,6 +22,7 @@ from engine.kernels import grouped_mm, grouped_mm_padded
 from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.request import Request
+from engine.sampling import SamplingParams
 from engine.scheduler import SchedulerConfig
 
 
@@ -101,7 +102,7 @@ class FakeCuda:
         self.default = self.current = _Stream("default")
         self.capturing: _Graph | None = None
         self.fail = fail
-        step = graphs._step
+        step = graphs._region
 
         def captured_step(bucket):
             if self.capturing is not None and self.fail:
@@ -111,7 +112,7 @@ class FakeCuda:
                 self.capturing.replay_fn = lambda: out.copy_(step(bucket))
             return out
 
-        graphs._step, graphs.cuda, graphs.capture = captured_step, self, True
+        graphs._region, graphs.cuda, graphs.capture = captured_step, self, True
 
     def graph_pool_handle(self) -> object:
         return object()
@@ -149,6 +150,18 @@ def test_every_bucket_is_captured_up_front_and_the_replays_give_the_eager_tokens
     assert all((a == b).all() for a, b in zip(replayed.load, eager.load, strict=True))
     real = slice(0, replayed.engine.kv.scratch_slot)  # the captures' runs wrote to the scratch block only
     torch.testing.assert_close(replayed.engine.kv.k[:, real], eager.engine.kv.k[:, real], rtol=1e-5, atol=1e-5)
+
+
+def test_sampled_requests_draw_the_same_tokens_from_replayed_graphs():
+    """Draws are made after the graph, from the logits it leaves in the shared buffer: replayed,
+    padded or eager, a seeded request gets the same tokens, and greedy ones stay greedy."""
+    sampled = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, seed=7)
+    eager = mixed_run("cpu", "off", sampled=sampled)
+    replayed = mixed_run("cpu", "on", setup=FakeCuda, sampled=sampled)
+    assert replayed.engine.graphs.buckets_used and replayed.tokens == eager.tokens
+    assert mixed_run("cpu", "on", sampled=sampled).tokens == eager.tokens  # padded, not captured
+    greedy = mixed_run("cpu", "off")
+    assert replayed.tokens[0::2] == greedy.tokens[0::2] and replayed.tokens[1::2] != greedy.tokens[1::2]
 
 
 def test_a_capture_whose_region_fails_restores_the_stream_and_auto_goes_on_eagerly():
@@ -217,8 +230,8 @@ def test_the_captured_region_has_no_data_dependent_shapes_or_host_reads(matmul):
     bucket = graphs._bucket(4, 128)
     graphs._fill(bucket, _decode_chunks(graphs, [5, 70, 100]), np.array([5, 70, 100]))
     with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True):
-        out = graphs._forward(bucket)
-        assert out.shape == (4 + 4 * 16,)
+        out, logits = graphs._forward(bucket)
+        assert out.shape == (4 + 4 * 16,) and logits.shape == (4, graphs.model.cfg.vocab_size)
         with pytest.raises(DataDependentOutputException):  # the harness does catch a host read
             out.sum().item()
         with pytest.raises(DynamicOutputShapeException):  # ... and a value-dependent shape

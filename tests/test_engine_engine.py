@@ -53,7 +53,7 @@ def test_every_request_finishes_once_and_events_add_up(policy, window_ms):
         assert s.done.wait(60)
     eng.stop()
 
-    assert all(s.finishes == [("finished", "")] for s in sinks)
+    assert all(s.finishes == [("finished", "length")] for s in sinks)
     assert [len(s.tokens) for s in sinks] == [3 + i % 4 for i in range(12)]
     ticks = [e for e in rec.events if isinstance(e, TickEvent)]
     experts = [e for e in rec.events if isinstance(e, ExpertsEvent)]
@@ -107,7 +107,7 @@ def test_stop_with_drain_finishes_everything_first():
     for i, s in enumerate(sinks):
         eng.submit(Request(i, prompt(i, 4), 5, s))
     eng.stop(drain=True)
-    assert all(s.finishes == [("finished", "")] and len(s.tokens) == 5 for s in sinks)
+    assert all(s.finishes == [("finished", "length")] and len(s.tokens) == 5 for s in sinks)
 
 
 def test_queue_limit_rejects_at_once_without_losing_anyone():

@@ -143,7 +143,7 @@ def _decode(submissions: list[tuple[int, list[int]]], max_new: int, recorder=Non
                 engine.submit(Request(i, prompt, max_new, sinks[i]))
         engine.step()
         tick += 1
-    assert all(s.finishes == [("finished", "")] for s in sinks.values())
+    assert all(s.finishes == [("finished", "length")] for s in sinks.values())
     return {i: s.tokens for i, s in sinks.items()}
 
 

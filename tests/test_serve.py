@@ -302,7 +302,14 @@ async def test_serve_cli_traces_requests_and_sigint_closes_the_trace(tmp_path):
         assert reader.closed_cleanly
     loaded = tracer.load(trace)
     port = int(url.rsplit(":", 1)[1])
-    assert loaded.header.config["serve"] == {"host": "127.0.0.1", "port": port, "model": "tickscope"}
+    assert loaded.header.config["serve"] == {
+        "host": "127.0.0.1",
+        "port": port,
+        "model": "tickscope",
+        "api_key": False,
+        "max_body_bytes": 4 << 20,
+        "max_prompt_tokens": 1023,  # the context less the one token a request must leave room for
+    }
     assert loaded.ticks.height >= 3
     (row,) = loaded.requests.to_dicts()
     assert row["status"] == "finished" and row["prompt_tokens"] == 2 and row["output_tokens"] == 3

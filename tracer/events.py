@@ -116,7 +116,7 @@ class RequestEvent:
     output_tokens: int = 0
     tick: int = -1  # the tick it happened in, when the scheduler knows it
     status: RequestStatus | Literal[""] = ""  # set on finish only
-    reason: str = ""  # why it was rejected, cancelled or preempted
+    reason: str = ""  # why it was rejected, cancelled or preempted; "stop" or "length" when finished
     token_us: np.ndarray | None = None  # uint32 [output_tokens], on finish
 
 

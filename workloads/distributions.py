@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from workloads.spec import LengthSpec, WorkloadSpec
+from workloads.traffic import MOONCAKE_BLOCK, Blocks
 
 _BLOCK = 1024  # lengths are drawn this many at a time: one numpy call instead of one per request
 _TOKEN_BLOCK = 1 << 16
+_BLOCK_CACHE = 4096  # a trace's prompt blocks kept (16 MB): past that, the oldest are made again when named
 
 
 @dataclass
@@ -53,12 +55,21 @@ def sample_lengths(spec: LengthSpec, rng: np.random.Generator, n: int) -> np.nda
 class RequestMaker:
     """Makes the n-th request's prompt and output budget, the same for the same seed."""
 
-    def __init__(self, spec: WorkloadSpec, streams: RandomStreams, vocab_size: int) -> None:
+    def __init__(
+        self, spec: WorkloadSpec, streams: RandomStreams, vocab_size: int, prompts: list[list[int]] | None = None
+    ) -> None:
+        """`prompts`: the token ids of a `text` prompt spec's prompts, sent in turn, round and round."""
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be positive, not {vocab_size}")
+        if (prompts is None) != (spec.prompt.kind != "text"):
+            raise ValueError("token ids are given for text prompts, and for them only")
         self._vocab_size = vocab_size
+        self._prompts = prompts
+        self._sent = 0
         self._tokens = streams.prompt_tokens
         self._pairs = self._pairs_of(spec, streams)
+        self._seed = spec.seed
+        self._blocks: dict[int, np.ndarray] = {}
         # Token ids are cut from a pre-drawn block: one numpy call per request costs more than
         # the rest of sending it.
         self._pool = np.empty(0, dtype=np.int64)
@@ -66,18 +77,48 @@ class RequestMaker:
 
     def next(self) -> tuple[list[int], int]:
         """(prompt token ids, max new tokens) of the next request."""
-        prompt_len, max_new = next(self._pairs)
-        if self._pos + prompt_len > len(self._pool):
-            size = max(_TOKEN_BLOCK, prompt_len)
+        prompt_len, max_new = self.lengths()
+        return self.prompt(prompt_len), max_new
+
+    def lengths(self) -> tuple[int, int]:
+        """(prompt tokens, max new tokens) of the next request, drawn from the workload's distributions."""
+        return next(self._pairs)
+
+    def prompt(self, prompt_len: int, blocks: Blocks = ()) -> list[int]:
+        """Token ids of a prompt this long: the tokens of its trace's `blocks` first, as far as they
+        reach, the rest fresh; or a `text` spec's next prompt, whatever its length."""
+        if self._prompts is not None:
+            given = self._prompts[self._sent % len(self._prompts)]
+            self._sent += 1
+            return list(given)
+        shared = [self._block(block) for block in blocks[: -(-prompt_len // MOONCAKE_BLOCK)]]
+        head = np.concatenate(shared)[:prompt_len] if shared else self._pool[:0]
+        fresh = prompt_len - len(head)
+        if self._pos + fresh > len(self._pool):
+            size = max(_TOKEN_BLOCK, fresh)
             self._pool = self._tokens.integers(0, self._vocab_size, size=size)
             self._pos = 0
-        prompt = self._pool[self._pos : self._pos + prompt_len].tolist()
-        self._pos += prompt_len
-        return prompt, max_new
+        tail = self._pool[self._pos : self._pos + fresh]
+        self._pos += fresh
+        prompt: list[int] = (np.concatenate((head, tail)) if len(head) else tail).tolist()
+        return prompt
+
+    def _block(self, block: int) -> np.ndarray:
+        """The tokens of a trace's prompt block: the same for the same id and seed, in every request."""
+        tokens = self._blocks.get(block)
+        if tokens is None:
+            if len(self._blocks) >= _BLOCK_CACHE:
+                del self._blocks[next(iter(self._blocks))]  # the oldest: a trace's blocks are mostly reused soon
+            rng = np.random.default_rng([self._seed, block])
+            tokens = self._blocks[block] = rng.integers(0, self._vocab_size, size=MOONCAKE_BLOCK)
+        return tokens
 
     @staticmethod
     def _pairs_of(spec: WorkloadSpec, streams: RandomStreams) -> Iterator[tuple[int, int]]:
         while True:
-            prompts = sample_lengths(spec.prompt, streams.prompt_lengths, _BLOCK)
+            if spec.prompt.kind == "text":  # the prompts are given: no length to draw
+                prompts = np.zeros(_BLOCK, dtype=np.int64)
+            else:
+                prompts = sample_lengths(spec.prompt, streams.prompt_lengths, _BLOCK)
             outputs = sample_lengths(spec.output, streams.output_lengths, _BLOCK)
             yield from zip(prompts.tolist(), outputs.tolist())

@@ -1,7 +1,8 @@
 """Load over HTTP: an engine stand-in that sends each request to an OpenAI-compatible server.
 
 `HttpTarget` has the engine's `submit` / `cancel` shape, so `run_load` drives `tickscope serve`
-(or any OpenAI-compatible `/v1/completions`) exactly as it drives the engine in-process. Each
+(or any OpenAI-compatible `/v1/completions`, with `Authorization: Bearer` when given an API key)
+exactly as it drives the engine in-process. Each
 request is one streaming completion with the prompt as token ids; each streamed chunk that
 carries text counts as one output token, stamped when it is received. Cancelling closes the
 connection, which is how an OpenAI client gives up (the server should then free the request).
@@ -43,7 +44,9 @@ class TargetLost(Exception):
 class HttpTarget:
     """Sends requests to `url` (e.g. http://127.0.0.1:8000). Use from one event loop."""
 
-    def __init__(self, url: str, *, model: str = "tickscope", timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, url: str, *, model: str = "tickscope", timeout_s: float = 300.0, api_key: str | None = None
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ConfigError(f"target must be an http://host[:port] URL, not '{url}'")
@@ -52,6 +55,7 @@ class HttpTarget:
         self.path = parts.path.rstrip("/") + "/v1/completions"
         self.model = model
         self.timeout_s = timeout_s
+        self._auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
         self.error: TargetLost | None = None  # set by the first request that found the target gone
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
@@ -112,7 +116,7 @@ class HttpTarget:
             ).encode()
             head = (
                 f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+                f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{self._auth}"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             )
             writer.write(head.encode() + body)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -26,9 +26,13 @@ from tracer.events import RequestEvent
 from tracer.recorder import Recorder
 from workloads.arrivals import send_times
 from workloads.distributions import RandomStreams, RequestMaker
+from workloads.hf_tokenizer import HFTokenizer
 from workloads.metrics import NS, LoadMetrics, RequestRecord, summarize
+from workloads.prompts import tokenize_prompts
 from workloads.spec import WorkloadSpec
 from workloads.stream import StreamingSink
+from workloads.tokenizer import BYTE_TOKENS, ByteTokenizer
+from workloads.traffic import Blocks, replay
 
 # A run that is stopped gives the engine this long to confirm its cancellations before the
 # client ends what is left itself.
@@ -87,6 +91,7 @@ async def run_load(
     recorder: Recorder,
     *,
     vocab_size: int,
+    tokenizer: HFTokenizer | None = None,
     duration_s: float | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     progress_interval_s: float = 0.5,
@@ -95,14 +100,16 @@ async def run_load(
     """Run `spec` against `engine` until its duration or request count, then let what is in
     flight end.
 
-    `duration_s` overrides the workload's (0 = until stopped). Setting `stop` ends sending and
-    cancels what is in flight, and still returns the result; cancelling the task does the same
-    cleanup and then propagates the cancellation.
+    `tokenizer`, the model's, tokenizes a workload's text prompts (else the byte tokenizer does),
+    and its EOS tokens end a request's sequence early ("stop"); without one, requests run to their
+    max tokens, as serving benchmarks' do. `duration_s` overrides the workload's (0 = until
+    stopped). Setting `stop` ends sending and cancels what is in flight, and still returns the
+    result; cancelling the task does the same cleanup and then propagates the cancellation.
     """
     duration = spec.duration_s if duration_s is None else duration_s
     if duration < 0:
         raise ConfigError(f"negative duration: {duration:g} s")
-    run = _Run(engine, spec, recorder, vocab_size)
+    run = _Run(engine, spec, recorder, vocab_size, tokenizer)
     deadline_ns = run.start_ns + int(duration * NS) if duration else None
     sender = asyncio.create_task(run.send_then_drain(deadline_ns))
     reporter = asyncio.create_task(run.report(on_progress, progress_interval_s)) if on_progress else None
@@ -155,13 +162,22 @@ async def _cancel_tasks(*tasks: asyncio.Task[object] | None) -> None:
 class _Run:
     """The state of one run, all of it owned by the event loop."""
 
-    def __init__(self, engine: EngineLike, spec: WorkloadSpec, recorder: Recorder, vocab_size: int) -> None:
+    def __init__(
+        self, engine: EngineLike, spec: WorkloadSpec, recorder: Recorder, vocab_size: int, tokenizer: HFTokenizer | None
+    ) -> None:
         self.engine = engine
         self.spec = spec
         self.recorder = recorder
         self.loop = asyncio.get_running_loop()
         self.streams = RandomStreams.from_seed(spec.seed)
-        self.maker = RequestMaker(spec, self.streams, vocab_size)
+        prompts = None
+        if spec.prompt.kind == "text":
+            if tokenizer is None and vocab_size < BYTE_TOKENS:
+                raise ConfigError(f"text prompts need a tokenizer: a vocabulary of {vocab_size} is too small for bytes")
+            tok = tokenizer or ByteTokenizer(vocab_size)
+            prompts = tokenize_prompts(spec.prompt.prompts, spec.prompt.file, tok)
+        self.maker = RequestMaker(spec, self.streams, vocab_size, prompts)
+        self.stop_tokens = frozenset(tokenizer.eos_token_ids if tokenizer is not None else ())
         self.in_flight: dict[int, tuple[RequestRecord, StreamingSink]] = {}
         self.records: list[RequestRecord] = []
         self.counts = {"finished": 0, "rejected": 0, "cancelled": 0, "failed": 0}
@@ -194,9 +210,18 @@ class _Run:
         sent = self.records_sent()
         return (deadline_ns is None or planned_ns < deadline_ns) and (not limit or sent < limit)
 
+    def _schedule(self) -> Iterator[tuple[float, int, int, Blocks]]:
+        """(send offset in seconds, prompt tokens, max new tokens, prompt blocks) of each open-loop
+        request: a trace's rows, or arrivals and lengths drawn from the workload's distributions."""
+        if self.spec.arrivals.traffic is not None:
+            yield from replay(self.spec.arrivals.traffic)
+            return
+        for offset_s in send_times(self.spec.arrivals, self.streams.arrivals):
+            yield (offset_s, *self.maker.lengths(), ())
+
     async def _open_loop(self, deadline_ns: int | None) -> None:
         back_to_back = 0
-        for offset_s in send_times(self.spec.arrivals, self.streams.arrivals):
+        for offset_s, prompt_len, max_new, blocks in self._schedule():
             planned_ns = self.start_ns + int(offset_s * NS)
             if not self._more(planned_ns, deadline_ns):
                 return
@@ -208,7 +233,7 @@ class _Run:
                 back_to_back = 0
             if self.slots is not None:
                 await self.slots.acquire()
-            self.send(planned_ns)
+            self.send(planned_ns, prompt_len, max_new, blocks)
 
     async def _user(self, index: int, deadline_ns: int | None) -> None:
         think_ns = int(self.spec.arrivals.think_s * NS)
@@ -218,7 +243,7 @@ class _Run:
             await _sleep_until(planned_ns)
             if not self._more(planned_ns, deadline_ns):
                 return
-            sink = self.send(planned_ns)
+            sink = self.send(planned_ns, *self.maker.lengths())
             await sink.done
             # The user reads the answer from the moment it ended, then asks again.
             planned_ns = sink.finish_ns + think_ns
@@ -226,16 +251,17 @@ class _Run:
     def records_sent(self) -> int:
         return len(self.records) + len(self.in_flight)
 
-    def send(self, planned_ns: int) -> StreamingSink:
+    def send(self, planned_ns: int, prompt_len: int, max_new: int, blocks: Blocks = ()) -> StreamingSink:
         rid = self.records_sent()
-        prompt, max_new = self.maker.next()
+        prompt = self.maker.prompt(prompt_len, blocks)
         sink = StreamingSink(self.loop, rid, on_first_token=self._first_token, on_done=self._done)
         record = RequestRecord(rid, len(prompt), max_new, planned_ns, sent_ns=time.monotonic_ns())
         self.in_flight[rid] = (record, sink)
         self.idle.clear()
         self.recorder.emit(RequestEvent(rid, "arrive", record.sent_ns, prompt_tokens=len(prompt)))
         try:
-            self.engine.submit(Request(rid, prompt, max_new, sink))
+            sampling = replace(self.spec.sampling, seed=self.spec.sampling.seed + rid)
+            self.engine.submit(Request(rid, prompt, max_new, sink, sampling, self.stop_tokens))
         except Exception as exc:
             # Not the engine's way to refuse (that is on_finish "rejected"), but the request
             # was sent and must still end.

@@ -1,9 +1,10 @@
-"""The OpenAI completions protocol, as far as `tickscope serve` speaks it: reading a request body,
-and the shapes of completions, stream chunks and errors.
+"""The OpenAI completions and chat completions protocol, as far as `tickscope serve` speaks it:
+reading a request body, and the shapes of answers, stream chunks and errors.
 
 Nothing here touches the network or the engine, so every malformed-request answer can be tested
 as plain data. Errors carry the status and the `{"error": {...}}` body OpenAI clients expect: 400
-`invalid_request_error` for a body they could have got right, 404 for an unknown model.
+`invalid_request_error` for a body they could have got right, 404 for an unknown model, 401 for
+a missing or wrong API key.
 Sampling is greedy and generation always runs to `max_tokens` (the engine ignores EOS, as serving
 benchmarks do), so `temperature`, `top_p`, `stop` and the like are accepted and ignored; `n` and
 `best_of` above 1 change the response's shape and are refused.
@@ -12,12 +13,15 @@ benchmarks do), so `temperature`, `top_p`, `stop` and the like are accepted and 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from workloads.tokenizer import ByteTokenizer
+from workloads.chat import ROLES, ChatTemplate, PlainChatTemplate
+from workloads.tokenizer import Tokenizer
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+MAX_BODY_BYTES = 4 << 20  # serve's default body limit: a prompt of a million token ids as JSON fits
+API_KEY_ENV = "TICKSCOPE_API_KEY"  # serve's API key when --api-key is not given, and the key record --target sends
 
 
 class ApiError(Exception):
@@ -47,12 +51,18 @@ def _invalid(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, param=param)
 
 
+Endpoint = Literal["completion", "chat"]
+
+
 @dataclass(frozen=True)
 class CompletionRequest:
+    """A request of either endpoint, read: what the engine runs and how the answer is shaped."""
+
     prompt: list[int]  # token ids
     max_tokens: int
     stream: bool
     include_usage: bool  # stream_options.include_usage: a last chunk with the token counts
+    endpoint: Endpoint = "completion"
 
 
 @dataclass(frozen=True)
@@ -60,8 +70,15 @@ class ServedModel:
     """What the front serves and what a request may ask of it."""
 
     name: str
-    tokenizer: ByteTokenizer
+    tokenizer: Tokenizer
     context_tokens: int  # prompt + completion may not exceed this (max_seq_len, or the KV cache if smaller)
+    chat_template: ChatTemplate = field(default_factory=PlainChatTemplate)
+    max_prompt_tokens: int | None = None  # None: as long as the context leaves room for one token
+
+    @property
+    def prompt_limit(self) -> int:
+        limit = self.context_tokens - 1
+        return limit if self.max_prompt_tokens is None else min(limit, self.max_prompt_tokens)
 
     def card(self, created: int) -> dict[str, Any]:
         """Its /v1/models entry; `vocab_size` and `max_model_len` tell a load generator what to send."""
@@ -76,6 +93,23 @@ class ServedModel:
 
 
 def parse_completion(raw: bytes, served: ServedModel) -> CompletionRequest:
+    """A `/v1/completions` body."""
+    body = _body(raw, served)
+    prompt = _prompt(body.get("prompt"), served)
+    return _request(body, prompt, served, "completion", DEFAULT_MAX_TOKENS)
+
+
+def parse_chat(raw: bytes, served: ServedModel) -> CompletionRequest:
+    """A `/v1/chat/completions` body: its messages rendered by the served model's chat template."""
+    body = _body(raw, served)
+    text = served.chat_template.render(_messages(body.get("messages")))
+    prompt = served.tokenizer.encode(text)
+    _check_prompt_length(prompt, served, "messages")
+    # OpenAI's chat default is "as many as fit", as vLLM reads it: the rest of the context
+    return _request(body, prompt, served, "chat", served.context_tokens - len(prompt))
+
+
+def _body(raw: bytes, served: ServedModel) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -92,31 +126,41 @@ def parse_completion(raw: bytes, served: ServedModel) -> CompletionRequest:
             param="model",
             code="model_not_found",
         )
-    prompt = _prompt(body.get("prompt"), served.tokenizer)
-    max_tokens = body.get("max_tokens", DEFAULT_MAX_TOKENS)
+    return body
+
+
+def _request(
+    body: dict[str, Any], prompt: list[int], served: ServedModel, endpoint: Endpoint, default_max: int
+) -> CompletionRequest:
+    # max_completion_tokens is OpenAI's newer name for max_tokens; given both, it wins (as in vLLM)
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(key)
     if max_tokens is None:
-        max_tokens = DEFAULT_MAX_TOKENS
+        max_tokens = default_max
     if type(max_tokens) is not int or max_tokens < 1:
-        raise _invalid(f"max_tokens must be a whole number of at least 1, not {max_tokens!r}.", "max_tokens")
+        raise _invalid(f"{key} must be a whole number of at least 1, not {max_tokens!r}.", key)
     if len(prompt) + max_tokens > served.context_tokens:
         raise _invalid(
             f"This model's maximum context length is {served.context_tokens} tokens. However, you requested "
             f"{len(prompt) + max_tokens} tokens ({len(prompt)} in your prompt; {max_tokens} for the completion).",
-            "max_tokens",
+            key,
         )
-    for key in ("n", "best_of"):
-        if body.get(key, 1) not in (None, 1):
-            raise _invalid(f"{key} must be 1: this server returns one completion per request.", key)
+    for name in ("n", "best_of"):
+        if body.get(name, 1) not in (None, 1):
+            raise _invalid(f"{name} must be 1: this server returns one completion per request.", name)
     stream = body.get("stream", False)
+    if stream is None:
+        stream = False
     if type(stream) is not bool:
         raise _invalid(f"stream must be true or false, not {stream!r}.", "stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise _invalid("stream_options must be an object.", "stream_options")
-    return CompletionRequest(prompt, max_tokens, stream, bool(options.get("include_usage")))
+    return CompletionRequest(prompt, max_tokens, stream, bool(options.get("include_usage")), endpoint)
 
 
-def _prompt(value: Any, tokenizer: ByteTokenizer) -> list[int]:
+def _prompt(value: Any, served: ServedModel) -> list[int]:
+    tokenizer = served.tokenizer
     # OpenAI accepts a batch of prompts as a list; a batch of one is unwrapped, more are refused.
     if isinstance(value, list) and value and isinstance(value[0], (str, list)):
         if len(value) != 1:
@@ -134,37 +178,103 @@ def _prompt(value: Any, tokenizer: ByteTokenizer) -> list[int]:
         raise _invalid("prompt must not be empty.", "prompt")
     if min(tokens) < 0 or max(tokens) >= tokenizer.vocab_size:
         raise _invalid(f"prompt token ids must be in [0, {tokenizer.vocab_size}).", "prompt")
+    _check_prompt_length(tokens, served, "prompt")
     return tokens
 
 
+def _check_prompt_length(tokens: list[int], served: ServedModel, param: str) -> None:
+    if len(tokens) > served.prompt_limit:
+        raise _invalid(f"Your prompt is {len(tokens)} tokens; this server takes at most {served.prompt_limit}.", param)
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    """The conversation as role and text: content given as a string, or as a list of text parts."""
+    if not isinstance(value, list) or not value:
+        raise _invalid("messages must be a non-empty list of messages.", "messages")
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise _invalid(f"messages[{i}] must be an object with a role and content.", "messages")
+        role = message.get("role")
+        if role not in ROLES:
+            raise _invalid(f"messages[{i}].role must be one of {', '.join(ROLES)}, not {role!r}.", "messages")
+        messages.append({"role": role, "content": _content(message.get("content"), i, role)})
+    return messages
+
+
+def _content(value: Any, i: int, role: str) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None and role == "assistant":  # an assistant turn that only called tools
+        return ""
+    if isinstance(value, list):
+        texts = []
+        for part in value:
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise _invalid(f"messages[{i}].content: this server reads text parts only.", "messages")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise _invalid(f"messages[{i}].content must be a string or a list of text parts.", "messages")
+
+
+_OBJECTS = {  # endpoint -> the `object` of its answer and of its stream's chunks
+    "completion": ("text_completion", "text_completion"),
+    "chat": ("chat.completion", "chat.completion.chunk"),
+}
+
+
 def completion(
-    cid: str, created: int, model: str, text: str, prompt_tokens: int, completion_tokens: int
+    endpoint: Endpoint, cid: str, created: int, model: str, text: str, prompt_tokens: int, completion_tokens: int
 ) -> dict[str, Any]:
-    # finish_reason is always "length": generation runs to max_tokens
+    """The whole answer. finish_reason is always "length": generation runs to max_tokens."""
+    if endpoint == "chat":
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
+    else:
+        choice = {"index": 0, "text": text}
     return {
         "id": cid,
-        "object": "text_completion",
+        "object": _OBJECTS[endpoint][0],
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}],
+        "choices": [{**choice, "logprobs": None, "finish_reason": "length"}],
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
-def chunk(cid: str, created: int, model: str, text: str, finish_reason: str | None = None) -> dict[str, Any]:
-    return {
+def chunk(
+    endpoint: Endpoint,
+    cid: str,
+    created: int,
+    model: str,
+    text: str | None,
+    finish_reason: str | None = None,
+    *,
+    include_usage: bool = False,
+) -> dict[str, Any]:
+    """One event of a stream. A chat stream opens with `text=None`: the chunk that names the role."""
+    if endpoint == "chat":
+        delta = {"role": "assistant", "content": ""} if text is None else {"content": text} if text else {}
+        choice: dict[str, Any] = {"index": 0, "delta": delta}
+    else:
+        choice = {"index": 0, "text": text or ""}
+    event = {
         "id": cid,
-        "object": "text_completion",
+        "object": _OBJECTS[endpoint][1],
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{**choice, "logprobs": None, "finish_reason": finish_reason}],
     }
+    if include_usage:  # OpenAI's stream says `"usage": null` until the last chunk
+        event["usage"] = None
+    return event
 
 
-def usage_chunk(cid: str, created: int, model: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def usage_chunk(
+    endpoint: Endpoint, cid: str, created: int, model: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
     return {
         "id": cid,
-        "object": "text_completion",
+        "object": _OBJECTS[endpoint][1],
         "created": created,
         "model": model,
         "choices": [],
@@ -188,3 +298,12 @@ def rejection(reason: str) -> ApiError:
         return ApiError(503, "The server is shutting down.", type="server_error", code="unavailable")
     # the engine's other refusals are checked here first; one that still arrives is the client's
     return ApiError(400, f"The engine refused the request: {reason}.")
+
+
+def unauthorized(given: bool) -> ApiError:
+    """The answer to a request without the server's API key, worded as OpenAI words it."""
+    if given:
+        message = "Incorrect API key provided. Send the key the server was started with as `Authorization: Bearer KEY`."
+    else:
+        message = "You didn't provide an API key. Send it as `Authorization: Bearer KEY` (the OpenAI clients do)."
+    return ApiError(401, message, code="invalid_api_key")

@@ -6,6 +6,7 @@ client writes `--out` with only the client side — a header naming the target a
 then each request's `arrive`, `first_token` and `finish` with every token's time as received.
 So the client trace has requests and no ticks, and its latencies include the network and the
 HTTP front. Request ids are the client's; the server numbers requests in the order it gets them.
+A server that wants an API key gets `$TICKSCOPE_API_KEY` as `Authorization: Bearer`.
 
 A target that goes away mid-run (its connections refused, reset or closed mid-answer) stops the run:
 the requests it dropped are recorded as failed, the rest cancelled, the trace closed, and RunFailed
@@ -20,7 +21,7 @@ the run as the target does.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,9 +35,10 @@ from tracer.writer import TraceWriter
 from workloads.errors import RunFailed
 from workloads.http_target import HttpTarget, TargetLost
 from workloads.loadgen import LoadResult, Progress, run_load
+from workloads.openai_api import API_KEY_ENV
 from workloads.run import RecordingPlan, RecordingResult, fault_line, stop_on_fault
 from workloads.signals import stop_on_signals
-from workloads.spec import WorkloadSpec, load_workload
+from workloads.spec import WorkloadSpec
 from workloads.tokenizer import BYTE_TOKENS
 from workloads.versions import software_versions
 from workloads.watch import Scrape, ServerGone, Watcher, first_scrape, metrics_url, watch_config
@@ -44,16 +46,21 @@ from workloads.watch import Scrape, ServerGone, Watcher, first_scrape, metrics_u
 _MODELS_TIMEOUT_S = 10.0
 
 
-async def fetch_model(url: str) -> dict[str, Any]:
+async def fetch_model(url: str, api_key: str | None = None) -> dict[str, Any]:
     """The first model a server lists at /v1/models (tickscope's also gives its vocab_size)."""
     try:
         timeout = aiohttp.ClientTimeout(total=_MODELS_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
             async with session.get(url.rstrip("/") + "/v1/models") as response:
+                if response.status == 401:
+                    raise ConfigError(f"the target {url} wants an API key: set {API_KEY_ENV}")
                 response.raise_for_status()
                 listing = await response.json(content_type=None)
         card: dict[str, Any] = listing["data"][0]  # JSON as the server sent it: not checked to be an object
         return card
+    except ConfigError:
+        raise
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise ConfigError(f"cannot reach the target {url}: {exc or type(exc).__name__}") from None
     except (ValueError, KeyError, IndexError, TypeError):
@@ -76,12 +83,14 @@ def record_remote(
 ) -> RecordingResult:
     """Run `plan`'s workload against the server at `target`, writing the client's trace to `plan.out`
     (with the server's metrics too, when `watch` says where they are)."""
-    spec = load_workload(plan.workload)
-    if plan.seed is not None:
-        spec = dataclasses.replace(spec, seed=plan.seed)
+    spec = plan.workload_spec()
     HttpTarget(target)  # checks the URL before anything is contacted or written
     page = metrics_url(watch.url) if watch is not None else ""
-    card = asyncio.run(fetch_model(target))
+    api_key = os.environ.get(API_KEY_ENV) or None  # never written to the trace
+    card = asyncio.run(fetch_model(target, api_key))
+    # A trace is clipped to the context the server says it takes, if it says.
+    context = card.get("max_model_len")
+    spec = spec.with_context(context if type(context) is int and context > 1 else None)
     config: dict[str, Any] = {
         "target": target,
         "model": card,
@@ -101,7 +110,7 @@ def record_remote(
     if watch is not None and watched is not None:
         watcher = Watcher(page, watched[0], watch.interval_s, writer, watched[1])
     try:
-        load, lost = asyncio.run(_drive(target, card, spec, writer, plan.duration_s, on_progress, watcher))
+        load, lost = asyncio.run(_drive(target, api_key, card, spec, writer, plan.duration_s, on_progress, watcher))
     finally:
         writer.close()
     if lost is not None:
@@ -115,11 +124,13 @@ def record_remote(
         tokens_generated=sum(r.output_tokens for r in load.records),
         dropped_events=writer.dropped,
         interrupted=load.stopped,
+        traffic=spec.arrivals.traffic,
     )
 
 
 async def _drive(
     target: str,
+    api_key: str | None,
     card: dict[str, Any],
     spec: WorkloadSpec,
     writer: TraceWriter,
@@ -128,7 +139,7 @@ async def _drive(
     watcher: Watcher | None = None,
 ) -> tuple[LoadResult, TargetLost | ServerGone | None]:
     """The run, and whether the target (or its metrics page) went away during it."""
-    http = HttpTarget(target, model=str(card.get("id", "tickscope")))
+    http = HttpTarget(target, model=str(card.get("id", "tickscope")), api_key=api_key)
     # Servers that do not say their vocabulary still take every byte-level id.
     vocab = card.get("vocab_size")
     vocab_size = vocab if type(vocab) is int and vocab > 0 else BYTE_TOKENS

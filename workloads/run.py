@@ -24,6 +24,7 @@ import torch
 from engine.config import ModelConfig, check_fits, get_preset
 from engine.engine import Engine, resolve_device
 from engine.errors import EngineFailed, StageLost
+from engine.kv_cache import BlockAllocator
 from engine.launch import launch_stages
 from engine.probe import probe
 from engine.scheduler import SchedulerConfig
@@ -32,7 +33,8 @@ from tracer.writer import TraceWriter
 from workloads.errors import RunFailed
 from workloads.loadgen import LoadResult, Progress, run_load
 from workloads.signals import stop_on_signals
-from workloads.spec import WorkloadSpec, load_workload
+from workloads.spec import WorkloadSpec, load_workload, traffic_workload
+from workloads.traffic import TrafficSpec
 from workloads.versions import software_versions
 
 # How often the run checks that the engine and the trace writer are still working: well within the
@@ -51,6 +53,15 @@ class RecordingPlan:
     scheduler_overrides: dict[str, Any] = field(default_factory=dict)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     distributed: bool = False  # one pipeline stage per process on torch.distributed (engine/launch.py)
+    # a production trace to send instead of the workload's load: the keys of a trace's [arrivals]
+    traffic: dict[str, Any] | None = None
+
+    def workload_spec(self) -> WorkloadSpec:
+        """The workload this plan sends: its file or preset, with the trace and the seed it overrides."""
+        spec = load_workload(self.workload)
+        if self.traffic is not None:
+            spec = traffic_workload(spec, self.traffic, "the --traffic options")
+        return spec if self.seed is None else dataclasses.replace(spec, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -62,16 +73,16 @@ class RecordingResult:
     tokens_generated: int
     dropped_events: int
     interrupted: bool  # stopped by a signal before the workload's end
+    traffic: TrafficSpec | None = None  # the trace replayed, with what its window sent and clipped
 
 
 def prepare(plan: RecordingPlan) -> tuple[ModelConfig, SchedulerConfig, WorkloadSpec]:
     """Resolve and validate the plan's configuration without allocating anything."""
-    spec = load_workload(plan.workload)
-    if plan.seed is not None:
-        spec = dataclasses.replace(spec, seed=plan.seed)
+    spec = plan.workload_spec()
     model_cfg = get_preset(plan.preset, **plan.model_overrides)
     sched_cfg = SchedulerConfig(**{**spec.scheduler.overrides(), **plan.scheduler_overrides})
     sched_cfg.validate()
+    spec = spec.with_context(context_tokens(model_cfg, sched_cfg))
     device = resolve_device(plan.device)
     if not plan.distributed:  # a distributed rank holds only its stage; the ranks check that themselves
         check_fits(model_cfg, device, sched_cfg)
@@ -160,7 +171,15 @@ class Recording:
             tokens_generated=engine.tokens_generated,
             dropped_events=writer.dropped,
             interrupted=load.stopped,
+            traffic=spec.arrivals.traffic,
         )
+
+
+def context_tokens(model_cfg: ModelConfig, sched_cfg: SchedulerConfig) -> int:
+    """The most tokens (prompt + output) the engine takes in one request: its `_check`'s bound."""
+    return min(
+        model_cfg.max_seq_len, BlockAllocator(sched_cfg.kv_capacity_tokens, sched_cfg.kv_block_size).capacity_tokens
+    )
 
 
 def record(plan: RecordingPlan, on_progress: Callable[[Progress], None] | None = None) -> RecordingResult:

@@ -1,7 +1,9 @@
-"""`tickscope serve`: an OpenAI-compatible completions endpoint in front of a traced engine.
+"""`tickscope serve`: OpenAI-compatible completions and chat completions in front of a traced engine.
 
 Real clients and load tools (curl, the `openai` package, `tickscope record --target`, vLLM's
-benchmark) drive the engine over HTTP while every tick is traced. The front writes a request's
+benchmark, AIPerf, GuideLLM) drive the engine over HTTP while every tick is traced; `/health`
+answers their probes and `/metrics` their scrapers, in vLLM's names (workloads/server_metrics.py,
+read from the same events the trace gets). The front writes a request's
 client-side moments as the load generator does — `arrive` when the request is submitted,
 `first_token`, and `finish` with every token's time — so a trace from `serve` reads like one from
 `record`; the engine adds its ticks, admissions and preemptions to the same file.
@@ -16,13 +18,18 @@ answered 500 in OpenAI's error body (an error event, in a stream already under w
 server: `close` raises RunFailed once the trace is closed. A trace the disk no longer takes stops it
 too (the writer's TraceWriteError). At the door, abusive clients are bounded: at most MAX_CONNECTIONS
 open connections (past them a 503 and a close), HEAD_TIMEOUT_S for a connection to send a whole
-request head, BODY_TIMEOUT_S for the body after it (408), a 400 for JSON nested too deeply.
+request head, BODY_TIMEOUT_S for the body after it (408), a 400 for JSON nested too deeply; the plan's
+body limit (413) and prompt limit (400). With an API key, /v1/* wants it as OpenAI clients send it
+(401 otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hmac
+import ipaddress
 import json
 import socket
 import time
@@ -42,24 +49,28 @@ from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer.events import RequestEvent, SessionHeader
 from tracer.writer import TraceWriter
+from workloads.chat import PlainChatTemplate
 from workloads.errors import RunFailed
 from workloads.openai_api import (
+    MAX_BODY_BYTES,
     ApiError,
     CompletionRequest,
     ServedModel,
     chunk,
     completion,
+    parse_chat,
     parse_completion,
     rejection,
+    unauthorized,
     usage_chunk,
 )
 from workloads.run import fault_line, leave_a_core_free, session_config, stop_on_fault
+from workloads.server_metrics import CONTENT_TYPE, ServerMetrics, model_shape
 from workloads.signals import stop_on_signals
 from workloads.spec import load_workload
 from workloads.stream import StreamingSink
 from workloads.tokenizer import ByteTokenizer
 
-MAX_BODY_BYTES = 4 << 20  # a prompt of a million token ids as JSON fits; more is refused with 413
 _MAX_TOKEN_US = 2**32 - 1  # token_us is uint32 (as in the load generator)
 # At shutdown: how long in-flight handlers get to send their last bytes once the engine has
 # cancelled them, and how long the engine's cancellations get to reach the event loop.
@@ -84,6 +95,9 @@ class ServePlan:
     model_name: str = "tickscope"
     scheduler_overrides: dict[str, Any] = field(default_factory=dict)
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    api_key: str | None = None  # clients must send `Authorization: Bearer KEY` to /v1/*; None: no key
+    max_body_bytes: int = MAX_BODY_BYTES  # a larger request body is answered 413
+    max_prompt_tokens: int | None = None  # a longer prompt is answered 400; None: as the context allows
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,12 @@ class Server:
     `start` opens both, `close` ends every request, stops the engine and closes the trace."""
 
     def __init__(self, plan: ServePlan) -> None:
+        if plan.max_body_bytes < 1:
+            raise ConfigError(f"the request body limit must be at least 1 byte, not {plan.max_body_bytes}")
+        if plan.max_prompt_tokens is not None and plan.max_prompt_tokens < 1:
+            raise ConfigError(f"the prompt limit must be at least 1 token, not {plan.max_prompt_tokens}")
+        if plan.api_key == "":
+            raise ConfigError("the API key is empty")
         knobs = load_workload(plan.workload).scheduler.overrides() if plan.workload else {}
         sched_cfg = SchedulerConfig(**{**knobs, **plan.scheduler_overrides})
         model_cfg = get_preset(plan.preset, **plan.model_overrides)
@@ -112,7 +132,14 @@ class Server:
             leave_a_core_free()
         self.engine = Engine(model_cfg, sched_cfg, device=plan.device, seed=plan.seed or 0)
         context = min(model_cfg.max_seq_len, self.engine.kv.allocator.capacity_tokens)
-        self.served = ServedModel(plan.model_name, ByteTokenizer(model_cfg.vocab_size), context)
+        self.served = ServedModel(
+            plan.model_name,
+            ByteTokenizer(model_cfg.vocab_size),
+            context,
+            PlainChatTemplate(),
+            plan.max_prompt_tokens,
+        )
+        self.metrics: ServerMetrics | None = None
         self.url = ""
         self.counts = {"finished": 0, "rejected": 0, "cancelled": 0, "failed": 0}
         self._next_id = 0
@@ -134,11 +161,19 @@ class Server:
         self.url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         header = SessionHeader(time.monotonic_ns(), time.time_ns(), self._session_config(port))
         self._writer = TraceWriter(self.plan.trace, header)
-        self.engine.recorder = self._writer
+        # every event goes on to the trace through the metrics, which read it on the way
+        self.metrics = ServerMetrics(self._writer, self.plan.model_name, model_shape(header.config))
+        self.engine.recorder = self.metrics
         self.engine.start()
-        app = web.Application(middlewares=[self._head_arrived, _openai_errors], client_max_size=MAX_BODY_BYTES)
-        app.router.add_post("/v1/completions", self._completions)
+        app = web.Application(
+            middlewares=[self._head_arrived, _openai_errors, self._authorized],
+            client_max_size=self.plan.max_body_bytes,
+        )
+        app.router.add_post("/v1/completions", functools.partial(self._completions, parse=parse_completion))
+        app.router.add_post("/v1/chat/completions", functools.partial(self._completions, parse=parse_chat))
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
         # keepalive_timeout: between two requests of a connection, as long as before its first
         self._runner = web.AppRunner(
             app,
@@ -210,7 +245,16 @@ class Server:
 
     def _session_config(self, port: int) -> dict[str, Any]:
         plan = self.plan
-        more: dict[str, Any] = {"serve": {"host": plan.host, "port": port, "model": plan.model_name}}
+        more: dict[str, Any] = {
+            "serve": {
+                "host": plan.host,
+                "port": port,
+                "model": plan.model_name,
+                "api_key": plan.api_key is not None,  # whether one was required; never the key itself
+                "max_body_bytes": plan.max_body_bytes,
+                "max_prompt_tokens": self.served.prompt_limit,
+            }
+        }
         if plan.workload:
             more["workload"] = load_workload(plan.workload).to_dict()
         return session_config(self.engine, plan.preset, plan.seed, **more)
@@ -220,6 +264,28 @@ class Server:
     async def _models(self, _: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [self.served.card(self._created)]})
 
+    async def _health(self, _: web.Request) -> web.Response:
+        # up while the engine ticks: 503 once a tick has failed (the server is about to stop)
+        if self.engine.error is not None:
+            raise ApiError(503, f"The engine failed: {self.engine.error}.", type="server_error", code="engine_failed")
+        return web.Response(status=200)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        assert self.metrics is not None  # made by start()
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    @web.middleware
+    async def _authorized(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """With an API key, /v1/* answers only requests that send it as OpenAI clients do; /health
+        and /metrics stay open, as vLLM leaves them, for probes and scrapers."""
+        key = self.plan.api_key
+        if key is not None and request.path.startswith("/v1/"):
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+                error = unauthorized(bool(scheme))
+                return web.json_response(error.body(), status=error.status, headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
     @web.middleware
     async def _head_arrived(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         # A request's head is whole: its connection met the door's deadline.
@@ -227,14 +293,16 @@ class Server:
             self._door.head_arrived(request.protocol)
         return await handler(request)
 
-    async def _completions(self, http: web.Request) -> web.StreamResponse:
+    async def _completions(
+        self, http: web.Request, parse: Callable[[bytes, ServedModel], CompletionRequest]
+    ) -> web.StreamResponse:
         try:
             body = await asyncio.wait_for(http.read(), BODY_TIMEOUT_S)
         except TimeoutError:
             raise ApiError(
                 408, f"The request body did not arrive within {BODY_TIMEOUT_S:g} s.", code="timeout"
             ) from None
-        req = parse_completion(body, self.served)
+        req = parse(body, self.served)
         sink = self._submit(req)
         try:
             if req.stream:
@@ -243,7 +311,8 @@ class Server:
             if sink.status != "finished":
                 raise _unfinished(sink)
             answer = completion(
-                _cid(sink),
+                req.endpoint,
+                _cid(req, sink),
                 self._created,
                 self.served.name,
                 self.served.tokenizer.decode(sink.tokens),
@@ -263,14 +332,18 @@ class Server:
             raise _unfinished(sink)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(http)
-        cid, model, decode = _cid(sink), self.served.name, self.served.tokenizer.decode_token
-        await _event(response, chunk(cid, self._created, model, decode(first)))
+        cid, model, decode = _cid(req, sink), self.served.name, self.served.tokenizer.decode_token
+        shape = functools.partial(chunk, req.endpoint, cid, self._created, model, include_usage=req.include_usage)
+        if req.endpoint == "chat":
+            await _event(response, shape(None))  # the role first, as OpenAI's chat stream opens
+        await _event(response, shape(decode(first)))
         async for token in tokens:
-            await _event(response, chunk(cid, self._created, model, decode(token)))
+            await _event(response, shape(decode(token)))
         if sink.status == "finished":
-            await _event(response, chunk(cid, self._created, model, "", "length"))
+            await _event(response, shape("", "length"))
             if req.include_usage:
-                await _event(response, usage_chunk(cid, self._created, model, len(req.prompt), len(sink.tokens)))
+                counts = len(req.prompt), len(sink.tokens)
+                await _event(response, usage_chunk(req.endpoint, cid, self._created, model, *counts))
             await response.write(b"data: [DONE]\n\n")
         else:
             # cut off by the server (shutting down): an error event and no [DONE], as OpenAI does
@@ -389,6 +462,16 @@ def _connection_limit() -> int:
     return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(1, min(MAX_CONNECTIONS, soft - _OWN_FDS))
 
 
+def reachable_from_outside(host: str) -> bool:
+    """Whether listening on `host` lets other machines connect: any address it names that is not a
+    loopback one (an unresolvable name counts as outside; listening will say what is wrong)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except OSError:
+        return True
+    return not all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses)
+
+
 def _listen(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
@@ -397,8 +480,8 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def _cid(sink: StreamingSink) -> str:
-    return f"cmpl-{sink.request_id}"
+def _cid(req: CompletionRequest, sink: StreamingSink) -> str:
+    return f"{'chatcmpl' if req.endpoint == 'chat' else 'cmpl'}-{sink.request_id}"
 
 
 def _unfinished(sink: StreamingSink) -> ApiError:
@@ -423,7 +506,9 @@ async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        message = f"{exc.reason}: {request.method} {request.path}"
+        # a body too large says the limit and the size (aiohttp's text); the rest, what was asked
+        detail = exc.text if exc.status == 413 and exc.text else f"{request.method} {request.path}"
+        message = f"{exc.reason}: {detail}"
         return web.json_response(ApiError(exc.status, message).body(), status=exc.status)
 
 

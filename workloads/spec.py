@@ -7,15 +7,20 @@ command line can print it as it is. The keys (all optional unless marked):
 
     name, description, seed, duration_s (0 = until stopped), requests (0 = no limit),
     concurrency (open loop cap, 0 = none), warmup_s, cooldown_s
-    [arrivals]  kind (required): poisson | gamma | constant | replay | closed
+    [arrivals]  kind (required): poisson | gamma | constant | replay | trace | closed
                 rate (req/s) or steps = [{at_s = 0, rate = ...}, ...] (a ramp)
                 gamma: cv (coefficient of variation of the gaps; 1 = Poisson)
                 replay: file (required; .csv/.jsonl/text, relative to this file), column
+                trace: file (required; a production trace, workloads/traffic.py), format, start_s,
+                       duration_s, time_scale or rate, keep_failed; its rows give the lengths too
                 closed: users (required), think_s
-    [prompt], [output] (both required)  kind (required): fixed | uniform | lognormal | file
+    [prompt], [output] (both required but with a trace)  kind (required): fixed | uniform | lognormal | file | text
                 fixed: value; uniform: min, max; lognormal: mean, sigma (of log length);
                 file: file, column; min and max also clip lognormal and file
+                text ([prompt] only): real prompts, sent in file order: file (required; one per
+                line, or .jsonl), column (the JSONL key: a string, or chat messages; "prompt")
     [slo]       ttft_s, tpot_s, e2e_s
+    [sampling]  temperature (0 = greedy, the default), top_p, top_k, seed (request n draws with seed + n)
     [scheduler] policy, window_ms, max_seqs, max_tokens, prefill_chunk, kv_capacity_tokens,
                 queue_limit, attention, kv_block_size (engine defaults where absent)
 """
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -32,13 +37,16 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from engine.choices import GROUPINGS, Grouping
 from engine.errors import ConfigError
 from engine.policies import policy_names
+from engine.sampling import GREEDY, SamplingParams
 from workloads.datafiles import read_column
+from workloads.prompts import Prompt, read_prompts
+from workloads.traffic import TRAFFIC_OPTIONS, TrafficSpec, scan, traffic_spec
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-ARRIVAL_KINDS = ("poisson", "gamma", "constant", "replay", "closed")
-LENGTH_KINDS = ("fixed", "uniform", "lognormal", "file")
+ARRIVAL_KINDS = ("poisson", "gamma", "constant", "replay", "trace", "closed")
+LENGTH_KINDS = ("fixed", "uniform", "lognormal", "file", "text")
 MAX_LENGTH = 1 << 20  # tokens: far past any model we run, small enough to catch unit mistakes
 
 Choice = TypeVar("Choice", bound=str)  # a Literal alias of engine/choices.py, or plain str
@@ -70,6 +78,8 @@ class ArrivalSpec:
     file: str = ""
     column: str = "arrival_s"
     times_s: tuple[float, ...] = field(default=(), repr=False)
+    # trace: a production trace whose rows give each request's arrival and lengths together
+    traffic: TrafficSpec | None = None
     # closed loop
     users: int = 0
     think_s: float = 0.0
@@ -81,7 +91,8 @@ class ArrivalSpec:
 
 @dataclass(frozen=True)
 class LengthSpec:
-    """A distribution of token counts (prompt or output length), always clipped to [min, max]."""
+    """A distribution of token counts (prompt or output length), always clipped to [min, max]; or,
+    for prompts of kind `text`, the prompts themselves (tokenized when the model is known)."""
 
     kind: str
     value: int = 0  # fixed
@@ -92,6 +103,11 @@ class LengthSpec:
     file: str = ""  # file: sample uniformly from these values
     column: str = ""
     values: tuple[int, ...] = field(default=(), repr=False)
+    prompts: tuple[Prompt, ...] = field(default=(), repr=False)  # text
+
+
+# The lengths of a workload whose trace gives each request's own (kind "trace" is no [prompt] kind).
+TRACE_LENGTHS = LengthSpec("trace")
 
 
 @dataclass(frozen=True)
@@ -137,6 +153,13 @@ class WorkloadSpec:
     cooldown_s: float = 0.0  # ... and those arriving in the last cooldown_s of sending
     slo: SLO = SLO()
     scheduler: SchedulerKnobs = SchedulerKnobs()
+    sampling: SamplingParams = GREEDY  # how every request picks its tokens; its seed is the first's
+
+    @property
+    def ends_by_itself(self) -> bool:
+        """Sending stops without a stop or --duration: at duration_s, after `requests`, or where a
+        production trace's rows end."""
+        return bool(self.duration_s or self.requests or self.arrivals.traffic is not None)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the trace header; data read from files is given by count, not copied."""
@@ -144,9 +167,19 @@ class WorkloadSpec:
         arrivals, prompt, output = d["arrivals"], d["prompt"], d["output"]
         arrivals["steps"] = [dict(s) for s in arrivals["steps"]]
         arrivals["times_s"] = len(self.arrivals.times_s)
-        prompt["values"] = len(self.prompt.values)
-        output["values"] = len(self.output.values)
+        prompt["values"], prompt["prompts"] = len(self.prompt.values), len(self.prompt.prompts)
+        output["values"], output["prompts"] = len(self.output.values), 0
+        if self.arrivals.traffic is not None:
+            arrivals["traffic"] = self.arrivals.traffic.to_dict()
         return d
+
+    def with_context(self, context_tokens: int | None) -> WorkloadSpec:
+        """The workload for a model that holds `context_tokens` per request (None: not known): a
+        trace's window is read and its rows clipped to it; other workloads are as they are."""
+        traffic = self.arrivals.traffic
+        if traffic is None:
+            return self
+        return replace(self, arrivals=replace(self.arrivals, traffic=scan(traffic, context_tokens)))
 
 
 def list_workloads() -> list[str]:
@@ -183,8 +216,14 @@ def parse_workload(
         raise ConfigError(f"{origin} is not valid TOML: {exc}") from None
     top = _Table(data, "", origin)
     arrivals = _arrivals(top.table("arrivals", required=True), base_dir)
-    prompt = _lengths(top.table("prompt", required=True), base_dir)
-    output = _lengths(top.table("output", required=True), base_dir)
+    if arrivals.kind == "trace":
+        for key in ("prompt", "output"):
+            if key in data:
+                top.fail(f"a trace gives each request's lengths: drop [{key}]")
+        prompt = output = TRACE_LENGTHS
+    else:
+        prompt = _lengths(top.table("prompt", required=True), base_dir)
+        output = _lengths(top.table("output", required=True), base_dir, texts=False)
     slo_t = top.table("slo")
     slo = SLO(
         ttft_s=slo_t.number("ttft_s", None, above=0),
@@ -206,6 +245,16 @@ def parse_workload(
         kv_block_size=sched_t.integer("kv_block_size", None, at_least=1),
     )
     sched_t.done()
+    sampling_t = top.table("sampling")
+    sampling = SamplingParams(
+        temperature=sampling_t.number("temperature", 0.0, at_least=0),
+        top_p=sampling_t.number("top_p", 1.0, above=0),
+        top_k=sampling_t.integer("top_k", 0, at_least=0),
+        seed=sampling_t.integer("seed", 0, at_least=0),
+    )
+    sampling_t.done()
+    if (problem := sampling.problem()) is not None:
+        sampling_t.fail(problem)
     spec = WorkloadSpec(
         name=top.string("name", default_name),
         description=top.string("description", ""),
@@ -220,6 +269,7 @@ def parse_workload(
         cooldown_s=top.number("cooldown_s", 0.0, at_least=0),
         slo=slo,
         scheduler=sched,
+        sampling=sampling,
     )
     top.done()
     if spec.arrivals.kind == "closed" and spec.concurrency:
@@ -243,6 +293,8 @@ def _arrivals(t: _Table, base_dir: Path | None) -> ArrivalSpec:
         file, column = t.string("file", None, required=True), t.string("column", "arrival_s")
         times = read_column(_data_path(file, base_dir), column)
         spec = ArrivalSpec(kind=kind, file=file, column=column, times_s=tuple(sorted(times)))
+    elif kind == "trace":
+        spec = ArrivalSpec(kind=kind, traffic=_traffic(t, base_dir))
     else:
         rate = t.number("rate", None, above=0)
         steps = _steps(t)
@@ -252,6 +304,42 @@ def _arrivals(t: _Table, base_dir: Path | None) -> ArrivalSpec:
         spec = ArrivalSpec(kind=kind, rate=rate or 0.0, steps=steps, cv=cv)
     t.done()
     return spec
+
+
+def traffic_workload(base: WorkloadSpec, table: dict[str, Any], origin: str) -> WorkloadSpec:
+    """`base` sending the trace `table` describes (the keys of a trace's [arrivals]) instead of its
+    own load: its rows give the arrivals and the lengths, and its window how long the run is; the
+    SLOs, the scheduler knobs and the rest stay `base`'s."""
+    t = _Table({"kind": "trace", **table}, "arrivals.", origin)
+    arrivals = _arrivals(t, None)
+    assert arrivals.traffic is not None
+    return replace(
+        base,
+        name=Path(arrivals.traffic.file).stem,
+        description=f"the requests of {arrivals.traffic.file}",
+        arrivals=arrivals,
+        prompt=TRACE_LENGTHS,
+        output=TRACE_LENGTHS,
+        duration_s=0.0,
+        requests=0,
+    )
+
+
+def _traffic(t: _Table, base_dir: Path | None) -> TrafficSpec:
+    file = t.string("file", None, required=True)
+    options: dict[str, Any] = {}
+    for option in TRAFFIC_OPTIONS:
+        if option.key not in t.data:
+            continue
+        if option.choices:
+            options[option.key] = t.choice(option.key, option.choices, None)
+        elif isinstance(option.default, bool):
+            options[option.key] = t.boolean(option.key)
+        else:
+            options[option.key] = t.number(option.key, None, at_least=option.at_least, above=option.above)
+    if "rate" in options and "time_scale" in options:
+        t.fail("give either 'time_scale' or 'rate', not both")
+    return traffic_spec(file, _data_path(file, base_dir), options)
 
 
 def _steps(t: _Table) -> tuple[RateStep, ...]:
@@ -277,10 +365,19 @@ def _steps(t: _Table) -> tuple[RateStep, ...]:
     return tuple(steps)
 
 
-def _lengths(t: _Table, base_dir: Path | None) -> LengthSpec:
+def _lengths(t: _Table, base_dir: Path | None, texts: bool = True) -> LengthSpec:
     kind = t.choice("kind", LENGTH_KINDS, None)
     if kind is None:
         t.fail("missing key 'kind'")
+    if kind == "text":
+        if not texts:
+            t.fail("kind 'text' gives prompts: it is for [prompt] only")
+        if "min" in t.data or "max" in t.data:
+            t.fail("text prompts are sent whole: no 'min' or 'max'")
+        file, column = t.string("file", None, required=True), t.string("column", "prompt")
+        spec = LengthSpec(kind, file=file, column=column, prompts=read_prompts(_data_path(file, base_dir), column))
+        t.done()
+        return spec
     lo = t.integer("min", 1, at_least=1)
     hi = t.integer("max", MAX_LENGTH, at_least=1)
     if hi > MAX_LENGTH:
@@ -361,6 +458,12 @@ class _Table:
             if value == option:
                 return option
         self.fail(f"'{self.where}{key}' is {value!r} (choose from: {', '.join(options)})")
+
+    def boolean(self, key: str) -> bool:
+        value = self.get(key, False)
+        if not isinstance(value, bool):
+            self.fail(f"'{self.where}{key}' must be true or false, not {value!r}")
+        return value
 
     def number(
         self,

@@ -19,6 +19,7 @@ from tui.cli.options import (
     Parser,
     add_cost_options,
     add_recording_options,
+    add_traffic_options,
     non_negative_ms,
     number_list,
     positive_int,
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="drive a running `tickscope serve` (or any OpenAI-compatible server) at URL over HTTP; "
         "--out then gets the client-side trace",
     )
+    add_traffic_options(p)
     p.add_argument(
         "--watch",
         nargs="?",
@@ -77,13 +79,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=positive_seconds, default=0.5, help="with --watch: seconds between scrapes (default: 0.5)"
     )
 
-    p = verb("serve", cmd_serve, "serve an OpenAI-compatible /v1/completions on the engine, tracing every tick")
+    p = verb(
+        "serve",
+        cmd_serve,
+        "serve OpenAI-compatible completions and chat on the engine, with /health and Prometheus /metrics, "
+        "tracing every tick",
+    )
     add_recording_options(p, workload=None)
     p.add_argument("--trace", required=True, help="trace file to write (.msgpack)")
     p.add_argument("--force", action="store_true", help="replace --trace if it exists")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
     p.add_argument("--model-name", default="tickscope", help="the model id clients ask for (default: tickscope)")
+    from workloads.openai_api import MAX_BODY_BYTES  # no torch behind it
+
+    p.add_argument(
+        "--api-key",
+        help="require `Authorization: Bearer KEY` on /v1/* (default: $TICKSCOPE_API_KEY, or no key); "
+        "/health and /metrics stay open",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=positive_int,
+        default=MAX_BODY_BYTES,
+        help=f"answer a larger request body 413 (default: {MAX_BODY_BYTES:,})",
+    )
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=positive_int,
+        help="answer a longer prompt 400 (default: the model's context less one token)",
+    )
 
     p = verb(
         "watch",

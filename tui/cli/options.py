@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from engine.choices import DECODE_COMPILE, DECODE_GRAPHS, DEVICES
 from engine.policies import policy_names
+from workloads.traffic import TRAFFIC_OPTIONS, TrafficOption
 
 if TYPE_CHECKING:  # imported where used: they pull in polars, and workloads.run the engine
     from tracer.compare import Costing
@@ -152,6 +153,46 @@ def add_recording_options(p: argparse.ArgumentParser, *, workload: str | None) -
     )
 
 
+def add_traffic_options(p: argparse.ArgumentParser) -> None:
+    """`record --traffic FILE` and one flag per option of a trace's replay (workloads/traffic.py)."""
+    p.add_argument(
+        "--traffic",
+        metavar="FILE",
+        help="replay a production trace (Azure LLM inference, BurstGPT, Mooncake): each row's arrival, prompt "
+        "and output length replace the workload's load, whose SLOs and scheduler knobs stay",
+    )
+    for option in TRAFFIC_OPTIONS:
+        if option.choices:
+            p.add_argument(option.flag, choices=option.choices, help=option.help)
+        elif isinstance(option.default, bool):
+            p.add_argument(option.flag, action="store_true", help=option.help)
+        else:
+            p.add_argument(option.flag, type=_traffic_number(option), help=option.help)
+
+
+def _traffic_number(option: TrafficOption) -> Callable[[str], float]:
+    if option.above is not None:
+        above = option.above
+        return _checked(float, "a number", lambda v: v > above, f"greater than {above:g}")
+    at_least = -math.inf if option.at_least is None else option.at_least
+    return _checked(float, "a number", lambda v: v >= at_least, f"at least {at_least:g}")
+
+
+def traffic_table(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The trace the flags ask for, as the keys of a trace's [arrivals]; None without --traffic."""
+    given: dict[str, Any] = {}
+    for option in TRAFFIC_OPTIONS:
+        value = getattr(args, option.flag.removeprefix("--").replace("-", "_"), None)
+        if value is not None and value is not False:  # False: a switch not given
+            given[option.key] = value
+    if getattr(args, "traffic", None) is None:
+        if given:
+            flag = next(o.flag for o in TRAFFIC_OPTIONS if o.key in given)
+            raise CommandError(f"{flag} is an option of --traffic FILE, which is not given")
+        return None
+    return {"file": args.traffic, **given}
+
+
 positive_price = _checked(float, "a price in dollars per hour", lambda v: v > 0, "a positive price in dollars per hour")
 
 
@@ -241,4 +282,5 @@ def plan_from_args(args: argparse.Namespace, out: Path, duration_s: float | None
         scheduler_overrides=overrides,
         model_overrides={"layers": args.layers} if args.layers else {},
         distributed=getattr(args, "distributed", False),
+        traffic=traffic_table(args),
     )

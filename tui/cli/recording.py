@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from workloads.run import Recording
+    from workloads.traffic import summary_line
 
     if args.distributed and _torchrun_worker():
         return _serve_stage(args)
@@ -32,6 +34,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     check_out(out, args.force)
     plan = plan_from_args(args, out, args.duration)
     run: Callable[[Callable[[LoadProgress], None] | None], RecordingResult]
+    total = plan.duration_s
     if args.target:
         from workloads.remote import WatchPlan, record_remote
 
@@ -41,7 +44,11 @@ def cmd_record(args: argparse.Namespace) -> int:
     else:
         if args.watch is not None:
             raise CommandError("--watch scrapes the server that --target drives; give --target URL too")
-        run = Recording(plan).run
+        recording = Recording(plan)
+        run = recording.run
+        traffic = recording.spec.arrivals.traffic
+        if total is None and traffic is not None and traffic.scan is not None:
+            total = traffic.scan.replay_s  # a trace's window ends the run, unless --duration does first
     console = Console(stderr=True)
 
     if args.quiet:
@@ -56,7 +63,7 @@ def cmd_record(args: argparse.Namespace) -> int:
             TextColumn("{task.fields[tok_s]:,.0f} tok/s"),
         ]
         with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("record", total=plan.duration_s, done=0, tok_s=0.0)
+            task = progress.add_task("record", total=total, done=0, tok_s=0.0)
 
             def on_progress(stats: LoadProgress) -> None:
                 progress.update(task, completed=stats.elapsed_s, done=stats.finished, tok_s=stats.tokens_per_s)
@@ -68,6 +75,8 @@ def cmd_record(args: argparse.Namespace) -> int:
             f"[green]wrote[/] {out}: {what}, {result.requests_finished} of {result.requests_submitted} "
             f"requests finished, {result.tokens_generated} tokens" + (" (interrupted)" if result.interrupted else "")
         )
+        if result.traffic is not None:
+            console.print(f"traffic {summary_line(result.traffic)}")
     return 0
 
 
@@ -97,11 +106,22 @@ def _check_target_options(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from workloads.serve import ServePlan, serve
+    from workloads.openai_api import API_KEY_ENV
+    from workloads.serve import ServePlan, reachable_from_outside, serve
 
     trace = Path(args.trace)
     check_out(trace, args.force)
     knobs = plan_from_args(args, trace, None)
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    if api_key is not None and not api_key.strip():
+        raise CommandError("--api-key must not be empty")
+    if api_key is None and reachable_from_outside(args.host):
+        print(
+            f"tickscope serve: warning: listening on {args.host} without an API key: anyone who can reach this "
+            f"port can use the engine (pass --api-key or set {API_KEY_ENV})",
+            file=sys.stderr,
+            flush=True,
+        )
     plan = ServePlan(
         trace=trace,
         preset=knobs.preset,
@@ -113,6 +133,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         scheduler_overrides=knobs.scheduler_overrides,
         model_overrides=knobs.model_overrides,
+        api_key=api_key,
+        max_body_bytes=args.max_body_bytes,
+        max_prompt_tokens=args.max_prompt_tokens,
     )
 
     def on_ready(url: str) -> None:

@@ -42,7 +42,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     for point in plan.grid():  # every knob checked before the first recording starts
         _, _, spec = prepare(plan.recording_plan(point))
-        if args.duration is None and not spec.duration_s and not spec.requests:
+        if args.duration is None and not spec.ends_by_itself:
             raise CommandError(f"workload {args.workload} runs until stopped; give --duration")
     console = Console(stderr=True)
     grid = plan.grid()
