@@ -434,3 +434,30 @@ async def test_two_watched_servers_compare_side_by_side(tmp_path):
         found = no_data_panels(app)
         assert "ExpertHeatmap" in found
         assert all(text.startswith("no data: the watched ") for text in found.values())
+
+
+def test_record_target_watch_scrapes_tickscope_serve_s_own_metrics(tmp_path, capsys):
+    """The real `serve` and its real /metrics: every token and request it served is in the scrapes."""
+    workload = tmp_path / "light.toml"
+    workload.write_text(LIGHT_LOAD)
+    out = tmp_path / "served-and-watched.msgpack"
+    with ServedInThread(tmp_path / "served.msgpack") as served:
+        code = main(
+            ["record", "--target", served.url, "--watch", "--interval", str(INTERVAL)]
+            + ["--workload", str(workload), "--out", str(out), "--quiet"]
+        )
+    assert code == 0, capsys.readouterr().err
+    trace = tracer.load(out)
+    assert trace.header.config["watch"]["source"] == "tickscope"
+    assert "tickscope:tick_seconds" in trace.header.config["watch"]["metrics"]
+    ticks, requests = trace.ticks, trace.requests
+    assert ticks.height >= 5 and set(requests["status"]) == {"finished"}
+    # the first scrape came before the first request, the last after the last: the counters' increases
+    # over the watch are what the client sent and got
+    assert ticks["sampled_tokens"][1:].sum() == requests["output_tokens"].sum()
+    assert ticks["prefill_tokens"][1:].sum() == requests["prompt_tokens"].sum()
+    seconds = (ticks["end_s"] - ticks["start_s"]).to_numpy()[1:]
+    assert round(float(np.nansum(trace.scrapes["requests_s"].to_numpy()[1:] * seconds))) == requests.height
+    assert trace.scrapes["ttft_p50_s"].drop_nulls().len() > 0 and trace.scrapes["tick_p50_s"].drop_nulls().len() > 0
+    assert ticks["forward_s"][1:].sum() > 0  # its busy time, so what a token costs is measured
+    assert ticks["running"].max() > 0

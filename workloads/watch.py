@@ -292,24 +292,27 @@ class Watcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Scrape on a fixed cadence (a slow answer skips the slots it overran) until `stop` is set
-        or a scrape fails; then one last scrape when stopped, so the end of the run is in. Records
-        the first scrape first: start it before anything else is recorded."""
+        or a scrape fails. Once stopped, one last scrape at the next slot: a server may count the
+        last moments of a run a little after them (tickscope's counts a tick once its tokens have
+        gone out), and the end of the run belongs in. Records the first scrape first: start it
+        before anything else is recorded."""
         self.record(self.first)
         timeout = aiohttp.ClientTimeout(total=min(SCRAPE_TIMEOUT_S, max(self.interval_s * 4, 2.0)))
         async with aiohttp.ClientSession(timeout=timeout) as session:
             step = max(1, round(self.interval_s * 1e9))
             slot = self.first.sent_ns
-            while not stop.is_set():
+            while True:
                 now = time.monotonic_ns()
                 slot += step * max(1, -(-(now - slot) // step))  # the next slot still ahead
                 try:
                     await asyncio.wait_for(stop.wait(), (slot - now) / 1e9)
-                    break
                 except TimeoutError:
-                    pass
-                if not await self._scrape(session):
-                    return
-            await self._scrape(session, last=True)
+                    if not await self._scrape(session):
+                        return
+                    continue
+                await asyncio.sleep(max(0, slot - time.monotonic_ns()) / 1e9)  # the cadence, kept to the end
+                await self._scrape(session, last=True)
+                return
 
     async def _scrape(self, session: aiohttp.ClientSession, *, last: bool = False) -> bool:
         sent = time.monotonic_ns()
