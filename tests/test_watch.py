@@ -461,3 +461,17 @@ def test_record_target_watch_scrapes_tickscope_serve_s_own_metrics(tmp_path, cap
     assert trace.scrapes["ttft_p50_s"].drop_nulls().len() > 0 and trace.scrapes["tick_p50_s"].drop_nulls().len() > 0
     assert ticks["forward_s"][1:].sum() > 0  # its busy time, so what a token costs is measured
     assert ticks["running"].max() > 0
+
+
+def test_watch_recognises_an_idle_tickscope_serve(tmp_path):
+    out = tmp_path / "idle.msgpack"
+    with ServedInThread(tmp_path / "served.msgpack") as served:
+        result = watch(served.url, out, INTERVAL, 0.2)
+    trace = tracer.load(out)
+    assert result.source == "tickscope" and trace.ticks.height == result.scrapes >= 3
+    # nothing ran: every count is a true 0 (known), the percentiles have nothing to say (null)
+    assert trace.ticks["sampled_tokens"][1:].to_list() == [0] * (trace.ticks.height - 1)
+    # its /metrics gives the KV share, not vLLM's cache_config_info: the size in tokens is unknown
+    assert set(absent_fields(trace.ticks["absent"][1])) == {"wait_ns", "kv_used", "kv_capacity"}
+    assert trace.scrapes["kv_usage"].to_list() == [0.0] * trace.ticks.height
+    assert trace.scrapes["ttft_p50_s"].null_count() == trace.scrapes.height
