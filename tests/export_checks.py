@@ -16,7 +16,7 @@ from polars.testing import assert_frame_equal
 from tracer import Trace
 
 # Every table of a loaded trace, each exported as one file.
-FRAMES = ("ticks", "requests", "experts", "stages", "marks", "batches")
+FRAMES = ("ticks", "requests", "experts", "stages", "marks", "batches", "scrapes")
 COUNTERS = ("seqs", "queue_depth", "kv_used")
 
 

@@ -6,9 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracer import ExpertsEvent, MarkEvent, RequestEvent, SessionHeader, StageEvent, TickEvent, TraceFormatError
-from tracer.codec import decode_event, decode_events, decode_header, encode_event, encode_header, packb
+from tracer.codec import decode_event, decode_events, decode_header, encode_event, encode_header, packb, wire_columns
 from tracer.columns import EventColumns
-from tracer.events import KINDS, EventKind, Field
+from tracer.events import KINDS, EventKind, Field, absent_fields, absent_mask
 
 i64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 text = st.text(max_size=40)
@@ -28,14 +28,14 @@ def assert_same(a, b):
             assert x == y, name
 
 
-@given(st.lists(i64, min_size=13, max_size=13))
+@given(st.lists(i64, min_size=14, max_size=14))
 def test_tick_roundtrip(fields):
     ev = TickEvent(*fields)
     assert_same(roundtrip(ev), ev)
 
 
 def test_a_1_2_tick_event_counts_its_decode_tokens_as_sampled():
-    old = encode_event(TickEvent(*range(13)))[:-1]  # 1.2 wrote no sampled_tokens
+    old = encode_event(TickEvent(*range(13)))[:-2]  # 1.2 wrote no sampled_tokens (nor 1.4's absent)
     assert decode_event(old) == TickEvent(*range(12), 6)
 
 
@@ -92,7 +92,7 @@ def test_header_roundtrip_with_nested_config():
 
 def test_newer_major_version_is_refused_naming_both():
     h = SessionHeader(0, 0, {}, format_version=(9, 1))
-    with pytest.raises(TraceFormatError, match=r"9\.1.*newer.*1\.3"):
+    with pytest.raises(TraceFormatError, match=r"9\.1.*newer.*1\.4"):
         decode_header(encode_header(h))
 
 
@@ -130,6 +130,15 @@ def test_unknown_event_codes_are_skipped_for_forward_compatibility():
     assert decode_events(payload) == [MarkEvent(1, 2, "x")]
 
 
+def test_a_tick_before_1_4_has_no_absent_fields():
+    ev = TickEvent(*range(13), absent=absent_mask(["forward_ns"]))
+    older = encode_event(ev)[:-1]
+    assert decode_event(older).absent == 0 and absent_fields(decode_event(encode_event(ev)).absent) == ("forward_ns",)
+    kind = KINDS[0]
+    columns = wire_columns(kind, [older, encode_event(ev)])  # one frame, two versions' events
+    assert columns[-1] == (0, ev.absent) and columns[-2] == (12, 12)
+
+
 def test_longer_events_from_a_newer_minor_version_are_read():
     item = encode_event(MarkEvent(1, 2, "x")) + ["a new optional field"]
     assert decode_event(item) == MarkEvent(1, 2, "x")
@@ -154,8 +163,12 @@ def events_of(draw, kind: EventKind):
         else:
             dims = shape if f.shape == "shape" else [len(values[f.shape])] if f.shape else [draw(st.integers(0, 9))]
             n = int(np.prod(dims))
-            info = np.iinfo(np.dtype(f.dtype))
-            elements = draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=n, max_size=n))
+            if np.dtype(f.dtype).kind == "f":
+                element = st.floats(allow_nan=False, width=np.dtype(f.dtype).itemsize * 8)
+            else:
+                info = np.iinfo(np.dtype(f.dtype))
+                element = st.integers(int(info.min), int(info.max))
+            elements = draw(st.lists(element, min_size=n, max_size=n))
             values[f.name] = np.array(elements, dtype=f.dtype).reshape(dims)
     return kind.cls(**values)
 

@@ -80,7 +80,7 @@ def events_frames(data: bytes) -> list[int]:
 
 
 def assert_same(fast: Trace, slow: Trace) -> None:
-    for name in ("ticks", "requests", "experts", "stages", "marks", "batches"):
+    for name in ("ticks", "requests", "experts", "stages", "marks", "batches", "scrapes"):
         assert_frame_equal(getattr(fast, name), getattr(slow, name), check_exact=True)
     for name in ("itl_s", "expert_ticks"):
         a, b = getattr(fast, name), getattr(slow, name)

@@ -72,6 +72,7 @@ def test_parquet_and_csv_read_back_as_every_frame(tmp_path):
             "stages.parquet",
             "marks.parquet",
             "batches.parquet",
+            "scrapes.parquet",
             "session.json",
         ]
     )

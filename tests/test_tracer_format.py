@@ -41,12 +41,12 @@ def test_a_reader_written_from_format_md(tmp_path):
 
     kind, payload = frames[0][1], frames[0][2]
     head = msgpack.unpackb(payload)
-    assert kind == 1 and head["format_version"] == [1, 3] and head["t0_mono_ns"] == header.t0_mono_ns
+    assert kind == 1 and head["format_version"] == [1, 4] and head["t0_mono_ns"] == header.t0_mono_ns
 
     decoded = [e for _, k, p in frames if k == 2 for e in msgpack.unpackb(p)]
     assert len(decoded) == len(events)
     tick = next(e for e in decoded if e[0] == 1)
-    assert len(tick) == 14
+    assert len(tick) == 15
     experts = next(e for e in decoded if e[0] == 2)
     counts = np.frombuffer(experts[3], "<i4").reshape(experts[2])
     assert counts.shape == (4, 16)

@@ -145,8 +145,13 @@ def _decoder(kind: EventKind) -> Callable[[list[Any]], Event]:
     """`decode_event` for one kind: every field's type checked, packed arrays read, as the table says."""
     cls, name, n, required = kind.cls, kind.name, len(kind.wire), kind.required
     what = f"{name} event"
-    # Places in the list of fields after the code (so one less than in the event).
-    fallbacks = [(i, kind.at[f.fallback] - 1) for i, f in enumerate(kind.wire) if f.fallback]
+    # Places in the list of fields after the code (so one less than in the event); a field of a later
+    # minor version takes its fallback field's value (a place) or its default (-1).
+    late = [
+        (i, kind.at[f.fallback] - 1 if f.fallback else -1, f.default)
+        for i, f in enumerate(kind.wire)
+        if f.fallback or f.default is not None
+    ]
     ints = [i for i, f in enumerate(kind.wire) if f.type == "int"]
     strs = [(i, f"{name} {f.name}") for i, f in enumerate(kind.wire) if f.type in ("str", "text")]
     bools = [(i, f"{what}: {f.name} is not a boolean") for i, f in enumerate(kind.wire) if f.type == "bool"]
@@ -170,9 +175,9 @@ def _decoder(kind: EventKind) -> Callable[[list[Any]], Event]:
         if len(item) <= required:
             raise _bad(f"{what} too short")
         values = item[1 : n + 1]
-        for i, source in fallbacks:
+        for i, source, default in late:
             if len(values) <= i:
-                values.append(values[source])
+                values.append(values[source] if source >= 0 else default)
         for i in ints:
             if type(values[i]) is not int:
                 raise _bad(f"{what}: expected an integer, got {type(values[i]).__name__}")
@@ -218,13 +223,23 @@ def wire_columns(kind: EventKind, items: list[list[Any]]) -> list[tuple[Any, ...
     """Events of one kind (each starting with its code) as columns: one tuple per field of
     `kind.wire`. Fields of later minor versions are dropped; a field an older version lacks gets
     its fallback's values (1.2 tick events lack `sampled_tokens`: they get their decode tokens
-    there, the tokens 1.2 counted as generated). TraceFormatError when an event is too short."""
+    there, the tokens 1.2 counted as generated) or its default (before 1.4 a tick's `absent` is 0).
+    A frame's events may differ in length (a file written by two versions): each column is filled
+    from the events that have it. TraceFormatError when an event is too short."""
     n = len(kind.wire)
     if not items or min(map(len, items)) <= kind.required:
         raise _bad(f"{kind.name} event too short")
     columns = list(zip(*items))[1 : 1 + n]  # zip stops at the shortest item
-    for f in kind.wire[len(columns) :]:
-        columns.append(columns[kind.at[f.fallback] - 1])
+    for at in range(len(columns), n):
+        f = kind.wire[at]
+        column = tuple(item[at + 1] for item in items if len(item) > at + 1)
+        if len(column) == len(items):
+            columns.append(column)
+        elif f.fallback:
+            source = columns[kind.at[f.fallback] - 1]
+            columns.append(tuple(item[at + 1] if len(item) > at + 1 else v for item, v in zip(items, source)))
+        else:
+            columns.append(tuple(item[at + 1] if len(item) > at + 1 else f.default for item in items))
     return columns
 
 

@@ -84,6 +84,7 @@ from typing import Any, TypeGuard
 import numpy as np
 import polars as pl
 
+from tracer.events import absent_mask
 from tracer.frames import Trace, scalar_float, scalar_int
 from tracer.pipeline import stage_ticks
 
@@ -353,6 +354,8 @@ def busy_seconds(ticks: pl.DataFrame, stages: pl.DataFrame) -> tuple[np.ndarray,
     """Busy seconds and devices of each row of `ticks`: its forward time on one device or, with stage
     cells, the makespan of its stage timeline (the `modelled_*` columns) on one device per stage."""
     busy = ticks.get_column("forward_s").to_numpy().astype(np.float64)
+    if "absent" in ticks.columns:  # a watched server's ticks have no forward time: NaN, not 0
+        busy[(ticks.get_column("absent").to_numpy().astype(np.int64) & _NO_FORWARD) != 0] = np.nan
     devices = np.ones(ticks.height, dtype=np.int64)
     if stages.height == 0:
         return busy, devices
@@ -364,6 +367,9 @@ def busy_seconds(ticks: pl.DataFrame, stages: pl.DataFrame) -> tuple[np.ndarray,
     busy[hit] = cells.get_column("makespan").to_numpy()[at[hit]]
     devices[hit] = cells.get_column("devices").to_numpy()[at[hit]]
     return busy, devices
+
+
+_NO_FORWARD = absent_mask(["forward_ns"])
 
 
 def _lookup(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -481,12 +487,15 @@ def span_summary(
     `shape`; `unavailable` is the caller's reason when they are missing."""
     m = costs.select(
         pl.len().alias("ticks"),
-        pl.col("busy_s").sum(),
-        (pl.col("busy_s") * pl.col("devices")).sum().alias("device_s"),
+        pl.col("busy_s").fill_nan(None).sum(),
+        (pl.col("busy_s") * pl.col("devices")).fill_nan(None).sum().alias("device_s"),
+        pl.col("busy_s").is_nan().all().alias("no_busy"),
         pl.col("processed_tokens").sum(),
         pl.col("output_tokens").sum(),
     ).row(0, named=True)
     busy, device_s, processed, output = m["busy_s"], m["device_s"], m["processed_tokens"], m["output_tokens"]
+    if m["ticks"] and m["no_busy"]:  # no tick says how long it kept the device busy (`tickscope watch`)
+        busy = device_s = None
     summary: dict[str, Any] = {
         "ticks": m["ticks"],
         "span_s": span_s,
@@ -501,7 +510,7 @@ def span_summary(
         "capacity_output_tok_s": _ratio(output, busy),
         "served_rate_tok_s": _ratio(output, span_s),
         "price_usd_per_hour": price,
-        "usd_per_mtok_measured": None if price is None else _usd_per_mtok(device_s, price, output),
+        "usd_per_mtok_measured": None if price is None or device_s is None else _usd_per_mtok(device_s, price, output),
     }
     modelled = shape is not None and "bytes" in costs.columns
     summary.update(_modelled(costs, shape) if modelled and shape is not None else dict.fromkeys(_MODELLED_KEYS))

@@ -14,7 +14,9 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-FORMAT_VERSION = (1, 3)  # 1.1 added the batch event, 1.2 compressed events frames, 1.3 the tick's sampled tokens
+# 1.1 added the batch event, 1.2 compressed events frames, 1.3 the tick's sampled tokens, 1.4 the tick's
+# absent fields and the scrape event (`tickscope watch`)
+FORMAT_VERSION = (1, 4)
 
 RequestPhase = Literal["arrive", "admit", "first_token", "preempt", "finish"]
 REQUEST_PHASES: tuple[RequestPhase, ...] = get_args(RequestPhase)
@@ -54,9 +56,23 @@ class TickEvent:
     # reached the end of its known tokens, so a request's first token counts in the tick it came.
     # A 1.2 trace has no such field; readers give it the tick's decode tokens, all 1.2 recorded.
     sampled_tokens: int
+    # The fields this tick has no data for, as a bitmask over TICK_FIELDS (absent_mask): a tick
+    # recorded from a server's metrics (`tickscope watch`) knows no forward time, say. Their values
+    # are 0 and mean nothing. Before 1.4 every field was known: 0.
+    absent: int = 0
 
 
 TICK_FIELDS = tuple(f.name for f in fields(TickEvent))  # the order a tick event is written in
+
+
+def absent_mask(names: tuple[str, ...] | list[str] | set[str]) -> int:
+    """The `absent` bits of these tick fields."""
+    return sum(1 << TICK_FIELDS.index(name) for name in set(names))
+
+
+def absent_fields(mask: int) -> tuple[str, ...]:
+    """The tick fields an `absent` mask names, in TICK_FIELDS order."""
+    return tuple(name for i, name in enumerate(TICK_FIELDS) if mask >> i & 1)
 
 
 @dataclass(slots=True)
@@ -123,6 +139,50 @@ class BatchEvent:
     groups: np.ndarray  # int16 [seqs] the attention call each sequence was in
 
 
+# What a scrape event's `values` hold, in this order (a later minor version may append more; a reader
+# takes those it knows). Rates are per second over the interval since the previous scrape, from the
+# server's counters; percentiles are of the requests its histograms counted in that interval,
+# interpolated within buckets as Prometheus' histogram_quantile does. NaN: the server has no such
+# metric, or (a percentile) nothing was counted in the interval.
+SCRAPE_SERIES = (
+    "kv_usage",  # share of the KV cache in use, 0-1
+    "prompt_tokens_s",
+    "generation_tokens_s",
+    "requests_s",  # requests finished per second (any reason)
+    "preemptions_s",
+    "iterations_s",  # scheduler iterations per second (vLLM's iteration_tokens_total histogram count)
+    "iteration_tokens",  # mean tokens per iteration in the interval
+    "gen_throughput",  # the server's own generation throughput gauge (SGLang), tokens/s
+    "ttft_p50_s",
+    "ttft_p90_s",
+    "ttft_p99_s",
+    "itl_p50_s",
+    "itl_p90_s",
+    "itl_p99_s",
+    "e2e_p50_s",
+    "e2e_p90_s",
+    "e2e_p99_s",
+    "queue_p50_s",
+    "queue_p99_s",
+    "tick_p50_s",  # tickscope's own tick time histogram
+    "tick_p99_s",
+)
+
+
+@dataclass(slots=True)
+class ScrapeEvent:
+    """One scrape of an inference server's metrics (`tickscope watch`), beside the tick it became.
+
+    The tick event holds what maps onto a tick (running and waiting requests, tokens in the interval,
+    KV use), with the fields the server has no data for marked absent; this holds the rest, as
+    SCRAPE_SERIES names it (since 1.4).
+    """
+
+    tick: int
+    t_ns: int  # when the answer came
+    values: np.ndarray  # float64 [len(SCRAPE_SERIES)]
+
+
 @dataclass(slots=True)
 class MarkEvent:
     """A user's note at a moment of the recording."""
@@ -132,7 +192,7 @@ class MarkEvent:
     text: str
 
 
-Event = TickEvent | ExpertsEvent | StageEvent | RequestEvent | BatchEvent | MarkEvent
+Event = TickEvent | ExpertsEvent | StageEvent | RequestEvent | BatchEvent | MarkEvent | ScrapeEvent
 
 
 # -- the table of event kinds ----------------------------------------------------------------------
@@ -164,6 +224,7 @@ class Field:
     dims: tuple[str, ...] = ()  # shape: what each dimension counts, as FORMAT.md names them
     optional: bool = False  # packed: nil stands for None
     fallback: str = ""  # added by a later minor version: an older event has this other field's value here
+    default: int | None = None  # added by a later minor version: an older event has this value here
 
     @property
     def wire_name(self) -> str:
@@ -209,10 +270,12 @@ class EventKind:
         if names != tuple(f.name for f in fields(self.cls)):
             raise TypeError(f"{self.name} event: wire fields {names} are not {self.cls.__name__}'s fields")
         at = {f.name: i + 1 for i, f in enumerate(self.wire)}
-        required = sum(not f.fallback for f in self.wire)
+        required = sum(not f.fallback and f.default is None for f in self.wire)
         for i, f in enumerate(self.wire):
             if f.fallback and (i < required or at.get(f.fallback, i + 1) > i):
                 raise TypeError(f"{self.name}.{f.name}: a fallback field comes last and names an earlier field")
+            if f.default is not None and (i < required or f.type != "int" or f.fallback):
+                raise TypeError(f"{self.name}.{f.name}: a field with a default is an int and comes last")
             if f.type == "shape" and not f.dims:
                 raise TypeError(f"{self.name}: a shape field names its dimensions")
             if f.type == "packed":
@@ -255,6 +318,7 @@ KINDS: tuple[EventKind, ...] = (
                 "forward_ns",
             ),
             Field("sampled_tokens", fallback="decode_tokens"),  # since 1.3: 1.2 counted decode tokens as sampled
+            Field("absent", default=0),  # since 1.4: before, every field was known
         ),
         priority="core",
         ticked=True,
@@ -332,6 +396,18 @@ KINDS: tuple[EventKind, ...] = (
         priority="core",
         ticked=True,
         frame="batches",
+    ),
+    EventKind(
+        7,
+        "scrape",
+        ScrapeEvent,
+        (  # since 1.4
+            *_ints("tick", "t_ns"),
+            _packed("values", "<f8"),
+        ),
+        priority="core",
+        ticked=True,
+        frame="scrapes",
     ),
 )
 KIND_OF: dict[type, EventKind] = {kind.cls: kind for kind in KINDS}

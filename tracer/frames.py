@@ -20,6 +20,7 @@ from tracer.columns import TICK_COLUMNS, EventColumns, tick_seconds
 from tracer.events import (
     KIND_OF,
     REQUEST_PHASES,
+    SCRAPE_SERIES,
     TICK_FIELDS,
     Event,
     RequestEvent,
@@ -65,6 +66,7 @@ BATCH_SCHEMA = {
     "decode_tokens": pl.Int64,
     "group": pl.Int64,
 }
+SCRAPE_SCHEMA = {"tick": pl.Int64, "t_s": pl.Float64, **{name: pl.Float64 for name in SCRAPE_SERIES}}
 _PHASES = {phase: i for i, phase in enumerate(REQUEST_PHASES)}  # request phases as small ints, for numpy
 _STAGE_ARRAYS = ("measured_start_ns", "measured_end_ns", "modelled_start_ns", "modelled_end_ns")
 _BATCH_ARRAYS = ("requests", "prefill_tokens", "decode_tokens", "groups")  # BATCH_SCHEMA's columns after its tick
@@ -81,6 +83,8 @@ class Trace:
     naming its rows; None when the ticks' shapes differ.
     `batches` links requests to ticks, one row per (tick, sequence in its batch): empty for
     traces older than format 1.1 and for client-side traces (`record --target`).
+    `scrapes` holds a watched server's metrics per scrape (`tickscope watch`), one row per tick,
+    SCRAPE_SERIES as columns (null: no data); empty for any other trace.
     """
 
     header: SessionHeader
@@ -93,6 +97,7 @@ class Trace:
     expert_ticks: np.ndarray
     expert_load: np.ndarray | None
     batches: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=BATCH_SCHEMA))
+    scrapes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SCRAPE_SCHEMA))
     dropped: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     path: str | None = None
@@ -258,6 +263,7 @@ def _from_columns(header: SessionHeader, c: EventColumns) -> Trace:
     else:
         batch_df = pl.DataFrame(schema=BATCH_SCHEMA)
     request_df, itl = _request_rows(c["request"].fields, t0)
+    scrapes = c["scrape"]
     return Trace(
         header=header,
         ticks=tick_df,
@@ -269,7 +275,23 @@ def _from_columns(header: SessionHeader, c: EventColumns) -> Trace:
         expert_ticks=expert_ticks,
         expert_load=expert_load,
         batches=batch_df,
+        scrapes=_scrape_rows(scrapes.ints("tick"), scrapes.ints("t_ns"), scrapes.fields["values"], t0),
     )
+
+
+def _scrape_rows(ticks: np.ndarray, t_ns: np.ndarray, values: list[bytes], t0: int) -> pl.DataFrame:
+    """`values`: each scrape's packed float64 values, SCRAPE_SERIES first (a later version's extra
+    ones dropped, an earlier one's missing ones null)."""
+    n = len(SCRAPE_SERIES)
+    table = np.full((len(values), n), np.nan)
+    for row, data in enumerate(values):
+        known = np.frombuffer(data, "<f8")[:n]
+        table[row, : len(known)] = known
+    cols = {"tick": ticks, "t_s": (t_ns - t0) / 1e9}
+    series = {
+        name: pl.Series(name, table[:, i], dtype=pl.Float64, nan_to_null=True) for i, name in enumerate(SCRAPE_SERIES)
+    }
+    return pl.DataFrame(cols, schema={"tick": pl.Int64, "t_s": pl.Float64}).with_columns(**series)
 
 
 def _tick_rows(raw: np.ndarray, t0: int) -> pl.DataFrame:

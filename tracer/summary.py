@@ -106,9 +106,26 @@ def summarize(trace: Trace, accelerator: Accelerator | None = None, price: float
         "events_dropped": sum(trace.dropped.values()),
         "problems": len(trace.problems),
     }
+    config = trace.header.config
+    if isinstance(config, dict) and "watch" in config and "target" not in config:
+        # A watched server's trace (`tickscope watch`) holds its metrics, not its requests: how many
+        # it had is unknown here, not 0 (its rates are in the trace's scrapes).
+        summary.update(dict.fromkeys(_REQUEST_COUNTS))
     safe: dict[str, Any] = _safe(summary)
     return safe
 
+
+_REQUEST_COUNTS = (
+    "goodput_req_s",
+    "requests_submitted",
+    "requests_finished",
+    "requests_rejected",
+    "requests_cancelled",
+    "requests_failed",
+    "requests_unfinished",
+    "preemptions",
+    "tokens_generated",
+)
 
 # The table's sections, each opened by the first of its keys (the JSON stays flat).
 _SECTIONS = {

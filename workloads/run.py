@@ -11,15 +11,11 @@ trace the disk no longer takes (the writer's TraceWriteError).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
-import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +37,7 @@ from workloads.loadgen import LoadResult, Progress, run_load
 from workloads.signals import stop_on_signals
 from workloads.spec import WorkloadSpec, load_workload, traffic_workload
 from workloads.traffic import TrafficSpec
+from workloads.versions import software_versions
 
 # How often the run checks that the engine and the trace writer are still working: well within the
 # writer's flush interval, so a full disk stops the run within one.
@@ -288,11 +285,3 @@ def session_config(engine: Engine, preset: str | None, seed: int | None, **more:
         **more,
     )
     return config
-
-
-def software_versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for package in ("tickscope", "torch", "numpy", "msgpack"):
-        with contextlib.suppress(PackageNotFoundError):
-            versions[package] = version(package)
-    return versions

@@ -27,7 +27,7 @@ from tui.cli.options import (
     positive_seconds,
 )
 from tui.cli.reading import cmd_compare, cmd_export, cmd_live, cmd_replay, cmd_summary
-from tui.cli.recording import cmd_demo, cmd_record, cmd_serve
+from tui.cli.recording import cmd_demo, cmd_record, cmd_serve, cmd_watch
 from tui.cli.sweep import cmd_sweep
 
 
@@ -68,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--out then gets the client-side trace",
     )
     add_traffic_options(p)
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const="",
+        metavar="METRICS_URL",
+        help="with --target: also scrape the server's /metrics (or METRICS_URL) into the same trace, "
+        "as `tickscope watch` does",
+    )
+    p.add_argument(
+        "--interval", type=positive_seconds, default=0.5, help="with --watch: seconds between scrapes (default: 0.5)"
+    )
 
     p = verb(
         "serve",
@@ -101,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         help="answer a longer prompt 400 (default: the model's context less one token)",
     )
+
+    p = verb(
+        "watch",
+        cmd_watch,
+        "record a running vLLM, SGLang or tickscope server's Prometheus metrics as a trace, and watch it live",
+    )
+    p.add_argument("url", help="the server (its /metrics is scraped) or its metrics page, e.g. http://127.0.0.1:8000")
+    p.add_argument("--out", help="trace file to write, headless (default: a temporary file, followed in the dashboard)")
+    p.add_argument(
+        "--interval", type=positive_seconds, default=0.5, help="seconds between scrapes; each is a tick (default: 0.5)"
+    )
+    p.add_argument("--duration", type=positive_seconds, help="stop after this many seconds (default: Ctrl-C stops)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no start and end lines")
 
     p = verb("live", cmd_live, "follow a trace that is being written")
     p.add_argument("file")

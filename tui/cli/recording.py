@@ -1,4 +1,4 @@
-"""The verbs that run the engine: record, serve and demo."""
+"""The verbs that record: record, serve, demo, and watch (a server's metrics)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,11 +36,14 @@ def cmd_record(args: argparse.Namespace) -> int:
     run: Callable[[Callable[[LoadProgress], None] | None], RecordingResult]
     total = plan.duration_s
     if args.target:
-        from workloads.remote import record_remote
+        from workloads.remote import WatchPlan, record_remote
 
         _check_target_options(args)
-        run = functools.partial(record_remote, plan, args.target)
+        watch = None if args.watch is None else WatchPlan(args.watch or args.target, args.interval)
+        run = functools.partial(record_remote, plan, args.target, watch=watch)
     else:
+        if args.watch is not None:
+            raise CommandError("--watch scrapes the server that --target drives; give --target URL too")
         recording = Recording(plan)
         run = recording.run
         traffic = recording.spec.arrivals.traffic
@@ -154,7 +158,6 @@ def _demo_path() -> Path:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Record in a child process and follow its trace: the same path as watching any recording."""
-    from tui.app import run_dashboard
     from workloads.run import prepare
 
     out = Path(args.out) if args.out else _demo_path()
@@ -170,6 +173,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         command.append("--distributed")
     if args.duration:
         command += ["--duration", str(args.duration)]
+    return _record_and_follow(command, out, "demo")
+
+
+def _record_and_follow(command: list[str], out: Path, verb: str) -> int:
+    """Run the recording `command` (writing `out`) in a child process and follow its trace live until
+    the user quits: the same path as watching any recording. The child is stopped as Ctrl-C stops it."""
+    from tui.app import run_dashboard
+
     log_path = out.with_suffix(out.suffix + ".log")
     with open(log_path, "wb") as log:
         child = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
@@ -188,7 +199,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     message = log_path.read_text(errors="replace").strip()
     if child.returncode not in (0, -signal.SIGINT, 130):
         last = message.splitlines()[-1] if message else f"exit code {child.returncode}"
-        print(f"tickscope demo: error: the recording stopped: {last} (full log: {log_path})", file=sys.stderr)
+        print(f"tickscope {verb}: error: the recording stopped: {last} (full log: {log_path})", file=sys.stderr)
         return 1
     log_path.unlink(missing_ok=True)
     print(f"trace written to {out}")
@@ -206,3 +217,30 @@ def _wait_for_file(path: Path, child: subprocess.Popen[bytes], limit_s: int) -> 
             raise CommandError(f"the recording did not create {path} within {limit_s} s")
         time.sleep(0.05)
     return True
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Headless with --out; else into a temporary file, in a child process, followed live as `demo` is."""
+    import asyncio
+
+    from workloads.watch import first_scrape, metrics_url, watch
+
+    if args.out is None:
+        url = metrics_url(args.url)
+        asyncio.run(first_scrape(url))  # a URL that is no server's metrics is said here, not in the child's log
+        out = Path(tempfile.gettempdir()) / f"tickscope-watch-{time.strftime('%Y%m%d-%H%M%S')}.msgpack"
+        check_out(out, False)
+        command = [sys.executable, "-m", "tui.cli", "watch", args.url, "--quiet", "--out", str(out)]
+        command += ["--interval", str(args.interval)] + (["--duration", str(args.duration)] if args.duration else [])
+        return _record_and_follow(command, out, "watch")
+    out = Path(args.out)
+    check_out(out, args.force)
+
+    def on_start(source: str) -> None:
+        if not args.quiet:
+            print(f"watching {args.url} ({source}) every {args.interval:g} s into {out}; Ctrl-C stops", flush=True)
+
+    result = watch(args.url, out, args.interval, args.duration, on_start)
+    if not args.quiet:
+        print(f"wrote {out}: {result.scrapes} scrapes of a {result.source} server")
+    return 0

@@ -8,7 +8,7 @@ request table), `series` (chart buckets), `figures` (one tick's expert and stage
 from tui.state.blocks import Detail, FrameData, RequestBlock, frame_from_events, request_block
 from tui.state.columns import Columns
 from tui.state.config import config_summary
-from tui.state.dashboard import DashboardState
+from tui.state.dashboard import DashboardState, series_fields
 from tui.state.figures import ExpertStats, StageStats, expert_stats, stage_stats
 from tui.state.requests import LATENCY_WINDOW_S, LatencyStats, RequestLife, RequestRow, RequestTable
 from tui.state.series import Series, bucket_bounds, cursor_bucket, downsample, peak_of
@@ -35,5 +35,6 @@ __all__ = [
     "frame_from_events",
     "peak_of",
     "request_block",
+    "series_fields",
     "stage_stats",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 
 from tracer.columns import tick_seconds
 from tracer.cost import distinct_experts
-from tracer.events import TICK_FIELDS, ExpertsEvent, MarkEvent, RequestEvent, StageEvent, TickEvent
+from tracer.events import TICK_FIELDS, ExpertsEvent, MarkEvent, RequestEvent, ScrapeEvent, StageEvent, TickEvent
 
 NS = 1e9
 
@@ -84,6 +84,8 @@ class FrameData:
     # makespan) and devices (one per stage), by tick number.
     distinct: dict[int, int] = field(default_factory=dict)
     busy: dict[int, tuple[float, int]] = field(default_factory=dict)
+    # A watched server's scrape values (tracer.events.SCRAPE_SERIES), by tick number.
+    scrapes: dict[int, np.ndarray] = field(default_factory=dict)
 
     def detail_only(self) -> FrameData:
         """The same block with only its detail: for ticks whose rows the state already has."""
@@ -109,6 +111,7 @@ def frame_from_events(events: Iterable[Any], t0_ns: int, frame: int = -1) -> Fra
     details: dict[int, Detail] = {}
     distinct: dict[int, int] = {}
     busy: dict[int, tuple[float, int]] = {}
+    scrapes: dict[int, np.ndarray] = {}
     has_stages = False
     for ev in events:
         if isinstance(ev, TickEvent):
@@ -127,6 +130,8 @@ def frame_from_events(events: Iterable[Any], t0_ns: int, frame: int = -1) -> Fra
                 busy[ev.tick] = (makespan / NS, ev.modelled_start_ns.shape[0])
         elif isinstance(ev, MarkEvent):
             marks.append(ev)
+        elif isinstance(ev, ScrapeEvent):
+            scrapes[ev.tick] = np.array(ev.values)  # a copy, as for expert counts
     raw = np.array(ticks, dtype=np.int64).reshape(-1, len(TICK_FIELDS))
     data = FrameData(
         tick_seconds(raw, t0_ns),
@@ -137,6 +142,7 @@ def frame_from_events(events: Iterable[Any], t0_ns: int, frame: int = -1) -> Fra
         frame,
         distinct=distinct,
         busy=busy,
+        scrapes=scrapes,
     )
     data.find_partial()
     return data

@@ -24,7 +24,7 @@ import polars as pl
 
 from tracer.columns import TICK_COLUMNS
 from tracer.cost import Accelerator, CostUnavailable, ModelShape, modelled_columns, span_summary
-from tracer.events import MarkEvent, SessionHeader
+from tracer.events import SCRAPE_SERIES, TICK_FIELDS, MarkEvent, SessionHeader
 from tracer.index import Entry
 from tui.state.blocks import NS, Detail, FrameData, frame_from_events
 from tui.state.columns import Columns
@@ -42,6 +42,23 @@ DERIVED_COLUMNS = ("throughput", "batch_tokens")
 # in a later block than its tick event): busy seconds (the forward time, or a pipelined tick's
 # modelled makespan), devices kept busy (1, or one per stage), distinct experts over all layers.
 COST_COLUMNS = ("busy_s", "devices", "distinct_experts")
+# The tick fields each derived series is made of, for `missing`.
+DERIVED_FROM = {"throughput": ("sampled_tokens",), "batch_tokens": ("prefill_tokens", "decode_tokens")}
+# What a tick field is, in the words a panel with no data for it says.
+_FIELD_WORDS = {
+    "forward_ns": "forward time",
+    "wait_ns": "collection wait",
+    "kv_used": "KV cache size in tokens",
+    "kv_capacity": "KV cache size in tokens",
+    "queue_depth": "queue",
+    "seqs": "running requests",
+    "running": "running requests",
+}
+
+
+def series_fields(name: str) -> tuple[str, ...]:
+    """The tick fields a per-tick series (`DashboardState.values(name)`) is made of."""
+    return DERIVED_FROM.get(name, (name,))
 
 
 class DashboardState:
@@ -73,6 +90,8 @@ class DashboardState:
         self._version = 0
         self._dirty: list[tuple[int, int, int]] = []  # (version, first row, end row), oldest first
         self._buckets: dict[tuple[str, int], _Buckets] = {}
+        self._absent = (-1, 0)  # (version, the tick fields absent from every tick read so far)
+        self._scrapes: dict[int, np.ndarray] = {}  # a watched server's scrape values, by tick number
 
     # -- ingest ---------------------------------------------------------------------------------
 
@@ -137,6 +156,7 @@ class DashboardState:
         self.has_stages = self.has_stages or data.has_stages
         self._pending_distinct.update(data.distinct)
         self._pending_busy.update(data.busy)
+        self._scrapes.update(data.scrapes)
         if data.frame >= 0 and self.laid_out:
             if data.frame >= len(self._frame_loaded) or self._frame_loaded[data.frame]:
                 self._place_cost_figures()
@@ -294,6 +314,47 @@ class DashboardState:
         if name in DERIVED_COLUMNS:
             return self._derived.col(name)
         return self.ticks.col(name)
+
+    def missing(self, needs: Iterable[str]) -> str | None:
+        """Why a panel that draws from `needs` has nothing to draw, in one line; None when it has.
+
+        The one rule every panel follows (tui/widgets/panel.py asks it before drawing): a tick field
+        is missing when every tick read so far marks it absent (a watched server's metrics have no
+        forward time, say); `experts` and `requests` are missing from a watched server's trace
+        (`tickscope watch`), which has no expert load, and no requests unless `record --target
+        --watch` sent them; `latency` (the requests', or else the server's own) only until its
+        first scrape. A panel never draws zeros for data the source does not have."""
+        config = self.header.config if self.header is not None else {}
+        watched = config.get("watch") if isinstance(config.get("watch"), dict) else None
+        who = f"the watched {watched.get('source', '')} server".replace("  ", " ") if watched else "this trace"
+        absent = self._absent_fields()
+        for need in needs:
+            if need == "experts" and watched:
+                return f"no data: {who} reports no expert load"
+            if need == "latency" and watched and "target" not in config and not self._scrapes:
+                return f"no data: {who} has not been scraped yet"
+            if need == "requests" and watched and "target" not in config:
+                return f"no data: {who}'s requests are not in the trace (record --target URL --watch sends them)"
+            if need in TICK_FIELDS and absent >> TICK_FIELDS.index(need) & 1:
+                return f"no data: {who} reports no {_FIELD_WORDS.get(need, 'token counts')}"
+        return None
+
+    def server_latency(self, index: int) -> dict[str, float] | None:
+        """A watched server's own figures at the tick at `index` (its scrape's SCRAPE_SERIES, NaN
+        where it has none), when the trace has no requests to take latencies from; else None."""
+        if not self._scrapes or self.missing(("requests",)) is None or not 0 <= index < self.n_ticks:
+            return None
+        values = self._scrapes.get(self.tick_number(index))
+        known = [] if values is None else values.tolist()
+        return {name: known[i] if i < len(known) else float("nan") for i, name in enumerate(SCRAPE_SERIES)}
+
+    def _absent_fields(self) -> int:
+        """The absent bits common to every tick read so far (0 before any): as of the last ingest."""
+        if self._absent[0] != self._version:
+            col = self.ticks.col("absent")[: self.n_ticks]
+            read = col[~np.isnan(col)].astype(np.int64)
+            self._absent = (self._version, int(np.bitwise_and.reduce(read)) if len(read) else 0)
+        return self._absent[1]
 
     def series(self, name: str, upto: int, buckets: int) -> Series:
         """`values(name)` bucketed, with the tick at index `upto` marked.

@@ -10,7 +10,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.strip import Strip
 
-from tui.state import Series
+from tui.state import Series, series_fields
 from tui.widgets.lines import LinesWidget, runs, text_lines
 from tui.widgets.panel import Frame
 
@@ -72,6 +72,7 @@ class SeriesChart(LinesWidget):
         super().__init__(**kwargs)
         self.label = label
         self.series_name = series
+        self.needs = series_fields(series)
         self.color = color
         self.unit = unit
 

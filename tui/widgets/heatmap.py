@@ -145,6 +145,8 @@ def heat_label(span: int, index: int, experts: np.ndarray | None) -> str:
 class ExpertHeatmap(LinesWidget):
     """Tokens routed to each expert (columns) of each layer (rows) in the current tick or span."""
 
+    needs = ("experts",)
+
     def show(self, frame: Frame) -> None:
         """The frame's experts: one tick's [layers, experts], or a span's [ticks, layers, experts]
         stack (its mean is drawn; its figures are means over (tick, layer) cells, as summary gives

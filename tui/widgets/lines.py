@@ -56,6 +56,9 @@ class LinesWidget(Panel, Widget):
     def set_text(self, text: Text) -> None:
         self.set_lines(text_lines(self.app.console, text, self.size.width))
 
+    def show_missing(self, line: str) -> None:
+        self.set_text(Text(line, style="dim italic", no_wrap=False))
+
     def render_line(self, y: int) -> Strip:
         width = self.size.width
         if y >= len(self._lines):

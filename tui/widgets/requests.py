@@ -77,6 +77,8 @@ def line(parts: list[tuple[str, str]], background: Style | None) -> Strip:
 class RequestTable(LinesWidget):
     """The most recent requests as they stood at the current tick."""
 
+    needs = ("requests",)
+
     can_focus = True
     BINDINGS = [
         Binding("up", "cursor(-1)", "Up", show=False),

@@ -16,6 +16,15 @@ from tui.widgets.lines import LinesWidget, text_lines
 from tui.widgets.panel import Frame, Panel
 
 
+def _known(value: float) -> float | None:
+    """NaN (the server had nothing to say) as None, which shows as a dash."""
+    return None if np.isnan(value) else value
+
+
+def _rate(value: float) -> str:
+    return "—" if np.isnan(value) else f"{value:,.1f}"
+
+
 def fmt_s(seconds: float | None) -> str:
     """Latency in the unit that keeps three digits: 51ns, 850µs, 12.3ms, 1.52s."""
     if seconds is None:
@@ -44,10 +53,17 @@ def log_histogram(values: np.ndarray, bins: int) -> tuple[np.ndarray, float, flo
 
 class LatencyPanel(LinesWidget):
     """TTFT and TPOT percentiles over the last seconds of recording and, where there is room,
-    their distributions over the recording so far (side by side on a wide panel)."""
+    their distributions over the recording so far (side by side on a wide panel). A watched server
+    without requests in the trace: its own percentiles over the interval that ends at the tick."""
+
+    needs = ("latency",)
 
     def show(self, frame: Frame) -> None:
         state, index = frame.state, frame.index
+        server = state.server_latency(index)
+        if server is not None:
+            self._show_server(server)
+            return
         stats = state.latency(index)
         width, height = self.size.width, self.size.height
         wide = width >= 60  # room for a p90 column
@@ -82,6 +98,24 @@ class LatencyPanel(LinesWidget):
         self.border_subtitle = f"last {LATENCY_WINDOW_S:g}s · n={stats.samples}"
         self.set_lines(lines)
 
+    def _show_server(self, figures: dict[str, float]) -> None:
+        """The scrape's percentiles (server-side: as the server timed its requests)."""
+        wide = self.size.width >= 60
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="dim")
+        for _ in range(3 if wide else 2):
+            table.add_column(justify="right", style="bold")
+        table.add_row("", *(("p50", "p90", "p99") if wide else ("p50", "p99")))
+        for label, name in (("TTFT", "ttft"), ("ITL", "itl"), ("E2E", "e2e")):
+            levels = ("p50", "p90", "p99") if wide else ("p50", "p99")
+            table.add_row(label, *(fmt_s(_known(figures[f"{name}_{level}_s"])) for level in levels))
+        for label, name in (("req/s", "requests_s"), ("tok/s", "generation_tokens_s")):
+            table.add_row(label, _rate(figures[name]))
+        self.border_subtitle = "server-side · the interval to this scrape"
+        console = self.app.console
+        options = console.options.update(width=max(self.size.width, 1), height=None)
+        self.set_lines([Strip(line) for line in console.render_lines(table, options, pad=False, new_lines=False)])
+
     def _distribution(self, label: str, values: np.ndarray, width: int, height: int, color: str) -> list[Strip]:
         """A titled bar chart of `values` `height` rows high: title, bars, and the range under them
         (fastest left, slowest right, log scale)."""
@@ -110,8 +144,10 @@ def meter(used: float, capacity: float, width: int) -> Text:
 
 
 class QueuePanel(Panel, Static):
-    """Queue depth, running sequences, KV use, and requests finished / rejected / preempted."""
+    """Queue depth, running sequences, KV use, and requests finished / rejected / preempted; a line
+    the recording has no data for says so (DashboardState.missing, the panels' rule)."""
 
+    needs = ("queue_depth",)
     _shown = False
 
     def show(self, frame: Frame) -> None:
@@ -129,15 +165,22 @@ class QueuePanel(Panel, Static):
         text.append("  batch ", style="dim")
         text.append(f"{row['seqs']:.0f} seq {row['prefill_tokens'] + row['decode_tokens']:.0f} tok")
         text.append("\nKV ", style="dim")
-        bar = max(min(self.size.width - 22, 30), 4)
-        text.append_text(meter(row["kv_used"], row["kv_capacity"], bar))
-        text.append(f" {row['kv_used']:.0f}/{row['kv_capacity']:.0f}")
+        no_kv, no_requests = state.missing(("kv_used",)), state.missing(("requests",))
+        if no_kv is None:
+            bar = max(min(self.size.width - 22, 30), 4)
+            text.append_text(meter(row["kv_used"], row["kv_capacity"], bar))
+            text.append(f" {row['kv_used']:.0f}/{row['kv_capacity']:.0f}")
+        else:
+            text.append(no_kv, style="dim italic")
         text.append("\ndone ", style="dim")
-        text.append(f"{counts['finished']}", style="bold green")
-        text.append("  rejected ", style="dim")
-        text.append(f"{counts['rejected']}", style="bold red" if counts["rejected"] else "bold")
-        text.append("  preempted ", style="dim")
-        text.append(f"{counts['preempted']}", style="bold yellow" if counts["preempted"] else "bold")
+        if no_requests is None:
+            text.append(f"{counts['finished']}", style="bold green")
+            text.append("  rejected ", style="dim")
+            text.append(f"{counts['rejected']}", style="bold red" if counts["rejected"] else "bold")
+            text.append("  preempted ", style="dim")
+            text.append(f"{counts['preempted']}", style="bold yellow" if counts["preempted"] else "bold")
+        else:
+            text.append(no_requests, style="dim italic")
         self.update(text, layout=not self._shown)  # always three lines once shown
         self._shown = True
 
@@ -160,6 +203,8 @@ class CostPanel(Panel, Static):
     token and capacity (tokens per busy second), modelled bytes per token and the experts each layer
     touched against uniform routing's expectation, and $ per million output tokens when a price or
     an accelerator is given. Rows come most telling first, so a short panel keeps those."""
+
+    needs = ("forward_ns",)
 
     def show(self, frame: Frame) -> None:
         state, index = frame.state, frame.index
