@@ -173,20 +173,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         command.append("--distributed")
     if args.duration:
         command += ["--duration", str(args.duration)]
-    return _record_and_follow(command, out, "demo")
+    # a checkpoint's weights are read before the trace starts: tens of GB take minutes
+    return _record_and_follow(command, out, "demo", 120 if args.model is None else 1800)
 
 
-def _record_and_follow(command: list[str], out: Path, verb: str) -> int:
-    """Run the recording `command` (writing `out`) in a child process and follow its trace live until
-    the user quits: the same path as watching any recording. The child is stopped as Ctrl-C stops it."""
+def _record_and_follow(command: list[str], out: Path, verb: str, start_s: int = 120) -> int:
+    """Run the recording `command` (writing `out`, within `start_s`) in a child process and follow its
+    trace live until the user quits: the same path as watching any recording. The child is stopped as
+    Ctrl-C stops it."""
     from tui.app import run_dashboard
 
     log_path = out.with_suffix(out.suffix + ".log")
     with open(log_path, "wb") as log:
         child = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
     try:
-        # a checkpoint's weights are read before the trace starts: tens of GB take minutes
-        if _wait_for_file(out, child, 120 if args.model is None else 1800):
+        if _wait_for_file(out, child, start_s):
             run_dashboard(str(out), "live")
     finally:
         if child.poll() is None:
