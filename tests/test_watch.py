@@ -306,7 +306,7 @@ class ServedInThread:
 
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
 
-        def ready(url: str) -> None:
+        def ready(url: str, name: str) -> None:
             self.url = url
             self._ready.set()
 
