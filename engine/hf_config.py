@@ -14,7 +14,7 @@ import torch
 from engine.config import ModelConfig
 
 if TYPE_CHECKING:
-    from engine.model import Block, Transformer
+    from engine.model import Attention, Block, Transformer
 
 
 def glm4_moe_config(cfg: ModelConfig, *, attention: str, experts: str) -> Any:
@@ -71,7 +71,7 @@ def hf_twin(ours: Transformer, *, attention: str = "eager", experts: str = "eage
         hf.lm_head.weight.copy_(ours.lm_head)
         for layer, theirs in zip(ours.layers, hf.model.layers):
             mine = cast("Block", layer)  # the whole model: every layer is here
-            a, m = mine.attention, mine.moe
+            a, m = cast("Attention", mine.attention), mine.moe  # GLM-4.5 attends by grouped queries
             assert m.shared_w13 is not None and m.shared_w2 is not None, "GLM-4.5's MoE has shared experts"
             theirs.self_attn.q_proj.weight.copy_(a.wqkv[:q])
             theirs.self_attn.k_proj.weight.copy_(a.wqkv[q : q + kv])

@@ -1,0 +1,314 @@
+"""DeepSeek-V2/V3 (engine/families/deepseek.py, engine/mla.py) against transformers' own implementations.
+
+transformers builds a tiny random model of each from its config class (2 layers, the first dense, a few
+experts, YaRN RoPE; V2 without a query latent and with softmax routing within groups, V3 with a query
+latent and sigmoid routing within groups and a correction bias) and saves it as a checkpoint. Its tensors
+go into our model through the family's placements, and our engine, with its paged latent cache, must give
+the same logits in float32: within 1e-4 (absolute and relative), the sums of different orders apart.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from engine.batch import SeqChunk, make_batch
+from engine.config import ModelConfig, get_preset
+from engine.engine import Engine
+from engine.errors import ConfigError
+from engine.families.deepseek import FAMILY, model_config
+from engine.kv_cache import KVCache
+from engine.model import Transformer
+from engine.request import Request
+from engine.scheduler import SchedulerConfig
+
+CPU = torch.device("cpu")
+TOL = 1e-4
+PROMPTS = (3, 17, 9, 1)  # tokens: a mixed batch
+
+
+def _common() -> dict[str, Any]:
+    return dict(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=80,
+        moe_intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=12,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+
+
+def hf_v2() -> Any:
+    from transformers import DeepseekV2Config, DeepseekV2ForCausalLM
+
+    config = DeepseekV2Config(
+        **_common(),
+        q_lora_rank=None,
+        topk_method="group_limited_greedy",
+        n_group=4,
+        topk_group=1,  # top-2 from one group of 2: the groups decide
+        norm_topk_prob=False,
+        routed_scaling_factor=1.0,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 64,
+            "mscale": 0.707,
+            "mscale_all_dim": 0.707,
+            "beta_fast": 32,
+            "beta_slow": 1,
+        },
+    )
+    return DeepseekV2ForCausalLM(config)
+
+
+def hf_v3() -> Any:
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    config = DeepseekV3Config(
+        **_common(),
+        q_lora_rank=24,
+        n_group=4,
+        topk_group=1,  # top-2 from one group of 2: the groups decide
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 8.0,
+            "original_max_position_embeddings": 32,
+            "mscale": 1.0,
+            "mscale_all_dim": 0.8,  # unequal: cos and sin carry a factor too
+            "beta_fast": 32,
+            "beta_slow": 1,
+        },
+    )
+    return DeepseekV3ForCausalLM(config)
+
+
+def randomised(hf: Any, seed: int) -> Any:
+    """Weights large enough that every layer matters: norms around 1, the rest N(0, 0.15^2); routers
+    and V3's correction bias spread so that no two experts tie."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in hf.state_dict().items():
+            if name.endswith("norm.weight"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=gen))
+            else:
+                t.copy_(0.15 * torch.randn(t.shape, generator=gen))
+    return hf.eval()
+
+
+def save(hf: Any, directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The checkpoint as the loader sees it: config.json through the family, the tensors by their
+    names on disk (routed experts one by one, as on the Hub)."""
+    hf.save_pretrained(directory)
+    cfg = model_config(json.loads((directory / "config.json").read_text()))
+    tensors = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as s:
+            tensors.update({k: s.get_tensor(k) for k in s.keys()})  # noqa: SIM118  # safe_open has no iterator
+    return cfg, tensors
+
+
+def place(model: Transformer, cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Every tensor into its places, and every parameter of ours filled exactly once; a buffer either
+    filled or, V2's routers having no correction bias, left as it is: zero, with no router skew."""
+    buffers = dict(model.named_buffers())
+    ours = {**dict(model.named_parameters()), **buffers}
+    filled = {name: torch.zeros(t.shape, dtype=torch.int32) for name, t in ours.items()}
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            places = FAMILY.placements(name, cfg)
+            assert places, f"{name} has no place"
+            for p in places:
+                ours[p.param][p.index].copy_(tensor.T if p.transpose else tensor)
+                filled[p.param][p.index] += 1
+    for name, count in filled.items():
+        if name.startswith("rope_"):  # our RoPE tables are computed, not loaded
+            continue
+        if name in buffers and not count.any():
+            assert not buffers[name].any(), name
+        else:
+            assert bool((count == 1).all()), f"{name} filled {count.min()}..{count.max()} times"
+
+
+@pytest.fixture(scope="module", params=["v2", "v3"])
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, ModelConfig, dict]:
+    hf = randomised(hf_v2() if request.param == "v2" else hf_v3(), seed=7)
+    cfg, tensors = save(hf, tmp_path_factory.mktemp(request.param))
+    return hf, cfg, tensors
+
+
+def test_the_family_reads_the_checkpoint_config(pair):
+    hf, cfg, _ = pair
+    assert cfg.mla and cfg.kv_lora_rank == 32 and cfg.head_dim == 8 and cfg.kv_heads == 1
+    assert cfg.first_k_dense_replace == 1 and cfg.intermediate_size == 80
+    assert (cfg.n_group, cfg.topk_group) == (4, 1) and cfg.rope_interleave
+    v3 = "V3" in type(hf).__name__
+    assert cfg.q_lora_rank == (24 if v3 else 0)
+    assert cfg.routing == ("sigmoid" if v3 else "softmax") and cfg.norm_topk_prob == v3
+    assert cfg.routed_scaling_factor == (2.5 if v3 else 1.0)
+    assert cfg.rope_factor == (8.0 if v3 else 4.0)
+    assert cfg.kv_bytes_per_token(torch.float32) == 2 * (32 + 8) * 4  # the latent and the RoPE key, per layer
+
+
+def test_stacked_experts_as_transformers_holds_them_place_alike(pair):
+    hf, cfg, tensors = pair
+    from_files = Transformer(cfg, CPU, torch.float32, seed=1)
+    place(from_files, cfg, tensors)
+    in_memory = Transformer(cfg, CPU, torch.float32, seed=2)
+    place(in_memory, cfg, hf.state_dict())
+    for (name, a), b in zip(from_files.state_dict().items(), in_memory.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_prefill_logits_of_a_mixed_batch_match_transformers(pair):
+    hf, cfg, tensors = pair
+    model = Transformer(cfg, CPU, torch.float32, seed=3)
+    place(model, cfg, tensors)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in PROMPTS]
+    kv = KVCache(cfg, 256, CPU, torch.float32)
+    chunks = []
+    for i, p in enumerate(prompts):
+        kv.allocator.grow(i, len(p))
+        chunks.append(SeqChunk(p, 0, kv.allocator.blocks(i, len(p)), kv.allocator.block_size, True))
+    with torch.inference_mode():
+        logits, counts = model(make_batch(chunks, CPU), kv.k, kv.v)
+        for i, p in enumerate(prompts):
+            expected = hf(torch.tensor([p])).logits[0, -1]
+            torch.testing.assert_close(logits[i], expected, rtol=TOL, atol=TOL)
+    assert counts[0].sum() == 0  # the dense layer routes nothing
+    assert counts[1].sum() == sum(PROMPTS) * cfg.top_k
+
+
+def test_sixteen_greedy_ticks_through_the_engine_match_transformers(pair):
+    """Prompts of different lengths, prefilled in chunks of 8 beside the others' decodes: every tick a
+    mixed batch over the paged latent cache. Each step's logits, and so its token, equal transformers'."""
+    hf, cfg, tensors = pair
+    engine = Engine(cfg, SchedulerConfig(prefill_chunk=8), device="cpu", seed=4)
+    place(engine.model, cfg, tensors)
+    seen: list[torch.Tensor] = []
+    logits = engine.model.logits
+
+    def keep_logits(*args: Any) -> torch.Tensor:
+        out = logits(*args)
+        seen.append(out.clone())
+        return out
+
+    engine.model.logits = keep_logits  # type: ignore[method-assign]
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in PROMPTS]
+
+    class Collect(list):
+        def on_token(self, token: int, t_ns: int) -> None:
+            self.append(token)
+
+        def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
+
+    sinks = [Collect() for _ in prompts]
+    for i, (p, s) in enumerate(zip(prompts, sinks)):
+        engine.submit(Request(i, p, 16, s))
+    while engine.scheduler.running or engine.scheduler.waiting:
+        engine.step()
+    assert seen, "the engine ran no forward pass"
+    for p, s in zip(prompts, sinks):
+        with torch.no_grad():
+            out = hf.generate(
+                torch.tensor([p]),
+                max_new_tokens=16,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+        expected_tokens = out.sequences[0, len(p) :].tolist()
+        assert s == expected_tokens
+        # every step's logits are among what the engine computed that tick
+        ours = torch.cat(seen)
+        for step_logits in out.logits:
+            distance = (ours - step_logits).abs().amax(dim=-1).min()
+            assert distance <= TOL * (1 + step_logits.abs().max()), distance
+
+
+def test_a_v2_lite_config_json_reads_as_the_real_model():
+    """DeepSeek-V2-Lite's config.json (its published fields that matter here), as its checkpoint has it."""
+    config = {
+        "architectures": ["DeepseekV2ForCausalLM"],
+        "model_type": "deepseek_v2",
+        "vocab_size": 102400,
+        "hidden_size": 2048,
+        "intermediate_size": 10944,
+        "moe_intermediate_size": 1408,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "n_shared_experts": 2,
+        "n_routed_experts": 64,
+        "num_experts_per_tok": 6,
+        "first_k_dense_replace": 1,
+        "kv_lora_rank": 512,
+        "q_lora_rank": None,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "topk_method": "greedy",
+        "n_group": 1,
+        "topk_group": 1,
+        "norm_topk_prob": False,
+        "scoring_func": "softmax",
+        "routed_scaling_factor": 1.0,
+        "max_position_embeddings": 163840,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 10000,
+        "rope_scaling": {
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "factor": 40,
+            "mscale": 0.707,
+            "mscale_all_dim": 0.707,
+            "original_max_position_embeddings": 4096,
+            "type": "yarn",
+        },
+    }
+    cfg = model_config(config)
+    assert cfg.kv_values_per_token_layer() == 576
+    assert (cfg.rope_factor, cfg.rope_original_max, cfg.rope_mscale_all_dim) == (40.0, 4096, 0.707)
+    assert cfg.routing == "softmax" and cfg.n_group == 1 and not cfg.norm_topk_prob
+    assert cfg.param_count() == pytest.approx(15.7e9, rel=0.01)  # DeepSeek-V2-Lite: 15.7B parameters
+    with pytest.raises(ConfigError, match="RoPE scaling 'dynamic'"):
+        model_config({**config, "rope_scaling": {"type": "dynamic", "factor": 2.0}})
+    with pytest.raises(ConfigError, match="scale_inv: FP8"):
+        FAMILY.placements("model.layers.3.self_attn.kv_b_proj.weight_scale_inv", cfg)
+    assert FAMILY.placements("model.layers.27.self_attn.kv_b_proj.weight", cfg) == []  # past the layers
+    assert FAMILY.placements("model.layers.1.mlp.experts.3.up_proj.weight", cfg) is not None
+
+
+def test_the_ds2_lite_header_counts_576_cached_values_per_token_and_layer():
+    cfg = get_preset("ds2-lite")
+    engine_like = {"kv_bytes_per_token": cfg.kv_bytes_per_token(torch.bfloat16)}
+    assert engine_like["kv_bytes_per_token"] == 576 * cfg.layers * 2
+    assert get_preset("v3-slice").kv_bytes_per_token(torch.bfloat16) == 576 * 2 * 2
+    kv = KVCache(get_preset("ds2-lite", layers=2), 64, CPU, torch.bfloat16)
+    assert kv.k.shape[1:] == (64 + 16, 1, 576) and kv.v.data_ptr() == kv.k.data_ptr()
+    assert kv.k.numel() * kv.k.element_size() == cfg.kv_bytes_per_token(torch.bfloat16) // cfg.layers * 2 * 80
