@@ -312,3 +312,18 @@ def test_the_ds2_lite_header_counts_576_cached_values_per_token_and_layer():
     kv = KVCache(get_preset("ds2-lite", layers=2), 64, CPU, torch.bfloat16)
     assert kv.k.shape[1:] == (64 + 16, 1, 576) and kv.v.data_ptr() == kv.k.data_ptr()
     assert kv.k.numel() * kv.k.element_size() == cfg.kv_bytes_per_token(torch.bfloat16) // cfg.layers * 2 * 80
+
+
+def test_a_stage_holding_the_dense_layer_weighs_what_the_split_says():
+    """Pipeline stages balance and check memory by each layer's own weights: a dense first layer's
+    SwiGLU weighs differently from a MoE layer's experts."""
+    from engine.pipeline import stage_param_bytes, stage_weights
+
+    small = {"hidden": 64, "heads": 2, "vocab_size": 128, "intermediate_size": 96, "moe_intermediate": 16}
+    cfg = get_preset("ds2-lite", layers=3, routed_experts=8, top_k=2, **small)
+    assert stage_weights(cfg).sum() == cfg.param_count()
+    for owned in (range(0, 1), range(1, 3)):
+        stage = Transformer(cfg, CPU, torch.float32, seed=0, owned=owned)
+        # every stage builds the final norm (hidden weights); the split counts it on the last one
+        held = sum(p.numel() for name, p in stage.named_parameters() if name != "norm.weight" or owned.stop == 3)
+        assert held == stage_param_bytes(cfg, owned, 1)
