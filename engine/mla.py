@@ -79,7 +79,7 @@ class LatentAttention(nn.Module):
         query = torch.cat([q_latent, self._rotate(q[:, :, self.nope :], cos, sin)], dim=-1)
         k_blocks = k_cache.view(-1, batch.block_size, 1, r + self.rope)  # the cache as whole blocks
         v_blocks = v_cache.view(-1, batch.block_size, 1, r)
-        mixed = paged_attention(query, batch.attention, k_blocks, v_blocks, self.scale)  # [T, H, r]
+        mixed = paged_attention(query, batch.attention, k_blocks, v_blocks, self.scale, values_in_keys=True)
         out = torch.bmm(mixed.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1)  # [T, H, v]
         return linear(out.reshape(T, H * self.v_dim), self.wo)
 

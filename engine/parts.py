@@ -39,28 +39,42 @@ class RMSNorm(nn.Module):
 
 
 def paged_attention(
-    q: Tensor, calls: list[AttnCall], k_blocks: Tensor, v_blocks: Tensor, scale: float | None = None
+    q: Tensor,
+    calls: list[AttnCall],
+    k_blocks: Tensor,
+    v_blocks: Tensor,
+    scale: float | None = None,
+    values_in_keys: bool = False,
 ) -> Tensor:
     """Queries [T, heads, Dk] (every row of the batch) against the cache viewed as whole blocks, keys
     [blocks, block_size, kv_heads, Dk] and values [blocks, block_size, kv_heads, Dv]: [T, heads, Dv].
-    Values may be a view of the keys' first Dv channels (MLA's latent): they are then gathered once."""
+    `values_in_keys`: v_blocks is a view of the keys' first Dv channels (MLA's latent), so the values
+    are not gathered again but taken from the gathered keys."""
     if len(calls) == 1 and calls[0].rows is None:  # a decode tick, or prompts all alike: rows in order
-        return attend(q, calls[0], k_blocks, v_blocks, scale)
+        return attend(q, calls[0], k_blocks, v_blocks, scale, values_in_keys)
     # index_select, not tensor[index]: advanced indexing takes a slow path on the CPU (~100x here)
     out = q.new_empty(q.shape[0], q.shape[1], v_blocks.shape[-1])
     for call in calls:
         assert call.rows is not None  # only a call of the whole batch has none, and it is alone
-        out.index_copy_(0, call.rows, attend(q.index_select(0, call.rows), call, k_blocks, v_blocks, scale))
+        rows = q.index_select(0, call.rows)
+        out.index_copy_(0, call.rows, attend(rows, call, k_blocks, v_blocks, scale, values_in_keys))
     return out
 
 
-def attend(q: Tensor, call: AttnCall, k_blocks: Tensor, v_blocks: Tensor, scale: float | None = None) -> Tensor:
+def attend(
+    q: Tensor,
+    call: AttnCall,
+    k_blocks: Tensor,
+    v_blocks: Tensor,
+    scale: float | None = None,
+    values_in_keys: bool = False,
+) -> Tensor:
     """One SDPA call: queries [seqs * q, heads, Dk], sequence by sequence, against each sequence's keys
     gathered by block; the output [seqs * q, heads, Dv] in the same order."""
     seqs, n_q, H, KVH, D = call.block_table.shape[0], call.q, q.shape[1], k_blocks.shape[2], q.shape[2]
     table = call.block_table.flatten()
     keys = k_blocks.index_select(0, table).view(seqs, -1, KVH, D)
-    if v_blocks.data_ptr() == k_blocks.data_ptr() and v_blocks.shape[-1] <= D:  # values within the keys
+    if values_in_keys:
         values = keys[..., : v_blocks.shape[-1]]
     else:
         values = v_blocks.index_select(0, table).view(seqs, -1, KVH, v_blocks.shape[-1])

@@ -327,3 +327,57 @@ def test_a_stage_holding_the_dense_layer_weighs_what_the_split_says():
         # every stage builds the final norm (hidden weights); the split counts it on the last one
         held = sum(p.numel() for name, p in stage.named_parameters() if name != "norm.weight" or owned.stop == 3)
         assert held == stage_param_bytes(cfg, owned, 1)
+
+
+# A latent-attention model small enough for the CPU: ds2-lite's structure (a dense first layer, the
+# latent cache, YaRN over interleaved pairs) at toy widths
+SMALL_MLA = {
+    "hidden": 64,
+    "heads": 2,
+    "vocab_size": 512,
+    "intermediate_size": 96,
+    "moe_intermediate": 16,
+    "routed_experts": 8,
+    "top_k": 2,
+    "kv_lora_rank": 32,
+    "qk_nope_head_dim": 16,
+    "head_dim": 8,
+    "v_head_dim": 16,
+    "layers": 3,
+    "max_seq_len": 1024,
+}
+
+
+def test_padded_decode_of_latent_attention_gives_the_eager_tokens_load_and_cache():
+    """The decode-graph path (decode ticks padded to buckets, as CUDA graphs capture them), on the CPU."""
+    from decode_runs import mixed_run
+
+    cfg = get_preset("ds2-lite", dtype="float32", **SMALL_MLA)
+    eager, padded = mixed_run("cpu", "off", model=cfg), mixed_run("cpu", "on", model=cfg)
+    assert padded.engine.graphs is not None and padded.engine.graphs.buckets_used
+    assert padded.tokens == eager.tokens
+    assert all((p == e).all() for p, e in zip(padded.load, eager.load, strict=True))
+    assert all(not counts[0].any() for counts in eager.load)  # the dense first layer routes nothing
+    real = slice(0, padded.engine.kv.scratch_slot)
+    torch.testing.assert_close(padded.engine.kv.k[:, real], eager.engine.kv.k[:, real], rtol=1e-5, atol=1e-5)
+
+
+def test_the_captured_latent_attention_reads_nothing_back_to_the_host():
+    """Under fake tensors a host read or a value-dependent shape raises: what a CUDA graph cannot hold."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from engine.decode_graphs import DecodeGraphs
+
+    cfg = get_preset("ds2-lite", dtype="bfloat16", **{**SMALL_MLA, "n_group": 4, "topk_group": 2})
+    kv = KVCache(cfg, 2048, CPU, torch.bfloat16)
+    graphs = DecodeGraphs(Transformer(cfg, CPU, torch.bfloat16), kv, 8)
+    bucket = graphs._bucket(4, 128)
+    alloc = kv.allocator
+    chunks = []
+    for i, n in enumerate([5, 70, 100]):
+        alloc.grow(i, n)
+        chunks.append(SeqChunk([i], n - 1, alloc.blocks(i, n), alloc.block_size, True))
+    graphs._fill(bucket, chunks, np.array([5, 70, 100]))
+    with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True):
+        out = graphs._forward(bucket)
+    assert out.shape == (4 + cfg.layers * cfg.routed_experts,)  # a token per row, the expert load
