@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from engine.config import ModelConfig
+from engine.errors import ConfigError
 
 if TYPE_CHECKING:
     from engine.model import Attention, Block, Transformer
@@ -54,6 +55,12 @@ def hf_twin(ours: Transformer, *, attention: str = "eager", experts: str = "eage
     from transformers import Glm4MoeForCausalLM
 
     cfg, like = ours.cfg, ours.norm.weight
+    deepseek_only = cfg.routing != "sigmoid" or cfg.n_group > 1 or cfg.routed_scaling_factor != 1.0
+    if cfg.mla or cfg.first_k_dense_replace or deepseek_only or not cfg.norm_topk_prob:
+        raise ConfigError(
+            f"'{cfg.name}' has no GLM-4.5 twin: it attends by latent, or has dense layers or DeepSeek-V2/V3's "
+            "routing (tests/test_engine_mla.py compares those with transformers' DeepSeek models)"
+        )
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(like.dtype)  # built in our dtype, on our device: no float32 detour
     try:
