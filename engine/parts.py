@@ -82,7 +82,13 @@ def attend(
         keys, values = keys[:, : call.kv], values[:, : call.kv]
     keys, values = keys.transpose(1, 2), values.transpose(1, 2)
     queries = q.view(seqs, n_q, H, D).transpose(1, 2)
-    if call.kv is not None and n_q in (1, call.kv):
+    if call.kv is not None and n_q == 1 and KVH == 1:
+        # decodes that see every key of one K/V head (MLA's latent): every head a query row of it, so
+        # that no kernel expands the keys to the heads (SDPA's math path would, for enable_gqa)
+        o = F.scaled_dot_product_attention(queries.reshape(seqs, 1, H, D), keys, values, scale=scale).view(
+            seqs, H, 1, -1
+        )
+    elif call.kv is not None and n_q in (1, call.kv):
         # decodes that see every key, or whole prompts (causal from key 0): no mask, fused kernels
         o = F.scaled_dot_product_attention(queries, keys, values, is_causal=n_q > 1, scale=scale, enable_gqa=True)
     else:

@@ -305,9 +305,16 @@ def test_a_v2_lite_config_json_reads_as_the_real_model():
 
 
 def test_the_ds2_lite_header_counts_576_cached_values_per_token_and_layer():
+    """What Engine.describe writes (kv_bytes_per_token), what the cost model reads, and what it works out
+    for a header without it, against the cache the engine allocates."""
+    from tracer.cost import ModelShape
+
     cfg = get_preset("ds2-lite")
-    engine_like = {"kv_bytes_per_token": cfg.kv_bytes_per_token(torch.bfloat16)}
-    assert engine_like["kv_bytes_per_token"] == 576 * cfg.layers * 2
+    model = {**cfg.as_dict(), "dtype": "bfloat16"}
+    header = {"model": model, "kv_bytes_per_token": cfg.kv_bytes_per_token(torch.bfloat16)}
+    assert header["kv_bytes_per_token"] == 576 * cfg.layers * 2
+    assert ModelShape.from_config(header).kv_bytes_per_token == 576 * 27 * 2
+    assert ModelShape.from_config({"model": model}).kv_bytes_per_token == 576 * 27 * 2
     assert get_preset("v3-slice").kv_bytes_per_token(torch.bfloat16) == 576 * 2 * 2
     kv = KVCache(get_preset("ds2-lite", layers=2), 64, CPU, torch.bfloat16)
     assert kv.k.shape[1:] == (64 + 16, 1, 576) and kv.v.data_ptr() == kv.k.data_ptr()
