@@ -3,6 +3,8 @@
 One forward pass takes a whole tick's batch, flattened (engine/batch.py): prefill chunks of new
 sequences and one decode token of each running sequence, all of different lengths. Every token's K/V
 goes into the paged cache (kv_cache.py) first; attention then reads each sequence's keys back by block.
+Attention is grouped-query (below) or, with a `kv_lora_rank`, DeepSeek's multi-head latent attention
+(engine/mla.py); a DeepSeek model's first `first_k_dense_replace` layers have a dense SwiGLU for a MoE.
 
 Weights are random from a seed, created directly on the target device and dtype: the point is the
 memory traffic and the expert dispatch of a real MoE, not what it says. They are stored [out, in], as
