@@ -388,3 +388,42 @@ def test_the_captured_latent_attention_reads_nothing_back_to_the_host():
     with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True):
         out = graphs._forward(bucket)
     assert out.shape == (4 + cfg.layers * cfg.routed_experts,)  # a token per row, the expert load
+
+
+def test_moonlight_and_deepseek_v3_config_json():
+    """Moonlight-16B-A3B is DeepSeek-V3's architecture without a query latent, YaRN or expert groups;
+    DeepSeek-V3's own checkpoint is FP8, which is refused with the reason."""
+    moonlight = {
+        "architectures": ["DeepseekV3ForCausalLM"],
+        "model_type": "deepseek_v3",
+        "vocab_size": 163840,
+        "hidden_size": 2048,
+        "intermediate_size": 11264,
+        "moe_intermediate_size": 1408,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "n_shared_experts": 2,
+        "n_routed_experts": 64,
+        "num_experts_per_tok": 6,
+        "first_k_dense_replace": 1,
+        "kv_lora_rank": 512,
+        "q_lora_rank": None,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "topk_method": "noaux_tc",
+        "scoring_func": "sigmoid",
+        "n_group": 1,
+        "topk_group": 1,
+        "norm_topk_prob": True,
+        "routed_scaling_factor": 2.446,
+        "max_position_embeddings": 8192,
+        "rope_theta": 50000.0,
+        "rope_scaling": None,
+    }
+    cfg = model_config(moonlight)
+    assert cfg.routing == "sigmoid" and cfg.n_group == 1 and cfg.routed_scaling_factor == 2.446
+    assert (cfg.q_lora_rank, cfg.rope_factor, cfg.rope_theta, cfg.rope_interleave) == (0, 1.0, 50000.0, True)
+    assert cfg.kv_values_per_token_layer() == 576
+    with pytest.raises(ConfigError, match="quantized checkpoints"):
+        model_config({**moonlight, "quantization_config": {"quant_method": "fp8"}})
