@@ -11,9 +11,12 @@ import polars as pl
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import tracer
+from engine.batch import SeqChunk, make_batch
 from engine.config import ModelConfig, get_preset
+from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.probe import probe
 from tracer.cost import (
@@ -27,6 +30,7 @@ from tracer.cost import (
     cost_summary,
     expected_distinct_experts,
     measured_ticks,
+    modelled_columns,
     span_summary,
     tick_costs,
 )
@@ -126,11 +130,6 @@ def test_attention_flops_are_what_torch_counts_for_a_decode_query(cfg: ModelConf
     """One decode token against 100 cached keys through a layer of multi-head latent attention, absorbed:
     its projections, and its scores and value mix, as torch's FLOP counter sees them. (Its SDPA with
     enable_gqa over several K/V heads, grouped-query attention's, is not counted by it.)"""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from engine.batch import SeqChunk, make_batch
-    from engine.kv_cache import KVCache
-
     cpu = torch.device("cpu")
     model = Transformer(cfg, cpu, torch.float32)
     kv = KVCache(cfg, 128, cpu, torch.float32)
@@ -377,3 +376,15 @@ def test_a_recording_header_carries_the_probe() -> None:
     assert config["device_probe"]["dtype"] == "float32"
     here = accelerator("this-device", config)
     assert here.bandwidth_bytes_s == config["device_probe"]["copy_bytes_per_s"]
+
+
+def test_experts_per_layer_count_the_moe_layers_only() -> None:
+    """ds2-lite's first layer is dense: it routes nothing, so experts touched per layer, and uniform
+    routing's expectation, are over its MoE layers."""
+    cfg = get_preset("ds2-lite", layers=3)
+    shape = ModelShape.from_config(header_config(cfg, torch.bfloat16))
+    costs = pl.DataFrame({"busy_s": [0.5], "devices": [1], "processed_tokens": [10], "output_tokens": [2]})
+    costs = modelled_columns(costs, np.array([100]), np.array([12.0]), shape)
+    summary = span_summary(costs, 1.0, shape)
+    assert summary["experts_touched_per_layer"] == 6.0  # 12 over 2 MoE layers
+    assert summary["experts_expected_uniform"] == pytest.approx(64 * (1 - (1 - 6 / 64) ** 10))

@@ -17,16 +17,21 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from torch._subclasses.fake_tensor import FakeTensorMode
 
+from decode_runs import mixed_run
 from engine.batch import SeqChunk, make_batch
 from engine.config import ModelConfig, get_preset
+from engine.decode_graphs import DecodeGraphs
 from engine.engine import Engine
 from engine.errors import ConfigError
 from engine.families.deepseek import FAMILY, model_config
 from engine.kv_cache import KVCache
 from engine.model import Transformer
+from engine.pipeline import stage_param_bytes, stage_weights
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
+from tracer.cost import ModelShape
 
 CPU = torch.device("cpu")
 TOL = 1e-4
@@ -307,8 +312,6 @@ def test_a_v2_lite_config_json_reads_as_the_real_model():
 def test_the_ds2_lite_header_counts_576_cached_values_per_token_and_layer():
     """What Engine.describe writes (kv_bytes_per_token), what the cost model reads, and what it works out
     for a header without it, against the cache the engine allocates."""
-    from tracer.cost import ModelShape
-
     cfg = get_preset("ds2-lite")
     model = {**cfg.as_dict(), "dtype": "bfloat16"}
     header = {"model": model, "kv_bytes_per_token": cfg.kv_bytes_per_token(torch.bfloat16)}
@@ -324,8 +327,6 @@ def test_the_ds2_lite_header_counts_576_cached_values_per_token_and_layer():
 def test_a_stage_holding_the_dense_layer_weighs_what_the_split_says():
     """Pipeline stages balance and check memory by each layer's own weights: a dense first layer's
     SwiGLU weighs differently from a MoE layer's experts."""
-    from engine.pipeline import stage_param_bytes, stage_weights
-
     small = {"hidden": 64, "heads": 2, "vocab_size": 128, "intermediate_size": 96, "moe_intermediate": 16}
     cfg = get_preset("ds2-lite", layers=3, routed_experts=8, top_k=2, **small)
     assert stage_weights(cfg).sum() == cfg.param_count()
@@ -357,8 +358,6 @@ SMALL_MLA = {
 
 def test_padded_decode_of_latent_attention_gives_the_eager_tokens_load_and_cache():
     """The decode-graph path (decode ticks padded to buckets, as CUDA graphs capture them), on the CPU."""
-    from decode_runs import mixed_run
-
     cfg = get_preset("ds2-lite", dtype="float32", **SMALL_MLA)
     eager, padded = mixed_run("cpu", "off", model=cfg), mixed_run("cpu", "on", model=cfg)
     assert padded.engine.graphs is not None and padded.engine.graphs.buckets_used
@@ -371,10 +370,6 @@ def test_padded_decode_of_latent_attention_gives_the_eager_tokens_load_and_cache
 
 def test_the_captured_latent_attention_reads_nothing_back_to_the_host():
     """Under fake tensors a host read or a value-dependent shape raises: what a CUDA graph cannot hold."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from engine.decode_graphs import DecodeGraphs
-
     cfg = get_preset("ds2-lite", dtype="bfloat16", **{**SMALL_MLA, "n_group": 4, "topk_group": 2})
     kv = KVCache(cfg, 2048, CPU, torch.bfloat16)
     graphs = DecodeGraphs(Transformer(cfg, CPU, torch.bfloat16), kv, 8)
