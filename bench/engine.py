@@ -5,7 +5,7 @@ Run it as a module from the repository root (as a script, this file would shadow
 
     python -m bench.engine                                  # tiny on this machine's best device
     python -m bench.engine --preset ds2-lite --layers 8 --batches 1,8,32,128,256 --prompt 256
-    python -m bench.engine --preset ds2-lite --layers 2 --device cpu --batches 1,8,32 --steps 10
+    python -m bench.engine --preset ds2-lite --layers 2 --device cpu --batches 1,8,32 --steps 10 --peer
 
 For each batch size: B requests with a prompt of --prompt tokens are prefilled, then --steps decode
 ticks are timed (wall clock of `Engine.step`, which includes scheduling and the tick's one host sync).

@@ -26,6 +26,7 @@ from engine.decode_graphs import DecodeGraphs
 from engine.engine import Engine
 from engine.errors import ConfigError
 from engine.families.deepseek import FAMILY, model_config
+from engine.hf_config import hf_twin
 from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.pipeline import stage_param_bytes, stage_weights
@@ -422,3 +423,22 @@ def test_moonlight_and_deepseek_v3_config_json():
     assert cfg.kv_values_per_token_layer() == 576
     with pytest.raises(ConfigError, match="quantized checkpoints"):
         model_config({**moonlight, "quantization_config": {"quant_method": "fp8"}})
+
+
+def test_the_benchmark_peer_of_a_latent_preset_is_transformers_deepseek_v3():
+    """bench/engine.py's peer (engine/hf_config.py) for ds2-lite's structure: our router (sigmoid scores,
+    the popularity bias as V3's correction bias) and MLA, copied into transformers' DeepseekV3."""
+    cfg = get_preset("ds2-lite", dtype="float32", router_skew=0.3, **SMALL_MLA)
+    model = Transformer(cfg, CPU, torch.float32, seed=8)
+    hf = hf_twin(model)
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in PROMPTS]
+    kv = KVCache(cfg, 256, CPU, torch.float32)
+    chunks = []
+    for i, p in enumerate(prompts):
+        kv.allocator.grow(i, len(p))
+        chunks.append(SeqChunk(p, 0, kv.allocator.blocks(i, len(p)), kv.allocator.block_size, True))
+    with torch.inference_mode():
+        logits, _ = model(make_batch(chunks, CPU), kv.k, kv.v)
+        for i, p in enumerate(prompts):
+            torch.testing.assert_close(logits[i], hf(torch.tensor([p])).logits[0, -1], rtol=TOL, atol=TOL)
