@@ -23,7 +23,8 @@ from engine.batch import ForwardBatch
 from engine.config import ModelConfig
 from engine.kernels import ExpertMatmuls, choose_expert_matmuls, linear
 from engine.mla import LatentAttention
-from engine.parts import RMSNorm, draw_weight, paged_attention, yarn_mscale
+from engine.parts import RMSNorm, paged_attention, yarn_mscale
+from engine.parts import draw_weight as _weight
 
 # ---------------------------------------------------------------------------------------------------
 # Layers
@@ -78,8 +79,8 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
         qkv_width = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim
-        self.wqkv = draw_weight(gen, device, dtype, cfg.hidden, qkv_width, fan_in=cfg.hidden)
-        self.wo = draw_weight(gen, device, dtype, cfg.heads * cfg.head_dim, cfg.hidden, fan_in=cfg.heads * cfg.head_dim)
+        self.wqkv = _weight(gen, device, dtype, cfg.hidden, qkv_width, fan_in=cfg.hidden)
+        self.wo = _weight(gen, device, dtype, cfg.heads * cfg.head_dim, cfg.hidden, fan_in=cfg.heads * cfg.head_dim)
 
     def forward(
         self, x: Tensor, batch: ForwardBatch, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor
@@ -113,22 +114,18 @@ class MoE(nn.Module):
     ) -> None:
         super().__init__()
         h, i, e = cfg.hidden, cfg.moe_intermediate, cfg.routed_experts
-        self.top_k, self.softmax, self.n_group, self.topk_group = (
-            cfg.top_k,
-            cfg.routing == "softmax",
-            cfg.n_group,
-            cfg.topk_group,
-        )
+        self.top_k = cfg.top_k
+        self.softmax, self.n_group, self.topk_group = cfg.routing == "softmax", cfg.n_group, cfg.topk_group
         self.norm_topk_prob, self.scaling = cfg.norm_topk_prob, cfg.routed_scaling_factor
-        self.router = draw_weight(gen, device, torch.float32, h, e, fan_in=h)
+        self.router = _weight(gen, device, torch.float32, h, e, fan_in=h)
         rank = torch.randperm(e, generator=gen, device=device)
         self.register_buffer("popularity_bias", -cfg.router_skew * torch.log1p(rank.float()))
         # stacked so that one grouped GEMM serves all experts: [gate | up] and down
-        self.w13 = draw_weight(gen, device, dtype, e, h, 2 * i, fan_in=h)
-        self.w2 = draw_weight(gen, device, dtype, e, i, h, fan_in=i)
+        self.w13 = _weight(gen, device, dtype, e, h, 2 * i, fan_in=h)
+        self.w2 = _weight(gen, device, dtype, e, i, h, fan_in=i)
         shared = i * cfg.shared_experts
-        self.shared_w13 = draw_weight(gen, device, dtype, h, 2 * shared, fan_in=h) if shared else None
-        self.shared_w2 = draw_weight(gen, device, dtype, shared, h, fan_in=shared) if shared else None
+        self.shared_w13 = _weight(gen, device, dtype, h, 2 * shared, fan_in=h) if shared else None
+        self.shared_w2 = _weight(gen, device, dtype, shared, h, fan_in=shared) if shared else None
         self.matmul, self.fixed_matmul = matmuls.eager.fn, matmuls.fixed.fn
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -190,8 +187,8 @@ class DenseMLP(nn.Module):
         super().__init__()
         h, i = cfg.hidden, cfg.intermediate_size
         self.experts = cfg.routed_experts
-        self.w13 = draw_weight(gen, device, dtype, h, 2 * i, fan_in=h)
-        self.w2 = draw_weight(gen, device, dtype, i, h, fan_in=i)
+        self.w13 = _weight(gen, device, dtype, h, 2 * i, fan_in=h)
+        self.w2 = _weight(gen, device, dtype, i, h, fan_in=i)
 
     def forward(self, x: Tensor, counted: Tensor | None = None, fixed_shapes: bool = False) -> tuple[Tensor, Tensor]:
         """Output [T, H], and MoE's load: no token for any expert."""
@@ -278,7 +275,7 @@ class Transformer(nn.Module):
             del block
         self.layers = nn.ModuleList(blocks)
         self.norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
-        lm_head = draw_weight(gen, device, dtype, cfg.hidden, cfg.vocab_size, fan_in=cfg.hidden)
+        lm_head = _weight(gen, device, dtype, cfg.hidden, cfg.vocab_size, fan_in=cfg.hidden)
         self.lm_head = lm_head if owned.stop == cfg.layers else None
         cos, sin = rope_tables(cfg, device)
         self.register_buffer("rope_cos", cos)
