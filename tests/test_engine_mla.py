@@ -486,3 +486,13 @@ def test_prefill_logits_in_bfloat16_stay_within_its_rounding(pair):
         for i, p in enumerate(prompts):
             expected = hf(torch.tensor([p])).logits[0, -1].float()
             assert (logits[i].float() - expected).abs().max() <= 0.05 * expected.abs().max()
+
+
+def test_a_config_json_that_cannot_run_names_the_setting():
+    base = {**json.loads(json.dumps(hf_v3().config.to_dict())), "architectures": ["DeepseekV3ForCausalLM"]}
+    with pytest.raises(ConfigError, match=r"n_group \(3\) must divide routed_experts \(8\)"):
+        model_config({**base, "n_group": 3})
+    with pytest.raises(ConfigError, match="intermediate_size must be at least 1 with dense first layers"):
+        model_config({**base, "intermediate_size": None})
+    with pytest.raises(ConfigError, match="hidden_act 'gelu'"):
+        model_config({**base, "hidden_act": "gelu"})

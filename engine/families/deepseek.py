@@ -38,7 +38,7 @@ def model_config(config: dict[str, Any]) -> ModelConfig:
     if config.get("quantization_config"):
         raise ConfigError("config.json: quantized checkpoints (quantization_config) are not supported; use a bf16 one")
     experts = read_int(config, "n_routed_experts", "num_local_experts")
-    return ModelConfig(
+    cfg = ModelConfig(
         name=str(config.get("model_type", "deepseek")),
         vocab_size=read_int(config, "vocab_size"),
         hidden=read_int(config, "hidden_size"),
@@ -56,7 +56,7 @@ def model_config(config: dict[str, Any]) -> ModelConfig:
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         max_seq_len=read_int(config, "max_position_embeddings", default=4096),
         first_k_dense_replace=read_int(config, "first_k_dense_replace", default=0),
-        intermediate_size=read_int(config, "intermediate_size"),
+        intermediate_size=read_int(config, "intermediate_size", default=0),  # checked with dense layers
         routed_experts=experts,
         moe_intermediate=read_int(config, "moe_intermediate_size"),
         top_k=read_int(config, "num_experts_per_tok"),
@@ -64,6 +64,8 @@ def model_config(config: dict[str, Any]) -> ModelConfig:
         **_routing(config, v3, experts),
         router_skew=0.0,  # the checkpoint's router decides
     )
+    cfg.validate()
+    return cfg
 
 
 def _rope(config: dict[str, Any]) -> dict[str, Any]:
