@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.attention [--device cpu] [--reps 5]      # from the repository root
 
-One layer of ds2-lite's attention (16 query heads, 2 K/V heads of 128, float32 on the CPU) over:
+One layer of grouped-query attention of ds2-lite's widths, as the preset attended before it took
+DeepSeek's latent attention (16 query heads, 2 K/V heads of 128, float32 on the CPU) over:
   - decode: 64 sequences decoding one token each, contexts spread over 1-4096;
   - mixed: 63 of them at about 4096 keys decoding, and one prompt chunk of 512 tokens (its sequence
     at 1024 keys): the case where padding every query to the longest hurts most;
@@ -11,7 +12,7 @@ The ways:
   - "padded mask" is how the engine attended before: every sequence's queries padded to the tick's
     longest, every key slot gathered, and a [seqs, 1, q, keys] boolean mask built on the host,
     copied, and given to SDPA with enable_gqa (which rules out its fused kernels on CUDA);
-  - "block calls" is engine/model.py's: a call for the decodes, one per prefill shape, keys gathered
+  - "block calls" is the engine's (engine/parts.py): a call for the decodes, one per prefill shape, keys gathered
     by cache block, which keys a query sees worked out on the device (engine/batch.py);
   - "flex (eager)" is FlexAttention with a block mask over the same block tables: on the CPU without
     torch.compile it runs its reference implementation (every score materialised, so it is left out
@@ -38,8 +39,10 @@ from engine.batch import KVSlots, SeqChunk, make_batch
 from engine.config import get_preset
 from engine.kv_cache import KVCache
 from engine.model import Attention
+from engine.parts import paged_attention
 
 BLOCK = 16
+GQA_OVERRIDES = {"layers": 1, "kv_heads": 2, "head_dim": 128, "kv_lora_rank": 0}  # ds2-lite as it was
 _FLEX_MAX_SCORES = 2 << 30  # eager FlexAttention materialises every score: past this, it is left out
 
 
@@ -88,14 +91,11 @@ def padded_mask(
 
 
 def block_calls(
-    attention: Attention, q: Tensor, chunks: list[SeqChunk], k_cache: Tensor, v_cache: Tensor, device: torch.device
+    q: Tensor, chunks: list[SeqChunk], k_cache: Tensor, v_cache: Tensor, device: torch.device
 ) -> tuple[Tensor, int]:
     batch = make_batch(chunks, device)
     kb, vb = k_cache.view(-1, BLOCK, *k_cache.shape[1:]), v_cache.view(-1, BLOCK, *v_cache.shape[1:])
-    out = q.new_empty(q.shape)
-    for call in batch.attention:
-        rows = call.rows if call.rows is not None else torch.arange(q.shape[0], device=device)
-        out.index_copy_(0, rows, attention._attend(q.index_select(0, rows), call, kb, vb))
+    out = paged_attention(q, batch.attention, kb, vb)
     sent = (
         sum(
             int(c.block_table.numel() + c.kv_len.numel() + (0 if c.rows is None else c.rows.numel()))
@@ -138,7 +138,9 @@ def compare(
 ) -> None:
     """One table row per way for this tick, each checked against the padded mask's output."""
     device, dtype, heads, head_dim = attention.wo.device, attention.wo.dtype, attention.heads, attention.head_dim
-    kv = KVCache(get_preset("ds2-lite", layers=1), sum(s + n for s, n in spec) + 64 * BLOCK, device, dtype, BLOCK)
+    kv = KVCache(
+        get_preset("ds2-lite", **GQA_OVERRIDES), sum(s + n for s, n in spec) + 64 * BLOCK, device, dtype, BLOCK
+    )
     kv.k.normal_(generator=gen)
     kv.v.normal_(generator=gen)
     chunks = chunks_of(kv, spec)
@@ -146,7 +148,7 @@ def compare(
     k, v = kv.k[0], kv.v[0]
     ways: dict[str, Callable[[], tuple[Tensor, int]]] = {
         "padded mask": functools.partial(padded_mask, q, chunks, k, v, device, heads),
-        "block calls": functools.partial(block_calls, attention, q, chunks, k, v, device),
+        "block calls": functools.partial(block_calls, q, chunks, k, v, device),
     }
     scores = heads * q.shape[0] * sum(s + n for s, n in spec) * 4  # what eager flex materialises
     if with_flex and scores <= _FLEX_MAX_SCORES:
@@ -177,12 +179,12 @@ def main() -> None:
     ap.add_argument("--no-flex", action="store_true", help="leave FlexAttention out (its eager path is slow)")
     args = ap.parse_args()
     device = torch.device(args.device)
-    cfg = get_preset("ds2-lite", layers=1)
+    cfg = get_preset("ds2-lite", **GQA_OVERRIDES)
     dtype = cfg.torch_dtype(device)
     gen = torch.Generator(device=device).manual_seed(0)
     attention = Attention(cfg, gen, device, dtype)
     print(
-        f"one ds2-lite attention layer, {dtype}, {device}, torch {torch.__version__}, "
+        f"one grouped-query attention layer of ds2-lite's widths, {dtype}, {device}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'tick':>8} {'way':>14} {'host bytes':>12} {'ms':>9} {'max |diff|':>11}")

@@ -56,6 +56,7 @@ from engine.hf_config import hf_twin
 from engine.probe import copy_bandwidth, matmul_rate
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
+from tracer.cost import ModelShape
 from tracer.events import ExpertsEvent, MarkEvent, SessionHeader, TickEvent
 from tracer.recorder import ListRecorder, NullRecorder, Recorder
 from tracer.writer import TraceWriter
@@ -97,17 +98,14 @@ def step_floor(
     bandwidth: float,
     flops_rate: float,
 ) -> float:
-    """Seconds a decode step of `batch` tokens cannot beat on this hardware (see module docstring)."""
-    h, i = cfg.hidden, cfg.moe_intermediate
-    attention = h * (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim + cfg.heads * cfg.head_dim * h
-    per_layer = attention + 3 * h * i * cfg.shared_experts
-    dense = cfg.layers * per_layer + h * cfg.vocab_size + batch * h
-    weight_bytes = (dense + distinct_experts * 3 * h * i) * dtype.itemsize + cfg.layers * h * cfg.routed_experts * 4
-    kv_bytes = kv_tokens * cfg.kv_bytes_per_token(dtype)
-    active = cfg.layers * (per_layer + cfg.top_k * 3 * h * i) + h * cfg.vocab_size
-    attention_flops = 4 * cfg.heads * cfg.head_dim * kv_tokens * cfg.layers
-    flops = 2 * active * batch + attention_flops
-    return max((weight_bytes + kv_bytes) / bandwidth, flops / flops_rate)
+    """Seconds a decode step of `batch` tokens cannot beat on this hardware (see module docstring): the
+    bytes and FLOPs of the cost model (tracer/cost.py), which the trace's own figures use."""
+    header = {"model": {**cfg.as_dict(), "dtype": str(dtype).removeprefix("torch.")}}
+    shape = ModelShape.from_config({**header, "kv_bytes_per_token": cfg.kv_bytes_per_token(dtype)})
+    tokens, kv = np.array([batch]), np.array([kv_tokens])
+    nbytes = shape.weight_bytes(tokens, np.array([distinct_experts])) + shape.kv_bytes(kv)
+    flops = shape.flops(tokens, tokens, kv)
+    return float(max(nbytes[0] / bandwidth, flops[0] / flops_rate))
 
 
 class HfPeers:
@@ -371,7 +369,8 @@ def main() -> None:
         floor = step_floor(cfg, r["dtype"], b, r["kv_tokens"], round(r["distinct"]), r["bandwidth"], r["matmul_rate"])
         line = (
             f"{b:>6} {r['step_s'] * 1e3:>9.2f} {r['forward_s'] * 1e3:>8.2f} {b / r['step_s']:>9.0f} "
-            f"{r['distinct'] / cfg.layers:>14.1f} {r['bandwidth'] / 1e9:>10.1f} {r['matmul_rate'] / 1e12:>8.3f} "
+            f"{r['distinct'] / max(cfg.moe_layers, 1):>14.1f} "
+            f"{r['bandwidth'] / 1e9:>10.1f} {r['matmul_rate'] / 1e12:>8.3f} "
             f"{floor * 1e3:>9.3f} {floor / r['step_s']:>9.1%} {r['tracer']:>+7.1%} {r['load']:>5.1f}"
         )
         for peer in peers:

@@ -69,6 +69,8 @@ class BlockAllocator:
 
 class KVCache:
     """K and V for every layer: [layers, slots, kv_heads, head_dim], plus the allocator over the slots.
+    With multi-head latent attention (engine/mla.py) K is [layers, slots, 1, kv_lora_rank + head_dim],
+    each token's latent and RoPE key, and V a view of its latent: the latent is every head's value.
 
     A pipeline stage in its own process holds only its `layers` (a count); every stage uses the same
     slots, the ones rank 0's allocator hands out. One block past them belongs to no sequence: padding
@@ -86,6 +88,10 @@ class KVCache:
     ) -> None:
         self.allocator = BlockAllocator(capacity_tokens, block_size)
         self.scratch_slot = self.allocator.capacity_tokens
-        shape = (cfg.layers if layers is None else layers, self.scratch_slot + block_size, cfg.kv_heads, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        leading = (cfg.layers if layers is None else layers, self.scratch_slot + block_size)
+        if cfg.mla:
+            self.k = torch.zeros(*leading, 1, cfg.kv_lora_rank + cfg.head_dim, device=device, dtype=dtype)
+            self.v = self.k[..., : cfg.kv_lora_rank]
+            return
+        self.k = torch.zeros(*leading, cfg.kv_heads, cfg.head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros(*leading, cfg.kv_heads, cfg.head_dim, device=device, dtype=dtype)

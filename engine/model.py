@@ -3,6 +3,8 @@
 One forward pass takes a whole tick's batch, flattened (engine/batch.py): prefill chunks of new
 sequences and one decode token of each running sequence, all of different lengths. Every token's K/V
 goes into the paged cache (kv_cache.py) first; attention then reads each sequence's keys back by block.
+Attention is grouped-query (below) or, with a `kv_lora_rank`, DeepSeek's multi-head latent attention
+(engine/mla.py); a DeepSeek model's first `first_k_dense_replace` layers have a dense SwiGLU for a MoE.
 
 Weights are random from a seed, created directly on the target device and dtype: the point is the
 memory traffic and the expert dispatch of a real MoE, not what it says. Without a seed they are left
@@ -13,48 +15,55 @@ nn.Linear keeps them; engine/kernels.py has the products and chooses the expert 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.batch import AttnCall, ForwardBatch
+from engine.batch import ForwardBatch
 from engine.config import ModelConfig
 from engine.kernels import ExpertMatmuls, choose_expert_matmuls, linear
+from engine.mla import LatentAttention
+from engine.parts import RMSNorm, draw_weight, paged_attention, yarn_mscale
 
 # ---------------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------------
 
 
-def _weight(
-    gen: torch.Generator | None, device: torch.device, dtype: torch.dtype, *shape: int, fan_in: int
-) -> nn.Parameter:
-    """A weight [..., out, in], drawn as [..., in, out]: the order the model's weights have always been
-    drawn in, so that a seed keeps giving the same model. Without a generator: empty, to be filled."""
-    if gen is None:
-        return nn.Parameter(torch.empty(*shape[:-2], shape[-1], shape[-2], device=device, dtype=dtype), False)
-    w = torch.randn(shape, generator=gen, device=device, dtype=dtype).mul_(fan_in**-0.5)
-    return nn.Parameter(w.transpose(-2, -1).contiguous(), requires_grad=False)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype), requires_grad=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
 def rope_tables(cfg: ModelConfig, device: torch.device) -> tuple[Tensor, Tensor]:
-    """cos and sin for every position, [max_seq_len, head_dim], in float32."""
+    """cos and sin for every position, [max_seq_len, head_dim], in float32; with YaRN, its frequencies
+    and its attention factor (transformers' `_compute_yarn_parameters`, as DeepSeek-V2/V3 use it)."""
     inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
+    attention_factor = 1.0
+    if cfg.rope_factor > 1:
+        inv_freq, attention_factor = _yarn(cfg, inv_freq)
     freqs = torch.outer(torch.arange(cfg.max_seq_len, device=device).float(), inv_freq)
     angles = torch.cat([freqs, freqs], dim=-1)
-    return angles.cos(), angles.sin()
+    if attention_factor == 1.0:
+        return angles.cos(), angles.sin()
+    return angles.cos() * attention_factor, angles.sin() * attention_factor
+
+
+def _yarn(cfg: ModelConfig, inv_freq: Tensor) -> tuple[Tensor, float]:
+    """Frequencies that rotate more than beta_fast times over the original context are kept, those under
+    beta_slow divided by the factor, a linear ramp between; and the factor cos and sin are scaled by."""
+    dim, base = cfg.head_dim, cfg.rope_theta
+
+    def dim_of(rotations: float) -> float:
+        return dim * math.log(cfg.rope_original_max / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(dim_of(cfg.rope_beta_fast)), 0)
+    high = min(math.ceil(dim_of(cfg.rope_beta_slow)), dim - 1)
+    ramp = ((torch.arange(dim // 2, device=inv_freq.device).float() - low) / max(high - low, 0.001)).clamp(0, 1)
+    kept = 1 - ramp
+    scaled = inv_freq / cfg.rope_factor * (1 - kept) + inv_freq * kept
+    if cfg.rope_mscale and cfg.rope_mscale_all_dim:
+        factor = yarn_mscale(cfg.rope_factor, cfg.rope_mscale) / yarn_mscale(cfg.rope_factor, cfg.rope_mscale_all_dim)
+    else:
+        factor = yarn_mscale(cfg.rope_factor)
+    return scaled, factor
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -75,8 +84,8 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
         qkv_width = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim
-        self.wqkv = _weight(gen, device, dtype, cfg.hidden, qkv_width, fan_in=cfg.hidden)
-        self.wo = _weight(gen, device, dtype, cfg.heads * cfg.head_dim, cfg.hidden, fan_in=cfg.heads * cfg.head_dim)
+        self.wqkv = draw_weight(gen, device, dtype, cfg.hidden, qkv_width, fan_in=cfg.hidden)
+        self.wo = draw_weight(gen, device, dtype, cfg.heads * cfg.head_dim, cfg.hidden, fan_in=cfg.heads * cfg.head_dim)
         self.bqkv = (
             nn.Parameter(torch.zeros(qkv_width, device=device, dtype=dtype), requires_grad=False)
             if cfg.attention_bias
@@ -114,55 +123,22 @@ class Attention(nn.Module):
         v_cache.index_copy_(0, batch.slots, qkv[:, H + self.kv_heads :])
         k_blocks = k_cache.view(-1, batch.block_size, self.kv_heads, D)  # the cache as whole blocks
         v_blocks = v_cache.view(-1, batch.block_size, self.kv_heads, D)
-
-        calls = batch.attention
-        if len(calls) == 1 and calls[0].rows is None:  # a decode tick, or prompts all alike: rows in order
-            return linear(self._attend(q, calls[0], k_blocks, v_blocks).reshape(T, -1), self.wo)
-        # index_select, not tensor[index]: advanced indexing takes a slow path on the CPU (~100x here)
-        out = q.new_empty(T, H, D)
-        for call in calls:
-            assert call.rows is not None  # only a call of the whole batch has none, and it is alone
-            out.index_copy_(0, call.rows, self._attend(q.index_select(0, call.rows), call, k_blocks, v_blocks))
-        return linear(out.view(T, -1), self.wo)
-
-    def _attend(self, q: Tensor, call: AttnCall, k_blocks: Tensor, v_blocks: Tensor) -> Tensor:
-        """One SDPA call: queries [seqs * q, heads, D], sequence by sequence, against each sequence's keys
-        gathered by block; the output in the same order and shape."""
-        seqs, n_q, H, KVH, D = call.block_table.shape[0], call.q, self.heads, self.kv_heads, self.head_dim
-        table = call.block_table.flatten()
-        keys = k_blocks.index_select(0, table).view(seqs, -1, KVH, D)
-        values = v_blocks.index_select(0, table).view(seqs, -1, KVH, D)
-        if call.kv is not None:
-            keys, values = keys[:, : call.kv], values[:, : call.kv]
-        keys, values = keys.transpose(1, 2), values.transpose(1, 2)
-        queries = q.view(seqs, n_q, H, D).transpose(1, 2)
-        if call.kv is not None and n_q in (1, call.kv):
-            # decodes that see every key, or whole prompts (causal from key 0): no mask, fused kernels
-            o = F.scaled_dot_product_attention(queries, keys, values, is_causal=n_q > 1, enable_gqa=True)
-        else:
-            # query i of a sequence of kv_len keys sees keys 0 .. kv_len - q + i (the rest is padding)
-            key = torch.arange(keys.shape[2], device=q.device)
-            last = call.kv_len[:, None] - n_q + torch.arange(n_q, device=q.device)
-            mask = key <= last[:, :, None]  # [seqs, q, keys], made here: nothing dense leaves the host
-            # SDPA has no fused kernel for a mask with enable_gqa on CUDA, so each K/V head's query heads
-            # become query rows of that head instead
-            g = H // KVH
-            o = F.scaled_dot_product_attention(
-                queries.reshape(seqs, KVH, g * n_q, D), keys, values, attn_mask=mask.repeat(1, g, 1)[:, None]
-            ).view(seqs, H, n_q, D)
-        return o.transpose(1, 2).reshape(seqs * n_q, H, D)
+        return linear(paged_attention(q, batch.attention, k_blocks, v_blocks).reshape(T, -1), self.wo)
 
 
 class MoE(nn.Module):
     """Router -> top-k of E routed SwiGLU experts, plus shared experts every token goes through.
 
     Routing (`routing`) is DeepSeek-V3's by default: sigmoid scores, top-k chosen on score + a
-    per-expert bias, the chosen scores renormalised as weights. "softmax" (Qwen, OLMoE, Mixtral) takes
-    a softmax over all experts instead, its chosen probabilities renormalised only with `norm_topk_prob`
-    (Mixtral's "softmax over the chosen" is exactly that). The bias is `router_skew`'s popularity:
-    expert of popularity rank r gets -skew * log(1 + r), a Zipf-like head of favourites, different in
-    every layer; zero for a checkpoint. With `shared_gate` (Qwen2-MoE) the shared experts' output is
-    scaled by a sigmoid of the token.
+    per-expert bias, the chosen scores renormalised as weights. "softmax" (DeepSeek-V2, Qwen, OLMoE,
+    Mixtral) takes a softmax over all experts instead, its chosen probabilities renormalised only with
+    `norm_topk_prob` (Mixtral's "softmax over the chosen" is exactly that). The bias is `router_skew`'s
+    popularity: expert of popularity rank r gets -skew * log(1 + r), a Zipf-like head of favourites,
+    different in every layer; a DeepSeek-V3 checkpoint's is its e_score_correction_bias, other
+    checkpoints' zero. With n_group > 1 the choice is limited to the topk_group best groups of experts
+    (V3: a group's two best biased scores summed; V2's softmax scores: its best), and the weights may be
+    scaled (routed_scaling_factor). With `shared_gate` (Qwen2-MoE) the shared experts' output is scaled
+    by a sigmoid of the token.
     """
 
     popularity_bias: Tensor
@@ -177,28 +153,44 @@ class MoE(nn.Module):
     ) -> None:
         super().__init__()
         h, i, e = cfg.hidden, cfg.moe_intermediate, cfg.routed_experts
-        self.top_k, self.softmax, self.norm_topk_prob = cfg.top_k, cfg.routing == "softmax", cfg.norm_topk_prob
-        self.router = _weight(gen, device, torch.float32, h, e, fan_in=h)
+        self.top_k = cfg.top_k
+        self.softmax, self.n_group, self.topk_group = cfg.routing == "softmax", cfg.n_group, cfg.topk_group
+        self.norm_topk_prob, self.scaling = cfg.norm_topk_prob, cfg.routed_scaling_factor
+        self.router = draw_weight(gen, device, torch.float32, h, e, fan_in=h)
         rank = torch.arange(e, device=device) if gen is None else torch.randperm(e, generator=gen, device=device)
         self.register_buffer("popularity_bias", -cfg.router_skew * torch.log1p(rank.float()))
         # stacked so that one grouped GEMM serves all experts: [gate | up] and down
-        self.w13 = _weight(gen, device, dtype, e, h, 2 * i, fan_in=h)
-        self.w2 = _weight(gen, device, dtype, e, i, h, fan_in=i)
+        self.w13 = draw_weight(gen, device, dtype, e, h, 2 * i, fan_in=h)
+        self.w2 = draw_weight(gen, device, dtype, e, i, h, fan_in=i)
         shared = i * cfg.shared_experts
-        self.shared_w13 = _weight(gen, device, dtype, h, 2 * shared, fan_in=h) if shared else None
-        self.shared_w2 = _weight(gen, device, dtype, shared, h, fan_in=shared) if shared else None
-        self.shared_gate = _weight(gen, device, dtype, h, 1, fan_in=h) if cfg.shared_gate else None
+        self.shared_w13 = draw_weight(gen, device, dtype, h, 2 * shared, fan_in=h) if shared else None
+        self.shared_w2 = draw_weight(gen, device, dtype, shared, h, fan_in=shared) if shared else None
+        self.shared_gate = draw_weight(gen, device, dtype, h, 1, fan_in=h) if cfg.shared_gate else None
         self.matmul, self.fixed_matmul = matmuls.eager.fn, matmuls.fixed.fn
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Chosen experts [T, k] and their weights [T, k] (float32)."""
         logits = linear(x.float(), self.router)
-        scores = logits.softmax(-1) if self.softmax else torch.sigmoid(logits)
-        chosen = torch.topk(scores + self.popularity_bias, self.top_k, dim=-1).indices
+        scores = logits.softmax(dim=-1) if self.softmax else torch.sigmoid(logits)
+        choice = scores + self.popularity_bias
+        if self.n_group > 1:
+            choice = self._best_groups(choice)
+        chosen = torch.topk(choice, self.top_k, dim=-1).indices
         weights = scores.gather(1, chosen)
         if self.norm_topk_prob:
             weights = weights / weights.sum(-1, keepdim=True)
-        return chosen, weights
+        return chosen, weights * self.scaling if self.scaling != 1.0 else weights
+
+    def _best_groups(self, choice: Tensor) -> Tensor:
+        """`choice` [T, E] with every expert outside each token's topk_group best groups at -inf."""
+        grouped = choice.view(choice.shape[0], self.n_group, -1)
+        if self.softmax:
+            group_score = grouped.amax(dim=-1)
+        else:
+            group_score = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)
+        best = group_score.topk(self.topk_group, dim=-1).indices
+        keep = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, best, True)
+        return grouped.masked_fill(~keep[:, :, None], float("-inf")).view_as(choice)
 
     def forward(self, x: Tensor, counted: Tensor | None = None, fixed_shapes: bool = False) -> tuple[Tensor, Tensor]:
         """Output [T, H] and tokens per expert [E] (int32, on the device), of the rows `counted`
@@ -231,7 +223,29 @@ class MoE(nn.Module):
         return out, load
 
 
+class DenseMLP(nn.Module):
+    """The feed-forward of a dense first layer (`first_k_dense_replace`): one SwiGLU, no router."""
+
+    def __init__(self, cfg: ModelConfig, gen: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        h, i = cfg.hidden, cfg.intermediate_size
+        self.experts = cfg.routed_experts
+        self.w13 = draw_weight(gen, device, dtype, h, 2 * i, fan_in=h)
+        self.w2 = draw_weight(gen, device, dtype, i, h, fan_in=i)
+
+    def forward(self, x: Tensor, counted: Tensor | None = None, fixed_shapes: bool = False) -> tuple[Tensor, Tensor]:
+        """Output [T, H], and MoE's load: no token for any expert."""
+        gate, up = linear(x, self.w13).chunk(2, dim=-1)
+        return linear(F.silu(gate) * up, self.w2), torch.zeros(self.experts, device=x.device, dtype=torch.int32)
+
+
 class Block(nn.Module):
+    """Attention (grouped-query, or latent with `kv_lora_rank`), then the feed-forward: `moe`, or `mlp` in
+    a dense layer."""
+
+    moe: MoE
+    mlp: DenseMLP
+
     def __init__(
         self,
         cfg: ModelConfig,
@@ -239,19 +253,24 @@ class Block(nn.Module):
         device: torch.device,
         dtype: torch.dtype,
         matmuls: ExpertMatmuls,
+        dense: bool = False,
     ) -> None:
         super().__init__()
         self.attention_norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
-        self.attention = Attention(cfg, gen, device, dtype)
+        self.attention = LatentAttention(cfg, gen, device, dtype) if cfg.mla else Attention(cfg, gen, device, dtype)
         self.moe_norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
-        self.moe = MoE(cfg, gen, device, dtype, matmuls)
+        self.dense = dense
+        if dense:
+            self.mlp = DenseMLP(cfg, gen, device, dtype)
+        else:
+            self.moe = MoE(cfg, gen, device, dtype, matmuls)
 
     def forward(
         self, x: Tensor, batch: ForwardBatch, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor
     ) -> tuple[Tensor, Tensor]:
         h = x + self.attention(self.attention_norm(x), batch, cos, sin, k_cache, v_cache)
-        moe_out, counts = self.moe(self.moe_norm(h), batch.counted, batch.fixed_shapes)
-        return h + moe_out, counts
+        ffn_out, counts = (self.mlp if self.dense else self.moe)(self.moe_norm(h), batch.counted, batch.fixed_shapes)
+        return h + ffn_out, counts
 
 
 class _Elsewhere(nn.Module):
@@ -302,12 +321,12 @@ class Transformer(nn.Module):
             if i not in owned and gen is None:  # nothing to draw: an empty layer need not be made at all
                 blocks.append(_Elsewhere(i))
                 continue
-            block = Block(cfg, gen, device, dtype, self.expert_matmuls)
+            block = Block(cfg, gen, device, dtype, self.expert_matmuls, dense=i < cfg.first_k_dense_replace)
             blocks.append(block if i in owned else _Elsewhere(i))
             del block
         self.layers = nn.ModuleList(blocks)
         self.norm = RMSNorm(cfg.hidden, cfg.norm_eps, device, dtype)
-        lm_head = _weight(gen, device, dtype, cfg.hidden, cfg.vocab_size, fan_in=cfg.hidden)
+        lm_head = draw_weight(gen, device, dtype, cfg.hidden, cfg.vocab_size, fan_in=cfg.hidden)
         self.lm_head = lm_head if owned.stop == cfg.layers else None
         cos, sin = rope_tables(cfg, device)
         self.register_buffer("rope_cos", cos)

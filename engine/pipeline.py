@@ -27,18 +27,19 @@ T = TypeVar("T")
 
 
 def layer_param_counts(cfg: ModelConfig) -> tuple[int, int, int]:
-    """Parameters of the embedding, of one decoder layer, and of the head (final norm + LM head)."""
+    """Parameters of the embedding, of the heaviest decoder layer (a dense first layer may weigh less
+    than a MoE one), and of the head (final norm + LM head)."""
     embed = cfg.vocab_size * cfg.hidden
     head = cfg.vocab_size * cfg.hidden + cfg.hidden
-    per_layer = (cfg.param_count() - embed - head) // cfg.layers
+    per_layer = max(cfg.layer_param_count(i) for i in range(cfg.layers))
     return embed, per_layer, head
 
 
 def stage_weights(cfg: ModelConfig) -> np.ndarray:
     """What each layer weighs for balancing, with the embedding added to the first layer and the
     head to the last: the stage that holds them carries them."""
-    embed, per_layer, head = layer_param_counts(cfg)
-    w = np.full(cfg.layers, per_layer, dtype=np.int64)
+    embed, _, head = layer_param_counts(cfg)
+    w = np.array([cfg.layer_param_count(i) for i in range(cfg.layers)], dtype=np.int64)
     w[0] += embed
     w[-1] += head
     return w
@@ -169,8 +170,8 @@ def plan_pipeline(
 
 def stage_param_bytes(cfg: ModelConfig, layers: range, itemsize: int) -> int:
     """Weight bytes one stage holds: its layers, plus the embedding on the first and the head on the last."""
-    embed, per_layer, head = layer_param_counts(cfg)
-    params = per_layer * len(layers)
+    embed, _, head = layer_param_counts(cfg)
+    params = sum(cfg.layer_param_count(i) for i in layers)
     params += embed if layers.start == 0 else 0
     params += head if layers.stop == cfg.layers else 0
     return params * itemsize

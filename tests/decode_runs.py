@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from engine.config import get_preset
+from engine.config import ModelConfig, get_preset
 from engine.decode_graphs import DecodeGraphs
 from engine.engine import Engine
 from engine.request import Request
@@ -44,16 +44,18 @@ def mixed_run(
     dtype: str = "auto",
     setup: Callable[[DecodeGraphs], None] | None = None,
     sampled: SamplingParams = GREEDY,
+    model: ModelConfig | None = None,
 ) -> MixedRun:
     """Eleven requests of mixed lengths through an engine of 8 slots, run to the end: admissions,
     prefills and finishes interleave with decode-only ticks, and contexts cross several context
     buckets. `setup` may adjust the engine's decode graphs before the first tick. Every other
-    request picks its tokens as `sampled` says, with its index added to the seed."""
+    request picks its tokens as `sampled` says, with its index added to the seed. `model`: tiny's
+    shape (in `dtype`) unless given; its vocabulary must hold tiny's 512 tokens."""
     rec = ListRecorder()
     sched = SchedulerConfig(
         max_seqs=8, kv_capacity_tokens=4096, decode_graphs=decode_graphs, decode_compile=decode_compile
     )
-    eng = Engine(get_preset("tiny", dtype=dtype), sched, device=device, recorder=rec)
+    eng = Engine(model or get_preset("tiny", dtype=dtype), sched, device=device, recorder=rec)
     if setup is not None:
         setup(eng.graphs)
     rng = np.random.default_rng(1)

@@ -239,7 +239,7 @@ def test_an_unsupported_architecture_names_the_supported_ones(saved, tmp_path):
         open_checkpoint(path)
     assert str(error.value) == (
         "unsupported architecture LlamaForCausalLM (supported: Qwen3MoeForCausalLM, Qwen2MoeForCausalLM, "
-        "OlmoeForCausalLM, MixtralForCausalLM)"
+        "OlmoeForCausalLM, MixtralForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM)"
     )
 
 

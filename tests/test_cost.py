@@ -11,9 +11,12 @@ import polars as pl
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import tracer
+from engine.batch import SeqChunk, make_batch
 from engine.config import ModelConfig, get_preset
+from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.probe import probe
 from tracer.cost import (
@@ -27,6 +30,7 @@ from tracer.cost import (
     cost_summary,
     expected_distinct_experts,
     measured_ticks,
+    modelled_columns,
     span_summary,
     tick_costs,
 )
@@ -65,7 +69,8 @@ def weightless_model(cfg: ModelConfig, dtype: torch.dtype) -> Transformer:
     ("cfg", "dtype"),
     [
         (get_preset("tiny"), torch.float32),
-        (get_preset("ds2-lite", layers=1), torch.bfloat16),
+        (get_preset("ds2-lite", layers=2), torch.bfloat16),  # latent attention; a dense first layer
+        (get_preset("v3-slice", layers=1, vocab_size=512), torch.bfloat16),  # queries through a latent
     ],
 )
 def test_weight_bytes_equal_the_parameters_a_tick_touches(cfg: ModelConfig, dtype: torch.dtype) -> None:
@@ -73,9 +78,13 @@ def test_weight_bytes_equal_the_parameters_a_tick_touches(cfg: ModelConfig, dtyp
     shape = ModelShape.from_config(header_config(cfg, dtype))
     rng = np.random.default_rng(1)
     tokens = 37
-    active = [
-        rng.choice(cfg.routed_experts, size=rng.integers(1, cfg.routed_experts + 1), replace=False)
-        for _ in range(cfg.layers)
+    active = [  # a dense layer routes nothing
+        rng.choice(
+            cfg.routed_experts,
+            size=0 if i < cfg.first_k_dense_replace else rng.integers(1, cfg.routed_experts + 1),
+            replace=False,
+        )
+        for i in range(cfg.layers)
     ]
 
     touched = 0
@@ -93,7 +102,9 @@ def test_weight_bytes_equal_the_parameters_a_tick_touches(cfg: ModelConfig, dtyp
     assert shape.kv_bytes_per_token == cfg.kv_bytes_per_token(dtype)
 
 
-@pytest.mark.parametrize("cfg", [get_preset("tiny"), get_preset("ds2-lite", layers=1)])
+@pytest.mark.parametrize(
+    "cfg", [get_preset("tiny"), get_preset("ds2-lite", layers=2), get_preset("v3-slice", layers=1, vocab_size=512)]
+)
 def test_token_flops_are_twice_the_matmul_parameters_a_token_touches(cfg: ModelConfig) -> None:
     model = weightless_model(cfg, torch.float32)
     shape = ModelShape.from_config(header_config(cfg, torch.float32))
@@ -106,6 +117,30 @@ def test_token_flops_are_twice_the_matmul_parameters_a_token_touches(cfg: ModelC
     assert shape.token_flops == 2 * per_token
     lm_head = 2 * cfg.hidden * cfg.vocab_size
     assert shape.flops(np.array([10]), np.array([3]), np.array([0]))[0] == 10 * shape.token_flops + 3 * lm_head
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        get_preset("ds2-lite", layers=2, hidden=256, heads=4, intermediate_size=64, moe_intermediate=32),
+        get_preset("v3-slice", layers=1, hidden=256, heads=4, q_lora_rank=48, moe_intermediate=32),
+    ],
+)
+def test_attention_flops_are_what_torch_counts_for_a_decode_query(cfg: ModelConfig) -> None:
+    """One decode token against 100 cached keys through a layer of multi-head latent attention, absorbed:
+    its projections, and its scores and value mix, as torch's FLOP counter sees them. (Its SDPA with
+    enable_gqa over several K/V heads, grouped-query attention's, is not counted by it.)"""
+    cpu = torch.device("cpu")
+    model = Transformer(cfg, cpu, torch.float32)
+    kv = KVCache(cfg, 128, cpu, torch.float32)
+    kv.allocator.grow(0, 100)
+    batch = make_batch([SeqChunk([1], 99, kv.allocator.blocks(0, 100), kv.allocator.block_size, True)], cpu)
+    attention = model.layers[0].attention
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        attention(torch.randn(1, cfg.hidden), batch, model.rope_cos[99:100], model.rope_sin[99:100], kv.k[0], kv.v[0])
+    shape = ModelShape.from_config(header_config(cfg, torch.float32))
+    matrices = sum(p.numel() for p in attention.parameters() if p.dim() == 2)
+    assert counter.get_total_flops() == 2 * matrices + shape.attention_flops_per_key // cfg.layers * 100
 
 
 def test_bytes_rise_with_distinct_experts_and_dense_bytes_ignore_the_batch() -> None:
@@ -341,3 +376,15 @@ def test_a_recording_header_carries_the_probe() -> None:
     assert config["device_probe"]["dtype"] == "float32"
     here = accelerator("this-device", config)
     assert here.bandwidth_bytes_s == config["device_probe"]["copy_bytes_per_s"]
+
+
+def test_experts_per_layer_count_the_moe_layers_only() -> None:
+    """ds2-lite's first layer is dense: it routes nothing, so experts touched per layer, and uniform
+    routing's expectation, are over its MoE layers."""
+    cfg = get_preset("ds2-lite", layers=3)
+    shape = ModelShape.from_config(header_config(cfg, torch.bfloat16))
+    costs = pl.DataFrame({"busy_s": [0.5], "devices": [1], "processed_tokens": [10], "output_tokens": [2]})
+    costs = modelled_columns(costs, np.array([100]), np.array([12.0]), shape)
+    summary = span_summary(costs, 1.0, shape)
+    assert summary["experts_touched_per_layer"] == 6.0  # 12 over 2 MoE layers
+    assert summary["experts_expected_uniform"] == pytest.approx(64 * (1 - (1 - 6 / 64) ** 10))

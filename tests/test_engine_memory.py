@@ -22,8 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 _SHAPE = (
     "hidden=512, moe_intermediate=1024, vocab_size=4096, layers=2, max_seq_len=2048, heads=8, kv_heads=2, head_dim=64"
 )
+# The same with DeepSeek's latent attention (a 256-wide latent, a 32-wide RoPE key) and a dense first layer
+_MLA_SHAPE = (
+    "hidden=512, moe_intermediate=1024, vocab_size=4096, layers=2, max_seq_len=2048, heads=8, kv_heads=1, "
+    "head_dim=32, kv_lora_rank=256, qk_nope_head_dim=64, v_head_dim=64, first_k_dense_replace=1, intermediate_size=4096"
+)
 
-_PEAK = f"""
+_PEAK = """
 import numpy as np, torch
 from engine.config import activation_bytes, get_preset
 from engine.engine import Engine
@@ -35,7 +40,7 @@ class Sink:
     def on_finish(self, *args): ...
 
 torch.set_num_threads(1)
-cfg = get_preset("tiny", {_SHAPE})
+cfg = get_preset("tiny", SHAPE)
 sched = SchedulerConfig(max_seqs=8, max_tokens=2048, prefill_chunk=512, kv_capacity_tokens=8 * 2048)
 engine = Engine(cfg, sched, device="cpu")
 engine.submit(Request(99, [1] * 4, 2, Sink()))  # every lazy allocation made, by a small tick
@@ -57,12 +62,19 @@ print((status_kb("VmHWM:") - before) * 1024, activation_bytes(cfg, torch.float32
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak through Linux's /proc")
-def test_a_full_prefill_tick_takes_less_than_the_estimate_and_not_much_less():
+@pytest.mark.parametrize("shape", [_SHAPE, _MLA_SHAPE], ids=["grouped-query", "latent"])
+def test_a_full_prefill_tick_takes_less_than_the_estimate_and_not_much_less(shape):
     # glibc returns every freed block of 128 KiB or more to the system: the resident size follows the
     # tensors alive, not what the allocator kept from earlier
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     out = subprocess.run(
-        [sys.executable, "-c", _PEAK], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True, env=env
+        [sys.executable, "-c", _PEAK.replace("SHAPE", shape)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env=env,
     )
     grown, estimate = (int(x) for x in out.stdout.split())
     assert grown <= estimate <= 3 * grown, (grown, estimate)

@@ -7,23 +7,26 @@ stage, which keeps those `devices` busy at once. Device time is busy time x devi
 Modelled figures come from the trace alone (the header's model shape; each tick's tokens, KV use and
 distinct active experts), so they do not depend on the machine that recorded. A tick reads:
 
-- every dense weight once: per layer both RMSNorms, attention (wqkv, wo), the router (float32 whatever
-  the model's dtype, as engine/model.py keeps it) and the shared experts; then the final norm and the
-  LM head;
+- every dense weight once: per layer both RMSNorms and attention (wqkv, wo; or, with multi-head latent
+  attention, its projections and latent norms); per MoE layer the router (float32 whatever the model's
+  dtype, as engine/model.py keeps it) and the shared experts; per dense first layer
+  (`first_k_dense_replace`) its SwiGLU of `intermediate_size`; then the final norm and the LM head;
 - the embedding rows of its processed tokens (prefill + decode);
-- per layer, its distinct active routed experts x one expert's bytes (3 x hidden x moe_intermediate);
-- the KV cache: `kv_used` tokens x KV bytes per token. `kv_used` is what the cache holds *after* the
-  tick, an upper bound on what attention read (it includes the K/V the tick wrote, and sequences that
-  hold KV without being in the batch).
+- per MoE layer, its distinct active routed experts x one expert's bytes (3 x hidden x moe_intermediate);
+- the KV cache: `kv_used` tokens x KV bytes per token (MLA: its latent and RoPE key). `kv_used` is what
+  the cache holds *after* the tick, an upper bound on what attention read (it includes the K/V the tick
+  wrote, and sequences that hold KV without being in the batch).
 
 Left out: buffers (the router's popularity bias, E floats a layer; RoPE table rows) and activations. A
 pipeline of M micro-batches reads each stage's weights M times; the model counts them once per tick.
 
 A tick's FLOPs: 2 x the matmul parameters each token touches (attention, router, shared experts and
-top_k routed experts) x processed tokens; 2 x the LM head x sampled tokens (the engine computes logits
-for sampled rows only); attention 4 x layers x heads x head_dim x `kv_used`, as if each sequence holding
-KV ran one query over its context. That approximation is exact for a decode tick over every running
-sequence and falls short of a prefill chunk's causal triangle of queries.
+top_k routed experts, or a dense layer's SwiGLU) x processed tokens; 2 x the LM head x sampled tokens
+(the engine computes logits for sampled rows only); attention 4 x layers x heads x head_dim x `kv_used`
+(MLA, absorbed: layers x heads x (2 x (latent + RoPE) + 2 x latent) x `kv_used`: scores against the
+cached rows, values mixed in latent space), as if each sequence holding KV ran one query over its
+context. That approximation is exact for a decode tick over every running sequence and falls short of
+a prefill chunk's causal triangle of queries.
 
 Roofline time of a tick on an accelerator: max(bytes / bandwidth, FLOPs / peak), on one accelerator
 that holds the whole model.
@@ -51,7 +54,7 @@ always present and a figure without data is None:
     kv_read_bytes_per_token      KV bytes read per processed token
     flops_per_token              FLOPs per processed token
     arithmetic_intensity         FLOP/byte, over the span
-    experts_touched_per_layer    mean distinct active routed experts per (tick, layer)
+    experts_touched_per_layer    mean distinct active routed experts per (tick, MoE layer)
     experts_expected_uniform     the same under uniform routing: E(1 - (1 - k/E)^T), T = tick's tokens
     accelerator                  None, or (modelled on the chosen accelerator):
         name                         profile name
@@ -105,6 +108,16 @@ _SHAPE_FIELDS = (
     "top_k",
     "shared_experts",
 )
+# multi-head latent attention and dense first layers (engine/config.py); 0 when absent: grouped-query
+# attention, every layer MoE (and headers written before they existed)
+_OPTIONAL_SHAPE_FIELDS = (
+    "kv_lora_rank",
+    "q_lora_rank",
+    "qk_nope_head_dim",
+    "v_head_dim",
+    "first_k_dense_replace",
+    "intermediate_size",
+)
 _PROFILE_FIELDS = ("bandwidth_bytes_s", "peak_flop_s", "usd_per_hour")
 NO_TICKS = "no ticks in the trace (a client-side recording, `record --target`, has none)"
 
@@ -143,6 +156,12 @@ class ModelShape:
     shared_experts: int
     itemsize: int  # bytes of one weight in the model's dtype
     kv_bytes_per_token: int  # K and V of one token, all layers
+    kv_lora_rank: int = 0  # > 0: multi-head latent attention, head_dim its RoPE part
+    q_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    v_head_dim: int = 0
+    first_k_dense_replace: int = 0
+    intermediate_size: int = 0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
@@ -157,15 +176,24 @@ class ModelShape:
         if dtype not in _ITEMSIZE:
             raise CostUnavailable(f"the trace header's model dtype {dtype!r} is not one of {', '.join(_ITEMSIZE)}")
         itemsize = _ITEMSIZE[dtype]
+        optional = {f: int(model[f]) if _is_count(model.get(f)) else 0 for f in _OPTIONAL_SHAPE_FIELDS}
         kv = config.get("kv_bytes_per_token")
         if not _is_count(kv):  # a header written by hand: the engine's own formula (engine/config.py)
-            kv = 2 * model["layers"] * model["kv_heads"] * model["head_dim"] * itemsize
+            per_layer = 2 * model["kv_heads"] * model["head_dim"]
+            if optional["kv_lora_rank"]:
+                per_layer = optional["kv_lora_rank"] + model["head_dim"]
+            kv = model["layers"] * per_layer * itemsize
         return cls(
             name=str(model.get("name", "")),
             **{f: int(model[f]) for f in _SHAPE_FIELDS},
             itemsize=itemsize,
             kv_bytes_per_token=int(kv),
+            **optional,
         )
+
+    @property
+    def moe_layers(self) -> int:
+        return self.layers - self.first_k_dense_replace
 
     @property
     def expert_bytes(self) -> int:
@@ -174,26 +202,57 @@ class ModelShape:
 
     @property
     def _attention_params(self) -> int:
-        return self.hidden * (self.heads + 2 * self.kv_heads) * self.head_dim + self.heads * self.head_dim * self.hidden
+        """One layer's attention matrices (MLA's: queries direct or through their latent, the latent and
+        RoPE key, the latent's expansion to keys and values, the output)."""
+        h, heads = self.hidden, self.heads
+        if not self.kv_lora_rank:
+            return h * (heads + 2 * self.kv_heads) * self.head_dim + heads * self.head_dim * h
+        q_width = heads * (self.qk_nope_head_dim + self.head_dim)
+        q = self.q_lora_rank * (h + q_width) if self.q_lora_rank else h * q_width
+        r = self.kv_lora_rank
+        kv = h * (r + self.head_dim) + r * heads * (self.qk_nope_head_dim + self.v_head_dim)
+        return q + kv + heads * self.v_head_dim * h
+
+    @property
+    def _attention_norms(self) -> int:
+        """One layer's RMSNorm weights: before attention and the feed-forward, and MLA's latent norms."""
+        return 2 * self.hidden + (self.q_lora_rank + self.kv_lora_rank if self.kv_lora_rank else 0)
 
     @property
     def _shared_params(self) -> int:
         return 3 * self.hidden * self.moe_intermediate * self.shared_experts
 
     @property
+    def _dense_layer_mlp(self) -> int:
+        return 3 * self.hidden * self.intermediate_size
+
+    @property
     def dense_bytes(self) -> int:
         """Weights every tick reads whatever its batch: all but the embedding and the routed experts."""
-        h = self.hidden
-        per_layer = 2 * h + self._attention_params + self._shared_params  # two norms, attention, shared
-        dtype_params = self.layers * per_layer + h + h * self.vocab_size  # + final norm, LM head
-        return dtype_params * self.itemsize + self.layers * h * self.routed_experts * _ROUTER_ITEMSIZE
+        h, dense_layers = self.hidden, self.first_k_dense_replace
+        dtype_params = (
+            self.layers * (self._attention_norms + self._attention_params)
+            + self.moe_layers * self._shared_params
+            + dense_layers * self._dense_layer_mlp
+            + h
+            + h * self.vocab_size
+        )  # + final norm, LM head
+        return dtype_params * self.itemsize + self.moe_layers * h * self.routed_experts * _ROUTER_ITEMSIZE
 
     @property
     def token_flops(self) -> int:
         """FLOPs of one processed token through the layers, attention scores aside."""
         h = self.hidden
         routed = self.top_k * 3 * h * self.moe_intermediate
-        return 2 * self.layers * (self._attention_params + h * self.routed_experts + self._shared_params + routed)
+        moe = self.moe_layers * (h * self.routed_experts + self._shared_params + routed)
+        return 2 * (self.layers * self._attention_params + moe + self.first_k_dense_replace * self._dense_layer_mlp)
+
+    @property
+    def attention_flops_per_key(self) -> int:
+        """FLOPs of one query (every head, every layer) against one cached key: scores and the value mix."""
+        if self.kv_lora_rank:  # absorbed: scores over latent + RoPE, the mix over the latent
+            return self.layers * self.heads * (2 * (self.kv_lora_rank + self.head_dim) + 2 * self.kv_lora_rank)
+        return 4 * self.layers * self.heads * self.head_dim
 
     def weight_bytes(self, processed: np.ndarray, distinct: np.ndarray) -> np.ndarray:
         """Weight bytes each tick reads: dense weights, its tokens' embedding rows, its distinct experts.
@@ -213,7 +272,7 @@ class ModelShape:
 
     def flops(self, processed: np.ndarray, output: np.ndarray, kv_used: np.ndarray) -> np.ndarray:
         """FLOPs of each tick (attention approximated from `kv_used`, see the module docstring)."""
-        attention = 4 * self.layers * self.heads * self.head_dim
+        attention = self.attention_flops_per_key
         return (
             np.asarray(processed, dtype=np.float64) * self.token_flops
             + np.asarray(output, dtype=np.float64) * (2 * self.hidden * self.vocab_size)
@@ -447,7 +506,7 @@ def modelled_columns(
     flops = shape.flops(processed, costs.get_column("output_tokens").to_numpy(), kv_used)
     columns = {
         "distinct_experts": distinct,
-        "expected_experts": shape.layers * expected_distinct_experts(processed, shape.routed_experts, shape.top_k),
+        "expected_experts": shape.moe_layers * expected_distinct_experts(processed, shape.routed_experts, shape.top_k),
         "weight_bytes": weights,
         "kv_bytes": kv,
         "bytes": nbytes,
@@ -538,7 +597,7 @@ def _modelled(costs: pl.DataFrame, shape: ModelShape) -> dict[str, Any]:
         "processed_tokens", "weight_bytes", "kv_bytes", "bytes", "flops", "distinct_experts", "expected_experts"
     ).sum()
     s = known.select(pl.len().alias("ticks"), sums).row(0, named=True)
-    cells = s["ticks"] * shape.layers
+    cells = s["ticks"] * shape.moe_layers  # a dense layer routes nothing: no cell of the experts
     return {
         "bytes_per_token": _ratio(s["bytes"], s["processed_tokens"]),
         "weight_bytes_per_token": _ratio(s["weight_bytes"], s["processed_tokens"]),

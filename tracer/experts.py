@@ -4,9 +4,12 @@ A figure over several ticks is the mean over (tick, layer) cells of the figure o
 dashboard's span, `tickscope summary` and compare's delta table name the same thing by the same word:
 
 - active share: experts that got at least one token, over the layer's experts;
-- imbalance: the busiest expert's tokens over the layer's mean (1.0 = perfectly even); a cell with
-  no token has no balance to speak of and is left out, as is its balancedness (mean / max, the
-  inverse vLLM logs).
+- imbalance: the busiest expert's tokens over the layer's mean (1.0 = perfectly even), and its
+  balancedness (mean / max, the inverse vLLM logs).
+
+A cell with no token routes nothing to speak of and is left out of all three: a dense layer's (a
+DeepSeek model's first layers have no router, and their rows of the load stay zero), or a tick's
+without tokens.
 """
 
 from __future__ import annotations
@@ -22,16 +25,16 @@ class LoadFigures:
     imbalance: float | None  # None: no cell with a token
     balancedness: float | None
     imbalance_per_layer: list[float | None]
-    cells: int  # (tick, layer) cells the means are over
+    cells: int  # (tick, layer) cells the means are over: those with a token
 
 
 def cell_figures(load: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (tick, layer) cell of a [ticks, layers, experts] load: active share, max/mean and
     mean/max (NaN for a cell with no token)."""
     load = np.asarray(load, dtype=np.float64)
-    active = (load > 0).mean(axis=2)
     peak = load.max(axis=2)
     mean = load.mean(axis=2)
+    active = np.where(mean > 0, (load > 0).mean(axis=2), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         imbalance = np.where(mean > 0, peak / mean, np.nan)
         balancedness = np.where(mean > 0, mean / peak, np.nan)
@@ -56,5 +59,5 @@ def load_figures(loads: np.ndarray | list[np.ndarray]) -> LoadFigures:
     layers = max(x.shape[1] for x in stacks)
     return LoadFigures(
         mean(active), mean(imbalance), mean(balancedness),
-        [mean(imbalance[layer == i]) for i in range(layers)], active.size,
+        [mean(imbalance[layer == i]) for i in range(layers)], int(np.isfinite(active).sum()),
     )  # fmt: skip

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from engine.errors import ConfigError
-from engine.families import mixtral, olmoe, qwen2_moe, qwen3_moe
+from engine.families import deepseek, mixtral, olmoe, qwen2_moe, qwen3_moe
 from engine.families.base import Family, Placement
 
-FAMILIES: tuple[Family, ...] = (qwen3_moe.FAMILY, qwen2_moe.FAMILY, olmoe.FAMILY, mixtral.FAMILY)
+FAMILIES: tuple[Family, ...] = (qwen3_moe.FAMILY, qwen2_moe.FAMILY, olmoe.FAMILY, mixtral.FAMILY, deepseek.FAMILY)
 
 REGISTRY: dict[str, Family] = {architecture: f for f in FAMILIES for architecture in f.architectures}
 
