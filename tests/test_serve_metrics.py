@@ -116,8 +116,11 @@ async def test_metrics_agree_with_the_trace(tmp_path):
     status = reqs["status"].value_counts()
     count = dict(zip(status["status"], status["count"]))
     assert count.get("finished") == 6 and count.get("cancelled") == 1
-    for reason, st in (("length", "finished"), ("abort", "cancelled"), ("error", "failed")):
-        assert metrics["vllm:request_success_total", (("finished_reason", reason),)] == count.get(st, 0)
+    finished = reqs.filter(pl.col("status") == "finished")["reason"].to_list()
+    ended = {"stop": finished.count("stop"), "length": finished.count("length")}
+    ended |= {"abort": count.get("cancelled", 0), "error": count.get("failed", 0)}
+    for reason, n in ended.items():
+        assert metrics["vllm:request_success_total", (("finished_reason", reason),)] == n
     assert metrics["tickscope:requests_rejected_total", ()] == count.get("rejected", 0)
 
     taken = reqs.filter(pl.col("status") != "rejected")

@@ -471,7 +471,10 @@ def test_watch_recognises_an_idle_tickscope_serve(tmp_path):
     assert result.source == "tickscope" and trace.ticks.height == result.scrapes >= 3
     # nothing ran: every count is a true 0 (known), the percentiles have nothing to say (null)
     assert trace.ticks["sampled_tokens"][1:].to_list() == [0] * (trace.ticks.height - 1)
-    # its /metrics gives the KV share, not vLLM's cache_config_info: the size in tokens is unknown
-    assert set(absent_fields(trace.ticks["absent"][1])) == {"wait_ns", "kv_used", "kv_capacity"}
+    # its /metrics gives the KV share and vLLM's cache_config_info: the size in tokens is known
+    assert set(absent_fields(trace.ticks["absent"][1])) == {"wait_ns"}
+    served_kv = tracer.load(tmp_path / "served.msgpack").header.config["scheduler"]["kv_capacity_tokens"]
+    assert trace.ticks["kv_capacity"][1:].to_list() == [served_kv] * (trace.ticks.height - 1)
+    assert trace.ticks["kv_used"][1:].to_list() == [0] * (trace.ticks.height - 1)
     assert trace.scrapes["kv_usage"].to_list() == [0.0] * trace.ticks.height
     assert trace.scrapes["ttft_p50_s"].null_count() == trace.scrapes.height

@@ -167,7 +167,9 @@ class Server:
         header = SessionHeader(time.monotonic_ns(), time.time_ns(), self._session_config(port))
         self._writer = TraceWriter(self.plan.trace, header)
         # every event goes on to the trace through the metrics, which read it on the way
-        self.metrics = ServerMetrics(self._writer, self.served.name, model_shape(header.config))
+        allocator = self.engine.kv.allocator
+        blocks = (allocator.num_blocks, allocator.block_size)
+        self.metrics = ServerMetrics(self._writer, self.served.name, model_shape(header.config), blocks)
         self.engine.recorder = self.metrics
         self.engine.start()
         app = web.Application(

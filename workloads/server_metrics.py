@@ -70,7 +70,9 @@ ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8
 TICK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 # a request's status at its finish -> vLLM's finished_reason
-FINISHED_REASONS = {"finished": "length", "cancelled": "abort", "failed": "error"}
+# vLLM's finished_reason of a request that ended so; a finished one says its own: "stop" (EOS) or "length"
+FINISHED_REASONS = {"cancelled": "abort", "failed": "error"}
+SUCCESS_REASONS = ("stop", "length", "abort", "error")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the Prometheus text format
 
@@ -93,7 +95,10 @@ class ServerMetrics:
     """A Recorder that passes each event to `trace` and keeps the metrics above from it. `emit` is
     called from the engine's thread and the event loop's; what it shares is kept under a lock."""
 
-    def __init__(self, trace: Recorder, model_name: str, shape: ModelShape | None) -> None:
+    def __init__(
+        self, trace: Recorder, model_name: str, shape: ModelShape | None, kv_blocks: tuple[int, int] | None = None
+    ) -> None:
+        """`kv_blocks`: the KV cache's (blocks, tokens per block), told as vLLM's cache_config_info."""
         self.trace = trace
         self.registry = CollectorRegistry(auto_describe=True)
         reg, name = self.registry, ["model_name"]
@@ -120,7 +125,7 @@ class ServerMetrics:
             ["model_name", "finished_reason"],
             registry=reg,
         )
-        self.success = {status: success.labels(model_name, r) for status, r in FINISHED_REASONS.items()}
+        self.success = {reason: success.labels(model_name, reason) for reason in SUCCESS_REASONS}
         self.ttft = histogram(
             "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS
         )
@@ -150,6 +155,14 @@ class ServerMetrics:
             ["model_name", "layer"],
             registry=reg,
         )
+        if kv_blocks is not None:  # vLLM's info gauge: its labels say the size, its value is always 1
+            info = Gauge(
+                "vllm:cache_config_info",
+                "Information of the LLMEngine CacheConfig",
+                ["model_name", "block_size", "num_gpu_blocks"],
+                registry=reg,
+            )
+            info.labels(model_name, str(kv_blocks[1]), str(kv_blocks[0])).set(1)
         if shape is not None:
             gauge("tickscope:routed_experts", "Routed experts per MoE layer.").set(shape.routed_experts)
         self.cost = _Cost(model_name, shape)
@@ -214,8 +227,9 @@ class ServerMetrics:
         if ev.status == "rejected":
             self.rejected.inc()
             return
-        if ev.status in self.success:
-            self.success[ev.status].inc()
+        reason = ev.reason if ev.status == "finished" else FINISHED_REASONS.get(ev.status, "")
+        if reason in self.success:
+            self.success[reason].inc()
         self.e2e.observe((ev.t_ns - arrived) / 1e9)
         if ev.token_us is not None:
             for gap in (np.diff(ev.token_us.astype(np.int64)) / 1e6).tolist():
