@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.batch import SeqChunk, make_batch
 from engine.checkpoint import open_checkpoint
 from engine.engine import Engine
 from engine.errors import ConfigError
-from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
+from parity import Collect, hf_greedy, prefill
 
 transformers = pytest.importorskip("transformers")
 
@@ -124,24 +123,12 @@ def test_prefill_logits_of_a_ragged_batch_match_transformers(saved, family):
     from engine.checkpoint import load_weights
 
     load_weights(ours, checkpoint, progress=False)
-    kv = KVCache(cfg, 256, CPU, torch.float32)
     prompts = _prompts()
-    chunks = []
-    for i, p in enumerate(prompts):
-        kv.allocator.grow(i, len(p))
-        chunks.append(SeqChunk(p, 0, kv.allocator.blocks(i, len(p)), kv.allocator.block_size, True))
+    logits, _ = prefill(ours, prompts)
     with torch.inference_mode():
-        logits, _ = ours(make_batch(chunks, CPU), kv.k, kv.v)
         for i, p in enumerate(prompts):
             expected = hf(torch.tensor([p])).logits[0, -1]
             torch.testing.assert_close(logits[i], expected, rtol=TOL, atol=TOL)
-
-
-class Collect(list[int]):
-    def on_token(self, token: int, t_ns: int) -> None:
-        self.append(token)
-
-    def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
 
 
 @pytest.mark.parametrize(
@@ -164,11 +151,7 @@ def test_engine_decodes_the_same_tokens_as_transformers_generate(saved, family, 
         engine.step()
     assert bool(engine.graphs is not None and engine.graphs.buckets_used) == (decode_graphs == "on")
     for p, s in zip(prompts, sinks):
-        with torch.no_grad():
-            out = hf.generate(
-                torch.tensor([p]), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0
-            )
-        assert s == out[0, len(p) :].tolist()
+        assert s == hf_greedy(hf, p, NEW_TOKENS)
 
 
 def test_the_trace_header_names_the_checkpoint_not_its_weights(saved):

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from decode_runs import mixed_run
-from engine.batch import SeqChunk, make_batch
+from engine.batch import SeqChunk
 from engine.checkpoint import open_checkpoint
 from engine.config import ModelConfig, get_preset
 from engine.decode_graphs import DecodeGraphs
@@ -35,6 +35,7 @@ from engine.model import Transformer
 from engine.pipeline import stage_param_bytes, stage_weights
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
+from parity import Collect, hf_greedy, prefill
 from tracer.cost import ModelShape
 
 CPU = torch.device("cpu")
@@ -160,13 +161,6 @@ def place(model: Transformer, cfg: ModelConfig, tensors: dict[str, torch.Tensor]
             assert bool((count == 1).all()), f"{name} filled {count.min()}..{count.max()} times"
 
 
-class Collect(list[int]):
-    def on_token(self, token: int, t_ns: int) -> None:
-        self.append(token)
-
-    def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
-
-
 @pytest.fixture(scope="module", params=["v2", "v3"])
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, ModelConfig, dict]:
     hf = randomised(hf_v2() if request.param == "v2" else hf_v3(), seed=7)
@@ -203,13 +197,8 @@ def test_prefill_logits_of_a_mixed_batch_match_transformers(pair):
     place(model, cfg, tensors)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in PROMPTS]
-    kv = KVCache(cfg, 256, CPU, torch.float32)
-    chunks = []
-    for i, p in enumerate(prompts):
-        kv.allocator.grow(i, len(p))
-        chunks.append(SeqChunk(p, 0, kv.allocator.blocks(i, len(p)), kv.allocator.block_size, True))
+    logits, counts = prefill(model, prompts)
     with torch.inference_mode():
-        logits, counts = model(make_batch(chunks, CPU), kv.k, kv.v)
         for i, p in enumerate(prompts):
             expected = hf(torch.tensor([p])).logits[0, -1]
             torch.testing.assert_close(logits[i], expected, rtol=TOL, atol=TOL)
@@ -277,9 +266,7 @@ def test_a_sharded_checkpoint_loads_through_the_engine_and_decodes_as_transforme
     while engine.scheduler.running or engine.scheduler.waiting:
         engine.step()
     for p, s in zip(prompts, sinks):
-        with torch.no_grad():
-            out = hf.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
-        assert s == out[0, len(p) :].tolist()
+        assert s == hf_greedy(hf, p, 16)
 
 
 def test_a_v2_lite_config_json_reads_as_the_real_model():
@@ -459,13 +446,8 @@ def test_the_benchmark_peer_of_a_latent_preset_is_transformers_deepseek_v3():
     hf = hf_twin(model)
     rng = np.random.default_rng(2)
     prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in PROMPTS]
-    kv = KVCache(cfg, 256, CPU, torch.float32)
-    chunks = []
-    for i, p in enumerate(prompts):
-        kv.allocator.grow(i, len(p))
-        chunks.append(SeqChunk(p, 0, kv.allocator.blocks(i, len(p)), kv.allocator.block_size, True))
+    logits, _ = prefill(model, prompts)
     with torch.inference_mode():
-        logits, _ = model(make_batch(chunks, CPU), kv.k, kv.v)
         for i, p in enumerate(prompts):
             torch.testing.assert_close(logits[i], hf(torch.tensor([p])).logits[0, -1], rtol=TOL, atol=TOL)
 
@@ -499,13 +481,8 @@ def test_prefill_logits_in_bfloat16_stay_within_its_rounding(pair):
     place(model, cfg, tensors)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in PROMPTS]
-    kv = KVCache(cfg, 256, CPU, torch.bfloat16)
-    chunks = []
-    for i, p in enumerate(prompts):
-        kv.allocator.grow(i, len(p))
-        chunks.append(SeqChunk(p, 0, kv.allocator.blocks(i, len(p)), kv.allocator.block_size, True))
+    logits, _ = prefill(model, prompts)
     with torch.inference_mode():
-        logits, _ = model(make_batch(chunks, CPU), kv.k, kv.v)
         for i, p in enumerate(prompts):
             expected = hf(torch.tensor([p])).logits[0, -1].float()
             assert (logits[i].float() - expected).abs().max() <= 0.05 * expected.abs().max()

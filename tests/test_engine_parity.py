@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.batch import SeqChunk, make_batch
 from engine.config import get_preset
 from engine.engine import Engine
 from engine.hf_config import hf_twin
-from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
+from parity import Collect, hf_greedy, prefill
 
 CPU = torch.device("cpu")
 
@@ -46,13 +45,8 @@ def test_prefill_logits_of_a_ragged_batch_match_transformers_run_alone():
     hf = hf_twin(ours)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in (1, 9, 33, 4)]
-    kv = KVCache(cfg, 256, CPU, torch.float32)
-    chunks = []
-    for i, p in enumerate(prompts):
-        kv.allocator.grow(i, len(p))
-        chunks.append(SeqChunk(p, 0, kv.allocator.blocks(i, len(p)), kv.allocator.block_size, True))
+    logits, _ = prefill(ours, prompts)
     with torch.inference_mode():
-        logits, _ = ours(make_batch(chunks, CPU), kv.k, kv.v)
         for i, p in enumerate(prompts):
             expected = hf(torch.tensor([p])).logits[0, -1]
             torch.testing.assert_close(logits[i], expected, rtol=1e-4, atol=1e-4)
@@ -65,18 +59,10 @@ def test_engine_decodes_the_same_tokens_as_transformers_generate():
     rng = np.random.default_rng(1)
     prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in (5, 20, 12)]
 
-    class Collect(list):
-        def on_token(self, token: int, t_ns: int) -> None:
-            self.append(token)
-
-        def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
-
     sinks = [Collect() for _ in prompts]
     for i, (p, s) in enumerate(zip(prompts, sinks)):
         engine.submit(Request(i, p, 10, s))
     while engine.scheduler.running or engine.scheduler.waiting:
         engine.step()
     for p, s in zip(prompts, sinks):
-        with torch.no_grad():
-            out = hf.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
-        assert s == out[0, len(p) :].tolist()
+        assert s == hf_greedy(hf, p, 10)
