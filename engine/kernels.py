@@ -39,13 +39,8 @@ _ONEDNN = _onednn_linear_works()
 
 def linear(x: Tensor, w: Tensor) -> Tensor:
     """x [N, in] times w [out, in] transposed: [N, out]. On the CPU, large float32 weights go to
-    oneDNN (see _ONEDNN_MIN_BYTES), but for a single row, which MKL's matrix-vector product reads
-    faster: oneDNN's small-N GEMM synchronises its threads more, and on two cores shared with other
-    work it read a weight at a third of MKL's speed (bench/RESULTS.md, issue 13). Everything else,
-    CUDA included, goes to F.linear."""
+    oneDNN (see _ONEDNN_MIN_BYTES); everything else, CUDA included, to F.linear."""
     if _ONEDNN and x.is_cpu and w.dtype == torch.float32 and w.numel() * 4 >= _ONEDNN_MIN_BYTES:
-        if x.shape[0] == 1:
-            return torch.mv(w, x[0]).unsqueeze(0)
         out: Tensor = torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
         return out
     return F.linear(x, w)
