@@ -28,25 +28,21 @@ is the 1-minute load average.
 emitting into a real TraceWriter (to a temporary file, its writer thread running) and into nothing,
 interleaved on-off-off-on so that the growing context weighs on both alike; it is mean(on) / mean(off) - 1.
 
---profile N prints, per batch, torch.profiler's N costliest ops (self time) over a few steps of the
-engine and of each peer.
+Where the time goes, op by op, on both sides: bench/profile_engine.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from engine.checkpoint import Checkpoint, open_checkpoint
 from engine.choices import DecodeCompile, DecodeGraphs
@@ -142,21 +138,19 @@ class HfPeers:
         return time.perf_counter() - t
 
 
-def bench_batch(
+def decoding_engine(
     cfg: ModelConfig,
     device: str,
     batch: int,
     prompt: int,
-    steps: int,
-    overhead_pairs: int,
+    decode: int,
     decode_graphs: DecodeGraphs,
     decode_compile: DecodeCompile,
-    peers: tuple[str, ...] = (),
-    profile_rows: int = 0,
+    recorder: Recorder | None = None,
     checkpoint: Checkpoint | None = None,
-) -> dict[str, Any]:
-    rec = ListRecorder()
-    decode = 2 * steps + 2 * overhead_pairs + 12
+) -> Engine:
+    """An engine whose `batch` sequences have prefilled `prompt` tokens each and decoded a few steps,
+    each with room for `decode` tokens more."""
     if prompt + decode > cfg.max_seq_len:
         raise SystemExit(
             f"prompt {prompt} + {decode} decoded tokens (--steps, --overhead-pairs and 12 to warm "
@@ -171,10 +165,28 @@ def bench_batch(
         decode_graphs=decode_graphs,
         decode_compile=decode_compile,
     )
-    engine = Engine(cfg, sched, device=device, recorder=rec, checkpoint=checkpoint)
+    engine = Engine(cfg, sched, device=device, recorder=recorder or NullRecorder(), checkpoint=checkpoint)
     start_decoding(engine, batch, prompt, decode)
     for _ in range(3):  # warm up the decode shapes (and capture their graph)
         engine.step()
+    return engine
+
+
+def bench_batch(
+    cfg: ModelConfig,
+    device: str,
+    batch: int,
+    prompt: int,
+    steps: int,
+    overhead_pairs: int,
+    decode_graphs: DecodeGraphs,
+    decode_compile: DecodeCompile,
+    peers: tuple[str, ...] = (),
+    checkpoint: Checkpoint | None = None,
+) -> dict[str, Any]:
+    rec = ListRecorder()
+    decode = 2 * steps + 2 * overhead_pairs + 12
+    engine = decoding_engine(cfg, device, batch, prompt, decode, decode_graphs, decode_compile, rec, checkpoint)
     hf = HfPeers(engine, bench_prompts(batch, prompt, cfg.vocab_size), peers) if peers else None
     rec.events.clear()
     rounds = measure_rounds(engine, hf, steps)
@@ -185,7 +197,6 @@ def bench_batch(
     assert all(e.seqs == batch and e.prefill_tokens == 0 for e in ticks), "bench batch was not decode-only"
     distinct = float(np.mean([(e.counts > 0).sum() for e in experts]))
     kv_tokens = batch * (prompt + 3 + steps)  # mean context over the timed steps
-    profiles = profile_steps(engine, hf, profile_rows) if profile_rows else []
     on_s, off_s = tracer_on_off(engine, overhead_pairs)
     result = {
         "step_s": float(np.median(rounds["ours"])),
@@ -197,7 +208,6 @@ def bench_batch(
         "distinct": distinct,
         "kv_tokens": kv_tokens,
         "tracer": on_s / off_s - 1,
-        "profiles": profiles,
         # what the table's header needs; not the engine, whose memory the next batch's engine needs
         "device": engine.device,
         "dtype": engine.dtype,
@@ -226,23 +236,6 @@ def measure_rounds(engine: Engine, hf: HfPeers | None, steps: int) -> dict[str, 
         rounds["copy"].append(copy_bandwidth(dev, reps=3))
         rounds["matmul"].append(matmul_rate(dev, dtype, reps=3))
     return rounds
-
-
-def profile_steps(engine: Engine, hf: HfPeers | None, rows: int, steps: int = 3) -> list[str]:
-    """torch.profiler's `rows` costliest ops over `steps` steps of the engine and of each peer, as tables."""
-    cuda = engine.device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    runs: list[tuple[str, Callable[[], object]]] = [("tickscope", engine.step)]
-    if hf is not None:
-        runs += [(f"transformers {p}", functools.partial(hf.step, p)) for p in hf.backends]
-    tables = []
-    for name, step in runs:
-        with torch.inference_mode(), profile(activities=activities) as prof:
-            for _ in range(steps):
-                step()
-        tables.append(f"{name}, {steps} steps:\n" + prof.key_averages().table(sort_by=sort, row_limit=rows))
-    return tables
 
 
 def _captures(engine: Engine) -> int:
@@ -311,13 +304,6 @@ def main() -> None:
         action="store_true",
         help="also time HuggingFace transformers (eager and grouped_mm experts) on the same weights",
     )
-    p.add_argument(
-        "--profile",
-        type=int,
-        default=0,
-        metavar="N",
-        help="print each implementation's N costliest ops per batch (torch.profiler)",
-    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -333,39 +319,33 @@ def main() -> None:
     # an untimed first run: the process's first ticks are slow (allocator, kernel and library setup)
     graphs, compile_backend = cast(DecodeGraphs, args.decode_graphs), cast(DecodeCompile, args.decode_compile)
     bench_batch(cfg, args.device, 1, args.prompt, 20, 2, graphs, compile_backend, checkpoint=checkpoint)
-    rows = []
-    for b in (int(x) for x in args.batches.split(",")):
-        rows.append(
-            (
-                b,
-                bench_batch(
-                    cfg,
-                    args.device,
-                    b,
-                    args.prompt,
-                    args.steps,
-                    args.overhead_pairs,
-                    graphs,
-                    compile_backend,
-                    peers,
-                    args.profile,
-                    checkpoint,
-                ),
-            )
+    for i, b in enumerate(int(x) for x in args.batches.split(",")):
+        r = bench_batch(
+            cfg,
+            args.device,
+            b,
+            args.prompt,
+            args.steps,
+            args.overhead_pairs,
+            graphs,
+            compile_backend,
+            peers,
+            checkpoint,
         )
-    d = rows[-1][1]["describe"]
-    print(
-        f"{cfg.name}, {cfg.layers} layers, {d['device_name']}, {d['model']['dtype']}, "
-        f"experts via {d['expert_matmul']} ({d['expert_matmul_reason']}), decode graphs: {d['decode_graphs']}, "
-        f"compile: {args.decode_compile}, prompt {args.prompt}, {args.steps} rounds (medians)"
-    )
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    print(
-        f"{'batch':>6} {'step ms':>9} {'fwd ms':>8} {'tok/s':>9} {'experts/layer':>14} {'copy GB/s':>10} "
-        f"{'TFLOP/s':>8} {'floor ms':>9} {'of floor':>9} {'tracer':>7} {'load':>5}"
-        + "".join(f" {'hf ' + p + ' ms':>18} {'we are':>7}" for p in peers)
-    )
-    for b, r in rows:
+        if i == 0:
+            d = r["describe"]
+            print(
+                f"{cfg.name}, {cfg.layers} layers, {d['device_name']}, {d['model']['dtype']}, "
+                f"experts via {d['expert_matmul']} ({d['expert_matmul_reason']}), "
+                f"decode graphs: {d['decode_graphs']}, compile: {args.decode_compile}, prompt {args.prompt}, "
+                f"{args.steps} rounds (medians)"
+            )
+            print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+            print(
+                f"{'batch':>6} {'step ms':>9} {'fwd ms':>8} {'tok/s':>9} {'experts/layer':>14} {'copy GB/s':>10} "
+                f"{'TFLOP/s':>8} {'floor ms':>9} {'of floor':>9} {'tracer':>7} {'load':>5}"
+                + "".join(f" {'hf ' + p + ' ms':>18} {'we are':>7}" for p in peers)
+            )
         floor = step_floor(cfg, r["dtype"], b, r["kv_tokens"], round(r["distinct"]), r["bandwidth"], r["matmul_rate"])
         line = (
             f"{b:>6} {r['step_s'] * 1e3:>9.2f} {r['forward_s'] * 1e3:>8.2f} {b / r['step_s']:>9.0f} "
@@ -376,10 +356,7 @@ def main() -> None:
         for peer in peers:
             peer_s = r["peers_s"][peer]
             line += f" {peer_s * 1e3:>18.2f} {peer_s / r['step_s']:>6.2f}x"
-        print(line)
-    for b, r in rows:
-        for table in r["profiles"]:
-            print(f"\nbatch {b}, {table}")
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
