@@ -17,42 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.request import SamplingParams
+
 _M32 = 0xFFFFFFFF
 # The peak of a draw's temporaries, per logit of a drawing row: 44 bytes with top-k or top-p (the sort,
 # its token order, the masks, the hashed noise), 28 without; measured (tests/test_sampling.py).
 SAMPLING_BYTES_PER_LOGIT = 44
-# Temperatures below this are greedy (as vLLM has it): dividing by them overflows float32 logits.
-_MIN_TEMPERATURE = 1e-5
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    """How one request picks its tokens. temperature 0 (the default; below 1e-5 too) is greedy, as
-    is top_k 1."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0  # keep the most likely tokens whose mass reaches top_p (1: all)
-    top_k: int = 0  # keep the k most likely tokens (0: all)
-    seed: int = 0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < _MIN_TEMPERATURE or self.top_k == 1
-
-    def problem(self) -> str | None:
-        """What is wrong with these parameters, in a few words, or None."""
-        if not self.temperature >= 0:  # NaN included
-            return f"temperature must be 0 or more, got {self.temperature}"
-        if not 0 < self.top_p <= 1:
-            return f"top_p must be in (0, 1], got {self.top_p}"
-        if self.top_k < 0:
-            return f"top_k must be 0 (all) or more, got {self.top_k}"
-        if not 0 <= self.seed < 2**64:
-            return f"seed must be in [0, 2**64), got {self.seed}"
-        return None
-
-
-GREEDY = SamplingParams()
 
 
 @dataclass

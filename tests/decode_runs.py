@@ -10,8 +10,7 @@ import numpy as np
 from engine.config import ModelConfig, get_preset
 from engine.decode_graphs import DecodeGraphs
 from engine.engine import Engine
-from engine.request import Request
-from engine.sampling import GREEDY, SamplingParams
+from engine.request import GREEDY, Request, SamplingParams
 from engine.scheduler import SchedulerConfig
 from tracer.events import ExpertsEvent, MarkEvent, TickEvent
 from tracer.recorder import ListRecorder

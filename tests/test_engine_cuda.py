@@ -16,8 +16,7 @@ import engine.stages as stages
 from decode_runs import MixedRun, Tokens, mixed_run
 from engine.config import activation_bytes, get_preset
 from engine.engine import Engine
-from engine.request import Request
-from engine.sampling import SamplingParams
+from engine.request import Request, SamplingParams
 from engine.scheduler import SchedulerConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

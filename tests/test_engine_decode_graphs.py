@@ -21,8 +21,7 @@ from engine.errors import ConfigError
 from engine.kernels import grouped_mm, grouped_mm_padded
 from engine.kv_cache import KVCache
 from engine.model import Transformer
-from engine.request import Request
-from engine.sampling import SamplingParams
+from engine.request import Request, SamplingParams
 from engine.scheduler import SchedulerConfig
 
 

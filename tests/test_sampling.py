@@ -17,8 +17,8 @@ import torch
 from engine.config import get_preset
 from engine.engine import Engine
 from engine.errors import ConfigError
-from engine.request import Request
-from engine.sampling import GREEDY, SAMPLING_BYTES_PER_LOGIT, SamplingBatch, SamplingParams, pick_tokens
+from engine.request import GREEDY, Request, SamplingParams
+from engine.sampling import SAMPLING_BYTES_PER_LOGIT, SamplingBatch, pick_tokens
 from engine.scheduler import SchedulerConfig
 from tracer.recorder import ListRecorder
 from workloads.loadgen import run_load
@@ -173,7 +173,8 @@ def test_bad_sampling_is_rejected_with_its_reason(params: SamplingParams, messag
 
 _PEAK = """
 import torch
-from engine.sampling import SamplingBatch, SamplingParams, pick_tokens
+from engine.request import SamplingParams
+from engine.sampling import SamplingBatch, pick_tokens
 
 torch.set_num_threads(1)
 rows, vocab = 64, 100_000

@@ -19,7 +19,7 @@ import pytest_asyncio
 
 import tracer
 from engine.errors import ConfigError
-from engine.sampling import GREEDY, SamplingParams
+from engine.request import GREEDY, SamplingParams
 from tui.cli import main as cli_main
 from workloads.chat import PlainChatTemplate
 from workloads.errors import RunFailed

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from jinja2.ext import loopcontrols
@@ -25,8 +25,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
-from engine.checkpoint import Checkpoint
 from engine.errors import ConfigError
+
+if TYPE_CHECKING:  # a checkpoint is opened with torch; reading prompts needs neither
+    from engine.checkpoint import Checkpoint
 
 # The special tokens transformers hands a chat template, by their tokenizer_config.json keys.
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")

@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engine.sampling import GREEDY, SamplingParams
+from engine.request import GREEDY, SamplingParams
 from workloads.chat import ROLES, ChatTemplate, PlainChatTemplate
 from workloads.tokenizer import Tokenizer
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from engine.choices import GROUPINGS, Grouping
 from engine.errors import ConfigError
 from engine.policies import policy_names
-from engine.sampling import GREEDY, SamplingParams
+from engine.request import GREEDY, SamplingParams
 from workloads.datafiles import read_column
 from workloads.prompts import Prompt, read_prompts
 from workloads.traffic import TRAFFIC_OPTIONS, TrafficSpec, scan, traffic_spec
