@@ -17,13 +17,17 @@ from tracer.recorder import ListRecorder
 
 
 class Tokens:
+    """A request's sink: its tokens in order, and how it ended."""
+
     def __init__(self) -> None:
         self.tokens: list[int] = []
+        self.finishes: list[tuple[str, str]] = []
 
     def on_token(self, token: int, t_ns: int) -> None:
         self.tokens.append(token)
 
-    def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
+    def on_finish(self, status: str, reason: str, t_ns: int) -> None:
+        self.finishes.append((status, reason))
 
 
 @dataclass

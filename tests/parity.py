@@ -1,5 +1,5 @@
 """What the parity tests (ours against transformers) share: a ragged prefill over a fresh paged cache,
-a sink that keeps a request's tokens, and transformers' greedy continuation."""
+and transformers' greedy continuation."""
 
 from __future__ import annotations
 
@@ -23,15 +23,6 @@ def prefill(model: Transformer, prompts: list[list[int]]) -> tuple[torch.Tensor,
         chunks.append(SeqChunk(p, 0, kv.allocator.blocks(i, len(p)), kv.allocator.block_size, True))
     with torch.inference_mode():
         return model(make_batch(chunks, like.device), kv.k, kv.v)
-
-
-class Collect(list[int]):
-    """A request's sink: its tokens, in order."""
-
-    def on_token(self, token: int, t_ns: int) -> None:
-        self.append(token)
-
-    def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
 
 
 def hf_greedy(hf: Any, prompt: list[int], new_tokens: int) -> list[int]:

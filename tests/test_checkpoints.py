@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 
+from decode_runs import Tokens
 from engine.checkpoint import open_checkpoint
 from engine.engine import Engine
 from engine.errors import ConfigError
 from engine.model import Transformer
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
-from parity import Collect, hf_greedy, prefill
+from parity import hf_greedy, prefill
 
 transformers = pytest.importorskip("transformers")
 
@@ -144,14 +145,14 @@ def test_engine_decodes_the_same_tokens_as_transformers_generate(saved, family, 
     sched = SchedulerConfig(prefill_chunk=8, decode_graphs=decode_graphs, kv_capacity_tokens=1024)
     engine = Engine(checkpoint.model_config(), sched, device="cpu", checkpoint=checkpoint)
     prompts = _prompts()
-    sinks = [Collect() for _ in prompts]
+    sinks = [Tokens() for _ in prompts]
     for i, (p, s) in enumerate(zip(prompts, sinks)):
         engine.submit(Request(i, p, NEW_TOKENS, s))
     while engine.scheduler.running or engine.scheduler.waiting:
         engine.step()
     assert bool(engine.graphs is not None and engine.graphs.buckets_used) == (decode_graphs == "on")
     for p, s in zip(prompts, sinks):
-        assert s == hf_greedy(hf, p, NEW_TOKENS)
+        assert s.tokens == hf_greedy(hf, p, NEW_TOKENS)
 
 
 def test_the_trace_header_names_the_checkpoint_not_its_weights(saved):

@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from decode_runs import mixed_run
+from decode_runs import Tokens, mixed_run
 from engine.batch import SeqChunk
 from engine.checkpoint import open_checkpoint
 from engine.config import ModelConfig, get_preset
@@ -35,7 +35,7 @@ from engine.model import Transformer
 from engine.pipeline import stage_param_bytes, stage_weights
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
-from parity import Collect, hf_greedy, prefill
+from parity import hf_greedy, prefill
 from tracer.cost import ModelShape
 
 CPU = torch.device("cpu")
@@ -224,7 +224,7 @@ def test_sixteen_greedy_ticks_through_the_engine_match_transformers(pair):
     rng = np.random.default_rng(1)
     prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in PROMPTS]
 
-    sinks = [Collect() for _ in prompts]
+    sinks = [Tokens() for _ in prompts]
     for i, (p, s) in enumerate(zip(prompts, sinks)):
         engine.submit(Request(i, p, 16, s))
     while engine.scheduler.running or engine.scheduler.waiting:
@@ -242,7 +242,7 @@ def test_sixteen_greedy_ticks_through_the_engine_match_transformers(pair):
                 return_dict_in_generate=True,
             )
         expected_tokens = out.sequences[0, len(p) :].tolist()
-        assert s == expected_tokens
+        assert s.tokens == expected_tokens
         # every step's logits are among what the engine computed that tick
         ours = torch.cat(seen)
         for step_logits in out.logits:
@@ -260,13 +260,13 @@ def test_a_sharded_checkpoint_loads_through_the_engine_and_decodes_as_transforme
     engine = Engine(checkpoint.model_config(), SchedulerConfig(prefill_chunk=8), device="cpu", checkpoint=checkpoint)
     rng = np.random.default_rng(2)
     prompts = [rng.integers(0, 96, n).tolist() for n in PROMPTS]
-    sinks = [Collect() for _ in prompts]
+    sinks = [Tokens() for _ in prompts]
     for i, (p, s) in enumerate(zip(prompts, sinks)):
         engine.submit(Request(i, p, 16, s))
     while engine.scheduler.running or engine.scheduler.waiting:
         engine.step()
     for p, s in zip(prompts, sinks):
-        assert s == hf_greedy(hf, p, 16)
+        assert s.tokens == hf_greedy(hf, p, 16)
 
 
 def test_a_v2_lite_config_json_reads_as_the_real_model():
@@ -460,12 +460,12 @@ def test_pipeline_stages_and_micro_batches_give_the_same_tokens():
     runs = []
     for stages, micro_batches in ((1, 1), (3, 2)):
         engine = Engine(cfg, SchedulerConfig(stages=stages, micro_batches=micro_batches), device="cpu", seed=5)
-        sinks = [Collect() for _ in prompts]
+        sinks = [Tokens() for _ in prompts]
         for i, (p, s) in enumerate(zip(prompts, sinks)):
             engine.submit(Request(i, p, 8, s))
         while engine.scheduler.running or engine.scheduler.waiting:
             engine.step()
-        runs.append(sinks)
+        runs.append([s.tokens for s in sinks])
     assert runs[0] == runs[1] and all(len(s) == 8 for s in runs[0])
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from decode_runs import Tokens
 from engine.batch import SeqChunk, attention_groups, make_batch
 from engine.config import get_preset
 from engine.engine import Engine
@@ -19,18 +20,6 @@ from tracer.events import RequestEvent
 from tracer.recorder import ListRecorder
 
 CPU = torch.device("cpu")
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-        self.finishes: list[tuple[str, str]] = []
-
-    def on_token(self, token: int, t_ns: int) -> None:
-        self.tokens.append(token)
-
-    def on_finish(self, status: str, reason: str, t_ns: int) -> None:
-        self.finishes.append((status, reason))
 
 
 def _prefill(model: Transformer, kv: KVCache, prompts: list[list[int]], grouping: str = "ragged"):
@@ -139,7 +128,7 @@ def _decode(submissions: list[tuple[int, list[int]]], max_new: int, recorder=Non
     while len(sinks) < len(submissions) or engine.scheduler.running or engine.scheduler.waiting:
         for i, (at, prompt) in enumerate(submissions):
             if at == tick:
-                sinks[i] = Collect()
+                sinks[i] = Tokens()
                 engine.submit(Request(i, prompt, max_new, sinks[i]))
         engine.step()
         tick += 1

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from decode_runs import Tokens
 from engine.config import get_preset
 from engine.engine import Engine
 from engine.hf_config import hf_twin
 from engine.model import Transformer
 from engine.request import Request
 from engine.scheduler import SchedulerConfig
-from parity import Collect, hf_greedy, prefill
+from parity import hf_greedy, prefill
 
 CPU = torch.device("cpu")
 
@@ -59,10 +60,10 @@ def test_engine_decodes_the_same_tokens_as_transformers_generate():
     rng = np.random.default_rng(1)
     prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in (5, 20, 12)]
 
-    sinks = [Collect() for _ in prompts]
+    sinks = [Tokens() for _ in prompts]
     for i, (p, s) in enumerate(zip(prompts, sinks)):
         engine.submit(Request(i, p, 10, s))
     while engine.scheduler.running or engine.scheduler.waiting:
         engine.step()
     for p, s in zip(prompts, sinks):
-        assert s == hf_greedy(hf, p, 10)
+        assert s.tokens == hf_greedy(hf, p, 10)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from decode_runs import Tokens
 from engine.config import get_preset
 from engine.engine import Engine
 from engine.errors import ConfigError
@@ -26,18 +27,6 @@ from workloads.spec import parse_workload
 
 CPU = torch.device("cpu")
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, 3.0])
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-        self.finishes: list[tuple[str, str]] = []
-
-    def on_token(self, token: int, t_ns: int) -> None:
-        self.tokens.append(token)
-
-    def on_finish(self, status: str, reason: str, t_ns: int) -> None:
-        self.finishes.append((status, reason))
 
 
 def draws(params: SamplingParams, n: int = 40_000) -> np.ndarray:
@@ -111,13 +100,13 @@ def test_a_row_draws_the_same_token_in_any_batch() -> None:
 Spec = tuple[int, list[int], int, SamplingParams, frozenset[int]]
 
 
-def run(requests: list[Spec], **sched: int) -> dict[int, Collect]:
+def run(requests: list[Spec], **sched: int) -> dict[int, Tokens]:
     """Requests (id, prompt, max new tokens, sampling, stop tokens) through a tiny engine on the CPU,
     stepped to the end; each request's sink by id."""
     eng = Engine(get_preset("tiny"), SchedulerConfig(**sched), device="cpu", seed=0)
     sinks = {}
     for rid, prompt, max_new, params, stop in requests:
-        sinks[rid] = Collect()
+        sinks[rid] = Tokens()
         eng.submit(Request(rid, prompt, max_new, sinks[rid], sampling=params, stop_tokens=stop))
     while eng.step():
         pass

@@ -15,6 +15,7 @@ import torch
 import transformers
 
 import tracer
+from parity import hf_greedy
 from tiny_tokenizer import write_tokenizer
 from tui.cli import main as cli_main
 from workloads.serve import ServePlan, Server
@@ -54,15 +55,6 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any
     return path, hf, tok
 
 
-def greedy(hf: Any, prompt: list[int], n: int) -> list[int]:
-    """transformers' greedy continuation, computed step by step with no stop token."""
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(n):
-            ids = torch.cat([ids, hf(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids[0, len(prompt) :].tolist()
-
-
 async def chat(url: str, stream: bool) -> tuple[str, dict[str, Any], str | None]:
     """(content, usage, finish_reason) of one chat completion, streamed or not."""
     body = {"messages": MESSAGES, "max_tokens": NEW_TOKENS, "stream": stream}
@@ -84,7 +76,7 @@ async def chat(url: str, stream: bool) -> tuple[str, dict[str, Any], str | None]
 async def test_a_chat_is_rendered_by_the_checkpoints_template_and_answered_in_its_text(checkpoint, tmp_path):
     path, hf, tok = checkpoint
     prompt = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=False)
-    expected = tok.decode(greedy(hf, prompt, NEW_TOKENS), skip_special_tokens=True)
+    expected = tok.decode(hf_greedy(hf, prompt, NEW_TOKENS), skip_special_tokens=True)
     server = Server(ServePlan(trace=tmp_path / "served.msgpack", port=0, device="cpu", model=str(path)))
     async with server as url:
         async with aiohttp.ClientSession() as http, http.get(url + "/v1/models") as r:
@@ -100,7 +92,7 @@ async def test_a_chat_is_rendered_by_the_checkpoints_template_and_answered_in_it
 async def test_the_checkpoints_eos_ends_a_sequence_with_stop(checkpoint, tmp_path):
     path, hf, tok = checkpoint
     prompt = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=False)
-    tokens = greedy(hf, prompt, NEW_TOKENS)
+    tokens = hf_greedy(hf, prompt, NEW_TOKENS)
     # the stop token: the first one that the model emits for the first time after step 2
     k = next(i for i in range(2, NEW_TOKENS) if tokens[i] not in tokens[:i])
     own = tmp_path / "qwen3-moe-tiny"

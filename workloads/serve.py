@@ -144,6 +144,7 @@ class Server:
             own.chat_template if own and own.chat_template else PlainChatTemplate(),
             plan.max_prompt_tokens,
         )
+        self._stop_tokens = frozenset(self.served.tokenizer.eos_token_ids)  # the model's EOS ends a request
         self.metrics: ServerMetrics | None = None
         self.url = ""
         self.counts = {"finished": 0, "rejected": 0, "cancelled": 0, "failed": 0}
@@ -372,8 +373,7 @@ class Server:
         self._live[rid] = sent_ns
         self._idle.clear()
         self.engine.recorder.emit(RequestEvent(rid, "arrive", sent_ns, prompt_tokens=len(req.prompt)))
-        stop = frozenset(self.served.tokenizer.eos_token_ids)
-        self.engine.submit(Request(rid, req.prompt, req.max_tokens, sink, req.sampling, stop))
+        self.engine.submit(Request(rid, req.prompt, req.max_tokens, sink, req.sampling, self._stop_tokens))
         return sink
 
     def _first_token(self, sink: StreamingSink) -> None:
