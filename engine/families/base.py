@@ -69,12 +69,17 @@ def rope_theta(config: dict[str, Any]) -> float:
     return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
 
 
+def check_silu(config: dict[str, Any]) -> None:
+    """Refuse an activation other than silu: every feed-forward of ours is a SwiGLU."""
+    if config.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"config.json: hidden_act '{config['hidden_act']}' is not supported (SwiGLU with silu only)")
+
+
 def decoder_fields(config: dict[str, Any]) -> dict[str, Any]:
     """ModelConfig's fields every family reads alike: widths, attention heads, RoPE, norms, context.
 
     A sliding window caps the context: within it, windowed attention is full attention."""
-    if config.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"config.json: hidden_act '{config['hidden_act']}' is not supported (SwiGLU with silu only)")
+    check_silu(config)
     hidden, heads = read_int(config, "hidden_size"), read_int(config, "num_attention_heads")
     context = read_int(config, "max_position_embeddings", default=4096)
     window = config.get("sliding_window") if config.get("use_sliding_window", True) else None
@@ -104,7 +109,10 @@ def every_layer_sparse(config: dict[str, Any]) -> None:
 
 # --- tensor names -------------------------------------------------------------------------------------
 
-_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")  # a layer's tensor: its index, and the rest of its name
+# The tensors every family names alike (Llama's names): the whole model's, and each layer's norms
+TOP = {"model.embed_tokens.weight": "embed", "model.norm.weight": "norm.weight", "lm_head.weight": "lm_head"}
+NORMS = {"input_layernorm.weight": "attention_norm.weight", "post_attention_layernorm.weight": "moe_norm.weight"}
 _EXPERT = re.compile(r"experts\.(\d+)\.(\w+)\.weight")
 
 
@@ -117,18 +125,16 @@ def _rows(cfg: ModelConfig) -> dict[str, slice]:
 def decoder_placements(name: str, cfg: ModelConfig) -> list[Placement] | None:
     """The places of the tensors every family names alike (Llama's names): the embedding, the final
     norm, the LM head, and each layer's norms and attention. None: a name that is not one of them."""
-    top = {"model.embed_tokens.weight": "embed", "model.norm.weight": "norm.weight", "lm_head.weight": "lm_head"}
-    if name in top:
-        return [Placement(top[name])]
-    layer = _LAYER.fullmatch(name)
+    if name in TOP:
+        return [Placement(TOP[name])]
+    layer = LAYER.fullmatch(name)
     if layer is None:
         return None
     i, rest = int(layer.group(1)), layer.group(2)
     if i >= cfg.layers:  # past a --layers cut: known, and skipped
         return []
-    norms = {"input_layernorm.weight": "attention_norm.weight", "post_attention_layernorm.weight": "moe_norm.weight"}
-    if rest in norms:
-        return [Placement(f"layers.{i}.{norms[rest]}")]
+    if rest in NORMS:
+        return [Placement(f"layers.{i}.{NORMS[rest]}")]
     attention = re.fullmatch(r"self_attn\.([qkvo])_proj\.(weight|bias)", rest)
     if attention is not None:
         which, kind = attention.groups()
@@ -149,7 +155,7 @@ def expert_placements(
     `block_sparse_moe`): per expert as checkpoints on the Hub name them (`experts.3.gate_proj.weight`;
     `projections` maps the family's names onto gate, up and down), or stacked as transformers v5
     holds them (`experts.gate_up_proj` [E, 2I, H], `experts.down_proj` [E, H, I])."""
-    layer = _LAYER.fullmatch(name)
+    layer = LAYER.fullmatch(name)
     if layer is None or not layer.group(2).startswith(f"{block}."):
         return None
     i, rest = int(layer.group(1)), layer.group(2).removeprefix(f"{block}.")
@@ -168,6 +174,15 @@ def expert_placements(
     if which == "down":
         return [Placement(f"{here}.w2", (e,))]
     return [Placement(f"{here}.w13", (e, slice(0, inter) if which == "gate" else slice(inter, 2 * inter)))]
+
+
+def swiglu_placements(rest: str, module: str, width: int, w13: str, w2: str) -> list[Placement] | None:
+    """A dense SwiGLU's `gate_proj`, `up_proj` (into our fused gate|up `w13`, `width` rows each) and
+    `down_proj` (`w2`) under `module`; None for another name."""
+    rows = {"gate_proj.weight": slice(0, width), "up_proj.weight": slice(width, 2 * width)}
+    if rest in rows:
+        return [Placement(f"{module}.{w13}", (rows[rest],))]
+    return [Placement(f"{module}.{w2}")] if rest == "down_proj.weight" else None
 
 
 HUB_PROJECTIONS = {"gate_proj": "gate", "up_proj": "up", "down_proj": "down"}

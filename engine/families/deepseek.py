@@ -5,15 +5,24 @@ the e_score_correction_bias within groups (V3, `noaux_tc`)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from engine.config import ModelConfig
 from engine.errors import ConfigError
-from engine.families.base import HUB_PROJECTIONS, Family, Placement, expert_placements, read_int
+from engine.families.base import (
+    HUB_PROJECTIONS,
+    LAYER,
+    NORMS,
+    TOP,
+    Family,
+    Placement,
+    check_silu,
+    expert_placements,
+    read_int,
+    swiglu_placements,
+)
 
 _V3 = "DeepseekV3ForCausalLM"
-_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 # attention tensors, checkpoint name -> ours under layers.{i}.attention
 _ATTENTION = {
     "q_proj.weight": "wq",
@@ -25,14 +34,11 @@ _ATTENTION = {
     "kv_b_proj.weight": "wkv_b",
     "o_proj.weight": "wo",
 }
-_NORMS = {"input_layernorm.weight": "attention_norm.weight", "post_attention_layernorm.weight": "moe_norm.weight"}
-_TOP = {"model.embed_tokens.weight": "embed", "model.norm.weight": "norm.weight", "lm_head.weight": "lm_head"}
 
 
 def model_config(config: dict[str, Any]) -> ModelConfig:
     v3 = _V3 in (config.get("architectures") or ())
-    if config.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"config.json: hidden_act '{config['hidden_act']}' is not supported (SwiGLU with silu only)")
+    check_silu(config)
     if config.get("attention_bias") or config.get("mlp_bias"):
         raise ConfigError("config.json: attention_bias and mlp_bias are not supported for DeepSeek")
     if config.get("quantization_config"):
@@ -112,38 +118,31 @@ def _routing(config: dict[str, Any], v3: bool, experts: int) -> dict[str, Any]:
 
 
 def placements(name: str, cfg: ModelConfig) -> list[Placement] | None:
-    if name in _TOP:
-        return [Placement(_TOP[name])]
+    if name in TOP:
+        return [Placement(TOP[name])]
     if name.endswith("_scale_inv"):
         raise ConfigError(f"{name}: FP8 checkpoints are not supported; use a bf16 one")
-    layer = _LAYER.fullmatch(name)
+    layer = LAYER.fullmatch(name)
     if layer is None:
         return None
     i, rest = int(layer.group(1)), layer.group(2)
     if i >= cfg.layers:  # V3's multi-token-prediction layer, or past a --layers cut: known, and skipped
         return []
     here = f"layers.{i}"
-    if rest in _NORMS:
-        return [Placement(f"{here}.{_NORMS[rest]}")]
+    if rest in NORMS:
+        return [Placement(f"{here}.{NORMS[rest]}")]
     if rest.startswith("self_attn."):
         ours = _ATTENTION.get(rest.removeprefix("self_attn."))
         return None if ours is None else [Placement(f"{here}.attention.{ours}")]
     if i < cfg.first_k_dense_replace:
-        return _swiglu(rest.removeprefix("mlp."), f"{here}.mlp", cfg.intermediate_size, "w13", "w2")
+        return swiglu_placements(rest.removeprefix("mlp."), f"{here}.mlp", cfg.intermediate_size, "w13", "w2")
     if rest == "mlp.gate.e_score_correction_bias":  # V3's selection bias: in place of our popularity bias
         return [Placement(f"{here}.moe.popularity_bias")]
     if rest.startswith("mlp.shared_experts."):
         shared = cfg.shared_experts * cfg.moe_intermediate
-        return _swiglu(rest.removeprefix("mlp.shared_experts."), f"{here}.moe", shared, "shared_w13", "shared_w2")
+        rest = rest.removeprefix("mlp.shared_experts.")
+        return swiglu_placements(rest, f"{here}.moe", shared, "shared_w13", "shared_w2")
     return expert_placements(name, cfg, "mlp", "gate", HUB_PROJECTIONS)
-
-
-def _swiglu(rest: str, module: str, width: int, w13: str, w2: str) -> list[Placement] | None:
-    """A dense SwiGLU's gate and up (into our fused gate|up) and down."""
-    rows = {"gate_proj.weight": slice(0, width), "up_proj.weight": slice(width, 2 * width)}
-    if rest in rows:
-        return [Placement(f"{module}.{w13}", (rows[rest],))]
-    return [Placement(f"{module}.{w2}")] if rest == "down_proj.weight" else None
 
 
 FAMILY = Family(

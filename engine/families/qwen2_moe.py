@@ -20,6 +20,7 @@ from engine.families.base import (
     every_layer_sparse,
     expert_placements,
     read_int,
+    swiglu_placements,
 )
 
 _SHARED = re.compile(r"model\.layers\.(\d+)\.mlp\.shared_expert(?:_gate|\.(\w+)_proj)\.weight")
@@ -60,10 +61,7 @@ def placements(name: str, cfg: ModelConfig) -> list[Placement] | None:
     here, width = f"layers.{i}.moe", cfg.shared_experts * cfg.moe_intermediate
     if which is None:
         return [Placement(f"{here}.shared_gate")]
-    if which == "down":
-        return [Placement(f"{here}.shared_w2")]
-    rows = slice(0, width) if which == "gate" else slice(width, 2 * width) if which == "up" else None
-    return None if rows is None else [Placement(f"{here}.shared_w13", (rows,))]
+    return swiglu_placements(f"{which}_proj.weight", here, width, "shared_w13", "shared_w2")
 
 
 FAMILY = Family(("Qwen2MoeForCausalLM",), model_config, placements, ROTARY_CACHE)
