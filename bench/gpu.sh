@@ -6,7 +6,8 @@
 #    with tracing on vs off, and against HuggingFace transformers' eager and grouped_mm experts (the
 #    same weights and prompts, measured round by round); then without decode graphs, and with the
 #    graphs' forward compiled by inductor;
-# 3. three short ds2-lite sample traces for traces/ (one user alone; a 5 ms and a 200 ms window).
+# 3. bench/host.py on CUDA: the host time per tick that planning ahead hides under the device's work;
+# 4. three short ds2-lite sample traces for traces/ (one user alone; a 5 ms and a 200 ms window).
 # Needs torch with CUDA, numpy, msgpack, rich, aiohttp, transformers (the peer) and pytest; recording
 # needs neither polars nor textual. Goes on past a failure, so that one run shows everything, and
 # exits 1 at the end if the CUDA tests or any step failed.
@@ -30,6 +31,7 @@ bench=(python -m bench.engine --preset ds2-lite --layers 8 --batches 1,8,32,128,
 step "bench with CUDA graphs" "$out/engine.txt" "${bench[@]}" --peer
 step "bench without graphs" "$out/engine-no-graphs.txt" "${bench[@]}" --decode-graphs off
 step "bench with compiled graphs" "$out/engine-compiled.txt" "${bench[@]}" --decode-compile inductor
+step "host time" "$out/host.txt" python -m bench.host --device cuda
 # all 27 layers: compressed, a tick's [27 x 64] expert load takes about 1 KB, so a few seconds make a few MB
 for run in local-single-user:3 article-5ms:4 article-200ms:4; do
     workload=${run%:*} seconds=${run#*:}

@@ -95,39 +95,59 @@ def attention_groups(kv_len: np.ndarray, grouping: str) -> np.ndarray:
     return np.unique(kv_len, return_inverse=True)[1].reshape(-1)
 
 
+class HostBatch:
+    """A tick's inputs as the host builds them (numpy, one column at a time), before they travel.
+
+    Everything but the token ids is worked out when the batch is built; the ids are read from the
+    chunks when it is sent (`to_device`). So a batch can be built while the device still runs the
+    previous tick, and the token that tick is computing, written into its chunk once known, still
+    goes with it (engine.py's planning ahead)."""
+
+    def __init__(self, chunks: list[SeqChunk], grouping: str = "ragged") -> None:
+        n = len(chunks)
+        self.chunks = chunks
+        lengths = np.fromiter((len(c.tokens) for c in chunks), np.int64, n)
+        starts = np.fromiter((c.start for c in chunks), np.int64, n)
+        row_start = np.cumsum(lengths) - lengths
+        self.rows = int(lengths.sum())
+        positions = concat_ranges(starts, lengths)
+        slot_of = KVSlots(chunks)
+        self.block_size = slot_of.block_size
+        slots = slot_of(np.repeat(np.arange(n), lengths), positions)
+        sample = (row_start + lengths - 1)[np.fromiter((c.sample for c in chunks), bool, n)]
+
+        kv_len = starts + lengths
+        group = attention_groups(kv_len, grouping)
+        # decodes of a group share one call whatever their lengths; prefill chunks share one if alike. One
+        # int64 key per sequence (group, q and keys take 21 bits each): np.unique of rows is 10x slower
+        shape = (group << 42) | (lengths << 21) | np.where(lengths > 1, kv_len, 0)
+        call_of = np.unique(shape, return_inverse=True)[1].reshape(-1)
+        # the token ids lead, filled in by `to_device`
+        self.arrays: list[np.ndarray] = [np.empty(self.rows, np.int64), positions, slots, sample]
+        self.shapes: list[tuple[int, int | None, bool]] = []  # each call's q, kv and whether it is all rows in order
+        for c in range(int(call_of.max()) + 1):
+            members = np.flatnonzero(call_of == c)
+            kv = kv_len[members]
+            width = -(-int(kv.max()) // slot_of.block_size)
+            self.arrays += [concat_ranges(row_start[members], lengths[members]), slot_of.table(members, kv, width), kv]
+            self.shapes.append(
+                (int(lengths[members[0]]), int(kv[0]) if (kv == kv[0]).all() else None, len(members) == n)
+            )
+
+    def to_device(self, device: torch.device) -> ForwardBatch:
+        """The model's inputs on `device`, token ids as the chunks hold them now, in one copy."""
+        self.arrays[0][:] = np.fromiter(chain.from_iterable(c.tokens for c in self.chunks), np.int64, self.rows)
+        tokens_t, positions_t, slots_t, sample_t, *per_call = _to_device(self.arrays, device)
+        calls = [
+            AttnCall(None if whole else rows, table, kv, q, same)
+            for (q, same, whole), rows, table, kv in zip(self.shapes, per_call[0::3], per_call[1::3], per_call[2::3])
+        ]
+        return ForwardBatch(tokens_t, positions_t, slots_t, calls, sample_t, self.block_size)
+
+
 def make_batch(chunks: list[SeqChunk], device: torch.device, grouping: str = "ragged") -> ForwardBatch:
     """Flatten a tick's sequence chunks into model inputs and attention calls (see AttnCall)."""
-    n = len(chunks)
-    lengths = np.fromiter((len(c.tokens) for c in chunks), np.int64, n)
-    starts = np.fromiter((c.start for c in chunks), np.int64, n)
-    row_start = np.cumsum(lengths) - lengths
-    total = int(lengths.sum())
-    tokens = np.fromiter(chain.from_iterable(c.tokens for c in chunks), np.int64, total)
-    positions = concat_ranges(starts, lengths)
-    slot_of = KVSlots(chunks)
-    slots = slot_of(np.repeat(np.arange(n), lengths), positions)
-    sample = (row_start + lengths - 1)[np.fromiter((c.sample for c in chunks), bool, n)]
-
-    kv_len = starts + lengths
-    group = attention_groups(kv_len, grouping)
-    # decodes of a group share one call whatever their lengths; prefill chunks share one if alike. One
-    # int64 key per sequence (group, q and keys take 21 bits each): np.unique of rows is 10x slower
-    shape = (group << 42) | (lengths << 21) | np.where(lengths > 1, kv_len, 0)
-    call_of = np.unique(shape, return_inverse=True)[1].reshape(-1)
-    arrays: list[np.ndarray] = [tokens, positions, slots, sample]
-    shapes: list[tuple[int, int | None, bool]] = []  # each call's q, kv and whether it is all rows in order
-    for c in range(int(call_of.max()) + 1):
-        members = np.flatnonzero(call_of == c)
-        kv = kv_len[members]
-        width = -(-int(kv.max()) // slot_of.block_size)
-        arrays += [concat_ranges(row_start[members], lengths[members]), slot_of.table(members, kv, width), kv]
-        shapes.append((int(lengths[members[0]]), int(kv[0]) if (kv == kv[0]).all() else None, len(members) == n))
-    tokens_t, positions_t, slots_t, sample_t, *per_call = _to_device(arrays, device)
-    calls = [
-        AttnCall(None if whole else rows, table, kv, q, same)
-        for (q, same, whole), rows, table, kv in zip(shapes, per_call[0::3], per_call[1::3], per_call[2::3])
-    ]
-    return ForwardBatch(tokens_t, positions_t, slots_t, calls, sample_t, slot_of.block_size)
+    return HostBatch(chunks, grouping).to_device(device)
 
 
 def _to_device(arrays: list[np.ndarray], device: torch.device) -> list[Tensor]:

@@ -24,6 +24,10 @@ DECODE_GRAPHS: tuple[DecodeGraphs, ...] = get_args(DecodeGraphs)
 DecodeCompile = Literal["off", "inductor", "aot_eager"]
 DECODE_COMPILE: tuple[DecodeCompile, ...] = get_args(DecodeCompile)
 
+# whether the engine plans and fills tick n+1 while the device runs tick n: auto on CUDA, in one process
+PlanAhead = Literal["auto", "on", "off"]
+PLAN_AHEAD: tuple[PlanAhead, ...] = get_args(PlanAhead)
+
 # where the engine runs, as the command line offers it (the engine also takes "cuda:N")
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = get_args(Device)

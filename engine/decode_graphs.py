@@ -8,6 +8,9 @@ host time than the GPU spends on the step.
 
 Inputs travel in one pinned host buffer and one copy: tokens, positions, the slot each new K/V goes
 to, context lengths and block tables; which keys each row sees is computed from them on the device.
+A tick is filled (`prepare`) before it runs (`launch`), possibly while the one before it still runs
+(the engine plans ahead on CUDA): so there are two buffers, used in turn, and the token ids, which
+the previous tick may still be computing, are written only at launch.
 Padding rows write their K/V to the cache's scratch slot, attend to that one key, and are left out
 of the expert load (they still pass through the experts: the price of a fixed shape).
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -82,6 +86,16 @@ class _Bucket:
         self.out: Tensor | None = None
 
 
+@dataclass
+class FilledTick:
+    """A decode tick made ready on the host: its bucket, and the host buffer holding its inputs."""
+
+    bucket: _Bucket
+    chunks: list[SeqChunk]
+    context: np.ndarray  # each row's keys, this tick's included
+    host: Tensor
+
+
 class DecodeGraphs:
     """Runs decode-only ticks padded to buckets: replayed CUDA graphs on the GPU, eagerly on the CPU."""
 
@@ -109,10 +123,12 @@ class DecodeGraphs:
         self.context_buckets = buckets(max_context, self.block_size, _MIN_CONTEXT)
         largest = self.batch_buckets[-1]
         size = largest * (4 + max_context // self.block_size)
-        host = torch.empty(size, dtype=torch.int64, pin_memory=self.capture)
-        self._host, self._host_np = host, host.numpy()
-        # on the CPU the forward pass reads the host buffer itself; on CUDA a copy of it
-        self._inputs = torch.empty(size, dtype=torch.int64, device=self.device) if self.capture else host
+        # On CUDA two pinned buffers in turn: a tick planned ahead is filled while the copy from the
+        # other may still be queued. On the CPU one, which the forward pass reads itself: each tick has
+        # run by the time the next is filled.
+        self._hosts = [torch.empty(size, dtype=torch.int64, pin_memory=self.capture) for _ in range(1 + self.capture)]
+        self._host = self._hosts[0]  # the buffer `_fill` writes
+        self._inputs = torch.empty(size, dtype=torch.int64, device=self.device) if self.capture else self._host
         # where replayed graphs leave their logits for the draws made after them; made by `warm_up`
         self._logits = torch.empty(0)
         self._buckets: dict[tuple[int, int], _Bucket] = {}
@@ -134,22 +150,32 @@ class DecodeGraphs:
             return False
         return max(c.start for c in chunks) + 1 <= self.context_buckets[-1]
 
-    def run(self, chunks: list[SeqChunk], sampling: SamplingBatch | None = None) -> Tensor:
-        """The tick's tokens [B'] then expert load [layers * experts], int32, on the device; the first
-        len(chunks) tokens are the real rows'. Check `takes` first. The step takes greedy tokens; with
-        `sampling` the real rows' tokens are drawn after it from the logits it left (engine/sampling.py
-        runs outside the graphs: one capture per bucket serves every mix of requests)."""
-        self.note = ""
-        if self.capture and not self.captured:
-            self.warm_up()
+    def prepare(self, chunks: list[SeqChunk]) -> FilledTick:
+        """The host's part of a tick: its bucket, and its inputs in a host buffer but the token ids,
+        which `launch` reads from the chunks (so this may run while the previous tick still does).
+        Check `takes` first."""
         context = np.array([c.start + 1 for c in chunks])
         seqs = _bucket_for(self.batch_buckets, len(chunks))
         longest = _bucket_for(self.context_buckets, int(context.max()))
         assert seqs is not None and longest is not None, "takes() said the tick fits"
-        bucket = self._bucket(seqs, longest)
+        self._host = self._hosts[(self._hosts.index(self._host) + 1) % len(self._hosts)]
+        filled = FilledTick(self._bucket(seqs, longest), chunks, context, self._host)
+        self._fill(filled.bucket, chunks, context)
+        return filled
+
+    def launch(self, filled: FilledTick, sampling: SamplingBatch | None = None) -> Tensor:
+        """Run a prepared tick: its tokens [B'] then expert load [layers * experts], int32, on the
+        device; the first len(chunks) tokens are the real rows'. The step takes greedy tokens; with
+        `sampling` the real rows' tokens are drawn after it from the logits it left (engine/sampling.py
+        runs outside the graphs: one capture per bucket serves every mix of requests)."""
+        self.note = ""
+        bucket, chunks = filled.bucket, filled.chunks
+        if self.capture and not self.captured:
+            self.warm_up()
+            self._fill(bucket, chunks, filled.context)  # the captures wrote their own inputs over it
         self.used.add((bucket.seqs, bucket.context))
-        self._fill(bucket, chunks, context)
-        self._send(bucket)
+        filled.host.numpy()[: len(chunks)] = [c.tokens[0] for c in chunks]
+        self._send(bucket, filled.host)
         if bucket.graph is None:  # the CPU
             out, logits = self._step(bucket)
         else:
@@ -182,7 +208,7 @@ class DecodeGraphs:
             for context in self.context_buckets:
                 bucket = self._bucket(seqs, context)
                 self._fill(bucket, [], np.zeros(0, np.int64))
-                self._send(bucket)
+                self._send(bucket, self._host)
                 self._capture(bucket)
         compiled = f", compiled by {self.compile_backend}" if self.compile_backend else ""
         self.note = (
@@ -191,10 +217,10 @@ class DecodeGraphs:
             f"{self.context_buckets[-1]}) in {time.monotonic() - start:.2f} s: this tick includes it"
         )
 
-    def _send(self, bucket: _Bucket) -> None:
-        """The bucket's inputs to the device, in one copy from the pinned buffer (on the CPU, nothing)."""
-        if self._inputs is not self._host:
-            self._inputs[: bucket.size].copy_(self._host[: bucket.size], non_blocking=True)
+    def _send(self, bucket: _Bucket, host: Tensor) -> None:
+        """The bucket's inputs to the device, in one copy from a pinned buffer (on the CPU, nothing)."""
+        if self._inputs is not host:
+            self._inputs[: bucket.size].copy_(host[: bucket.size], non_blocking=True)
 
     def _bucket(self, seqs: int, context: int) -> _Bucket:
         key = (seqs, context)
@@ -203,17 +229,17 @@ class DecodeGraphs:
         return self._buckets[key]
 
     def _fill(self, bucket: _Bucket, chunks: list[SeqChunk], context: np.ndarray) -> None:
-        """Write the tick's inputs into the host buffer in `bucket`'s layout; padding rows write their
-        K/V to the scratch slot and see one key. Whole columns at a time: at batch 256, a Python
-        loop over the rows would cost more host time than the GPU spends on a small model's step."""
+        """Write the tick's inputs but its token ids into the host buffer in `bucket`'s layout; padding
+        rows (token 0) write their K/V to the scratch slot and see one key. Whole columns at a time: at
+        batch 256, a Python loop over the rows would cost more host time than the GPU spends on a
+        small model's step."""
         n, b = len(chunks), bucket.seqs
-        host = self._host_np[: bucket.size]
+        host = self._host.numpy()[: bucket.size]
         host[:] = 0
         table = host[4 * b :].reshape(b, bucket.blocks)
         if n:
             slots = KVSlots(chunks)
             rows = np.arange(n)
-            host[:n] = [c.tokens[0] for c in chunks]
             host[b : b + n] = context - 1
             host[2 * b : 2 * b + n] = slots(rows, context - 1)
             host[3 * b : 3 * b + n] = context

@@ -31,7 +31,7 @@ from engine.pipeline import PipelinePlan, split_micro_batches
 from engine.sampling import SamplingBatch
 from engine.scheduler import SchedulerConfig
 from engine.stage_wire import decode_tick, encode_tick
-from engine.stages import CellClock, ForwardResult
+from engine.stages import CellClock, ForwardResult, InFlight, PreparedTick
 from tracer.events import StageEvent
 
 OP_STOP, OP_TICK = 0, 1
@@ -101,14 +101,19 @@ class DistributedExecutor:
         self.model, self.kv, self.plan, self.grouping, self.group = model, kv, plan, grouping, group
         self._peer: int | None = None  # the rank the message under way is to or from (None: all of them)
 
-    def run(
-        self, chunks: list[SeqChunk], tick: int, tick_start_ns: int, sampling: SamplingBatch | None = None
-    ) -> ForwardResult:
-        """Tokens are greedy: the last rank picks them, and the engine refuses requests that sample."""
+    def prepare(self, chunks: list[SeqChunk]) -> PreparedTick:
+        """Nothing is made ahead: a tick's inputs are encoded for the other ranks when it runs."""
+        return PreparedTick(chunks, [])
+
+    def launch(
+        self, prepared: PreparedTick, tick: int, tick_start_ns: int, sampling: SamplingBatch | None = None
+    ) -> InFlight:
+        """Runs the tick to its end: the ranks exchange its activations and results as it goes. Tokens
+        are greedy: the last rank picks them, and the engine refuses requests that sample."""
         assert sampling is None, "the engine admits greedy requests only to a distributed pipeline"
         self._peer = None
         try:
-            return self._run(chunks, tick, tick_start_ns)
+            return InFlight.done(self._run(prepared.chunks, tick, tick_start_ns))
         except RuntimeError as exc:
             lost = self.group.lost(exc, self._peer)
             if lost is None:

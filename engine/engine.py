@@ -3,12 +3,16 @@
 Threads: `submit` and `cancel` may be called from any thread and never block for long (a lock held
 only while the scheduler forms a batch). Everything else, sinks included, runs on the engine thread.
 Each tick has exactly one host synchronisation: reading back the new tokens and the expert load.
+Planning ahead (`plan_ahead`, on by default on CUDA), the host schedules tick n+1 and builds its
+inputs between launching tick n and that read-back, while the device computes: the plan does not
+depend on tick n's token values, only on how many there are; the values are written in at launch.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,8 +31,8 @@ from engine.model import Transformer
 from engine.pipeline import check_stage_fits, plan_pipeline, split_micro_batches
 from engine.request import Request
 from engine.sampling import SamplingBatch
-from engine.scheduler import Scheduler, SchedulerConfig, Sequence, TickPlan
-from engine.stages import ForwardResult, StageExecutor
+from engine.scheduler import PENDING, Scheduler, SchedulerConfig, Sequence, TickPlan
+from engine.stages import PreparedTick, StageExecutor
 from tracer.events import BatchEvent, ExpertsEvent, MarkEvent, RequestEvent, RequestStatus, TickEvent
 from tracer.recorder import NullRecorder, Recorder
 
@@ -36,6 +40,29 @@ from tracer.recorder import NullRecorder, Recorder
 _IDLE_WAIT_S = 0.1
 # The default recorder: one shared instance, since it holds nothing.
 _UNTRACED = NullRecorder()
+
+
+@dataclass
+class _Planned:
+    """A tick scheduled and made ready on the host, not yet launched."""
+
+    plan: TickPlan
+    prepared: PreparedTick | None  # None: nothing to run (only preemptions)
+    queue_depth: int  # requests left waiting once it was scheduled
+    wait_ns: int  # the policy's wait before it was planned
+    start_ns: int  # when it was planned; a tick planned ahead starts when it launches instead
+    ahead: bool  # planned while the tick before it ran
+
+
+@dataclass
+class _AfterTick:
+    """What the trace says is left after a tick (sequences running, KV used), taken at its `advance`
+    and corrected at `resolve` for sequences that ended at a stop token: the same numbers whether the
+    next tick was planned in between or not."""
+
+    running: int
+    kv_used: int
+    held: dict[int, int]  # KV blocks of each sampling sequence the tick did not finish by length
 
 
 def resolve_device(device: str) -> torch.device:
@@ -145,6 +172,8 @@ class Engine:
         self._draining = False
         self._thread: threading.Thread | None = None
         self._prev_tick_start = 0
+        self._plans_ahead = self._plan_ahead_wanted()
+        self._ahead: _Planned | None = None  # the next tick, when planned (while the last one ran)
 
     def _decode_graphs_wanted(self) -> tuple[bool, str | None]:
         """Whether decode ticks go to decode graphs, and the backend that compiles their forward pass."""
@@ -158,6 +187,12 @@ class Engine:
                 "decode_compile needs decode graphs: on CUDA with one stage and ragged attention, or decode_graphs 'on'"
             )
         return False, None
+
+    def _plan_ahead_wanted(self) -> bool:
+        mode = self.sched_cfg.plan_ahead
+        if mode == "on" and self.stage_group is not None:
+            raise ConfigError("plan_ahead 'on' needs one process: a distributed pipeline's ticks run across its ranks")
+        return mode == "on" or (mode == "auto" and self.device.type == "cuda" and self.stage_group is None)
 
     # --- control, from any thread ------------------------------------------------------------------
 
@@ -235,6 +270,8 @@ class Engine:
             ),
             # what was asked for; what ran is marked in the trace as it happens and when the engine stops
             "decode_graphs": "off" if self.graphs is None else "cuda graphs" if self.graphs.capture else "eager",
+            # whether each tick was scheduled and filled while the one before it ran
+            "plans_ahead": self._plans_ahead,
             "stage_layers": [[r.start, r.stop] for r in self.pipeline.stage_layers],
             "pipeline_schedule": self.pipeline.schedule.name,
             **({} if self.checkpoint is None else {"checkpoint": self.checkpoint.describe(self.dtype)}),
@@ -267,12 +304,20 @@ class Engine:
         try:
             with torch.inference_mode():
                 while True:
-                    waited_from = time.monotonic_ns()
-                    if not self._wait_for_tick():
+                    if self._ahead is None:
+                        waited_from = time.monotonic_ns()
+                        if not self._wait_for_tick():
+                            return
+                        self._ahead = self._plan(time.monotonic_ns() - waited_from, ahead=False)
+                    elif self._halted():
                         return
-                    self._tick(time.monotonic_ns() - waited_from)
+                    self._run_planned()
         except Exception as e:  # noqa: BLE001 - kept for stop() to re-raise; requests must still end
             self._fail(e)
+
+    def _halted(self) -> bool:
+        with self._cond:
+            return self._halt
 
     def _fail(self, error: Exception) -> None:
         """A tick raised (out of memory on a big prefill, a bad kernel, a lost pipeline rank): the
@@ -307,20 +352,49 @@ class Engine:
 
     def step(self) -> bool:
         """Run one tick now, without the policy's wait (for benchmarks and tests; not while started).
-        Returns whether a forward pass ran."""
+        Returns whether a forward pass ran. Planning ahead, the next tick is planned when it returns."""
         if self._thread is not None:
             raise RuntimeError("step() drives a stopped engine; this one runs its own loop")
         with torch.inference_mode():
-            return self._tick(0)
+            if self._ahead is None:
+                self._ahead = self._plan(0, ahead=False)
+            return self._run_planned()
 
-    def _tick(self, wait_ns: int) -> bool:
+    def _plan(self, wait_ns: int, ahead: bool) -> _Planned:
+        """Schedule a tick and make its inputs on the host. `ahead`: while the tick before it runs, so
+        cancellations wait for its launch (a sequence of the running tick must not end mid-tick)."""
         start = time.monotonic_ns()
-        self._prev_tick_start = start
-        self._cancel_requested()
+        if not ahead:
+            self._cancel_requested()
         with self._cond:
             plan = self.scheduler.schedule()
             queue_depth = len(self.scheduler.waiting)
-        tick = self.ticks
+        prepared = self.executor.prepare(self._chunks(plan)) if plan.entries else None
+        return _Planned(plan, prepared, queue_depth, wait_ns, start, ahead)
+
+    def _chunks(self, plan: TickPlan) -> list[SeqChunk]:
+        alloc = self.kv.allocator
+        return [
+            SeqChunk(
+                e.seq.tokens[e.start : e.start + e.count],
+                e.start,
+                alloc.blocks(e.seq.id, e.start + e.count),
+                alloc.block_size,
+                e.samples,
+            )
+            for e in plan.entries
+        ]
+
+    def _run_planned(self) -> bool:
+        """Run the planned tick: launch it, plan the next while it runs (when planning ahead), read it
+        back, commit and report it. Returns whether a forward pass ran."""
+        planned, self._ahead = self._ahead, None
+        assert planned is not None, "a tick is planned before it runs"
+        if planned.ahead:
+            self._settle(planned)
+        start = time.monotonic_ns() if planned.ahead else planned.start_ns
+        self._prev_tick_start = start
+        plan, tick = planned.plan, self.ticks
         for seq in plan.preempted:
             self.recorder.emit(
                 RequestEvent(
@@ -329,39 +403,49 @@ class Engine:
             )
         for seq in plan.admitted:
             self.recorder.emit(RequestEvent(seq.id, "admit", start, len(seq.request.prompt), seq.generated, tick=tick))
-        if not plan.entries:
+        if planned.prepared is None:
             return False
 
-        result = self._forward(plan, tick, start)
-        next_tokens = result.tokens
+        rows = [e.seq for e in plan.entries if e.samples]
+        # each row predicts the token at the position after its known ones: the noise of a draw
+        sampling = SamplingBatch.of([s.request.sampling for s in rows], [len(s.tokens) for s in rows], self.device)
+        flight = self.executor.launch(planned.prepared, tick, start, sampling)
+        with self._cond:
+            self.scheduler.advance(plan)
+            after = self._after(plan)
+        if self._plans_ahead and self._may_plan_ahead():
+            self._ahead = self._plan(0, ahead=True)
+        result = flight.result()
         end = time.monotonic_ns()
         with self._cond:
-            finished = self.scheduler.commit(plan, next_tokens)
+            finished = self.scheduler.resolve(plan, result.tokens)
             for seq in finished:
                 del self._live[seq.id]
-        for e, token in zip((e for e in plan.entries if e.samples), next_tokens):
-            e.seq.request.sink.on_token(token, end)
+        for seq, token in zip(rows, result.tokens):
+            seq.request.sink.on_token(token, end)
         for seq in finished:
             seq.request.sink.on_finish("finished", seq.finish_reason, end)
+            if seq.id in after.held:  # finished at a stop token, so out of the counts after the tick
+                after.running -= 1
+                after.kv_used -= after.held[seq.id] * self.kv.allocator.block_size
 
         self.ticks += 1
-        self.tokens_generated += len(next_tokens)
-        alloc = self.kv.allocator
+        self.tokens_generated += len(result.tokens)
         self.recorder.emit(
             TickEvent(
                 tick=tick,
                 start_ns=start,
                 end_ns=end,
-                wait_ns=wait_ns,
+                wait_ns=planned.wait_ns,
                 seqs=len(plan.entries),
                 prefill_tokens=plan.prefill_tokens,
                 decode_tokens=plan.decode_tokens,
-                queue_depth=queue_depth,
-                running=len(self.scheduler.running),
-                kv_used=alloc.used_tokens,
-                kv_capacity=alloc.capacity_tokens,
+                queue_depth=planned.queue_depth,
+                running=after.running,
+                kv_used=after.kv_used,
+                kv_capacity=self.kv.allocator.capacity_tokens,
                 forward_ns=result.forward_ns,
-                sampled_tokens=len(next_tokens),
+                sampled_tokens=len(result.tokens),
             )
         )
         self.recorder.emit(self._batch_event(tick, plan))
@@ -372,25 +456,41 @@ class Engine:
             self.recorder.emit(MarkEvent(start, tick, result.note))
         return True
 
-    def _forward(self, plan: TickPlan, tick: int, tick_start: int) -> ForwardResult:
-        """One forward pass and each request's sampling: next tokens, expert load [layers, experts],
-        the forward's device time in ns, and the tick's pipeline cells when there is a pipeline."""
+    def _after(self, plan: TickPlan) -> _AfterTick:
+        """The counts the trace gives for a tick, as of its `advance` (under the lock)."""
         alloc = self.kv.allocator
-        bs = alloc.block_size
-        chunks = [
-            SeqChunk(
-                e.seq.tokens[e.start : e.start + e.count],
-                e.start,
-                alloc.blocks(e.seq.id, e.start + e.count),
-                bs,
-                e.samples,
-            )
-            for e in plan.entries
-        ]
-        rows = [e.seq for e in plan.entries if e.samples]
-        # each row predicts the token at the position after its known ones: the noise of a draw
-        sampling = SamplingBatch.of([s.request.sampling for s in rows], [len(s.tokens) for s in rows], self.device)
-        return self.executor.run(chunks, tick, tick_start, sampling)
+        # a sequence finished by length is freed already: it holds no blocks
+        held = {e.seq.id: n for e in plan.entries if e.samples and (n := len(alloc.tables.get(e.seq.id, ())))}
+        return _AfterTick(len(self.scheduler.running), alloc.used_tokens, held)
+
+    def _may_plan_ahead(self) -> bool:
+        """Whether the policy would start the next tick as soon as this one ends, with work for it."""
+        with self._cond:
+            running, waiting = self.scheduler.running, self.scheduler.waiting
+            if self._halt or not (running or waiting):
+                return False
+            oldest = waiting[0].arrival_ns if waiting else None
+            return self.scheduler.policy.wait_ns(time.monotonic_ns(), self._prev_tick_start, oldest, len(running)) <= 0
+
+    def _settle(self, planned: _Planned) -> None:
+        """Bring a tick planned ahead up to date before it launches: cancellations made meanwhile take
+        effect, sequences that ended since (a stop token, a cancellation) leave it, and its chunks get
+        the tokens the tick before computed."""
+        self._cancel_requested()
+        plan = planned.plan
+        with self._cond:
+            live = self._live
+            entries = [e for e in plan.entries if live.get(e.seq.id) is e.seq]
+            plan.admitted = [s for s in plan.admitted if live.get(s.id) is s]
+            plan.preempted = [s for s in plan.preempted if live.get(s.id) is s]
+        if len(entries) < len(plan.entries):  # rare: rebuilt, not patched
+            plan.entries = entries
+            planned.prepared = self.executor.prepare(self._chunks(plan)) if entries else None
+            return
+        assert planned.prepared is not None
+        for chunk, e in zip(planned.prepared.chunks, entries):
+            if chunk.tokens[-1] == PENDING:  # only a chunk's last token can be: it is its sequence's last
+                chunk.tokens[-1] = e.seq.tokens[e.start + e.count - 1]
 
     def _batch_event(self, tick: int, plan: TickPlan) -> BatchEvent:
         """Who ran in this tick, with what, in which attention call: the trace's link from requests

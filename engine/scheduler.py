@@ -16,12 +16,26 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from engine.choices import DECODE_COMPILE, DECODE_GRAPHS, GROUPINGS, DecodeCompile, DecodeGraphs, Grouping, check_choice
+from engine.choices import (
+    DECODE_COMPILE,
+    DECODE_GRAPHS,
+    GROUPINGS,
+    PLAN_AHEAD,
+    DecodeCompile,
+    DecodeGraphs,
+    Grouping,
+    PlanAhead,
+    check_choice,
+)
 from engine.errors import ConfigError
 from engine.kv_cache import BlockAllocator
 from engine.pipeline import get_schedule, is_pipelined
 from engine.policies import make_policy
 from engine.request import Request
+
+# The token a sequence has between `advance` and `resolve`: its tick has run, or is running, and its
+# value is not yet read back. Never a token id.
+PENDING = -1
 
 
 @dataclass
@@ -46,12 +60,17 @@ class SchedulerConfig:
     # torch.compile the decode graphs' forward pass before capture: "inductor" fuses its ~75 kernels
     # per layer (compiled for dynamic shapes: ~3 compiles in all); "aot_eager" traces without fusing
     decode_compile: DecodeCompile = "off"
+    # schedule tick n+1 and build its inputs while the device runs tick n (engine.py). auto: on CUDA,
+    # where the host is free meanwhile; on: also on the CPU, where the forward pass is the host's own
+    # work and nothing is hidden (for testing); never with a distributed pipeline
+    plan_ahead: PlanAhead = "auto"
 
     def validate(self) -> None:
         make_policy(self)  # an unknown policy fails here, naming the known ones, not at the first tick
         check_choice("attention grouping", self.attention, GROUPINGS)
         check_choice("decode_graphs", self.decode_graphs, DECODE_GRAPHS)
         check_choice("decode_compile", self.decode_compile, DECODE_COMPILE)
+        check_choice("plan_ahead", self.plan_ahead, PLAN_AHEAD)
         if self.decode_compile != "off" and self.decode_graphs == "off":
             raise ConfigError("decode_compile compiles the decode graphs; it cannot be used with decode_graphs 'off'")
         pipelined = is_pipelined(self.stages, self.micro_batches, self.micro_batch_size)
@@ -200,28 +219,46 @@ class Scheduler:
         """Apply a tick's results: `next_tokens` holds one token per sampling entry, in order.
         Returns the sequences that sampled a stop token or reached max_new_tokens, already removed
         and freed, with their `finish_reason` set."""
-        finished = []
-        sampled = iter(next_tokens)
+        self.advance(plan)
+        return self.resolve(plan, next_tokens)
+
+    def advance(self, plan: TickPlan) -> None:
+        """The part of a tick's results known before its tokens are: every entry's K/V is in the cache,
+        every sampling entry has one more token (PENDING until `resolve`), and those reaching
+        max_new_tokens are finished ("length", removed and freed). The next tick can be planned from
+        here while this one still runs."""
         for e in plan.entries:
             e.seq.computed += e.count
             if e.samples:
-                token = next(sampled)
-                e.seq.tokens.append(token)
+                e.seq.tokens.append(PENDING)
                 e.seq.generated += 1
-                if token in e.seq.request.stop_tokens:
-                    e.seq.finish_reason = "stop"
-                elif e.seq.generated >= e.seq.request.max_new_tokens:
+                if e.seq.generated >= e.seq.request.max_new_tokens:
                     e.seq.finish_reason = "length"
-                else:
-                    continue
-                self.remove(e.seq)
-                finished.append(e.seq)
+                    self.remove(e.seq)
+
+    def resolve(self, plan: TickPlan, next_tokens: list[int]) -> list[Sequence]:
+        """Write an advanced tick's tokens in place of its PENDING ones. Returns the sequences it
+        finished, in entry order: at a stop token ("stop", removed and freed here, wherever a plan made
+        since `advance` put them) or at max_new_tokens ("length")."""
+        finished = []
+        sampled = iter(next_tokens)
+        for e in (e for e in plan.entries if e.samples):
+            token = next(sampled)
+            e.seq.tokens[-1] = token  # PENDING is the last: no token is added between advance and resolve
+            if token in e.seq.request.stop_tokens:
+                if not e.seq.finish_reason:
+                    self.remove(e.seq)
+                e.seq.finish_reason = "stop"
+            elif not e.seq.finish_reason:
+                continue
+            finished.append(e.seq)
         return finished
 
     def remove(self, seq: Sequence) -> None:
-        """Take a sequence out, wherever it is, and free its KV."""
+        """Take a sequence out, wherever it is (if anywhere: one finished by `advance` is out already),
+        and free its KV."""
         if seq in self.waiting:
             self.waiting.remove(seq)
-        else:
+        elif seq in self.running:
             self.running.remove(seq)
         self.kv.free(seq.id)

@@ -10,6 +10,7 @@ engine/distributed_stages.py runs the same cells for real, one stage per rank.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engine.batch import SeqChunk, make_batch
-from engine.decode_graphs import DecodeGraphs
+from engine.batch import HostBatch, SeqChunk
+from engine.decode_graphs import DecodeGraphs, FilledTick
 from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.pipeline import PipelinePlan, split_micro_batches
@@ -36,6 +37,34 @@ class ForwardResult:
     forward_ns: int  # device time of the forward pass
     stage: StageEvent | None  # the pipeline cells, when there is a pipeline
     note: str = ""  # what made this tick unusual, for the trace's marks (graphs captured in it)
+
+
+@dataclass
+class PreparedTick:
+    """What the host makes of a tick before it runs: its batches (the decode graphs' filled buffer, or
+    each micro-batch's HostBatch), all but the token ids, which are read from `chunks` at launch. So a
+    tick can be prepared while the device still runs the one before, whose tokens some chunks end with."""
+
+    chunks: list[SeqChunk]
+    work: FilledTick | list[HostBatch]
+
+
+class InFlight:
+    """A tick launched on the device; `result()` reads it back, the tick's one host synchronisation."""
+
+    def __init__(self, out: Tensor, finish: Callable[[np.ndarray], ForwardResult], note: str = "") -> None:
+        self.out, self._finish = out, finish
+        self.note = note  # what made this tick unusual, for the trace's marks
+
+    @classmethod
+    def done(cls, result: ForwardResult) -> InFlight:
+        """A tick that ran to its end when launched (a distributed pipeline's)."""
+        return cls(torch.zeros(0), lambda _: result, result.note)
+
+    def result(self) -> ForwardResult:
+        result = self._finish(read_back(self.out))
+        result.note = self.note
+        return result
 
 
 class CellClock:
@@ -104,33 +133,45 @@ class StageExecutor:
         self.grouping, self.device = grouping, device
         self.graphs = graphs
 
-    def run(
-        self, chunks: list[SeqChunk], tick: int, tick_start_ns: int, sampling: SamplingBatch | None = None
-    ) -> ForwardResult:
-        """Tokens are picked as `sampling` says (engine/sampling.py; None: greedy). Decode-only ticks
-        go to the decode graphs, when there are any; the rest run as cells. Graphs the engine chose
-        by itself (`auto`) that fail to capture are turned off, and the run goes on eagerly; asked
-        for (`on`), their failure ends it."""
+    def prepare(self, chunks: list[SeqChunk]) -> PreparedTick:
+        """The host's part of a tick (see PreparedTick). Decode-only ticks go to the decode graphs,
+        when there are any; the rest run as cells."""
         graphs = self.graphs
         if graphs is not None and graphs.takes(chunks):
-            try:
-                return self._run_graph(graphs, chunks, sampling)
-            except RuntimeError as error:
-                if graphs.required:
-                    raise
-                graphs.turn_off(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
-                result = self._run_cells(chunks, tick, tick_start_ns, sampling)
-                result.note = f"decode graphs off from here on: capturing one failed ({graphs.failed})"
-                return result
-        return self._run_cells(chunks, tick, tick_start_ns, sampling)
+            return PreparedTick(chunks, graphs.prepare(chunks))
+        return PreparedTick(chunks, self._cells_batches(chunks))
 
-    def _run_cells(
-        self, chunks: list[SeqChunk], tick: int, tick_start_ns: int, sampling: SamplingBatch | None
-    ) -> ForwardResult:
+    def launch(
+        self, prepared: PreparedTick, tick: int, tick_start_ns: int, sampling: SamplingBatch | None = None
+    ) -> InFlight:
+        """Start a prepared tick on the device. Tokens are picked as `sampling` says
+        (engine/sampling.py; None: greedy). Graphs the engine chose by itself (`auto`) that fail to
+        capture are turned off, and the run goes on eagerly; asked for (`on`), their failure ends it."""
+        graphs, work = self.graphs, prepared.work
+        if not isinstance(work, FilledTick):
+            return self._launch_cells(work, tick, tick_start_ns, sampling)
+        assert graphs is not None
+        try:
+            return self._launch_graph(graphs, work, sampling)
+        except RuntimeError as error:
+            if graphs.required:
+                raise
+            graphs.turn_off(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
+            flight = self._launch_cells(self._cells_batches(prepared.chunks), tick, tick_start_ns, sampling)
+            flight.note = f"decode graphs off from here on: capturing one failed ({graphs.failed})"
+            return flight
+
+    def _cells_batches(self, chunks: list[SeqChunk]) -> list[HostBatch]:
+        micro = self.plan.micro_batches_for(len(chunks))
+        return [HostBatch(p, self.grouping) for p in split_micro_batches(chunks, micro)]
+
+    def _launch_cells(
+        self, batches: list[HostBatch], tick: int, tick_start_ns: int, sampling: SamplingBatch | None
+    ) -> InFlight:
         """The embedding runs in stage 0's cells, the LM head in the last's."""
         plan, model = self.plan, self.model
-        micro = plan.micro_batches_for(len(chunks))
-        parts = [make_batch(p, self.device, self.grouping) for p in split_micro_batches(chunks, micro)]
+        micro = len(batches)
+        parts = [b.to_device(self.device) for b in batches]
         cfg = model.cfg
         counts = torch.zeros(cfg.layers, cfg.routed_experts, device=self.device, dtype=torch.int32)
         order = run_order(plan.schedule, plan.stages, micro)
@@ -149,26 +190,33 @@ class StageExecutor:
                 logits[m] = model.logits(hidden[m], batch)
             clock.mark()
         next_tokens = pick_tokens(torch.cat([x for x in logits if x is not None]), sampling).to(torch.int32)
-        host = read_back(torch.cat([next_tokens, counts.flatten()]))
-        n = len(next_tokens)
-        marks = clock.read()
-        stage = None
-        if plan.pipelined:
-            start, end = cells_from_marks(marks, order, plan.stages, micro)
-            modelled_start, modelled_end = modelled_timeline(end - start, plan.schedule)
-            offset = clock.start_ns - tick_start_ns  # cell times are relative to the tick's start
-            stage = StageEvent(tick, start + offset, end + offset, modelled_start + offset, modelled_end + offset)
-        return ForwardResult(host[:n].tolist(), host[n:].reshape(counts.shape), int(marks[-1]), stage)
 
-    def _run_graph(self, graphs: DecodeGraphs, chunks: list[SeqChunk], sampling: SamplingBatch | None) -> ForwardResult:
+        def result(host: np.ndarray) -> ForwardResult:
+            n = len(next_tokens)
+            marks = clock.read()
+            stage = None
+            if plan.pipelined:
+                start, end = cells_from_marks(marks, order, plan.stages, micro)
+                modelled_start, modelled_end = modelled_timeline(end - start, plan.schedule)
+                offset = clock.start_ns - tick_start_ns  # cell times are relative to the tick's start
+                stage = StageEvent(tick, start + offset, end + offset, modelled_start + offset, modelled_end + offset)
+            return ForwardResult(host[:n].tolist(), host[n:].reshape(counts.shape), int(marks[-1]), stage)
+
+        return InFlight(torch.cat([next_tokens, counts.flatten()]), result)
+
+    def _launch_graph(self, graphs: DecodeGraphs, filled: FilledTick, sampling: SamplingBatch | None) -> InFlight:
         clock = CellClock(self.device)
         clock.mark()
-        out = graphs.run(chunks, sampling)
+        out = graphs.launch(filled, sampling)
         clock.mark()
-        host = read_back(out)
         cfg = self.model.cfg
-        counts = host[len(host) - cfg.layers * cfg.routed_experts :].reshape(cfg.layers, cfg.routed_experts)
-        return ForwardResult(host[: len(chunks)].tolist(), counts, int(clock.read()[-1]), None, graphs.note)
+        n = len(filled.chunks)
+
+        def result(host: np.ndarray) -> ForwardResult:
+            counts = host[len(host) - cfg.layers * cfg.routed_experts :].reshape(cfg.layers, cfg.routed_experts)
+            return ForwardResult(host[:n].tolist(), counts, int(clock.read()[-1]), None)
+
+        return InFlight(out, result, graphs.note)
 
 
 def read_back(device_values: Tensor) -> np.ndarray:

@@ -145,3 +145,16 @@ def test_the_largest_prefill_tick_takes_less_than_the_memory_check_counts():
 def test_forward_times_come_from_cuda_events():
     ticks = mixed_run("cuda", "auto").ticks
     assert ticks and all(0 < t.forward_ns <= t.end_ns - t.start_ns for t in ticks)
+
+
+def test_planning_ahead_on_cuda_records_the_same_run_with_graphs_replayed():
+    """`auto` plans ahead on CUDA: tick n+1 is filled into the other pinned buffer while tick n runs,
+    its tokens written in at launch. The run must be the one recorded without planning ahead."""
+    from test_engine_plan_ahead import MIXED, comparable, run_stepped
+
+    off, off_sinks, _ = run_stepped("off", MIXED, device="cuda", max_seqs=8)
+    on, on_sinks, eng = run_stepped("auto", MIXED, device="cuda", max_seqs=8)
+    assert eng.describe()["plans_ahead"]
+    assert eng.graphs is not None and eng.graphs.captured and eng.graphs.failed is None
+    assert [s.tokens for s in on_sinks] == [s.tokens for s in off_sinks]
+    assert [comparable(e) for e in on] == [comparable(e) for e in off]

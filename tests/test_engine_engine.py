@@ -200,7 +200,7 @@ def test_an_error_in_the_tick_loop_ends_every_request_and_surfaces():
     def broken(*args):
         raise RuntimeError("boom")
 
-    eng._forward = broken
+    eng.executor.launch = broken  # type: ignore[method-assign]
     sinks = [Collect() for _ in range(3)]
     eng.start()
     for i, s in enumerate(sinks):

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import tracer
 import workloads.serve as serve_module
-from engine.engine import Engine
+from engine.stages import StageExecutor
 from tracer.errors import TraceWriteError
 from tui.cli import main
 from workloads.errors import RunFailed
@@ -218,14 +218,14 @@ FAIL_AT = 100
 def tick_raises(monkeypatch) -> None:
     """Tick FAIL_AT raises, as out-of-memory on a big prefill would: a test hook that patches the
     engine's forward pass here, with no code for it in the engine."""
-    forward = Engine._forward
+    launch = StageExecutor.launch
 
-    def failing(self, plan, tick, tick_start):
+    def failing(self, prepared, tick, tick_start, sampling):
         if tick == FAIL_AT:
             raise RuntimeError("injected fault")
-        return forward(self, plan, tick, tick_start)
+        return launch(self, prepared, tick, tick_start, sampling)
 
-    monkeypatch.setattr(Engine, "_forward", failing)
+    monkeypatch.setattr(StageExecutor, "launch", failing)
 
 
 def test_an_engine_exception_fails_what_is_in_flight_and_ends_record(tick_raises, busy, tmp_path, capsys):
@@ -252,14 +252,14 @@ def test_an_engine_exception_fails_what_is_in_flight_and_ends_record(tick_raises
 
 async def test_an_engine_exception_answers_500_and_stops_serve(tmp_path, monkeypatch):
     server = Server(ServePlan(trace=tmp_path / "served.msgpack", port=0, device="cpu"))
-    forward = server.engine._forward
+    launch = server.engine.executor.launch
 
-    def failing(plan, tick, tick_start):  # the tick both requests are in raises
-        if len(plan.entries) > 1:
+    def failing(prepared, tick, tick_start, sampling):  # the tick both requests are in raises
+        if len(prepared.chunks) > 1:
             raise RuntimeError("injected fault")
-        return forward(plan, tick, tick_start)
+        return launch(prepared, tick, tick_start, sampling)
 
-    monkeypatch.setattr(server.engine, "_forward", failing)
+    monkeypatch.setattr(server.engine.executor, "launch", failing)
     run = asyncio.create_task(server.run(asyncio.Event()))
     while not server.url:
         await asyncio.sleep(0.01)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from engine.choices import DECODE_COMPILE, DECODE_GRAPHS, DEVICES
+from engine.choices import DECODE_COMPILE, DECODE_GRAPHS, DEVICES, PLAN_AHEAD
 from engine.policies import policy_names
 from workloads.traffic import TRAFFIC_OPTIONS, TrafficOption
 
@@ -136,6 +136,12 @@ def add_recording_options(p: argparse.ArgumentParser, *, workload: str | None) -
         choices=DECODE_COMPILE,
         help="torch.compile the decode graphs' forward pass (inductor: fused kernels; the first ticks "
         "wait for the compiles; default: off)",
+    )
+    p.add_argument(
+        "--plan-ahead",
+        choices=PLAN_AHEAD,
+        help="schedule tick n+1 and fill its inputs while the device runs tick n (auto: on CUDA, in one "
+        "process; on: also on the CPU, where the host runs the forward pass and nothing is hidden)",
     )
     batching = p.add_mutually_exclusive_group()
     batching.add_argument(
@@ -275,7 +281,16 @@ DISTRIBUTED_HELP = (
 # flags that set the engine's pipeline, as SchedulerConfig fields
 PIPELINE_FLAGS = ("stages", "stage_layers", "micro_batches", "micro_batch_size")
 # every flag that sets a SchedulerConfig field, and every flag that configures the engine
-SCHEDULER_FLAGS = ("policy", "window_ms", "max_seqs", "max_tokens", "decode_graphs", "decode_compile", *PIPELINE_FLAGS)
+SCHEDULER_FLAGS = (
+    "policy",
+    "window_ms",
+    "max_seqs",
+    "max_tokens",
+    "decode_graphs",
+    "decode_compile",
+    "plan_ahead",
+    *PIPELINE_FLAGS,
+)
 ENGINE_FLAGS = ("layers", *SCHEDULER_FLAGS)
 
 
