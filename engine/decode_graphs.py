@@ -210,6 +210,9 @@ class DecodeGraphs:
                 self._fill(bucket, [], np.zeros(0, np.int64))
                 self._send(bucket, self._host)
                 self._capture(bucket)
+                # the next fill rewrites the pinned buffer this copy reads: a copy still queued would
+                # give a capture's warm-up run another bucket's layout, and its K/V real slots
+                self.cuda.current_stream(self.device).synchronize()
         compiled = f", compiled by {self.compile_backend}" if self.compile_backend else ""
         self.note = (
             f"decode graphs: {len(self.captured)} captured up front{compiled} (batch "

@@ -46,19 +46,18 @@ async def test_time_alignment_steps_to_the_next_tick_end_of_either_side(app):
         await loaded(pilot)
         a, b = app.states
         assert app.lockstep.align == "time" and app.lockstep.indices(a, b) == (0, 0)
-        await pilot.press("right")
-        ends = np.concatenate([a.ticks.col("end_s"), b.ticks.col("end_s")])
-        assert app.lockstep.position == pytest.approx(ends[ends > 0].min())
-        for _ in range(20):
-            before = app.lockstep.position
+        # every tick end of either side, in order: each press moves the clock to the next (how many
+        # of them each side has depends on how fast the box recorded them, so nothing else is assumed)
+        ends = np.unique(np.concatenate([a.ticks.col("end_s"), b.ticks.col("end_s")]))
+        ends = ends[ends > 0]
+        for step in range(21):
             await pilot.press("right")
-            assert app.lockstep.position > before
+            assert app.lockstep.position == pytest.approx(ends[min(step, len(ends) - 1)])
         ia, ib = app.lockstep.indices(a, b)
         t = app.lockstep.position
         # each side shows the last tick that ended by the shared clock
         assert a.time_at(ia) <= t and (ia + 1 == a.n_ticks or a.time_at(ia + 1) > t)
         assert b.time_at(ib) <= t and (ib + 1 == b.n_ticks or b.time_at(ib + 1) > t)
-        assert ia > ib  # 5 ms ticks outrun 100 ms ticks in the same time
         await pilot.press("left")
         assert app.lockstep.position < t
 

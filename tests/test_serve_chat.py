@@ -387,10 +387,10 @@ async def test_record_target_sends_the_key_from_the_environment(server, tmp_path
 async def test_health_answers_503_once_a_tick_has_failed(tmp_path, monkeypatch):
     server = Server(ServePlan(trace=tmp_path / "failed.msgpack", port=0, device="cpu"))
 
-    def failing(plan, tick, tick_start):
+    def failing(prepared, tick, tick_start, sampling):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(server.engine, "_forward", failing)
+    monkeypatch.setattr(server.engine.executor, "launch", failing)
     await server.start()  # no watchdog: the server answers on after the engine has failed
     try:
         async with aiohttp.ClientSession() as http:
