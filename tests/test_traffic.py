@@ -423,3 +423,36 @@ def test_a_sweep_over_a_trace_needs_no_duration(tmp_path, capsys):
     for point in out.glob("*.msgpack"):
         assert len(tracer.load(point).requests) == 3
     assert len(list(out.glob("*.msgpack"))) == 2
+
+
+def test_demo_replays_a_trace_as_record_does(tmp_path, monkeypatch):
+    """`demo --traffic` hands the trace and its options to its recording child: the requests it
+    records are the ones `record` sends for the same flags, and the replay ends the recording."""
+    import tui.app
+
+    trace = write(
+        tmp_path,
+        "BurstGPT_tiny.csv",
+        "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+        "10,ChatGPT,12,6,18,Conversation log\n"
+        "10.5,ChatGPT,40,0,40,Conversation log\n"  # failed: skipped
+        "11.0,GPT-4,30,5,35,API log\n"
+        "12.0,ChatGPT,7,9,16,API log\n",
+    )
+    flags = ["--traffic", str(trace), "--traffic-time-scale", "0.25", "--traffic-start", "0.4", "--device", "cpu"]
+
+    def until_the_child_is_done(path: str, mode: str, **_) -> None:
+        tail, deadline, ended = tracer.TraceTail(path), time.monotonic() + 60, 0
+        while ended < 2 and time.monotonic() < deadline:
+            ended += sum(isinstance(e, tracer.RequestEvent) and e.phase == "finish" for e in tail.poll())
+            time.sleep(0.05)
+        tail.close()
+
+    monkeypatch.setattr(tui.app, "run_dashboard", until_the_child_is_done)
+    shown, recorded = tmp_path / "demo.msgpack", tmp_path / "record.msgpack"
+    assert main(["demo", *flags, "--out", str(shown)]) == 0
+    assert main(["record", *flags, "--out", str(recorded)]) == 0
+    lengths = [
+        tracer.load(p).requests.sort("request")[["prompt_tokens", "output_tokens"]].rows() for p in (shown, recorded)
+    ]
+    assert lengths[0] == lengths[1] == [(30, 5), (7, 9)]  # the window starts 0.4 s in: the first row is out

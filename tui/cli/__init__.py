@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="trace file (default: tickscope-demo-DATE-TIME.msgpack here)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_traffic_options(p)
 
     p = verb("record", cmd_record, "record a session headless to a trace file")
     add_recording_options(p, workload="smoke")

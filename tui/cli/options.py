@@ -183,6 +183,20 @@ def _traffic_number(option: TrafficOption) -> Callable[[str], float]:
     return _checked(float, "a number", lambda v: v >= at_least, f"at least {at_least:g}")
 
 
+def traffic_argv(args: argparse.Namespace) -> list[str]:
+    """The traffic flags given, as command-line words again (for the recording child `demo` starts)."""
+    if getattr(args, "traffic", None) is None:
+        return []
+    argv = ["--traffic", args.traffic]
+    for option in TRAFFIC_OPTIONS:
+        value = getattr(args, option.flag.removeprefix("--").replace("-", "_"), None)
+        if value is True:
+            argv.append(option.flag)
+        elif value is not None and value is not False:
+            argv += [option.flag, str(value)]
+    return argv
+
+
 def traffic_table(args: argparse.Namespace) -> dict[str, Any] | None:
     """The trace the flags ask for, as the keys of a trace's [arrivals]; None without --traffic."""
     given: dict[str, Any] = {}

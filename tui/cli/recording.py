@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tui.cli.options import ENGINE_FLAGS, CommandError, check_out, plan_from_args
+from tui.cli.options import ENGINE_FLAGS, CommandError, check_out, plan_from_args, traffic_argv
 
 if TYPE_CHECKING:
     from workloads.loadgen import Progress as LoadProgress
@@ -173,6 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         command.append("--distributed")
     if args.duration:
         command += ["--duration", str(args.duration)]
+    command += traffic_argv(args)
     # a checkpoint's weights are read before the trace starts: tens of GB take minutes
     return _record_and_follow(command, out, "demo", 120 if args.model is None else 1800)
 
