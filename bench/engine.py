@@ -337,7 +337,8 @@ def main() -> None:
             print(
                 f"{cfg.name}, {cfg.layers} layers, {d['device_name']}, {d['model']['dtype']}, "
                 f"experts via {d['expert_matmul']} ({d['expert_matmul_reason']}), "
-                f"decode graphs: {d['decode_graphs']}, compile: {args.decode_compile}, prompt {args.prompt}, "
+                f"decode graphs: {d['decode_graphs']}, compile: {args.decode_compile}, "
+                f"plans ahead: {'yes' if d['plans_ahead'] else 'no'}, prompt {args.prompt}, "
                 f"{args.steps} rounds (medians)"
             )
             print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")

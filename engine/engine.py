@@ -487,7 +487,8 @@ class Engine:
             plan.entries = entries
             planned.prepared = self.executor.prepare(self._chunks(plan)) if entries else None
             return
-        assert planned.prepared is not None
+        if planned.prepared is None:  # the plan only preempted: nothing runs
+            return
         for chunk, e in zip(planned.prepared.chunks, entries):
             if chunk.tokens[-1] == PENDING:  # only a chunk's last token can be: it is its sequence's last
                 chunk.tokens[-1] = e.seq.tokens[e.start + e.count - 1]
