@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -104,12 +104,7 @@ class StageGroup:
         return StageLost(f"{self.name(rank)} is gone ({ended[rank]})")
 
     def name(self, rank: int) -> str:
-        """ "rank 1 (stage 1, layers 2–3)": one stage per rank, rank r serving stage r."""
-        if rank < len(self.stage_layers):
-            layers = self.stage_layers[rank]
-            span = f"layer {layers.start}" if len(layers) == 1 else f"layers {layers.start}–{layers.stop - 1}"
-            return f"rank {rank} (stage {rank}, {span})"
-        return f"rank {rank} (stage {rank})"
+        return rank_name(rank, self.stage_layers)
 
     def describe(self) -> dict[str, Any]:
         """For the trace header: how the ranks ran and how their clocks were aligned."""
@@ -122,6 +117,21 @@ class StageGroup:
             "clock_sync": f"min-RTT of {CLOCK_ROUNDS} ping-pongs per rank, offset = midpoint estimate",
             "merge": "per tick: every rank sends its cells to rank 0, which shifts them by the offsets",
         }
+
+
+def rank_name(rank: int, stage_layers: Sequence[range]) -> str:
+    """ "rank 1 (stage 1, layers 2–3)": one stage per rank, rank r serving stage r."""
+    if rank < len(stage_layers):
+        layers = stage_layers[rank]
+        span = f"layer {layers.start}" if len(layers) == 1 else f"layers {layers.start}–{layers.stop - 1}"
+        return f"rank {rank} (stage {rank}, {span})"
+    return f"rank {rank} (stage {rank})"
+
+
+def started_key(rank: int) -> str:
+    """The store key a spawned rank sets once it is about to join the process group: rank 0 waits
+    for them all before it joins (engine/launch.py), watching for a rank that died on the way."""
+    return f"tickscope/started/{rank}"
 
 
 def join(
@@ -141,6 +151,8 @@ def join(
     dev, backend = pick_device(device, local_rank, local_world_size)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    if store is not None and rank > 0:
+        store.set(started_key(rank), "1")
     dist.init_process_group(
         backend,
         store=store,

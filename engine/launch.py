@@ -13,20 +13,35 @@ import functools
 import os
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-from torch.multiprocessing.spawn import ProcessContext, ProcessException, start_processes
+from torch.multiprocessing.spawn import ProcessContext, ProcessException, ProcessRaisedException, start_processes
 
 from engine.config import ModelConfig, check_fits
-from engine.distributed import JOIN_TIMEOUT, StageGroup, join, leave, pick_device, torchrun_env
+from engine.distributed import (
+    JOIN_TIMEOUT,
+    StageGroup,
+    join,
+    leave,
+    pick_device,
+    rank_name,
+    started_key,
+    torchrun_env,
+)
 from engine.distributed_stages import serve_stage, stop_workers
 from engine.errors import ConfigError, StageLost
 from engine.pipeline import PipelinePlan, check_stage_fits, plan_pipeline
 from engine.scheduler import SchedulerConfig
 
+if TYPE_CHECKING:  # torch.distributed re-exports Store without __all__, which mypy does not count as public
+    from torch._C._distributed_c10d import Store
+
 # A worker that does not exit this long after rank 0 said stop is killed.
 _JOIN_S = 30.0
+# How often rank 0, waiting for the ranks it spawned to start, looks for one that died instead.
+_POLL_S = 0.1
 
 
 class LaunchedStages:
@@ -163,11 +178,42 @@ def launch_stages(
     )
     try:
         torch.set_num_threads(min(torch.get_num_threads(), _threads_per_rank(world)))
+        _wait_for_workers(store, workers, plan)
         group = join(0, world, device, 0, world, "torch.multiprocessing", store, timeout)
         return LaunchedStages(group, workers, plan)
+    except StageLost:
+        _kill(workers)
+        raise
     except BaseException:
         _join_or_kill(workers)
         raise
+
+
+def _wait_for_workers(store: Store, workers: ProcessContext, plan: PipelinePlan) -> None:
+    """Until every spawned rank is about to join. One that ends first (its start failed: an import,
+    its device, memory) ends the wait at once, named; inside the process group's rendezvous rank 0
+    would wait JOIN_TIMEOUT for it."""
+    keys = [started_key(r) for r in range(1, plan.stages)]
+    deadline = time.monotonic() + JOIN_TIMEOUT.total_seconds()
+    while not store.check(keys):  # a check, not store.wait: each wait that times out logs a warning
+        if ended := _ended(workers):
+            rank = min(ended)
+            name = rank_name(rank, plan.stage_layers)
+            raise StageLost(f"{name} {ended[rank]} before joining the pipeline{_raised(workers)}")
+        if time.monotonic() > deadline:
+            raise StageLost(f"the ranks did not start within {JOIN_TIMEOUT.total_seconds():.0f} s")
+        time.sleep(_POLL_S)
+
+
+def _raised(workers: ProcessContext) -> str:
+    """ ": " and the last line of the error a failed worker raised (torch keeps its traceback), if one did."""
+    try:
+        workers.join(timeout=0)
+    except ProcessRaisedException as e:
+        return ": " + str(e).strip().splitlines()[-1]
+    except ProcessException:  # killed, or exited without raising: its exit says all there is
+        pass
+    return ""
 
 
 def _check_local_fits(model_cfg: ModelConfig, sched_cfg: SchedulerConfig, plan: PipelinePlan, device: str) -> None:

@@ -128,7 +128,10 @@ class Recording:
         if resolve_device(plan.device).type == "cpu":
             leave_a_core_free()
         # Ranks start before the trace file exists: one that cannot start leaves no file behind.
-        self.stages = launch_stages(model_cfg, sched_cfg, plan.device, plan.seed or 0) if plan.distributed else None
+        try:
+            self.stages = launch_stages(model_cfg, sched_cfg, plan.device, plan.seed or 0) if plan.distributed else None
+        except StageLost as lost:
+            raise RunFailed(f"{lost}; nothing was recorded") from lost
         try:
             self.engine = Engine(
                 model_cfg,
