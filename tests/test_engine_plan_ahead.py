@@ -50,9 +50,9 @@ def run_stepped(
     sinks = [Collect() for _ in requests]
     for i, ((length, new, stops), sink) in enumerate(zip(requests, sinks)):
         eng.submit(Request(i, prompt(i, length), new, sink, stop_tokens=stops))
-    while eng.step() or not all(s.finishes for s in sinks):
-        tick = next(e for e in reversed(rec.events) if isinstance(e, TickEvent))
-        if plan_ahead == "off":
+    while (ran := eng.step()) or not all(s.finishes for s in sinks):
+        if ran and plan_ahead == "off":
+            tick = next(e for e in reversed(rec.events) if isinstance(e, TickEvent))
             assert (tick.running, tick.kv_used) == (len(eng.scheduler.running), eng.kv.allocator.used_tokens)
     return rec.events, sinks, eng
 
