@@ -86,8 +86,9 @@ def test_window_policy_starts_ticks_a_whole_window_apart():
     assert all(b - a >= 10_000_000 for a, b in zip(starts, starts[1:]))
 
 
-def test_stop_cancels_queued_and_running_work():
-    eng = engine(max_seqs=2, max_tokens=64)
+@pytest.mark.parametrize("plan_ahead", ["off", "on"])
+def test_stop_cancels_queued_and_running_work(plan_ahead):
+    eng = engine(max_seqs=2, max_tokens=64, plan_ahead=plan_ahead)
     sinks = [Collect() for _ in range(5)]
     eng.start()
     for i, s in enumerate(sinks):
@@ -100,8 +101,9 @@ def test_stop_cancels_queued_and_running_work():
     assert late.finishes == [("rejected", "engine stopped")]
 
 
-def test_stop_with_drain_finishes_everything_first():
-    eng = engine()
+@pytest.mark.parametrize("plan_ahead", ["off", "on"])
+def test_stop_with_drain_finishes_everything_first(plan_ahead):
+    eng = engine(plan_ahead=plan_ahead)
     sinks = [Collect() for _ in range(4)]
     eng.start()
     for i, s in enumerate(sinks):
@@ -145,8 +147,10 @@ def test_duplicate_live_id_is_rejected():
     assert second.finishes[0][0] == "rejected" and first.finishes == []
 
 
-def test_cancel_ends_a_running_request_and_frees_its_kv():
-    eng = engine()
+@pytest.mark.parametrize("plan_ahead", ["off", "on"])
+def test_cancel_ends_a_running_request_and_frees_its_kv(plan_ahead):
+    """Planning ahead, the cancelled request is already in the next tick's plan: it leaves it."""
+    eng = engine(plan_ahead=plan_ahead)
     keep, drop = Collect(), Collect()
     eng.submit(Request(1, prompt(1, 20), 50, keep))
     eng.submit(Request(2, prompt(2, 20), 50, drop))
