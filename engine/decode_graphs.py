@@ -121,14 +121,8 @@ class DecodeGraphs:
         max_context = -(-longest // self.block_size) * self.block_size
         self.batch_buckets = buckets(max_seqs)
         self.context_buckets = buckets(max_context, self.block_size, _MIN_CONTEXT)
-        largest = self.batch_buckets[-1]
-        size = largest * (4 + max_context // self.block_size)
-        # On CUDA two pinned buffers in turn: a tick planned ahead is filled while the copy from the
-        # other may still be queued. On the CPU one, which the forward pass reads itself: each tick has
-        # run by the time the next is filled.
-        self._hosts = [torch.empty(size, dtype=torch.int64, pin_memory=self.capture) for _ in range(1 + self.capture)]
-        self._host = self._hosts[0]  # the buffer `_fill` writes
-        self._inputs = torch.empty(size, dtype=torch.int64, device=self.device) if self.capture else self._host
+        self._size = self.batch_buckets[-1] * (4 + max_context // self.block_size)
+        self._make_buffers()
         # where replayed graphs leave their logits for the draws made after them; made by `warm_up`
         self._logits = torch.empty(0)
         self._buckets: dict[tuple[int, int], _Bucket] = {}
@@ -136,6 +130,19 @@ class DecodeGraphs:
         self.used: set[tuple[int, int]] = set()  # (batch, context) of every bucket a tick ran in
         self.note = ""  # what the last `run` did besides the tick (the warm-up), for the trace's marks
         self._pool: Any = None
+
+    def _make_buffers(self) -> None:
+        """The host buffers ticks are filled in, and the inputs the forward pass reads. Captured: two
+        host buffers (pinned on CUDA) used in turn, since a tick planned ahead is filled while the copy
+        from the other may still be queued, and a copy of one as the inputs. Not captured (the CPU):
+        one, which the forward pass reads itself, each tick having run by the time the next is filled."""
+        self._hosts = [
+            torch.empty(self._size, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+            for _ in range(1 + self.capture)
+        ]
+        self._turn = 0
+        self._host = self._hosts[0]  # the buffer `_fill` writes
+        self._inputs = torch.empty(self._size, dtype=torch.int64, device=self.device) if self.capture else self._host
 
     @property
     def buckets_used(self) -> list[tuple[int, int]]:
@@ -158,7 +165,8 @@ class DecodeGraphs:
         seqs = _bucket_for(self.batch_buckets, len(chunks))
         longest = _bucket_for(self.context_buckets, int(context.max()))
         assert seqs is not None and longest is not None, "takes() said the tick fits"
-        self._host = self._hosts[(self._hosts.index(self._host) + 1) % len(self._hosts)]
+        self._turn = (self._turn + 1) % len(self._hosts)
+        self._host = self._hosts[self._turn]
         filled = FilledTick(self._bucket(seqs, longest), chunks, context, self._host)
         self._fill(filled.bucket, chunks, context)
         return filled

@@ -48,6 +48,7 @@ def mixed_run(
     setup: Callable[[DecodeGraphs], None] | None = None,
     sampled: SamplingParams = GREEDY,
     model: ModelConfig | None = None,
+    plan_ahead: str = "auto",
 ) -> MixedRun:
     """Eleven requests of mixed lengths through an engine of 8 slots, run to the end: admissions,
     prefills and finishes interleave with decode-only ticks, and contexts cross several context
@@ -56,7 +57,11 @@ def mixed_run(
     shape (in `dtype`) unless given; its vocabulary must hold tiny's 512 tokens."""
     rec = ListRecorder()
     sched = SchedulerConfig(
-        max_seqs=8, kv_capacity_tokens=4096, decode_graphs=decode_graphs, decode_compile=decode_compile
+        max_seqs=8,
+        kv_capacity_tokens=4096,
+        decode_graphs=decode_graphs,
+        decode_compile=decode_compile,
+        plan_ahead=plan_ahead,
     )
     eng = Engine(model or get_preset("tiny", dtype=dtype), sched, device=device, recorder=rec)
     if setup is not None:

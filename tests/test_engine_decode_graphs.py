@@ -114,6 +114,7 @@ class FakeCuda:
             return out
 
         graphs._region, graphs.cuda, graphs.capture = captured_step, self, True
+        graphs._make_buffers()  # as on a GPU: two host buffers in turn, copied to the inputs
 
     def graph_pool_handle(self) -> object:
         return object()
@@ -151,6 +152,17 @@ def test_every_bucket_is_captured_up_front_and_the_replays_give_the_eager_tokens
     assert all((a == b).all() for a, b in zip(replayed.load, eager.load, strict=True))
     real = slice(0, replayed.engine.kv.scratch_slot)  # the captures' runs wrote to the scratch block only
     torch.testing.assert_close(replayed.engine.kv.k[:, real], eager.engine.kv.k[:, real], rtol=1e-5, atol=1e-5)
+
+
+def test_replayed_graphs_planned_ahead_give_the_eager_tokens():
+    """Each decode tick is filled into the other host buffer while the one before runs, and its
+    tokens are written in at launch: the same tokens and load as eager ticks planned one by one."""
+    eager = mixed_run("cpu", "off")
+    ahead = mixed_run("cpu", "on", setup=FakeCuda, plan_ahead="on")
+    graphs = ahead.engine.graphs
+    assert len(graphs._hosts) == 2 and graphs._inputs is not graphs._hosts[0] and len(graphs.buckets_used) > 3
+    assert ahead.tokens == eager.tokens
+    assert all((a == b).all() for a, b in zip(ahead.load, eager.load, strict=True))
 
 
 def test_sampled_requests_draw_the_same_tokens_from_replayed_graphs():
