@@ -180,7 +180,6 @@ class DecodeGraphs:
         bucket, chunks = filled.bucket, filled.chunks
         if self.capture and not self.captured:
             self.warm_up()
-            self._fill(bucket, chunks, filled.context)  # the captures wrote their own inputs over it
         self.used.add((bucket.seqs, bucket.context))
         filled.host.numpy()[: len(chunks)] = [c.tokens[0] for c in chunks]
         self._send(bucket, filled.host)
@@ -212,15 +211,16 @@ class DecodeGraphs:
         self._logits = torch.empty(
             self.batch_buckets[-1], self.model.cfg.vocab_size, dtype=self.kv.k.dtype, device=self.device
         )
+        # pageable, not pinned: a copy from it has read it when it returns, so the next bucket's fill
+        # cannot overwrite a copy still queued (from a pinned buffer it could, and a capture's first
+        # run would read another bucket's layout and write K/V to real slots); and no host sync
+        padding = torch.empty(self._size, dtype=torch.int64)
         for seqs in self.batch_buckets:
             for context in self.context_buckets:
                 bucket = self._bucket(seqs, context)
-                self._fill(bucket, [], np.zeros(0, np.int64))
-                self._send(bucket, self._host)
+                self._fill(bucket, [], np.zeros(0, np.int64), padding)
+                self._send(bucket, padding)
                 self._capture(bucket)
-                # the next fill rewrites the pinned buffer this copy reads: a copy still queued would
-                # give a capture's warm-up run another bucket's layout, and its K/V real slots
-                self.cuda.current_stream(self.device).synchronize()
         compiled = f", compiled by {self.compile_backend}" if self.compile_backend else ""
         self.note = (
             f"decode graphs: {len(self.captured)} captured up front{compiled} (batch "
@@ -239,13 +239,13 @@ class DecodeGraphs:
             self._buckets[key] = _Bucket(self._inputs, seqs, context, self.block_size)
         return self._buckets[key]
 
-    def _fill(self, bucket: _Bucket, chunks: list[SeqChunk], context: np.ndarray) -> None:
-        """Write the tick's inputs but its token ids into the host buffer in `bucket`'s layout; padding
-        rows (token 0) write their K/V to the scratch slot and see one key. Whole columns at a time: at
-        batch 256, a Python loop over the rows would cost more host time than the GPU spends on a
-        small model's step."""
+    def _fill(self, bucket: _Bucket, chunks: list[SeqChunk], context: np.ndarray, into: Tensor | None = None) -> None:
+        """Write the tick's inputs but its token ids into the host buffer (or `into`) in `bucket`'s
+        layout; padding rows (token 0) write their K/V to the scratch slot and see one key. Whole
+        columns at a time: at batch 256, a Python loop over the rows would cost more host time than
+        the GPU spends on a small model's step."""
         n, b = len(chunks), bucket.seqs
-        host = self._host.numpy()[: bucket.size]
+        host = (self._host if into is None else into).numpy()[: bucket.size]
         host[:] = 0
         table = host[4 * b :].reshape(b, bucket.blocks)
         if n:

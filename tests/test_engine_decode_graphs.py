@@ -69,8 +69,6 @@ class _Stream:
 
     def wait_stream(self, other: _Stream) -> None: ...
 
-    def synchronize(self) -> None: ...
-
 
 class _Graph:
     """A CUDA graph that replays by running the captured forward pass again, eagerly."""
