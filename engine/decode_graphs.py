@@ -128,7 +128,7 @@ class DecodeGraphs:
         self._buckets: dict[tuple[int, int], _Bucket] = {}
         self.captured: list[tuple[int, int]] = []  # (batch, context) of each graph, in capture order
         self.used: set[tuple[int, int]] = set()  # (batch, context) of every bucket a tick ran in
-        self.note = ""  # what the last `run` did besides the tick (the warm-up), for the trace's marks
+        self.note = ""  # what the last `launch` did besides the tick (the warm-up), for the trace's marks
         self._pool: Any = None
 
     def _make_buffers(self) -> None:
