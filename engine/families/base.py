@@ -186,5 +186,26 @@ def swiglu_placements(rest: str, module: str, width: int, w13: str, w2: str) -> 
 
 
 HUB_PROJECTIONS = {"gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
+
+
+def softmax_experts(config: dict[str, Any], moe_intermediate: int) -> dict[str, Any]:
+    """ModelConfig's routed-expert fields of the families that route by softmax over every expert and
+    take the top-k, renormalised only when `norm_topk_prob` says so (Qwen2/3-MoE, OLMoE)."""
+    return {
+        "routed_experts": read_int(config, "num_experts", "num_local_experts"),
+        "moe_intermediate": moe_intermediate,
+        "top_k": read_int(config, "num_experts_per_tok"),
+        "routing": "softmax",
+        "norm_topk_prob": bool(config.get("norm_topk_prob", False)),
+    }
+
+
+def hub_placements(name: str, cfg: ModelConfig) -> list[Placement] | None:
+    """A decoder tensor, or a router or routed expert under `mlp` named as on the Hub (`mlp.gate`,
+    `mlp.experts.N.gate_proj|up_proj|down_proj`); None for another name."""
+    found = decoder_placements(name, cfg)
+    return found if found is not None else expert_placements(name, cfg, "mlp", "gate", HUB_PROJECTIONS)
+
+
 # RoPE's inverse frequencies, which older checkpoints saved with the weights: we compute our own
 ROTARY_CACHE = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)

@@ -11,15 +11,14 @@ from typing import Any
 from engine.config import ModelConfig
 from engine.errors import ConfigError
 from engine.families.base import (
-    HUB_PROJECTIONS,
     ROTARY_CACHE,
     Family,
     Placement,
     decoder_fields,
-    decoder_placements,
     every_layer_sparse,
-    expert_placements,
+    hub_placements,
     read_int,
+    softmax_experts,
     swiglu_placements,
 )
 
@@ -37,24 +36,17 @@ def model_config(config: dict[str, Any]) -> ModelConfig:
     return ModelConfig(
         name="qwen2_moe",
         **decoder_fields(config),
-        routed_experts=read_int(config, "num_experts", "num_local_experts"),
-        moe_intermediate=inter,
-        top_k=read_int(config, "num_experts_per_tok"),
+        **softmax_experts(config, inter),
         shared_experts=shared // inter,
-        routing="softmax",
-        norm_topk_prob=bool(config.get("norm_topk_prob", False)),
         attention_bias=bool(config.get("qkv_bias", True)),
         shared_gate=shared > 0,
     )
 
 
 def placements(name: str, cfg: ModelConfig) -> list[Placement] | None:
-    found = decoder_placements(name, cfg)
-    if found is not None:
-        return found
     shared = _SHARED.fullmatch(name)
     if shared is None:
-        return expert_placements(name, cfg, "mlp", "gate", HUB_PROJECTIONS)
+        return hub_placements(name, cfg)
     i, which = int(shared.group(1)), shared.group(2)
     if i >= cfg.layers:
         return []

@@ -8,15 +8,13 @@ from typing import Any
 from engine.config import ModelConfig
 from engine.errors import ConfigError
 from engine.families.base import (
-    HUB_PROJECTIONS,
     ROTARY_CACHE,
     Family,
-    Placement,
     decoder_fields,
-    decoder_placements,
     every_layer_sparse,
-    expert_placements,
+    hub_placements,
     read_int,
+    softmax_experts,
 )
 
 
@@ -27,19 +25,10 @@ def model_config(config: dict[str, Any]) -> ModelConfig:
     return ModelConfig(
         name="qwen3_moe",
         **decoder_fields(config),
-        routed_experts=read_int(config, "num_experts", "num_local_experts"),
-        moe_intermediate=read_int(config, "moe_intermediate_size"),
-        top_k=read_int(config, "num_experts_per_tok"),
+        **softmax_experts(config, read_int(config, "moe_intermediate_size")),
         shared_experts=0,
-        routing="softmax",
-        norm_topk_prob=bool(config.get("norm_topk_prob", False)),
         qk_norm="head",
     )
 
 
-def placements(name: str, cfg: ModelConfig) -> list[Placement] | None:
-    found = decoder_placements(name, cfg)
-    return found if found is not None else expert_placements(name, cfg, "mlp", "gate", HUB_PROJECTIONS)
-
-
-FAMILY = Family(("Qwen3MoeForCausalLM",), model_config, placements, ROTARY_CACHE)
+FAMILY = Family(("Qwen3MoeForCausalLM",), model_config, hub_placements, ROTARY_CACHE)
