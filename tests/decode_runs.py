@@ -1,4 +1,5 @@
-"""One mixed workload through the engine, for the decode-graph tests on the CPU and on CUDA."""
+"""Decoding through the engine for the tests: a request sink, prompts decoded to their end, and one
+mixed workload for the decode-graph tests on the CPU and on CUDA."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ class Tokens:
 
     def on_finish(self, status: str, reason: str, t_ns: int) -> None:
         self.finishes.append((status, reason))
+
+
+def decode_prompts(engine: Engine, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Submit each prompt (request i) for `new_tokens` greedy tokens, step the engine until every one
+    has ended, and return each one's tokens."""
+    sinks = [Tokens() for _ in prompts]
+    for i, (p, s) in enumerate(zip(prompts, sinks)):
+        engine.submit(Request(i, p, new_tokens, s))
+    while engine.scheduler.running or engine.scheduler.waiting:
+        engine.step()
+    return [s.tokens for s in sinks]
 
 
 @dataclass

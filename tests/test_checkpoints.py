@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from decode_runs import Tokens
+from decode_runs import decode_prompts
 from engine.checkpoint import open_checkpoint
 from engine.engine import Engine
 from engine.errors import ConfigError
 from engine.model import Transformer
-from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from parity import hf_greedy, prefill
 
@@ -145,14 +144,10 @@ def test_engine_decodes_the_same_tokens_as_transformers_generate(saved, family, 
     sched = SchedulerConfig(prefill_chunk=8, decode_graphs=decode_graphs, kv_capacity_tokens=1024)
     engine = Engine(checkpoint.model_config(), sched, device="cpu", checkpoint=checkpoint)
     prompts = _prompts()
-    sinks = [Tokens() for _ in prompts]
-    for i, (p, s) in enumerate(zip(prompts, sinks)):
-        engine.submit(Request(i, p, NEW_TOKENS, s))
-    while engine.scheduler.running or engine.scheduler.waiting:
-        engine.step()
+    decoded = decode_prompts(engine, prompts, NEW_TOKENS)
     assert bool(engine.graphs is not None and engine.graphs.buckets_used) == (decode_graphs == "on")
-    for p, s in zip(prompts, sinks):
-        assert s.tokens == hf_greedy(hf, p, NEW_TOKENS)
+    for p, tokens in zip(prompts, decoded):
+        assert tokens == hf_greedy(hf, p, NEW_TOKENS)
 
 
 def test_the_trace_header_names_the_checkpoint_not_its_weights(saved):

@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from decode_runs import Tokens, mixed_run
+from decode_runs import decode_prompts, mixed_run
 from engine.batch import SeqChunk
 from engine.checkpoint import open_checkpoint
 from engine.config import ModelConfig, get_preset
@@ -33,7 +33,6 @@ from engine.hf_config import hf_twin
 from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.pipeline import stage_param_bytes, stage_weights
-from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from parity import hf_greedy, prefill
 from tracer.cost import ModelShape
@@ -224,13 +223,9 @@ def test_sixteen_greedy_ticks_through_the_engine_match_transformers(pair):
     rng = np.random.default_rng(1)
     prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in PROMPTS]
 
-    sinks = [Tokens() for _ in prompts]
-    for i, (p, s) in enumerate(zip(prompts, sinks)):
-        engine.submit(Request(i, p, 16, s))
-    while engine.scheduler.running or engine.scheduler.waiting:
-        engine.step()
+    decoded = decode_prompts(engine, prompts, 16)
     assert seen, "the engine ran no forward pass"
-    for p, s in zip(prompts, sinks):
+    for p, tokens in zip(prompts, decoded):
         with torch.no_grad():
             out = hf.generate(
                 torch.tensor([p]),
@@ -242,7 +237,7 @@ def test_sixteen_greedy_ticks_through_the_engine_match_transformers(pair):
                 return_dict_in_generate=True,
             )
         expected_tokens = out.sequences[0, len(p) :].tolist()
-        assert s.tokens == expected_tokens
+        assert tokens == expected_tokens
         # every step's logits are among what the engine computed that tick
         ours = torch.cat(seen)
         for step_logits in out.logits:
@@ -260,13 +255,8 @@ def test_a_sharded_checkpoint_loads_through_the_engine_and_decodes_as_transforme
     engine = Engine(checkpoint.model_config(), SchedulerConfig(prefill_chunk=8), device="cpu", checkpoint=checkpoint)
     rng = np.random.default_rng(2)
     prompts = [rng.integers(0, 96, n).tolist() for n in PROMPTS]
-    sinks = [Tokens() for _ in prompts]
-    for i, (p, s) in enumerate(zip(prompts, sinks)):
-        engine.submit(Request(i, p, 16, s))
-    while engine.scheduler.running or engine.scheduler.waiting:
-        engine.step()
-    for p, s in zip(prompts, sinks):
-        assert s.tokens == hf_greedy(hf, p, 16)
+    for p, tokens in zip(prompts, decode_prompts(engine, prompts, 16)):
+        assert tokens == hf_greedy(hf, p, 16)
 
 
 def test_a_v2_lite_config_json_reads_as_the_real_model():
@@ -460,12 +450,7 @@ def test_pipeline_stages_and_micro_batches_give_the_same_tokens():
     runs = []
     for stages, micro_batches in ((1, 1), (3, 2)):
         engine = Engine(cfg, SchedulerConfig(stages=stages, micro_batches=micro_batches), device="cpu", seed=5)
-        sinks = [Tokens() for _ in prompts]
-        for i, (p, s) in enumerate(zip(prompts, sinks)):
-            engine.submit(Request(i, p, 8, s))
-        while engine.scheduler.running or engine.scheduler.waiting:
-            engine.step()
-        runs.append([s.tokens for s in sinks])
+        runs.append(decode_prompts(engine, prompts, 8))
     assert runs[0] == runs[1] and all(len(s) == 8 for s in runs[0])
 
 

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from decode_runs import Tokens
+from decode_runs import decode_prompts
 from engine.config import get_preset
 from engine.engine import Engine
 from engine.hf_config import hf_twin
 from engine.model import Transformer
-from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from parity import hf_greedy, prefill
 
@@ -60,10 +59,5 @@ def test_engine_decodes_the_same_tokens_as_transformers_generate():
     rng = np.random.default_rng(1)
     prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in (5, 20, 12)]
 
-    sinks = [Tokens() for _ in prompts]
-    for i, (p, s) in enumerate(zip(prompts, sinks)):
-        engine.submit(Request(i, p, 10, s))
-    while engine.scheduler.running or engine.scheduler.waiting:
-        engine.step()
-    for p, s in zip(prompts, sinks):
-        assert s.tokens == hf_greedy(hf, p, 10)
+    for p, tokens in zip(prompts, decode_prompts(engine, prompts, 10)):
+        assert tokens == hf_greedy(hf, p, 10)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from decode_runs import decode_prompts
 from engine.config import get_preset
 from engine.engine import Engine
 from engine.errors import ConfigError
 from engine.pipeline import split_micro_batches
-from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer.events import StageEvent, TickEvent
 from tracer.recorder import ListRecorder
@@ -40,20 +40,8 @@ def _decode(stages: int, micro_batches: int, recorder: ListRecorder) -> list[lis
         seed=2,
         recorder=recorder,
     )
-
-    class Collect(list):
-        def on_token(self, token: int, t_ns: int) -> None:
-            self.append(token)
-
-        def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
-
-    sinks = [Collect() for _ in range(5)]
     rng = np.random.default_rng(0)
-    for i, s in enumerate(sinks):
-        engine.submit(Request(i, rng.integers(0, 512, 3 + 4 * i).tolist(), 6, s))
-    while engine.scheduler.running or engine.scheduler.waiting:
-        engine.step()
-    return sinks
+    return decode_prompts(engine, [rng.integers(0, 512, 3 + 4 * i).tolist() for i in range(5)], 6)
 
 
 def test_stages_and_micro_batches_change_timing_not_tokens():

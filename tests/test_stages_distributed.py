@@ -9,10 +9,10 @@ import torch
 import torch.distributed as dist
 
 import tracer
+from decode_runs import decode_prompts
 from engine.config import get_preset
 from engine.engine import Engine
 from engine.launch import launch_stages
-from engine.request import Request
 from engine.scheduler import SchedulerConfig
 from tracer.events import ExpertsEvent, StageEvent, TickEvent
 from tui.app import TickscopeApp
@@ -104,21 +104,9 @@ async def test_the_dashboard_shows_the_measured_timeline(recorded):
         await pilot.press("q")
 
 
-class _Tokens(list):
-    def on_token(self, token: int, t_ns: int) -> None:
-        self.append(token)
-
-    def on_finish(self, status: str, reason: str, t_ns: int) -> None: ...
-
-
 def _greedy(engine: Engine) -> list[list[int]]:
-    sinks = [_Tokens() for _ in range(5)]
     rng = np.random.default_rng(0)
-    for i, sink in enumerate(sinks):
-        engine.submit(Request(i, rng.integers(0, 512, 3 + 4 * i).tolist(), 6, sink))
-    while engine.scheduler.running or engine.scheduler.waiting:
-        engine.step()
-    return sinks
+    return decode_prompts(engine, [rng.integers(0, 512, 3 + 4 * i).tolist() for i in range(5)], 6)
 
 
 def test_two_ranks_give_the_tokens_of_one_process():
