@@ -196,16 +196,23 @@ def test_demo_records_follows_and_leaves_a_complete_trace(tmp_path: Path, monkey
     assert not (tmp_path / "demo.msgpack.log").exists()
 
 
-_WITHOUT_UI_PACKAGES = """
+# the start of a `python -c` script in which the dashboard's packages cannot be imported
+UI_PACKAGES_ABSENT = """
 import importlib.abc, sys
 class Absent(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name.partition(".")[0] in ("polars", "textual", "matplotlib", "pyarrow"):
             raise ImportError(f"No module named {name!r}")
 sys.meta_path.insert(0, Absent())
+"""
+
+_WITHOUT_UI_PACKAGES = (
+    UI_PACKAGES_ABSENT
+    + """
 from tui.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+)
 
 
 def test_record_needs_neither_polars_nor_textual(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import tracer
+from test_cli import UI_PACKAGES_ABSENT
 from tracer.cost import cost_summary
 from workloads.serve import ServePlan, Server
 from workloads.server_metrics import (
@@ -165,13 +166,10 @@ async def test_metrics_before_any_tick_have_no_ratios(tmp_path):
     assert metrics["vllm:time_to_first_token_seconds_count", ()] == 0
 
 
-_LEAN_SERVE = """
-import asyncio, importlib.abc, sys, urllib.request
-class Absent(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.partition(".")[0] in ("polars", "textual", "matplotlib", "pyarrow"):
-            raise ImportError(f"No module named {name!r}")
-sys.meta_path.insert(0, Absent())
+_LEAN_SERVE = (
+    UI_PACKAGES_ABSENT
+    + """
+import asyncio, urllib.request
 from workloads.serve import ServePlan, Server
 
 def get(url, body=None):
@@ -186,6 +184,7 @@ async def main():
 
 asyncio.run(main())
 """
+)
 
 
 def test_serve_and_its_metrics_need_no_polars(tmp_path):

@@ -20,6 +20,7 @@ import pytest
 
 import tracer
 from metrics_fixtures import LATENCY_BOUNDS, MetricsServer, quantile_by_hand
+from test_tui_app import until
 from tracer.events import TICK_FIELDS, absent_fields
 from tui.app import TickscopeApp
 from tui.cli import main
@@ -32,15 +33,6 @@ from workloads.metrics_text import Histogram, NotPrometheus, parse
 from workloads.watch import metrics_url, watch
 
 INTERVAL = 0.05
-
-
-async def until(pilot, condition, tries: int = 400) -> None:
-    """Let the app run until `condition()` holds (bounded, so a broken app fails, not hangs)."""
-    for _ in range(tries):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    assert condition()
 
 
 def test_histogram_quantile_as_prometheus_computes_it():
