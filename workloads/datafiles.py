@@ -16,14 +16,19 @@ from engine.errors import ConfigError
 MAX_ROWS = 10_000_000  # a replay or length file beyond this is a mistake, not a workload
 
 
+def read_text(path: Path, what: str) -> str:
+    """A workload's `what` file ("data", "prompt") as UTF-8 text; a ConfigError naming it if it cannot be."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} file {path} is not UTF-8 text") from None
+
+
 def read_column(path: Path, column: str) -> list[float]:
     """The values of `column` in a .csv or .jsonl file, or every line of any other text file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read data file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"data file {path} is not UTF-8 text") from None
+    text = read_text(path, "data")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         values = _from_csv(path, text, column)

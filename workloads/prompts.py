@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ConfigError
+from workloads.datafiles import read_text
 from workloads.hf_tokenizer import HFTokenizer
 from workloads.tokenizer import ByteTokenizer
 
@@ -30,12 +31,7 @@ class Prompt:
 
 def read_prompts(path: Path, field: str) -> tuple[Prompt, ...]:
     """The prompts of a .jsonl (or .ndjson) file's `field`, or the lines of any other text file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"prompt file {path} is not UTF-8 text") from None
+    text = read_text(path, "prompt")
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         prompts = tuple(_from_json(path, n, line, field) for n, line in lines)
