@@ -183,27 +183,25 @@ def _traffic_number(option: TrafficOption) -> Callable[[str], float]:
     return _checked(float, "a number", lambda v: v >= at_least, f"at least {at_least:g}")
 
 
+def _traffic_given(args: argparse.Namespace) -> list[tuple[TrafficOption, Any]]:
+    """The replay options given on the command line, with their values (a switch not given is False)."""
+    values = ((o, getattr(args, o.flag.removeprefix("--").replace("-", "_"), None)) for o in TRAFFIC_OPTIONS)
+    return [(option, value) for option, value in values if value is not None and value is not False]
+
+
 def traffic_argv(args: argparse.Namespace) -> list[str]:
     """The traffic flags given, as command-line words again (for the recording child `demo` starts)."""
     if getattr(args, "traffic", None) is None:
         return []
     argv = ["--traffic", args.traffic]
-    for option in TRAFFIC_OPTIONS:
-        value = getattr(args, option.flag.removeprefix("--").replace("-", "_"), None)
-        if value is True:
-            argv.append(option.flag)
-        elif value is not None and value is not False:
-            argv += [option.flag, str(value)]
+    for option, value in _traffic_given(args):
+        argv += [option.flag] if value is True else [option.flag, str(value)]
     return argv
 
 
 def traffic_table(args: argparse.Namespace) -> dict[str, Any] | None:
     """The trace the flags ask for, as the keys of a trace's [arrivals]; None without --traffic."""
-    given: dict[str, Any] = {}
-    for option in TRAFFIC_OPTIONS:
-        value = getattr(args, option.flag.removeprefix("--").replace("-", "_"), None)
-        if value is not None and value is not False:  # False: a switch not given
-            given[option.key] = value
+    given = {option.key: value for option, value in _traffic_given(args)}
     if getattr(args, "traffic", None) is None:
         if given:
             flag = next(o.flag for o in TRAFFIC_OPTIONS if o.key in given)
